@@ -1,0 +1,74 @@
+"""Attention backends: one interface, several implementations.
+
+Every backend is a function
+
+    attend(q, k, v, mask, scale, *, need_lse=True) -> (out, lse)
+
+with q ``[B, Hq, Sq, D]``, k and v ``[B, Hkv, Sk, D]`` (Sk = past + Sq: the KV cache and the new
+tokens), `mask` a `MaskSpec` (bottom-right aligned), out ``[B, Hq, Sq, D]`` in q's dtype and lse
+``[B, Hq, Sq]`` float32: the log-sum-exp of the scaled, masked scores of each row, so any attention
+probability can be recomputed later as ``exp(q·k·scale - lse)``. Query head h reads kv head
+``h // (Hq // Hkv)``. A row whose every key is masked gives out = 0 and lse = -inf, never NaN.
+With ``need_lse=False`` a backend may skip the lse and return None in its place.
+
+- ``eager``: float32, explicit scores and softmax; the reference.
+- ``sdpa``: torch ``scaled_dot_product_attention`` with ``enable_gqa``.
+- ``triton``: the kernels of ``attnscope.kernels`` (needs Triton; see that package).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from attnscope.errors import BackendUnavailable, UserError
+from attnscope.masks import MaskSpec
+
+AttendFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+BACKEND_NAMES = ("eager", "sdpa", "triton")
+
+
+def get_backend(name: str) -> AttendFn:
+    """The attend function of backend `name`; a clear error when unknown or unavailable."""
+    if name == "eager":
+        from attnscope.backends.eager import attend
+    elif name == "sdpa":
+        from attnscope.backends.sdpa import attend
+    elif name == "triton":
+        from attnscope import kernels
+
+        reason = kernels.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"backend 'triton' is not available: {reason}")
+        attend = kernels.attend  # pragma: no cover - filled in by the Triton kernels
+    else:
+        raise UserError(f"unknown backend {name!r} (choose from: {', '.join(BACKEND_NAMES)})")
+    return attend
+
+
+def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> None:
+    """Validate the attention interface's shapes; raises ValueError naming the mismatch."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, S, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    (B, Hq, Sq, D), (Bk, Hkv, Sk, Dk) = q.shape, k.shape
+    if B != Bk or D != Dk:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
+    if Hq % Hkv:
+        raise ValueError(f"query heads ({Hq}) not divisible by kv heads ({Hkv})")
+    if Sq > Sk:
+        raise ValueError(f"more queries ({Sq}) than keys ({Sk})")
+    if not isinstance(mask, MaskSpec):
+        raise TypeError(f"mask must be a MaskSpec, got {type(mask).__name__}")
+
+
+def group_mask(allowed: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """View a ``[B|1, Hq|1, Sq, Sk]`` mask as ``[B|1, Hkv|1, G|1, Sq, Sk]`` to match grouped scores."""
+    b, h, sq, sk = allowed.shape
+    if h == 1:
+        return allowed.unsqueeze(2)
+    return allowed.reshape(b, n_kv, h // n_kv, sq, sk)

@@ -1,0 +1,82 @@
+"""The eager reference backend: float32 scores, explicit mask and softmax.
+
+GQA without copies: the query heads of one kv group are viewed as an extra dimension,
+q ``[B, Hkv, G, Sq, D]`` against k ``[B, Hkv, 1, Sk, D]``, so K and V broadcast instead of being
+repeated per query head. Query rows are processed in chunks so the float32 scores never exceed
+about `MAX_SCORE_ELEMENTS` at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from attnscope.backends import check_shapes, group_mask
+from attnscope.masks import MaskSpec
+
+MAX_SCORE_ELEMENTS = 1 << 26  # 256 MiB of float32 scores per chunk
+
+
+def _masked_scores(
+    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield (rows, scores) chunks: scaled float32 scores ``[B, Hkv, G, rows, Sk]``, -inf where masked."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    allowed = group_mask(mask.dense(Sq, Sk, q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
+    qg = q.float().view(B, Hkv, Hq // Hkv, Sq, D)  # (B, Hkv, G, Sq, D)
+    kt = k.float().unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, Sk)
+    step = max(1, MAX_SCORE_ELEMENTS // max(1, B * Hq * Sk))
+    for start in range(0, Sq, step):
+        rows = slice(start, min(Sq, start + step))
+        scores = (qg[..., rows, :] @ kt) * scale  # (B, Hkv, G, rows, Sk)
+        yield rows, scores.masked_fill(~allowed[..., rows, :], float("-inf"))
+
+
+def _softmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, lse) of masked scores. A fully-masked row has lse = -inf and weights 0, not NaN."""
+    lse = torch.logsumexp(scores, dim=-1)  # (..., rows); -inf where every key is masked
+    # Subtracting 0 instead of -inf keeps such a row at exp(-inf) = 0 rather than exp(-inf - -inf)
+    # = NaN. NaN scores still propagate: they are a finding, not something to hide.
+    safe_lse = lse.masked_fill(lse == float("-inf"), 0.0)
+    return torch.exp(scores - safe_lse.unsqueeze(-1)), lse
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *, need_lse: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention in float32; see `attnscope.backends` for the contract."""
+    check_shapes(q, k, v, mask)
+    B, Hq, Sq, D = q.shape
+    Hkv = k.shape[1]
+    vf = v.float().unsqueeze(2)  # (B, Hkv, 1, Sk, D)
+    out = torch.empty(B, Hkv, Hq // Hkv, Sq, D, dtype=torch.float32, device=q.device)
+    lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
+    for rows, scores in _masked_scores(q, k, mask, scale):
+        weights, lse[..., rows] = _softmax(scores)
+        out[..., rows, :] = weights @ vf
+    return out.view(B, Hq, Sq, D).to(q.dtype), lse.view(B, Hq, Sq)
+
+
+def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float) -> torch.Tensor:
+    """lse ``[B, Hq, Sq]`` of the scaled, masked scores, in float32, without the attention output."""
+    B, Hq, Sq, _ = q.shape
+    Hkv = k.shape[1]
+    lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
+    for rows, scores in _masked_scores(q, k, mask, scale):
+        lse[..., rows] = torch.logsumexp(scores, dim=-1)
+    return lse.view(B, Hq, Sq)
+
+
+def probabilities(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention weights exp(q·k·scale - lse) in float32, 0 where not `allowed`.
+
+    q ``[..., Sq, D]``, k ``[..., Sk, D]``, lse ``[..., Sq]`` and allowed (bool, broadcastable to
+    ``[..., Sq, Sk]``) of one head or a stack of heads.
+    """
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (..., Sq, Sk)
+    safe_lse = lse.float().masked_fill(lse == float("-inf"), 0.0)
+    return torch.exp(scores - safe_lse.unsqueeze(-1)).masked_fill(~allowed, 0.0)

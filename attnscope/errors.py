@@ -1,0 +1,19 @@
+"""Errors a user can cause. The CLI turns every `UserError` into one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from a user: a path, a file, a flag, a prompt. The message is shown as is."""
+
+
+class ConfigError(UserError):
+    """A model config that attnscope cannot run (unsupported model type or option, bad sizes)."""
+
+
+class LoadError(UserError):
+    """Model files that are missing, malformed, refused or do not fit the config."""
+
+
+class BackendUnavailable(UserError):
+    """An attention backend that cannot run on this machine."""

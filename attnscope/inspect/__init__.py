@@ -1,0 +1,1 @@
+"""Capture of per-layer attention records, their statistics, and the Report."""

@@ -1,0 +1,258 @@
+"""A Llama-family causal language model, readable top to bottom.
+
+RMSNorm, rotary position embeddings (default, linear and llama3 scaling), grouped-query attention
+through a pluggable backend, SwiGLU MLP, and a preallocated KV cache. Module and parameter names
+follow Hugging Face's ``LlamaForCausalLM`` (minus the ``model.`` prefix), so checkpoints written by
+``save_pretrained`` load with one key rename (see `attnscope.model.loader`).
+
+References: meta-llama ``llama/model.py``, gpt-fast ``model.py``, HF ``modeling_llama.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnscope.backends import AttendFn, get_backend
+from attnscope.masks import MaskSpec, causal, sliding_window
+from attnscope.model.config import ModelConfig
+
+# recorder(layer, q=..., k=..., v=..., out=..., lse=..., mask=..., scale=...) sees each attention call
+Recorder = Callable[..., None]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # normalize in float32
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies ``[head_dim / 2]`` (float32, CPU) with the config's rope scaling."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, device="cpu").float() / dim))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif kind == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between.
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = torch.where(medium, smoothed, inv_freq)
+    return inv_freq
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.inv_freq = rope_inv_freq(config)  # (D/2,) plain CPU tensor: not a checkpoint entry
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = torch.outer(positions.float(), self.inv_freq.to(positions.device))  # (T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x ``[B, H, T, D]`` by the angles of its positions (cos, sin ``[T, D]``)."""
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, ``[B, Hkv, max_len, D]`` each.
+
+    `update` writes the new tokens' k and v after the `length` already cached and returns views of
+    everything cached so far; the model advances `length` once all layers have seen the new tokens.
+    """
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device):
+        shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.max_len = max_len
+        self.length = 0  # tokens cached in every layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, Hkv, past + T, D)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = D = config.head_dim
+        self.scale = D**-0.5
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * D, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * D, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * D, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * D, config.hidden_size, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(D, config.rms_norm_eps)
+            self.k_norm = RMSNorm(D, config.rms_norm_eps)
+        # This layer's mask. With a KV cache the scores are (new tokens) x (cache + new tokens):
+        # the spec is bottom-right aligned, so new token i at position past + i sees keys <= past + i.
+        if config.layer_types[layer] == "sliding_attention":
+            self.mask: MaskSpec = causal() & sliding_window(config.sliding_window)
+        else:
+            self.mask = causal()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attend: AttendFn,
+        cache: KVCache | None,
+        recorder: Recorder | None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, Hq, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, past + T, D)
+        out, lse = attend(q, k, v, self.mask, self.scale, need_lse=recorder is not None)  # (B, Hq, T, D)
+        if recorder is not None:
+            recorder(self.layer, q=q, k=k, v=v, out=out, lse=lse, mask=self.mask, scale=self.scale)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, Hq * D)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, attend, cache, recorder) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, attend, cache, recorder)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    """The causal LM. ``forward(ids)`` runs all positions in parallel (one attention call per layer);
+    with a `KVCache` it appends the new tokens to the cache, which is how incremental decoding runs."""
+
+    def __init__(self, config: ModelConfig, backend: str = "eager"):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary_emb = RotaryEmbedding(config)
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._attend = get_backend(name)
+        self._backend = name
+
+    @property
+    def masks(self) -> list[MaskSpec]:
+        """The mask spec of each layer."""
+        return [block.self_attn.mask for block in self.layers]
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        w = self.embed_tokens.weight
+        return KVCache(self.config, batch, max_len, w.dtype, w.device)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache | None = None,
+        recorder: Recorder | None = None,
+        attend: AttendFn | None = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, T, vocab]`` for token ids ``[B, T]``.
+
+        Args:
+            ids: token ids of the new tokens.
+            cache: a KV cache; the new tokens follow the `cache.length` tokens it holds.
+            recorder: called by every attention layer with its q, k, v, out, lse and mask.
+            attend: an attention function to use instead of the model's backend.
+        """
+        B, T = ids.shape
+        past = cache.length if cache is not None else 0
+        positions = torch.arange(past, past + T, device=ids.device)  # (T,) absolute positions
+        x = self.embed_tokens(ids)  # (B, T, hidden)
+        rope = self.rotary_emb(positions, x.dtype)  # cos, sin: (T, D)
+        attend = attend or self._attend
+        for block in self.layers:
+            x = block(x, rope, attend, cache, recorder)
+        if cache is not None:
+            cache.length += T
+        return self.lm_head(self.norm(x))  # (B, T, vocab)
+
+    @torch.inference_mode()
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> torch.Tensor:
+        """Greedy continuation ``[B, <= max_new_tokens]`` of ids ``[B, T]``, decoded with the KV cache."""
+        cache = self.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
+        return self.decode(self(ids, cache), cache, max_new_tokens, eos_token_id)
+
+    @torch.inference_mode()
+    def decode(self, logits: torch.Tensor, cache: KVCache, max_new_tokens: int, eos_token_id=None) -> torch.Tensor:
+        """Continue greedily from the `logits` of a prefill whose keys and values are in `cache`,
+        one token per step. Returns the new ids ``[B, <= max_new_tokens]``; stops at `eos_token_id`."""
+        eos = torch.tensor(eos_token_id if eos_token_id is not None else [], device=logits.device).view(-1)
+        new = []
+        for step in range(max_new_tokens):
+            next_ids = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+            new.append(next_ids)
+            if eos.numel() and bool(torch.isin(next_ids, eos).all()):
+                break
+            if step + 1 < max_new_tokens:
+                logits = self(next_ids, cache)  # (B, 1, vocab)
+        return torch.cat(new, dim=1) if new else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)

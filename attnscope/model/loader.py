@@ -1,0 +1,246 @@
+"""Loading models: Hugging Face model directories and the bundled sample models.
+
+A directory in the layout written by ``save_pretrained``: ``config.json``, weights in
+``model.safetensors`` or shards listed by ``model.safetensors.index.json``, and ``tokenizer.json``
+(optional; without it prompts must be token ids). Pickled checkpoints (``pytorch_model.bin``) can run
+code when unpickled, so they are refused unless the caller opts in with ``allow_pickle=True``, and
+are then read with ``torch.load(weights_only=True)``.
+
+Every problem a user can cause is a `LoadError` / `ConfigError` with one clear sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from attnscope.errors import ConfigError, LoadError, UserError
+from attnscope.model.config import ModelConfig
+from attnscope.model.llama import Transformer
+from attnscope.model.tokenizer import Tokenizer
+
+DEFAULT_MODEL = "tiny-code"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# progress(done, total, description) is called while weights load
+Progress = Callable[[int, int, str], None]
+
+
+def sample_models_dir() -> Path:
+    import attnscope.sample_models
+
+    return Path(attnscope.sample_models.__file__).parent
+
+
+def sample_models() -> dict[str, Path]:
+    """Bundled sample models by name."""
+    root = sample_models_dir()
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise UserError(f"unsupported dtype {dtype} (choose from: float32, float16, bfloat16)")
+        return dtype
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r} (choose from: float32, float16, bfloat16)")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r} (for example: cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} is not available: torch sees no CUDA GPU here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} is not available: {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu":
+        raise UserError(f"unsupported device {device!r} (supported: cpu, cuda)")
+    return dev
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """The directory of a sample model name or a path; a clear error when it is neither."""
+    path = Path(name_or_path).expanduser()
+    samples = sample_models()
+    if not path.exists() and str(name_or_path) in samples:
+        return samples[str(name_or_path)]
+    if not path.exists():
+        raise LoadError(
+            f"model {str(name_or_path)!r} not found: no such path and no sample model of that name "
+            f"(sample models: {', '.join(samples) or 'none'})"
+        )
+    if not path.is_dir():
+        raise LoadError(f"{path} is not a directory (expected a Hugging Face model directory)")
+    if not (path / "config.json").is_file():
+        raise LoadError(f"{path} has no config.json (expected a Hugging Face model directory)")
+    return path
+
+
+def read_config(path: Path) -> ModelConfig:
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise LoadError(f"{path / 'config.json'}: malformed JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise LoadError(f"{path / 'config.json'}: expected a JSON object")
+    return ModelConfig.from_hf(raw)
+
+
+def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"]
+    index = path / "model.safetensors.index.json"
+    pickle_index = path / "pytorch_model.bin.index.json"
+    for idx in (index, pickle_index):
+        if idx.is_file():
+            if idx is pickle_index and not allow_pickle:
+                break
+            try:
+                weight_map = json.loads(idx.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise LoadError(f"{idx}: malformed index (expected a JSON object with weight_map)") from None
+            files = [path / name for name in dict.fromkeys(weight_map.values())]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise LoadError(f"{idx} lists shard {missing[0]}, which is missing")
+            return files
+    pickled = sorted(path.glob("pytorch_model*.bin"))
+    if pickled and not allow_pickle:
+        raise LoadError(
+            f"{path} has only pickled weights ({pickled[0].name}); unpickling can run arbitrary code, so "
+            "attnscope loads safetensors only. Convert the checkpoint, or pass --allow-pickle to load "
+            "it with torch.load(weights_only=True)"
+        )
+    if pickled:
+        return pickled
+    raise LoadError(f"{path} has no weights (expected model.safetensors or model.safetensors.index.json)")
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    if file.suffix == ".bin":
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise LoadError(f"{file}: cannot be read with torch.load(weights_only=True) ({exc})") from None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LoadError(f"{file}: not a valid safetensors file ({exc})") from None
+
+
+def checkpoint_key(hf_key: str) -> str:
+    """The one place where HF parameter names become attnscope's: drop the ``model.`` prefix."""
+    return hf_key.removeprefix("model.")
+
+
+def load_state_dict(model: Transformer, files: list[Path], progress: Progress | None = None) -> None:
+    """Load weights into `model` (on the meta device), checking names and shapes."""
+    expected = {name: p for name, p in model.state_dict(keep_vars=True).items()}
+    state: dict[str, torch.Tensor] = {}
+    for i, file in enumerate(files):
+        if progress:
+            progress(i, len(files), f"reading {file.name}")
+        for hf_key, tensor in _read_tensors(file).items():
+            key = checkpoint_key(hf_key)
+            if key.endswith("rotary_emb.inv_freq"):
+                continue  # older checkpoints store it; it is recomputed from the config
+            if key not in expected:
+                raise LoadError(f"{file.name}: unexpected tensor {hf_key!r} for this config")
+            if tuple(tensor.shape) != tuple(expected[key].shape):
+                raise LoadError(
+                    f"{file.name}: tensor {hf_key!r} has shape {tuple(tensor.shape)}, "
+                    f"the config needs {tuple(expected[key].shape)}"
+                )
+            state[key] = tensor
+    if model.config.tie_word_embeddings:
+        state.setdefault("lm_head.weight", state.get("embed_tokens.weight"))
+        state.setdefault("embed_tokens.weight", state.get("lm_head.weight"))
+    missing = [k for k in expected if state.get(k) is None]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise LoadError(f"the weights lack tensor {'model.' + missing[0]!r}{more}")
+    dtype = model.embed_tokens.weight.dtype
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    if progress:
+        progress(len(files), len(files), "done")
+
+
+class LoadedModel:
+    """A model ready to run: the network, its tokenizer (or None), and where it came from."""
+
+    def __init__(self, net: Transformer, tokenizer: Tokenizer | None, name: str, path: Path):
+        self.net = net
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.net.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.net.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.embed_tokens.weight.device
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"LoadedModel({self.name!r}, {c.model_type}, layers={c.num_hidden_layers}, "
+                f"heads={c.num_attention_heads}/{c.num_key_value_heads}, dtype={self.dtype}, "
+                f"device={self.device})")
+
+
+def load_model(
+    name_or_path: str | Path = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    *,
+    backend: str = "eager",
+    allow_pickle: bool = False,
+    progress: Progress | None = None,
+) -> LoadedModel:
+    """Load a sample model by name or a Hugging Face model directory.
+
+    Args:
+        name_or_path: a bundled sample model (``attnscope models``) or a directory.
+        dtype: torch dtype or its name: float32, float16, bfloat16.
+        device: cpu, cuda, cuda:N.
+        backend: attention backend of the model (eager, sdpa, triton).
+        allow_pickle: accept ``pytorch_model.bin`` checkpoints (read with weights_only=True).
+        progress: called as progress(done, total, description) while weights load.
+
+    Returns:
+        A `LoadedModel` with ``.net`` (the `Transformer`), ``.tokenizer`` and ``.config``.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    path = resolve_model_dir(name_or_path)
+    config = read_config(path)
+    files = _weight_files(path, allow_pickle)
+    with torch.device("meta"):
+        net = Transformer(config, backend=backend).to(torch_dtype)
+    load_state_dict(net, files, progress)
+    net = net.to(dev).eval()
+    tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise ConfigError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
+        )
+    return LoadedModel(net, tokenizer, path.name, path)
