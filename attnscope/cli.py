@@ -1,0 +1,204 @@
+"""The `attnscope` command line: thin typer commands that parse, call the core and render.
+
+Importing this module imports neither torch nor the core: each command imports what it needs, so
+``attnscope --help`` stays fast. Bad input ends as one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="attnscope",
+    help="A debugger and microscope for attention in causal language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`) or a "
+                                       "Hugging Face model directory.")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa or triton.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
+PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickled pytorch_model.bin weights "
+                                         "(loaded with torch.load(weights_only=True)).")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line on stderr and return the exit for bad input (raise it)."""
+    typer.echo(f"attnscope: error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn the core's UserError (bad paths, files, flags, prompts) into one line and exit code 2."""
+    from attnscope.errors import UserError
+
+    try:
+        yield
+    except UserError as exc:
+        raise fail(str(exc)) from None
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load(model: str, dtype: str, device: str, allow_pickle: bool):
+    """Load a model, with a spinner on stderr when it is a terminal."""
+    from attnscope.model.loader import load_model
+
+    err = _console(stderr=True)
+    if not err.is_terminal:
+        return load_model(model, dtype=dtype, device=_resolve_device(device), allow_pickle=allow_pickle)
+    with err.status(f"loading {model} …") as status:
+        def progress(done: int, total: int, what: str) -> None:
+            status.update(f"loading {model}: {what} ({done}/{total} files)")
+
+        return load_model(model, dtype=dtype, device=_resolve_device(device), allow_pickle=allow_pickle,
+                          progress=progress)
+
+
+def _check_output_path(path: Path | None, flag: str) -> None:
+    if path is not None and not path.parent.is_dir():
+        raise fail(f"{flag} {path}: directory {path.parent} does not exist")
+    if path is not None and path.is_dir():
+        raise fail(f"{flag} {path}: is a directory")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a failure leaves nothing half-written."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to run through the model.")],
+    model: ModelOpt = "tiny-code",
+    backend: BackendOpt = "sdpa",
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Greedy continuation length "
+                                                "(decoded with the KV cache).")] = 24,
+    layer: Annotated[int | None, typer.Option("--layer", "-l", help="Layer of the heatmap.")] = None,
+    head: Annotated[int | None, typer.Option("--head", help="Query head of the heatmap (default: the head "
+                                             "with the lowest mean entropy).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Run a prompt and show tokens, continuation, per-head attention statistics and a heatmap."""
+    _check_output_path(json_path, "--json")
+    if max_new_tokens < 0:
+        raise fail(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    with user_errors():
+        from attnscope.render.heatmap import Heatmap
+        from attnscope.render.report import run_report
+        from attnscope.scope import Scope
+
+        loaded = _load(model, dtype, device, allow_pickle)
+        result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens)
+        report = result.report()
+        layer, head, why = _pick_head(result, report, layer, head)
+        weights = result.attention(layer, head)
+        rec = result.records[layer]
+        allowed = rec.mask.dense(weights.shape[0], weights.shape[1])[0, 0]
+        console = _console()
+        console.print(run_report(report))
+        console.print()
+        title = f"layer {layer} · head {head} (kv {head // rec.n_groups}) · {rec.mask!r}{why}"
+        console.print(Heatmap(weights.cpu().numpy(), allowed.cpu().numpy(), result.tokens, result.tokens,
+                              title=title))
+        if json_path is not None:
+            _write_atomic(json_path, report.to_json())
+    raise typer.Exit(EXIT_OK if report.passed else EXIT_FAILED)
+
+
+def _pick_head(result, report, layer: int | None, head: int | None):
+    """The (layer, head) to draw: as asked, or the most structured head (lowest mean entropy)."""
+    from attnscope.errors import UserError
+
+    n_layers, n_heads = result.n_layers, result.n_heads
+    if layer is not None and not 0 <= layer < n_layers:
+        raise UserError(f"--layer {layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
+    if head is not None and not 0 <= head < n_heads:
+        raise UserError(f"--head {head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
+    if layer is not None and head is not None:
+        return layer, head, ""
+    candidates = [(h.entropy, lr.index, h.head) for lr in report.layers for h in lr.heads
+                  if (layer is None or lr.index == layer) and (head is None or h.head == head)
+                  and isinstance(h.entropy, float)]
+    if not candidates:
+        return layer or 0, head or 0, ""
+    _, best_layer, best_head = min(candidates)
+    return best_layer, best_head, " · lowest mean entropy"
+
+
+@app.command()
+def models() -> None:
+    """List the bundled sample models."""
+    from rich.table import Table
+
+    from attnscope.model.loader import DEFAULT_MODEL, sample_models
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("name", "size", "description"):
+        table.add_column(col)
+    for name, path in sample_models().items():
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        table.add_row(label, f"{size / 1e6:.1f} MB", _card_summary(path))
+    _console().print(table)
+
+
+def _card_summary(path: Path) -> str:
+    """The first line after the title of a model card README.md."""
+    card = path / "README.md"
+    if not card.is_file():
+        return ""
+    lines = [ln.strip() for ln in card.read_text().splitlines()]
+    body = [ln for ln in lines if ln and not ln.startswith("#") and ln != "---"]
+    return body[0] if body else ""
+
+
+def main() -> None:
+    """Console entry point: usage errors become one line on stderr and exit code 2."""
+    try:
+        code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
+    except KeyboardInterrupt:
+        typer.echo("attnscope: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        # click's UsageError family (typer may vendor its own click, so match by interface)
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f"attnscope {ctx.info_name}" if ctx is not None and ctx.parent is not None else "attnscope"
+        typer.echo(f"attnscope: error: {exc.format_message()} (see: {where} --help)", err=True)
+        sys.exit(EXIT_USAGE if exc.exit_code == EXIT_USAGE else exc.exit_code or EXIT_FAILED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Rich renderables of a Report: header, tokens, continuation, per-layer head statistics."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from attnscope.inspect.report import Report
+from attnscope.render.heatmap import _label
+
+STATS = (("entropy", "entropy", "mean attention entropy (nats)"),
+         ("max_weight", "max w", "mean of each row's largest weight"),
+         ("first_token_mass", "sink", "mean weight on the first token"))
+
+
+def header(report: Report) -> Text:
+    m = report.model
+    text = Text()
+    text.append("attnscope ", style="bold magenta")
+    text.append(f"{m['name']}", style="bold")
+    text.append(f"  {m['model_type']} · {m['layers']} layers · {m['heads']} q / {m['kv_heads']} kv heads · "
+                f"head_dim {m['head_dim']}\n")
+    text.append(f"backend {report.backend} · reference {report.reference} · {report.device} · {report.dtype}",
+                style="dim")
+    return text
+
+
+def tokens(report: Report) -> Text:
+    text = Text()
+    text.append(f"prompt ({len(report.tokens)} tokens)\n", style="bold")
+    for tok in report.tokens:
+        text.append(f"{tok.index}", style="dim")
+        text.append(f"{_label(tok.text, 16)} ", style="cyan")
+    if report.continuation:
+        text.append(f"\ncontinuation ({len(report.continuation)} tokens, greedy)\n", style="bold")
+        text.append("".join(tok.text for tok in report.continuation), style="green")
+    return text
+
+
+def masks(report: Report) -> Text:
+    distinct = list(dict.fromkeys(report.masks))
+    if len(distinct) == 1:
+        return Text(f"mask: {distinct[0]} (every layer)")
+    return Text("masks: " + ", ".join(f"L{i} {m}" for i, m in enumerate(report.masks)))
+
+
+def head_table(report: Report) -> Table:
+    """One row per (layer, statistic), one column per query head."""
+    n_heads = len(report.layers[0].heads) if report.layers else 0
+    kv = [h.kv_head for h in report.layers[0].heads] if report.layers else []
+    table = Table(title="attention per head (mean over query rows)", title_justify="left",
+                  caption="entropy: nats (uniform over T keys = ln T) · max w: row max · sink: weight on token 0",
+                  caption_justify="left", pad_edge=False, box=None, header_style="bold")
+    table.add_column("layer", justify="right")
+    table.add_column("stat")
+    for h in range(n_heads):
+        table.add_column(f"h{h}·kv{kv[h]}", justify="right")
+    for layer in report.layers:
+        for n, (key, short, _) in enumerate(STATS):
+            values = [getattr(h, key) for h in layer.heads]
+            cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in values]
+            table.add_row(str(layer.index) if n == 0 else "", short, *cells, end_section=n == len(STATS) - 1)
+    return table
+
+
+def run_report(report: Report) -> Group:
+    return Group(header(report), Text(), tokens(report), Text(), masks(report), Text(), head_table(report))
