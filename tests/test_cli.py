@@ -1,0 +1,149 @@
+"""The command line: `attnscope run` and `attnscope models`, exit codes and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnscope.cli import app
+from attnscope.model.loader import sample_models
+
+runner = CliRunner()
+TINY = sample_models().get("tiny-code")
+needs_tiny = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """Exit 2, exactly one line on stderr that contains the fragments, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("attnscope: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom attnscope.cli import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+            "assert 'run' in r.output\nr = CliRunner().invoke(app, ['run', '--help'])\n"
+            "assert '--prompt' in r.output\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run"], "Missing option '--prompt'"),
+    (["run", "-p", "x", "--bogus"], "No such option: --bogus"),
+    (["run", "-p", "x", "-n", "many"], "--max-new-tokens"),
+    (["frobnicate"], "No such command"),
+])
+def test_usage_errors_are_one_line_exit_2(argv, fragment):
+    proc = subprocess.run([sys.executable, "-m", "attnscope", *argv], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+
+
+@needs_tiny
+def test_models_lists_the_default_sample():
+    result = invoke("models")
+    assert result.exit_code == 0
+    assert "tiny-code (default)" in result.output
+    assert " MB" in result.output
+
+
+@needs_tiny
+def test_run_shows_every_section_and_writes_the_report(tmp_path):
+    out = tmp_path / "report.json"
+    result = invoke("run", "--prompt", "def fibonacci(n):", "-n", "8", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    text = result.output
+    for part in ("tiny-code", "llama", "backend sdpa", "prompt (", "continuation (8 tokens", "mask: causal",
+                 "attention per head", "entropy", "sink", "lowest mean entropy"):
+        assert part in text, part
+    report = json.loads(out.read_text())
+    assert report["schema"] == "attnscope.report/1"
+    for key in ("schema", "model", "backend", "reference", "device", "dtype", "prompt", "tokens",
+                "layers", "checks", "passed"):
+        assert key in report
+    assert report["backend"] == "sdpa" and report["reference"] == "eager"
+    assert report["prompt"] == "def fibonacci(n):"
+    assert report["tokens"][0] == {"index": 0, "id": 0, "text": "<|endoftext|>"}
+    assert len(report["layers"]) == 4 and len(report["layers"][0]["heads"]) == 8
+    head = report["layers"][1]["heads"][5]
+    assert head["kv_head"] == 5 // 4
+    assert 0.0 <= head["entropy"] <= 10 and 0.0 < head["max_weight"] <= 1.0
+    assert len(report["continuation"]) == 8
+
+
+@needs_tiny
+def test_run_heatmap_of_a_chosen_head():
+    result = invoke("run", "-p", "import os", "-n", "0", "--layer", "2", "--head", "3", "--backend", "eager")
+    assert result.exit_code == 0, result.output
+    assert "layer 2 · head 3 (kv 0)" in result.output
+    assert "continuation" not in result.output
+
+
+@needs_tiny
+@pytest.mark.parametrize("argv, fragments", [
+    (["--layer", "4"], ["--layer 4 is out of range", "0..3"]),
+    (["--head", "8"], ["--head 8 is out of range", "0..7"]),
+    (["--dtype", "float64"], ["unknown dtype 'float64'"]),
+    (["--device", "cuda:7"], ["not available"]),
+    (["--device", "tpu"], ["unknown device 'tpu'"]),
+    (["--backend", "nope"], ["unknown backend 'nope'"]),
+    (["--backend", "triton"], ["backend 'triton' is not available"]),
+    (["-n", "-1"], ["--max-new-tokens must be >= 0"]),
+    (["-n", "5000"], ["exceeds the model's 4096 positions"]),
+])
+def test_run_bad_flags(argv, fragments):
+    assert_user_error(invoke("run", "-p", "x = 1", *argv), *fragments)
+
+
+def test_run_bad_model_paths(tmp_path):
+    assert_user_error(invoke("run", "-p", "x", "-m", str(tmp_path / "missing")), "not found")
+    (tmp_path / "file").write_text("hi")
+    assert_user_error(invoke("run", "-p", "x", "-m", str(tmp_path / "file")), "is not a directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_user_error(invoke("run", "-p", "x", "-m", str(empty)), "has no config.json")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    assert_user_error(invoke("run", "-p", "x", "-m", str(bad)), "malformed JSON")
+
+
+@needs_tiny
+def test_run_bad_model_files(tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(TINY, broken)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 3}))
+    assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "not divisible by num_key_value_heads")
+    (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "unsupported model_type 'gpt2'")
+    (broken / "config.json").write_text(json.dumps(config))
+    (broken / "model.safetensors").write_bytes(b"\x00" * 16)
+    assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "not a valid safetensors file")
+
+
+@needs_tiny
+def test_run_empty_prompt_and_output_directory(tmp_path):
+    assert_user_error(invoke("run", "-p", ""), "the prompt is empty")
+    assert_user_error(invoke("run", "-p", "x", "--json", str(tmp_path / "no" / "r.json")), "does not exist")
+    assert_user_error(invoke("run", "-p", "x", "--json", str(tmp_path)), "is a directory")
+    assert not any(Path(tmp_path).iterdir())
