@@ -156,6 +156,96 @@ def _pick_head(result, report, layer: int | None, head: int | None):
 
 
 @app.command()
+def mask(
+    q_len: Annotated[int, typer.Option("--q-len", "-q", help="Query rows (new tokens).")],
+    k_len: Annotated[int | None, typer.Option("--k-len", "-k", help="Keys incl. cache (default: q-len); "
+                                              "past = k-len - q-len.")] = None,
+    window: Annotated[int | None, typer.Option("--window", help="Causal sliding window size.")] = None,
+    pad: Annotated[int, typer.Option("--padding", help="Padding positions of the sequence.")] = 0,
+    side: Annotated[str, typer.Option("--side", help="Padding side: left or right.")] = "right",
+    prefix: Annotated[int | None, typer.Option("--prefix", help="Prefix-LM: bidirectional over the first N "
+                                               "positions (instead of causal).")] = None,
+    documents: Annotated[str | None, typer.Option("--documents", help="Comma-separated document id of each "
+                                                  "of the k-len positions (packed sequences).")] = None,
+    chunk: Annotated[int | None, typer.Option("--chunk", help="Attend only within chunks of N positions.")] = None,
+    block: Annotated[str | None, typer.Option("--block", help="Show the tile map of an MxN block grid, "
+                                              "e.g. 4x4.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the grid.")] = False,
+) -> None:
+    """Show the mask that a combination of mask parts gives (causal unless --prefix)."""
+    import json
+
+    k_len = q_len if k_len is None else k_len
+    if q_len < 0 or k_len < 0:
+        raise fail(f"sizes must be non-negative, got --q-len {q_len} --k-len {k_len}")
+    if q_len > k_len:
+        raise fail(f"--q-len {q_len} > --k-len {k_len}: queries are the last q-len of the k-len positions")
+    if window is not None and window < 1:
+        raise fail(f"--window must be >= 1, got {window}")
+    if side not in ("left", "right"):
+        raise fail(f"--side must be left or right, got {side!r}")
+    if not 0 <= pad <= k_len:
+        raise fail(f"--padding {pad} must be within 0..{k_len} (the sequence has {k_len} positions)")
+    if chunk is not None and chunk < 1:
+        raise fail(f"--chunk must be >= 1, got {chunk}")
+    if prefix is not None and not 0 <= prefix <= k_len:
+        raise fail(f"--prefix {prefix} must be within 0..{k_len}")
+    doc_ids = None
+    if documents is not None:
+        try:
+            doc_ids = [int(x) for x in documents.split(",")]
+        except ValueError:
+            raise fail(f"--documents must be comma-separated integers, got {documents!r}") from None
+        if len(doc_ids) != k_len:
+            raise fail(f"--documents has {len(doc_ids)} ids for {k_len} positions (--k-len)")
+    block_size = None
+    if block is not None:
+        try:
+            block_size = tuple(int(x) for x in block.lower().split("x"))
+            assert len(block_size) == 2 and min(block_size) >= 1
+        except (ValueError, AssertionError):
+            raise fail(f"--block must look like 4x4 (positive sizes), got {block!r}") from None
+
+    from attnscope import masks
+    from attnscope.render.maskgrid import MaskGrid, TileMap
+
+    spec = masks.prefix_lm(prefix) if prefix is not None else masks.causal()
+    if window is not None:
+        spec = spec & masks.sliding_window(window)
+    if pad:
+        spec = spec & masks.padding([k_len - pad], side, total=k_len)
+    if doc_ids is not None:
+        spec = spec & masks.document(doc_ids)
+    if chunk is not None:
+        spec = spec & masks.chunked(chunk)
+    allowed = spec.dense(q_len, k_len)[0, 0]  # (Sq, Sk)
+    empty_rows = (~allowed.any(-1)).nonzero().flatten()
+    tiles = spec.blocks(q_len, k_len, *block_size) if block_size else None
+    if as_json:
+        summary = {"spec": repr(spec), "q_len": q_len, "k_len": k_len, "past": k_len - q_len,
+                   "allowed": int(allowed.sum()), "masked": int((~allowed).sum()),
+                   "density": float(allowed.float().mean()) if allowed.numel() else 0.0,
+                   "fully_masked_rows": [int(i) + k_len - q_len for i in empty_rows]}
+        if tiles is not None:
+            states = tiles.states[0, 0]
+            summary["blocks"] = {"block_m": block_size[0], "block_n": block_size[1],
+                                 "shape": list(states.shape), "full": int((states == masks.FULL).sum()),
+                                 "partial": int((states == masks.PARTIAL).sum()),
+                                 "empty": int((states == masks.EMPTY).sum()), "sparsity": tiles.sparsity}
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    console = _console()
+    past = k_len - q_len
+    console.print(MaskGrid(allowed.numpy(), q_offset=past, title=f"{spec!r} · q {q_len} × k {k_len}"
+                           + (f" · past {past} (rows are absolute positions)" if past else "")))
+    if len(empty_rows):
+        console.print(f"{len(empty_rows)} row(s) with no allowed key: positions "
+                      + ", ".join(str(int(i) + past) for i in empty_rows[:20]), style="red")
+    if tiles is not None:
+        console.print(TileMap(tiles.states[0, 0].numpy(), *block_size, tiles.sparsity))
+
+
+@app.command()
 def models() -> None:
     """List the bundled sample models."""
     from rich.table import Table

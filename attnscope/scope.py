@@ -4,6 +4,9 @@
     result = attnscope.Scope(model, backend="sdpa").run("def fibonacci(n):", max_new_tokens=16)
     result.attention(layer=0, head=3)   # float32 [q, k] probabilities, recomputed from q, k, lse
     result.report().to_json()
+
+A list of prompts runs as one padded batch (left or right padding): the padding mask and per-row
+rotary positions make every row compute what it would alone.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from collections.abc import Sequence
 
 import torch
 
+from attnscope import masks
 from attnscope.backends import get_backend
 from attnscope.errors import UserError
 from attnscope.inspect.capture import Capture, LayerRecord
 from attnscope.inspect.report import HeadStats, LayerReport, Report, Token, json_number
 from attnscope.model.loader import LoadedModel
+
+Prompt = str | Sequence[int]
 
 
 class Scope:
@@ -27,7 +33,7 @@ class Scope:
         self.model = model
         self.backend = backend
 
-    def encode(self, prompt: str | Sequence[int]) -> list[int]:
+    def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt (a string, or token ids as they are), validated against the model."""
         config = self.model.config
         if isinstance(prompt, str):
@@ -46,55 +52,90 @@ class Scope:
         return ids
 
     @torch.inference_mode()
-    def run(self, prompt: str | Sequence[int], max_new_tokens: int = 0) -> Result:
+    def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left") -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
         `max_new_tokens` greedily with the KV cache.
 
         Args:
-            prompt: text (tokenized with the model's tokenizer) or a list of token ids.
+            prompt: text or a list of token ids; or a list of those, run as one padded batch.
             max_new_tokens: greedy continuation length.
+            padding_side: "left" or "right", for a batch of prompts of different lengths.
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
         """
-        ids = self.encode(prompt)
+        batched = not isinstance(prompt, str) and bool(prompt) and not isinstance(prompt[0], int)
+        prompts = list(prompt) if batched else [prompt]
+        rows = [self.encode(p) for p in prompts]
         if max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if padding_side not in ("left", "right"):
+            raise UserError(f"padding side must be 'left' or 'right', got {padding_side!r}")
+        total = max(len(r) for r in rows)
         limit = self.model.config.max_position_embeddings
-        if len(ids) + max_new_tokens > limit:
+        if total + max_new_tokens > limit:
             raise UserError(
-                f"prompt ({len(ids)} tokens) + {max_new_tokens} new tokens exceeds the model's "
-                f"{limit} positions"
+                f"prompt ({total} tokens) + {max_new_tokens} new tokens exceeds the model's {limit} positions"
             )
+        device = self.model.device
+        ids = torch.zeros(len(rows), total, dtype=torch.long, device=device)  # (B, T); pads are id 0
+        real = torch.zeros(len(rows), total, dtype=torch.bool, device=device)  # (B, T)
+        for b, row in enumerate(rows):
+            cols = slice(total - len(row), total) if padding_side == "left" else slice(0, len(row))
+            ids[b, cols] = torch.tensor(row, device=device)
+            real[b, cols] = True
+        pad_mask = positions = None
+        if not bool(real.all()):
+            pad_mask = masks.padding([len(r) for r in rows], padding_side, total)
+            positions = (real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): each row counts from 0
+
         net = self.model.net
         previous, net.backend = net.backend, self.backend
         try:
-            x = torch.tensor([ids], device=self.model.device)  # (1, T)
-            cache = net.new_cache(1, len(ids) + max_new_tokens)
+            cache = net.new_cache(len(rows), total + max_new_tokens)
             capture = Capture()
-            logits = net(x, cache, recorder=capture)  # (1, T, vocab): all positions at once
-            new_ids = net.decode(logits, cache, max_new_tokens, self.model.config.eos_token_id)
+            # all positions at once: one attention call per layer
+            logits = net(ids, cache, recorder=capture, mask=pad_mask, positions=positions)  # (B, T, vocab)
+            last = torch.tensor([total - 1 if padding_side == "left" else len(r) - 1 for r in rows], device=device)
+            last_logits = logits[torch.arange(len(rows), device=device), last].unsqueeze(1)  # (B, 1, vocab)
+            new_ids = net.decode(last_logits, cache, max_new_tokens, self.model.config.eos_token_id,
+                                 mask=pad_mask, positions=positions)
         finally:
             net.backend = previous
-        return Result(self, prompt, ids, logits[0].float(), new_ids[0].tolist(), capture.records)
+        return Result(self, prompts if batched else prompt, ids.tolist(), real, logits.float(),
+                      new_ids.tolist(), capture.records, batched)
 
 
 class Result:
-    """What one `Scope.run` produced: tokens, logits, continuation and per-layer attention records."""
+    """What one `Scope.run` produced: tokens, logits, continuation and per-layer attention records.
 
-    def __init__(self, scope: Scope, prompt, ids: list[int], logits: torch.Tensor, continuation: list[int],
-                 records: dict[int, LayerRecord]):
+    For a batch of prompts, methods take ``batch=`` (the row) and ``.logits`` is ``[B, T, vocab]``.
+    """
+
+    def __init__(self, scope: Scope, prompt, ids: list[list[int]], real: torch.Tensor, logits: torch.Tensor,
+                 continuation: list[list[int]], records: dict[int, LayerRecord], batched: bool):
         self.scope = scope
         self.prompt = prompt
-        self.ids = ids
-        self.logits = logits  # [T, vocab] float32
-        self.continuation_ids = continuation
+        self.batch_ids = ids  # per row, the padded token ids
+        self.real = real  # [B, T] bool: True for the rows' real tokens, False for padding
+        self.batched = batched
+        self.logits = logits if batched else logits[0]  # float32 [T, vocab] ([B, T, vocab] for a batch)
+        self.continuation_ids_by_row = continuation
         self.records = [records[i] for i in range(len(records))]
+
+    @property
+    def ids(self) -> list[int]:
+        """Token ids of the prompt (row 0 of a batch, padding included)."""
+        return self.batch_ids[0]
 
     @property
     def tokens(self) -> list[str]:
         """The prompt's tokens as text (token ids as strings when the model has no tokenizer)."""
-        return _token_texts(self.scope.model, self.ids)
+        return self.token_texts(self.ids)
+
+    @property
+    def continuation_ids(self) -> list[int]:
+        return self.continuation_ids_by_row[0]
 
     @property
     def continuation(self) -> str:
@@ -109,40 +150,50 @@ class Result:
     def n_heads(self) -> int:
         return self.scope.model.config.num_attention_heads
 
-    def _record(self, layer: int, head: int) -> LayerRecord:
+    def token_texts(self, ids: list[int]) -> list[str]:
+        tok = self.scope.model.tokenizer
+        return tok.token_texts(ids) if tok else [str(i) for i in ids]
+
+    def check_place(self, layer: int, head: int | None = None) -> LayerRecord:
+        """The record of `layer`; a UserError naming the valid range when layer or head is outside it."""
         if not 0 <= layer < self.n_layers:
-            raise UserError(f"layer {layer} is out of range (the model has {self.n_layers} layers: 0..{self.n_layers - 1})")
-        if not 0 <= head < self.n_heads:
-            raise UserError(f"head {head} is out of range (each layer has {self.n_heads} heads: 0..{self.n_heads - 1})")
+            raise UserError(f"layer {layer} is out of range (the model has {self.n_layers} layers: "
+                            f"0..{self.n_layers - 1})")
+        if head is not None and not 0 <= head < self.n_heads:
+            raise UserError(f"head {head} is out of range (each layer has {self.n_heads} heads: "
+                            f"0..{self.n_heads - 1})")
         return self.records[layer]
 
-    def attention(self, layer: int, head: int, q: slice = slice(None), k: slice = slice(None)) -> torch.Tensor:
+    def attention(self, layer: int, head: int, q: slice = slice(None), k: slice = slice(None),
+                  batch: int = 0) -> torch.Tensor:
         """Float32 attention probabilities ``[q, k]`` of query head `head` in `layer`."""
-        return self._record(layer, head).probabilities(head, q, k)
+        return self.check_place(layer, head).probabilities(head, q, k, batch=batch)
 
-    def head_stats(self) -> list[list[HeadStats]]:
+    def head_stats(self, batch: int = 0) -> list[list[HeadStats]]:
         """Per layer, per query head: mean entropy, max weight and first-token mass."""
         out = []
         for rec in self.records:
-            stats = {name: t.tolist() for name, t in rec.head_statistics().items()}
+            stats = {name: t.tolist() for name, t in rec.head_statistics(batch).items()}
             out.append([
-                HeadStats(head=h, kv_head=h // rec.n_groups,
-                          entropy=json_number(stats["entropy"][h]),
+                HeadStats(head=h, kv_head=h // rec.n_groups, entropy=json_number(stats["entropy"][h]),
                           max_weight=json_number(stats["max_weight"][h]),
                           first_token_mass=json_number(stats["first_token_mass"][h]))
                 for h in range(self.n_heads)
             ])
         return out
 
-    def report(self) -> Report:
+    def report(self, batch: int = 0) -> Report:
+        """The JSON-serializable `Report` of one row (row 0 by default)."""
         model = self.scope.model
         c = model.config
-        tokens = [Token(i, t, s) for i, (t, s) in enumerate(zip(self.ids, self.tokens, strict=True))]
-        texts = _token_texts(model, self.continuation_ids)
-        continuation = [Token(len(self.ids) + i, t, s)
-                        for i, (t, s) in enumerate(zip(self.continuation_ids, texts, strict=True))]
+        ids = self.batch_ids[batch]
+        tokens = [Token(i, t, s) for i, (t, s) in enumerate(zip(ids, self.token_texts(ids), strict=True))]
+        new = self.continuation_ids_by_row[batch]
+        continuation = [Token(len(ids) + i, t, s) for i, (t, s) in enumerate(zip(new, self.token_texts(new),
+                                                                                   strict=True))]
         layers = [LayerReport(rec.layer, repr(rec.mask), heads)
-                  for rec, heads in zip(self.records, self.head_stats(), strict=True)]
+                  for rec, heads in zip(self.records, self.head_stats(batch), strict=True)]
+        prompt = self.prompt[batch] if self.batched else self.prompt
         return Report(
             model={"name": model.name, "path": str(model.path), "model_type": c.model_type,
                    "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
@@ -151,13 +202,9 @@ class Result:
             reference="eager",
             device=str(model.device),
             dtype=str(model.dtype).removeprefix("torch."),
-            prompt=self.prompt if isinstance(self.prompt, str) else list(self.ids),
+            prompt=prompt if isinstance(prompt, str) else [int(i) for i in prompt],
             tokens=tokens,
             continuation=continuation,
             masks=[layer.mask for layer in layers],
             layers=layers,
         )
-
-
-def _token_texts(model: LoadedModel, ids: list[int]) -> list[str]:
-    return model.tokenizer.token_texts(ids) if model.tokenizer else [str(i) for i in ids]

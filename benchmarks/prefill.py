@@ -47,10 +47,10 @@ def main() -> None:
         for T in args.lengths:
             ids = torch.randint(0, model.config.vocab_size, (1, T), generator=gen, device=args.device)
 
-            def full():
+            def full(ids=ids, T=T):
                 return net(ids, net.new_cache(1, T))
 
-            def incremental():
+            def incremental(ids=ids, T=T):
                 cache = net.new_cache(1, T)
                 return torch.cat([net(ids[:, i:i + 1], cache) for i in range(T)], dim=1)
 

@@ -65,8 +65,11 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = rope_inv_freq(config)  # (D/2,) plain CPU tensor: not a checkpoint entry
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = torch.outer(positions.float(), self.inv_freq.to(positions.device))  # (T, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        """cos, sin ``[T, D]`` for positions ``[T]``, or ``[B, 1, T, D]`` for per-row positions ``[B, T]``."""
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)  # (..., T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (..., T, D)
+        if emb.dim() == 3:
+            emb = emb.unsqueeze(1)  # (B, 1, T, D): broadcast over heads
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
@@ -76,7 +79,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x ``[B, H, T, D]`` by the angles of its positions (cos, sin ``[T, D]``)."""
+    """Rotate x ``[B, H, T, D]`` by the angles of its positions (cos, sin ``[T, D]`` or ``[B, 1, T, D]``)."""
     return x * cos + rotate_half(x) * sin
 
 
@@ -132,6 +135,7 @@ class Attention(nn.Module):
         attend: AttendFn,
         cache: KVCache | None,
         recorder: Recorder | None,
+        mask: MaskSpec,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, Hq, D)
@@ -143,9 +147,9 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, past + T, D)
-        out, lse = attend(q, k, v, self.mask, self.scale, need_lse=recorder is not None)  # (B, Hq, T, D)
+        out, lse = attend(q, k, v, mask, self.scale, need_lse=recorder is not None)  # (B, Hq, T, D)
         if recorder is not None:
-            recorder(self.layer, q=q, k=k, v=v, out=out, lse=lse, mask=self.mask, scale=self.scale)
+            recorder(self.layer, q=q, k=k, v=v, out=out, lse=lse, mask=mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, Hq * D)
         return self.o_proj(out)
 
@@ -170,8 +174,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, attend, cache, recorder) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, attend, cache, recorder)
+    def forward(self, x, rope, attend, cache, recorder, mask) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, attend, cache, recorder, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -215,6 +219,8 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         recorder: Recorder | None = None,
         attend: AttendFn | None = None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, T, vocab]`` for token ids ``[B, T]``.
 
@@ -223,15 +229,19 @@ class Transformer(nn.Module):
             cache: a KV cache; the new tokens follow the `cache.length` tokens it holds.
             recorder: called by every attention layer with its q, k, v, out, lse and mask.
             attend: an attention function to use instead of the model's backend.
+            mask: a spec combined (``&``) with every layer's own mask, e.g. ``padding(lengths)``.
+            positions: rotary positions ``[B, T]`` of padded rows (default: the token indices).
         """
         B, T = ids.shape
         past = cache.length if cache is not None else 0
-        positions = torch.arange(past, past + T, device=ids.device)  # (T,) absolute positions
+        if positions is None:
+            positions = torch.arange(past, past + T, device=ids.device)  # (T,) absolute positions
         x = self.embed_tokens(ids)  # (B, T, hidden)
-        rope = self.rotary_emb(positions, x.dtype)  # cos, sin: (T, D)
+        rope = self.rotary_emb(positions, x.dtype)  # cos, sin: (T, D) or (B, 1, T, D)
         attend = attend or self._attend
         for block in self.layers:
-            x = block(x, rope, attend, cache, recorder)
+            layer_mask = block.self_attn.mask if mask is None else block.self_attn.mask & mask
+            x = block(x, rope, attend, cache, recorder, layer_mask)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.norm(x))  # (B, T, vocab)
@@ -243,9 +253,18 @@ class Transformer(nn.Module):
         return self.decode(self(ids, cache), cache, max_new_tokens, eos_token_id)
 
     @torch.inference_mode()
-    def decode(self, logits: torch.Tensor, cache: KVCache, max_new_tokens: int, eos_token_id=None) -> torch.Tensor:
+    def decode(
+        self,
+        logits: torch.Tensor,
+        cache: KVCache,
+        max_new_tokens: int,
+        eos_token_id=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Continue greedily from the `logits` of a prefill whose keys and values are in `cache`,
-        one token per step. Returns the new ids ``[B, <= max_new_tokens]``; stops at `eos_token_id`."""
+        one token per step (with the prefill's extra `mask` and rotary `positions` ``[B, T]``, if any).
+        Returns the new ids ``[B, <= max_new_tokens]``; stops when every row produced `eos_token_id`."""
         eos = torch.tensor(eos_token_id if eos_token_id is not None else [], device=logits.device).view(-1)
         new = []
         for step in range(max_new_tokens):
@@ -254,5 +273,6 @@ class Transformer(nn.Module):
             if eos.numel() and bool(torch.isin(next_ids, eos).all()):
                 break
             if step + 1 < max_new_tokens:
-                logits = self(next_ids, cache)  # (B, 1, vocab)
+                pos = None if positions is None else positions[:, -1:] + step + 1  # (B, 1)
+                logits = self(next_ids, cache, mask=mask, positions=pos)  # (B, 1, vocab)
         return torch.cat(new, dim=1) if new else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)

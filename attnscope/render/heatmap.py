@@ -14,23 +14,13 @@ import numpy as np
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
+from attnscope.pooling import pool2d
 from attnscope.render.colors import shade, viridis
 
 LABEL_WIDTH = 14
 
 
-def max_pool(weights: np.ndarray, allowed: np.ndarray, rows: int, cols: int):
-    """Max-pool a [Sq, Sk] map (and OR-pool its mask) down to at most rows x cols cells."""
-    def edges(n, parts):
-        return np.linspace(0, n, min(n, parts) + 1).round().astype(int)
-
-    re, ce = edges(weights.shape[0], rows), edges(weights.shape[1], cols)
-    w = np.maximum.reduceat(np.maximum.reduceat(weights, re[:-1], axis=0), ce[:-1], axis=1)
-    a = np.logical_or.reduceat(np.logical_or.reduceat(allowed, re[:-1], axis=0), ce[:-1], axis=1)
-    return w, a, re, ce
-
-
-def _label(text: str, width: int) -> str:
+def label(text: str, width: int) -> str:
     text = text.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣")
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -60,7 +50,8 @@ class Heatmap:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         Sq, Sk = self.weights.shape
         cols = max(8, options.max_width - LABEL_WIDTH - 8)
-        w, a, re, ce = max_pool(self.weights, self.allowed, self.max_rows, cols)
+        w, re, ce = pool2d(self.weights, self.max_rows, cols, "max")
+        a, _, _ = pool2d(self.allowed, self.max_rows, cols, "any")
         top = float(w.max()) if w.size and np.isfinite(w).all() and w.max() > 0 else 1.0
         color = console.color_system is not None
         pooled = w.shape != self.weights.shape
@@ -75,8 +66,8 @@ class Heatmap:
         for i in range(w.shape[0]):
             line = Text()
             pos = self.query_offset + re[i]
-            label = _label(self.query_labels[re[i]], LABEL_WIDTH) if not pooled else ""
-            line.append(f"{pos:>5} {label:<{LABEL_WIDTH}}", style="dim")
+            text = label(self.query_labels[re[i]], LABEL_WIDTH) if not pooled else ""
+            line.append(f"{pos:>5} {text:<{LABEL_WIDTH}}", style="dim")
             for j in range(w.shape[1]):
                 x = float(w[i, j]) / top
                 if not a[i, j]:

@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attnscope.inspect.report import Report
-from attnscope.render.heatmap import _label
+from attnscope.render.heatmap import label
 
 STATS = (("entropy", "entropy", "mean attention entropy (nats)"),
          ("max_weight", "max w", "mean of each row's largest weight"),
@@ -31,7 +31,7 @@ def tokens(report: Report) -> Text:
     text.append(f"prompt ({len(report.tokens)} tokens)\n", style="bold")
     for tok in report.tokens:
         text.append(f"{tok.index}", style="dim")
-        text.append(f"{_label(tok.text, 16)} ", style="cyan")
+        text.append(f"{label(tok.text, 16)} ", style="cyan")
     if report.continuation:
         text.append(f"\ncontinuation ({len(report.continuation)} tokens, greedy)\n", style="bold")
         text.append("".join(tok.text for tok in report.continuation), style="green")

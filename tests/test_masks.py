@@ -1,0 +1,307 @@
+"""Mask specs against references we did not write: HF transformers' masking_utils mask functions,
+torch FlexAttention's create_mask and torch's causal_lower_right; properties with hypothesis; the
+dense-mask cache; fully-masked rows in every backend; padded batches end to end; `attnscope mask`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.flex_attention import create_mask
+from transformers import masking_utils as hf
+from typer.testing import CliRunner
+
+import attnscope
+from attnscope import masks
+from attnscope.backends import get_backend
+from attnscope.cli import app
+from attnscope.model import ModelConfig, Transformer
+from attnscope.model.loader import LoadedModel
+
+SIZES = [(1, 1), (1, 9), (5, 5), (7, 20), (16, 16), (3, 40), (0, 6)]
+
+
+def flex_dense(fn, q_len: int, k_len: int, batch: int = 1) -> torch.Tensor:
+    """FlexAttention's materialization of an absolute-position predicate, bottom-right aligned."""
+    if q_len == 0:
+        return torch.zeros(batch, 1, 0, k_len, dtype=torch.bool)
+    past = k_len - q_len
+    return create_mask(lambda b, h, q, kv: fn(b, h, q + past, kv), batch, 1, q_len, k_len, device="cpu")
+
+
+@pytest.mark.parametrize("q_len, k_len", SIZES)
+def test_causal_matches_torch_lower_right_and_hf(q_len, k_len):
+    ours = masks.causal().dense(q_len, k_len)[0, 0]
+    if q_len:
+        assert torch.equal(ours, causal_lower_right(q_len, k_len)._materialize("cpu"))
+    assert torch.equal(ours, flex_dense(hf.causal_mask_function, q_len, k_len)[0, 0])
+
+
+@pytest.mark.parametrize("q_len, k_len", SIZES)
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_sliding_window_matches_hf(q_len, k_len, window):
+    ours = masks.sliding_window(window).dense(q_len, k_len)
+    ref = flex_dense(hf.sliding_window_causal_mask_function(window), q_len, k_len)
+    assert torch.equal(ours, ref)
+    assert torch.equal((masks.causal() & masks.sliding_window(window)).dense(q_len, k_len), ref)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("q_len, k_len", [(9, 9), (1, 9), (4, 9)])
+def test_padding_matches_hf_padding_function(side, q_len, k_len):
+    lengths = [9, 5, 1]
+    attention_mask = torch.zeros(3, k_len, dtype=torch.bool)  # HF's 2-D attention_mask
+    for b, n in enumerate(lengths):
+        if side == "left":
+            attention_mask[b, k_len - n:] = True
+        else:
+            attention_mask[b, :n] = True
+    ref = flex_dense(hf.and_masks(hf.causal_mask_function, hf.padding_mask_function(attention_mask)),
+                     q_len, k_len, batch=3)
+    ours = (masks.causal() & masks.padding(lengths, side, total=k_len)).dense(q_len, k_len)
+    assert torch.equal(ours, ref)
+
+
+def test_padding_keeps_generated_tokens_visible():
+    spec = masks.padding([2, 4], "right", total=4)  # positions 4.. are generated after the prompt
+    allowed = spec.dense(1, 6)  # decode step at position 5
+    assert allowed[0, 0, 0].tolist() == [True, True, False, False, True, True]
+    assert allowed[1, 0, 0].tolist() == [True] * 6
+
+
+@pytest.mark.parametrize("q_len, k_len", [(8, 8), (3, 8), (1, 8)])
+def test_document_matches_hf_packed_sequence(q_len, k_len):
+    ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2, 3]])
+    ref = flex_dense(hf.and_masks(hf.causal_mask_function, hf.packed_sequence_mask_function(ids)),
+                     q_len, k_len, batch=2)
+    ours = (masks.causal() & masks.document(ids)).dense(q_len, k_len)
+    assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("q_len, k_len", [(12, 12), (5, 12), (1, 12)])
+@pytest.mark.parametrize("size", [1, 4, 5])
+def test_chunked_matches_hf_chunked_overlay(q_len, k_len, size):
+    no_padding = torch.zeros(1, dtype=torch.long)
+    ref = flex_dense(hf.chunked_causal_mask_function(size, no_padding), q_len, k_len)
+    assert torch.equal((masks.causal() & masks.chunked(size)).dense(q_len, k_len), ref)
+
+
+@pytest.mark.parametrize("q_len, k_len", [(10, 10), (4, 10)])
+@pytest.mark.parametrize("prefix", [0, 3, 10])
+def test_prefix_lm_matches_hf_or_of_causal_and_prefix(q_len, k_len, prefix):
+    ref = flex_dense(hf.or_masks(hf.causal_mask_function, lambda b, h, q, kv: kv < prefix), q_len, k_len)
+    assert torch.equal(masks.prefix_lm(prefix).dense(q_len, k_len), ref)
+
+
+def test_custom_tensor_is_bottom_right_aligned():
+    t = torch.rand(6, 6) > 0.5
+    spec = masks.custom(t, "random")
+    assert torch.equal(spec.dense(6, 6)[0, 0], t)
+    assert torch.equal(spec.dense(2, 6)[0, 0], t[4:])
+    assert repr(spec & masks.causal()) == "random & causal"
+    with pytest.raises(ValueError, match="covers 6 positions"):
+        spec.dense(7, 7)
+
+
+def test_sizes_are_validated():
+    with pytest.raises(ValueError, match="cannot be more queries than keys"):
+        masks.causal().dense(5, 4)
+    with pytest.raises(ValueError, match="non-negative"):
+        masks.causal().dense(-1, 4)
+    assert masks.causal().dense(0, 4).shape == (1, 1, 0, 4)
+    with pytest.raises(ValueError):
+        masks.sliding_window(0)
+
+
+def test_repr_is_readable():
+    spec = masks.causal() & masks.sliding_window(4096) & masks.padding([3, 4], "left")
+    assert repr(spec) == "causal & sliding_window(4096) & padding(left)"
+    assert repr((masks.causal() | masks.prefix_lm(4)) & masks.chunked(8)) == "(causal | prefix_lm(4)) & chunked(8)"
+
+
+# ---- properties -----------------------------------------------------------------------------
+
+parts = st.one_of(
+    st.just(masks.causal()),
+    st.integers(1, 12).map(masks.sliding_window),
+    st.integers(0, 12).map(masks.prefix_lm),
+    st.integers(1, 6).map(masks.chunked),
+    st.tuples(st.integers(0, 24), st.sampled_from(["left", "right"])).map(
+        lambda a: masks.padding([a[0]], a[1], total=24)),
+)
+specs = st.recursive(parts, lambda inner: st.builds(lambda a, b, op: a & b if op else a | b,
+                                                     inner, inner, st.booleans()), max_leaves=4)
+shapes = st.integers(0, 24).flatmap(lambda k: st.tuples(st.integers(0, k), st.just(k)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(specs, specs, shapes)
+def test_and_or_act_elementwise_on_dense(a, b, shape):
+    q_len, k_len = shape
+    assert torch.equal((a & b).dense(q_len, k_len), a.dense(q_len, k_len) & b.dense(q_len, k_len))
+    assert torch.equal((a | b).dense(q_len, k_len), a.dense(q_len, k_len) | b.dense(q_len, k_len))
+
+
+@settings(max_examples=60, deadline=None)
+@given(specs, shapes, st.integers(1, 8), st.integers(1, 8))
+def test_block_states_agree_with_dense(spec, shape, bm, bn):
+    q_len, k_len = shape
+    allowed = spec.dense(q_len, k_len)[0, 0]
+    tiles = spec.blocks(q_len, k_len, bm, bn)
+    assert tiles.states.shape[-2:] == (math.ceil(q_len / bm), math.ceil(k_len / bn))
+    for i in range(tiles.states.shape[-2]):
+        for j in range(tiles.states.shape[-1]):
+            tile = allowed[i * bm:(i + 1) * bm, j * bn:(j + 1) * bn]
+            expected = masks.FULL if tile.all() else masks.EMPTY if not tile.any() else masks.PARTIAL
+            assert int(tiles.states[0, 0, i, j]) == expected
+    n_empty = int((tiles.states == masks.EMPTY).sum())
+    assert tiles.sparsity == pytest.approx(n_empty / max(1, tiles.states.numel()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(specs, shapes, st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+def test_additive_is_finite_and_matches_dense(spec, shape, dtype):
+    add = spec.additive(*shape, dtype=dtype)
+    assert add.dtype == dtype and torch.isfinite(add).all()
+    allowed = spec.dense(*shape)
+    assert torch.equal(add == 0, allowed.expand_as(add))
+    assert (add[~allowed.expand_as(add)] == torch.finfo(dtype).min).all()
+
+
+# ---- fully-masked rows in the backends -------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("spec", [
+    masks.causal() & masks.padding([3, 6], "left", total=6),
+    masks.causal() & masks.document([0, 0, 1, 1, 2, 2]) & masks.custom(
+        torch.tensor([[1, 1, 1, 1, 1, 1]] * 3 + [[0] * 6] + [[1] * 6] * 2, dtype=torch.bool), "drop(3)"),
+])
+def test_fully_masked_rows_give_zero_and_minus_inf(backend, dtype, spec):
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 6, 16, dtype=dtype)
+    k, v = torch.randn(2, 2, 6, 16, dtype=dtype), torch.randn(2, 2, 6, 16, dtype=dtype)
+    out, lse = get_backend(backend)(q, k, v, spec, 0.25)
+    empty = spec.fully_masked_rows(6, 6).expand(2, 4, 6)  # (B, H, Sq)
+    assert empty.any()
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert (out[empty] == 0).all()
+    assert (lse[empty] == float("-inf")).all() and torch.isfinite(lse[~empty]).all()
+    ref, ref_lse = get_backend("eager")(q.float(), k.float(), v.float(), spec, 0.25)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(out.float(), ref, atol=tol, rtol=tol)
+
+
+# ---- the cache, and padded batches end to end -------------------------------------------------
+
+def tiny_model(backend: str = "eager", **overrides) -> LoadedModel:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **overrides)
+    net = Transformer(config, backend=backend).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return LoadedModel(net, None, "random", Path("."))
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_generation_hits_the_mask_cache(backend):
+    model = tiny_model(sliding_window=16, layer_types=["full_attention", "sliding_attention", "full_attention"])
+    scope = attnscope.Scope(model, backend=backend)
+    scope.run(list(range(1, 11)), max_new_tokens=1)  # warm: the prefill's masks
+    before = masks.cache_stats()
+    scope.run(list(range(1, 11)), max_new_tokens=64)
+    after = masks.cache_stats()
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    assert hits + misses >= 64
+    assert hits / (hits + misses) >= 0.9, (hits, misses)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_padded_batch_rows_equal_their_single_runs(side, backend):
+    model = tiny_model(backend)
+    scope = attnscope.Scope(model, backend=backend)
+    prompts = [list(range(3, 23)), list(range(40, 48)), list(range(60, 73))]
+    batch = scope.run(prompts, max_new_tokens=6, padding_side=side)
+    assert "padding(" + side + ")" in repr(batch.records[0].mask)
+    for b, prompt in enumerate(prompts):
+        single = scope.run(prompt, max_new_tokens=6)
+        cols = slice(20 - len(prompt), 20) if side == "left" else slice(0, len(prompt))
+        assert torch.allclose(batch.logits[b, cols], single.logits, atol=1e-5)
+        assert batch.continuation_ids_by_row[b] == single.continuation_ids
+        assert torch.allclose(batch.attention(1, 3, batch=b)[cols, cols], single.attention(1, 3), atol=1e-6)
+        assert not torch.isnan(batch.logits[b]).any()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_full_equals_incremental(side):
+    model = tiny_model()
+    net = model.net
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [0, 0, 0, 0, 12, 13, 14]])
+    if side == "right":
+        ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 0, 0, 0, 0]])
+    real = ids != 0  # (B, T): token id 0 is the padding here
+    spec = masks.padding([7, 3], side, total=7)
+    pos = (real.long().cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        full = net(ids, mask=spec, positions=pos)
+        cache = net.new_cache(2, 7)
+        steps = [net(ids[:, i:i + 1], cache, mask=spec, positions=pos[:, i:i + 1]) for i in range(7)]
+    inc = torch.cat(steps, dim=1)
+    assert torch.allclose(full[real], inc[real], atol=1e-5)
+
+
+# ---- attnscope mask ---------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+def test_mask_command_draws_grid_and_tiles():
+    result = runner.invoke(app, ["mask", "--q-len", "12", "--k-len", "16", "--window", "4", "--padding", "3",
+                                 "--side", "left", "--block", "4x4"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "causal & sliding_window(4) & padding(left)" in out
+    assert "past 4" in out and "tiles 4×4" in out and "sparsity" in out
+    assert "█" in out and "·" in out
+
+
+def test_mask_command_marks_rows_without_keys_and_summarizes_large_masks():
+    result = runner.invoke(app, ["mask", "-q", "8", "--padding", "3", "--side", "left"])
+    assert "×" in result.output and "3 row(s) with no allowed key: positions 0, 1, 2" in result.output
+    big = runner.invoke(app, ["mask", "-q", "4096", "--window", "512"])
+    assert big.exit_code == 0 and "summarized" in big.output
+    assert len(big.output.splitlines()) < 60
+
+
+def test_mask_command_json():
+    result = runner.invoke(app, ["mask", "-q", "8", "--documents", "0,0,0,1,1,2,2,2", "--block", "4x4", "--json"])
+    summary = json.loads(result.output)
+    assert summary["spec"] == "causal & document(3 docs)"
+    assert summary["allowed"] == 6 + 3 + 6 and summary["fully_masked_rows"] == []
+    assert summary["blocks"]["shape"] == [2, 2] and summary["blocks"]["empty"] == 1
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["-q", "-1"], "non-negative"),
+    (["-q", "5", "-k", "3"], "--q-len 5 > --k-len 3"),
+    (["-q", "5", "--window", "0"], "--window must be >= 1"),
+    (["-q", "5", "--padding", "6"], "--padding 6 must be within 0..5"),
+    (["-q", "4", "--documents", "0,1"], "--documents has 2 ids for 4 positions"),
+    (["-q", "4", "--documents", "a,b"], "comma-separated integers"),
+    (["-q", "4", "--chunk", "0"], "--chunk must be >= 1"),
+    (["-q", "4", "--block", "4by4"], "--block must look like 4x4"),
+    (["-q", "4", "--side", "up", "--padding", "1"], "--side must be left or right"),
+])
+def test_mask_command_bad_input(argv, fragment):
+    result = runner.invoke(app, ["mask", *argv])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
