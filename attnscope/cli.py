@@ -29,6 +29,12 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name 
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa or triton.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
+ChecksOpt = Annotated[str, typer.Option("--checks", help="Comma-separated checks to run: nan, masked_rows, "
+                                        "full_vs_incremental, backend_vs_reference, causality; 'all' or 'none'.")]
+AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance of the comparing checks "
+                                               "(default by dtype: float32 1e-5, float16 5e-3, bfloat16 1e-2).")]
+RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default by dtype: float32 1e-4, "
+                                               "float16 5e-3, bfloat16 1e-2).")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickled pytorch_model.bin weights "
                                          "(loaded with torch.load(weights_only=True)).")]
 
@@ -105,20 +111,25 @@ def run(
     layer: Annotated[int | None, typer.Option("--layer", "-l", help="Layer of the heatmap.")] = None,
     head: Annotated[int | None, typer.Option("--head", help="Query head of the heatmap (default: the head "
                                              "with the lowest mean entropy).")] = None,
+    checks: ChecksOpt = "all",
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     allow_pickle: PickleOpt = False,
 ) -> None:
-    """Run a prompt and show tokens, continuation, per-head attention statistics and a heatmap."""
+    """Run a prompt and show tokens, continuation, per-head attention statistics, checks and a heatmap."""
     _check_output_path(json_path, "--json")
     if max_new_tokens < 0:
         raise fail(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    check_names = _parse_checks(checks)
     with user_errors():
         from attnscope.render.heatmap import Heatmap
         from attnscope.render.report import run_report
         from attnscope.scope import Scope
 
         loaded = _load(model, dtype, device, allow_pickle)
-        result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens)
+        result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
+                                                    atol=atol, rtol=rtol)
         report = result.report()
         layer, head, why = _pick_head(result, report, layer, head)
         weights = result.attention(layer, head)
@@ -153,6 +164,129 @@ def _pick_head(result, report, layer: int | None, head: int | None):
         return layer or 0, head or 0, ""
     _, best_layer, best_head = min(candidates)
     return best_layer, best_head, " · lowest mean entropy"
+
+
+def _parse_checks(text: str) -> tuple[str, ...]:
+    from attnscope.inspect.checks import CHECK_NAMES
+
+    if text.strip() == "all":
+        return CHECK_NAMES
+    if text.strip() == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in CHECK_NAMES]
+    if unknown or not names:
+        raise fail(f"unknown check {unknown[0] if unknown else text!r} (choose from: {', '.join(CHECK_NAMES)}, "
+                   "all, none)")
+    return names
+
+
+def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    found = list(prompts)
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise fail(f"--prompts {prompts_file}: no such file")
+        try:
+            text = prompts_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"--prompts {prompts_file}: cannot be read as text ({exc})") from None
+        found += [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+    if not found:
+        raise fail("give at least one --prompt TEXT or --prompts FILE (one prompt per line)")
+    return found
+
+
+@app.command()
+def check(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt to check (repeatable).")] = [],  # noqa: B006
+    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
+                                                      "(\\n in a line is a newline).")] = None,
+    model: ModelOpt = "tiny-code",
+    backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
+                                               "sdpa, triton.")] = ["sdpa"],  # noqa: B006
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    checks: ChecksOpt = "all",
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report(s) as JSON here.")] = None,
+    junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per "
+                                                    "prompt × backend × check).")] = None,
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
+    _check_output_path(json_path, "--json")
+    _check_output_path(junit_path, "--junit")
+    check_names = _parse_checks(checks)
+    prompt_list = _read_prompts(prompt, prompts_file)
+    from attnscope.render.report import checks_table
+
+    runs = []  # (prompt, backend, report)
+    err = _console(stderr=True)
+    with user_errors():
+        from attnscope.backends import get_backend
+        from attnscope.scope import Scope
+
+        for name in backend:
+            get_backend(name)  # an unknown or unavailable backend is bad input: fail before any work
+        loaded = _load(model, dtype, device, allow_pickle)
+        scopes = [Scope(loaded, backend=name) for name in backend]
+        for prompt_text in prompt_list:  # validate every prompt before running anything
+            scopes[0].encode(prompt_text)
+        total = len(prompt_list) * len(scopes)
+        with _progress(err, total) as advance:
+            for prompt_text in prompt_list:
+                for scope in scopes:
+                    advance(f"{scope.backend}: {prompt_text[:40]!r}")
+                    result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
+                    runs.append((prompt_text, scope.backend, result.report()))
+    rows = [(f"{b} · {_short(p)}", c) for p, b, r in runs for c in r.checks]
+    console = _console()
+    console.print(checks_table(rows, title=f"attnscope check · {loaded.name} · {dtype} · {len(prompt_list)} "
+                               f"prompt(s) × {len(scopes)} backend(s)"))
+    passed = all(r.passed for _, _, r in runs)
+    n_failed = sum(not c.passed for _, c in rows)
+    console.print(f"{len(rows) - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
+    if json_path is not None:
+        import json
+
+        if len(runs) == 1:
+            text = runs[0][2].to_json()
+        else:
+            text = json.dumps({"schema": "attnscope.report-set/1", "passed": passed,
+                               "reports": [r.to_dict() for _, _, r in runs]}, indent=2)
+        _write_atomic(json_path, text)
+    if junit_path is not None:
+        from attnscope.junit import junit_xml
+
+        _write_atomic(junit_path, junit_xml([(p, b, r.checks) for p, b, r in runs]))
+    raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
+
+
+def _short(text: str, width: int = 24) -> str:
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@contextlib.contextmanager
+def _progress(console, total: int):
+    """A progress bar on stderr when it is a terminal; yields advance(description)."""
+    if not console.is_terminal or total <= 1:
+        yield lambda description: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("checking", total=total)
+        started = [False]
+
+        def advance(description: str) -> None:
+            if started[0]:
+                progress.advance(task)
+            started[0] = True
+            progress.update(task, description=description)
+
+        yield advance
 
 
 @app.command()

@@ -19,6 +19,7 @@ from attnscope import masks
 from attnscope.backends import get_backend
 from attnscope.errors import UserError
 from attnscope.inspect.capture import Capture, LayerRecord
+from attnscope.inspect.checks import CHECK_NAMES, run_checks
 from attnscope.inspect.report import HeadStats, LayerReport, Report, Token, json_number
 from attnscope.model.loader import LoadedModel
 
@@ -52,18 +53,22 @@ class Scope:
         return ids
 
     @torch.inference_mode()
-    def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left") -> Result:
+    def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left",
+            checks: Sequence[str] = (), atol: float | None = None, rtol: float | None = None) -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
-        `max_new_tokens` greedily with the KV cache.
+        `max_new_tokens` greedily with the KV cache, then run the named checks.
 
         Args:
             prompt: text or a list of token ids; or a list of those, run as one padded batch.
             max_new_tokens: greedy continuation length.
             padding_side: "left" or "right", for a batch of prompts of different lengths.
+            checks: names from `CHECK_NAMES` ("all" for every one), run on the prompt.
+            atol, rtol: override the dtype's default tolerances of the comparing checks.
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
         """
+        checks = CHECK_NAMES if checks == "all" else tuple(checks)
         batched = not isinstance(prompt, str) and bool(prompt) and not isinstance(prompt[0], int)
         prompts = list(prompt) if batched else [prompt]
         rows = [self.encode(p) for p in prompts]
@@ -102,8 +107,10 @@ class Scope:
                                  mask=pad_mask, positions=positions)
         finally:
             net.backend = previous
-        return Result(self, prompts if batched else prompt, ids.tolist(), real, logits.float(),
-                      new_ids.tolist(), capture.records, batched)
+        result = Result(self, prompts if batched else prompt, (ids, pad_mask, positions), real, logits.float(),
+                        new_ids.tolist(), capture.records, batched)
+        result.checks, result.diffs = run_checks(result, checks, atol, rtol)
+        return result
 
 
 class Result:
@@ -112,16 +119,19 @@ class Result:
     For a batch of prompts, methods take ``batch=`` (the row) and ``.logits`` is ``[B, T, vocab]``.
     """
 
-    def __init__(self, scope: Scope, prompt, ids: list[list[int]], real: torch.Tensor, logits: torch.Tensor,
+    def __init__(self, scope: Scope, prompt, inputs, real: torch.Tensor, logits: torch.Tensor,
                  continuation: list[list[int]], records: dict[int, LayerRecord], batched: bool):
         self.scope = scope
         self.prompt = prompt
-        self.batch_ids = ids  # per row, the padded token ids
+        self.inputs = inputs  # (ids [B, T], padding mask spec or None, rotary positions [B, T] or None)
+        self.batch_ids = inputs[0].tolist()  # per row, the padded token ids
         self.real = real  # [B, T] bool: True for the rows' real tokens, False for padding
         self.batched = batched
         self.logits = logits if batched else logits[0]  # float32 [T, vocab] ([B, T, vocab] for a batch)
         self.continuation_ids_by_row = continuation
         self.records = [records[i] for i in range(len(records))]
+        self.checks = []  # Check findings, filled by Scope.run
+        self.diffs = {}  # check name -> per-layer Diff (per head figures)
 
     @property
     def ids(self) -> list[int]:
@@ -169,18 +179,49 @@ class Result:
         """Float32 attention probabilities ``[q, k]`` of query head `head` in `layer`."""
         return self.check_place(layer, head).probabilities(head, q, k, batch=batch)
 
+    def attention_pooled(self, layer: int, head: int, rows: int, cols: int, reduce: str = "max",
+                         batch: int = 0, q: slice = slice(None), k: slice = slice(None)):
+        """A rows × cols pooled map (numpy float32) of one head, computed tile by tile: for
+        screens and long prompts, never materializing the full matrix."""
+        return self.check_place(layer, head).pooled(head, rows, cols, reduce, batch, q, k)
+
+    def attention_group(self, layer: int, kv_head: int, batch: int = 0, reduce: str | None = None):
+        """The query heads that read `kv_head`: stacked ``[G, q, k]``, or summed with reduce="sum"."""
+        rec = self.check_place(layer)
+        if not 0 <= kv_head < rec.k.shape[1]:
+            raise UserError(f"kv head {kv_head} is out of range (0..{rec.k.shape[1] - 1})")
+        heads = range(kv_head * rec.n_groups, (kv_head + 1) * rec.n_groups)
+        maps = torch.stack([rec.probabilities(h, batch=batch) for h in heads])
+        return maps.sum(0) if reduce == "sum" else maps
+
     def head_stats(self, batch: int = 0) -> list[list[HeadStats]]:
-        """Per layer, per query head: mean entropy, max weight and first-token mass."""
+        """Per layer, per query head: means over the real query rows of entropy, max weight and
+        first-token mass; non-finite and fully-masked counts; the checks' largest differences."""
+        real = self.real[batch]  # (T,)
+        n = max(1, int(real.sum()))
         out = []
-        for rec in self.records:
-            stats = {name: t.tolist() for name, t in rec.head_statistics(batch).items()}
+        for layer, rec in enumerate(self.records):
+            r = rec.rows
+
+            def mean(t, real=real):
+                return t[batch].masked_fill(~real, 0).sum(-1).div(n).tolist()  # (Hq,)
+
+            entropy, max_w, sink = mean(r.entropy), mean(r.max_weight), mean(r.first_token_mass)
+            bad = (r.nonfinite_scores + r.nonfinite_weights + r.nonfinite_output)[batch].sum(-1).tolist()
+            empty = (r.fully_masked[batch] & real).sum(-1).tolist()
+            diffs = {name: self.diffs[name][layer].max_abs.tolist() for name in self.diffs}
             out.append([
-                HeadStats(head=h, kv_head=h // rec.n_groups, entropy=json_number(stats["entropy"][h]),
-                          max_weight=json_number(stats["max_weight"][h]),
-                          first_token_mass=json_number(stats["first_token_mass"][h]))
+                HeadStats(head=h, kv_head=h // rec.n_groups, entropy=json_number(entropy[h]),
+                          max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
+                          nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
+                          **{name: json_number(d[h]) for name, d in diffs.items()})
                 for h in range(self.n_heads)
             ])
         return out
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
 
     def report(self, batch: int = 0) -> Report:
         """The JSON-serializable `Report` of one row (row 0 by default)."""
@@ -207,4 +248,6 @@ class Result:
             continuation=continuation,
             masks=[layer.mask for layer in layers],
             layers=layers,
+            checks=list(self.checks),
+            mask_cache=masks.cache_stats(),
         )

@@ -28,10 +28,28 @@ from attnscope.masks import MaskSpec
 AttendFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 BACKEND_NAMES = ("eager", "sdpa", "triton")
+_REGISTERED: dict[str, AttendFn] = {}
+
+
+def register_backend(name: str, attend: AttendFn) -> None:
+    """Make your own attention function available as ``backend=name`` everywhere (Scope, checks).
+
+    `attend` follows the contract above. This is how a kernel under development is compared with
+    the eager reference: ``Scope(model, backend=name).run(prompt, checks="all")``.
+    """
+    if name in BACKEND_NAMES:
+        raise ValueError(f"{name!r} is a built-in backend")
+    _REGISTERED[name] = attend
+
+
+def available_backends() -> list[str]:
+    return [*BACKEND_NAMES, *_REGISTERED]
 
 
 def get_backend(name: str) -> AttendFn:
     """The attend function of backend `name`; a clear error when unknown or unavailable."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     if name == "eager":
         from attnscope.backends.eager import attend
     elif name == "sdpa":
@@ -44,7 +62,7 @@ def get_backend(name: str) -> AttendFn:
             raise BackendUnavailable(f"backend 'triton' is not available: {reason}")
         attend = kernels.attend  # pragma: no cover - filled in by the Triton kernels
     else:
-        raise UserError(f"unknown backend {name!r} (choose from: {', '.join(BACKEND_NAMES)})")
+        raise UserError(f"unknown backend {name!r} (choose from: {', '.join(available_backends())})")
     return attend
 
 

@@ -18,29 +18,29 @@ from attnscope.masks import MaskSpec
 MAX_SCORE_ELEMENTS = 1 << 26  # 256 MiB of float32 scores per chunk
 
 
-def _masked_scores(
-    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield (rows, scores) chunks: scaled float32 scores ``[B, Hkv, G, rows, Sk]``, -inf where masked."""
+def masked_scores(
+    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, max_elements: int = MAX_SCORE_ELEMENTS
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Yield (rows, scores, allowed) chunks of query rows: scaled float32 scores ``[B, Hkv, G, rows, Sk]``
+    with -inf where masked, and the mask chunk ``[B|1, Hkv|1, G|1, rows, Sk]``."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     allowed = group_mask(mask.dense(Sq, Sk, q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
     qg = q.float().view(B, Hkv, Hq // Hkv, Sq, D)  # (B, Hkv, G, Sq, D)
     kt = k.float().unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, Sk)
-    step = max(1, MAX_SCORE_ELEMENTS // max(1, B * Hq * Sk))
+    step = max(1, max_elements // max(1, B * Hq * Sk))
     for start in range(0, Sq, step):
         rows = slice(start, min(Sq, start + step))
         scores = (qg[..., rows, :] @ kt) * scale  # (B, Hkv, G, rows, Sk)
-        yield rows, scores.masked_fill(~allowed[..., rows, :], float("-inf"))
+        yield rows, scores.masked_fill(~allowed[..., rows, :], float("-inf")), allowed[..., rows, :]
 
 
 def _softmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights, lse) of masked scores. A fully-masked row has lse = -inf and weights 0, not NaN."""
+    """(weights, lse) of masked scores. A fully-masked row has lse = -inf and weights 0, not NaN:
+    subtracting 0 instead of -inf keeps it at exp(-inf) = 0 rather than exp(-inf - -inf) = NaN.
+    NaN scores still propagate: they are a finding, not something to hide."""
     lse = torch.logsumexp(scores, dim=-1)  # (..., rows); -inf where every key is masked
-    # Subtracting 0 instead of -inf keeps such a row at exp(-inf) = 0 rather than exp(-inf - -inf)
-    # = NaN. NaN scores still propagate: they are a finding, not something to hide.
-    safe_lse = lse.masked_fill(lse == float("-inf"), 0.0)
-    return torch.exp(scores - safe_lse.unsqueeze(-1)), lse
+    return weights_from_lse(scores, lse), lse
 
 
 def attend(
@@ -53,7 +53,7 @@ def attend(
     vf = v.float().unsqueeze(2)  # (B, Hkv, 1, Sk, D)
     out = torch.empty(B, Hkv, Hq // Hkv, Sq, D, dtype=torch.float32, device=q.device)
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
-    for rows, scores in _masked_scores(q, k, mask, scale):
+    for rows, scores, _ in masked_scores(q, k, mask, scale):
         weights, lse[..., rows] = _softmax(scores)
         out[..., rows, :] = weights @ vf
     return out.view(B, Hq, Sq, D).to(q.dtype), lse.view(B, Hq, Sq)
@@ -64,7 +64,7 @@ def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float) 
     B, Hq, Sq, _ = q.shape
     Hkv = k.shape[1]
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
-    for rows, scores in _masked_scores(q, k, mask, scale):
+    for rows, scores, _ in masked_scores(q, k, mask, scale, max_elements=1 << 24):
         lse[..., rows] = torch.logsumexp(scores, dim=-1)
     return lse.view(B, Hq, Sq)
 
@@ -78,5 +78,10 @@ def probabilities(
     ``[..., Sq, Sk]``) of one head or a stack of heads.
     """
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (..., Sq, Sk)
+    return weights_from_lse(scores.masked_fill(~allowed, float("-inf")), lse)
+
+
+def weights_from_lse(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """exp(scores - lse) for masked scores (-inf where masked); rows with lse = -inf give 0, not NaN."""
     safe_lse = lse.float().masked_fill(lse == float("-inf"), 0.0)
-    return torch.exp(scores - safe_lse.unsqueeze(-1)).masked_fill(~allowed, 0.0)
+    return torch.exp(scores - safe_lse.unsqueeze(-1))

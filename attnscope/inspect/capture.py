@@ -1,21 +1,39 @@
 """What the inspector keeps of each attention call, and what it computes from it.
 
-Probabilities are never stored as ``[L, H, T, T]``: a `LayerRecord` keeps the post-RoPE q and k the
-backend saw, and the lse it returned, so any region of the attention matrix is recomputed on demand
-as ``exp(q·k·scale - lse)``, one chunk of query rows at a time.
+Probabilities are never stored as ``[L, H, T, T]``. A `LayerRecord` keeps what the backend saw and
+returned: post-RoPE q ``[B, Hq, Sq, D]``, k and v ``[B, Hkv, Sk, D]``, the output and the lse
+``[B, Hq, Sq]``, and the mask spec. Any region of the attention matrix is recomputed on demand as
+``exp(q·k·scale - lse)``, a chunk of query rows at a time; per-row statistics (`RowStats`) are
+computed the same way, once, and kept: they are ``[B, Hq, Sq]`` each.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from attnscope.backends import group_mask
-from attnscope.backends.eager import probabilities
+from attnscope.backends.eager import masked_scores, weights_from_lse
 from attnscope.masks import MaskSpec
+from attnscope.pooling import pool_edges
 
-ROW_CHUNK_ELEMENTS = 1 << 24  # probabilities computed at once when summarizing a layer
+STATS_CHUNK_ELEMENTS = 1 << 23  # float32 scores computed at once when summarizing a layer
+
+
+@dataclass
+class RowStats:
+    """Per (batch, query head, query row) statistics of one layer's attention, each ``[B, Hq, Sq]``."""
+
+    entropy: torch.Tensor  # nats; 0 for a fully-masked row
+    max_weight: torch.Tensor
+    argmax: torch.Tensor  # key index of the largest weight
+    first_token_mass: torch.Tensor  # weight on key 0 (the attention sink)
+    weight_sum: torch.Tensor  # 1 for a correct lse, 0 for a fully-masked row
+    fully_masked: torch.Tensor  # bool: no key allowed
+    nonfinite_scores: torch.Tensor  # count of NaN/Inf among the allowed scores
+    nonfinite_weights: torch.Tensor
+    nonfinite_output: torch.Tensor  # count of NaN/Inf in the row's output vector
 
 
 @dataclass
@@ -23,53 +41,125 @@ class LayerRecord:
     layer: int
     q: torch.Tensor  # [B, Hq, Sq, D] post-RoPE queries
     k: torch.Tensor  # [B, Hkv, Sk, D] post-RoPE keys, cache included
-    lse: torch.Tensor  # [B, Hq, Sq] float32
+    v: torch.Tensor  # [B, Hkv, Sk, D]
     out: torch.Tensor  # [B, Hq, Sq, D] attention output (before o_proj)
+    lse: torch.Tensor  # [B, Hq, Sq] float32
     mask: MaskSpec
     scale: float
+    residual_nonfinite: torch.Tensor | None = None  # [B, Sq] NaN/Inf count of the block's output
+    _rows: RowStats | None = None
 
     @property
     def n_groups(self) -> int:
         return self.q.shape[1] // self.k.shape[1]
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(Sq, Sk) of the attention matrix."""
+        return self.q.shape[2], self.k.shape[2]
+
+    def allowed(self, head: int, batch: int = 0) -> torch.Tensor:
+        """Bool [Sq, Sk] mask of one query head."""
+        dense = self.mask.dense(*self.shape, self.q.device)  # (B|1, Hq|1, Sq, Sk)
+        return dense[min(batch, dense.shape[0] - 1), min(head, dense.shape[1] - 1)]
+
     def probabilities(self, head: int, rows: slice = slice(None), cols: slice = slice(None),
                       batch: int = 0) -> torch.Tensor:
         """Float32 attention weights of one query head, ``[rows, cols]`` of ``[Sq, Sk]``."""
-        Sq, Sk = self.q.shape[2], self.k.shape[2]
-        allowed = self.mask.dense(Sq, Sk, self.q.device)  # (B|1, Hq|1, Sq, Sk)
-        allowed = allowed[min(batch, allowed.shape[0] - 1), min(head, allowed.shape[1] - 1)]
-        q = self.q[batch, head, rows]  # (rows, D)
-        k = self.k[batch, head // self.n_groups, cols]  # (cols, D)
-        return probabilities(q, k, self.lse[batch, head, rows], allowed[rows, cols], self.scale)
+        q = self.q[batch, head, rows].float()  # (rows, D)
+        k = self.k[batch, head // self.n_groups, cols].float()  # (cols, D)
+        scores = (q @ k.T) * self.scale  # (rows, cols)
+        scores = scores.masked_fill(~self.allowed(head, batch)[rows, cols], float("-inf"))
+        return weights_from_lse(scores, self.lse[batch, head, rows])
 
-    def head_statistics(self, batch: int = 0) -> dict[str, torch.Tensor]:
-        """Per query head, averaged over query rows: ``entropy`` (nats), ``max_weight`` (the row's
-        largest weight), ``first_token_mass`` (weight on key 0, the attention sink). Each ``[Hq]``."""
-        _, Hq, Sq, D = self.q.shape
-        Hkv, Sk = self.k.shape[1], self.k.shape[2]
-        allowed = group_mask(self.mask.dense(Sq, Sk, self.q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
-        allowed = allowed[min(batch, allowed.shape[0] - 1)]
-        q = self.q[batch].view(Hkv, self.n_groups, Sq, D)  # (Hkv, G, Sq, D)
-        k = self.k[batch].unsqueeze(1)  # (Hkv, 1, Sk, D)
-        lse = self.lse[batch].view(Hkv, self.n_groups, Sq)
-        sums = torch.zeros(3, Hkv, self.n_groups, dtype=torch.float32, device=self.q.device)
-        step = max(1, ROW_CHUNK_ELEMENTS // max(1, Hq * Sk))
-        for start in range(0, Sq, step):
-            rows = slice(start, min(Sq, start + step))
-            p = probabilities(q[:, :, rows], k, lse[:, :, rows], allowed[..., rows, :], self.scale)
+    def pooled(self, head: int, rows: int, cols: int, reduce: str = "max", batch: int = 0,
+               q: slice = slice(None), k: slice = slice(None)) -> np.ndarray:
+        """A ``rows × cols`` pooled map of one head's weights (of the region q × k), computed one band
+        of query rows at a time: the full matrix is never materialized.
+
+        Args:
+            head: query head.
+            rows, cols: the grid size (at most; a smaller matrix is not upsampled).
+            reduce: "max" or "mean" over each cell's region.
+        """
+        if reduce not in ("max", "mean"):
+            raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+        q0, q1, _ = q.indices(self.shape[0])
+        k0, k1, _ = k.indices(self.shape[1])
+        re, ce = pool_edges(q1 - q0, rows), pool_edges(k1 - k0, cols)
+        out = np.zeros((len(re) - 1, len(ce) - 1), dtype=np.float32)
+        lengths = torch.as_tensor(np.diff(ce), device=self.q.device)
+        for i in range(len(re) - 1):
+            band = self.probabilities(head, slice(q0 + re[i], q0 + re[i + 1]), slice(k0, k1), batch)  # (r, Sk')
+            if reduce == "max":
+                cells = torch.segment_reduce(band.amax(dim=0), "max", lengths=lengths)
+            else:
+                cells = torch.segment_reduce(band.sum(dim=0), "sum", lengths=lengths) / (lengths * band.shape[0])
+            out[i] = cells.cpu().numpy()
+        return out
+
+    @property
+    def rows(self) -> RowStats:
+        """Per-row statistics, computed once from q, k and lse (chunked) and kept."""
+        if self._rows is None:
+            self._rows = self._row_stats()
+        return self._rows
+
+    def _row_stats(self) -> RowStats:
+        B, Hq, Sq, _ = self.q.shape
+        Hkv = self.k.shape[1]
+        lse = self.lse.float().view(B, Hkv, Hq // Hkv, Sq)
+        shape = (B, Hkv, Hq // Hkv, Sq)
+        acc = {name: torch.zeros(shape, device=self.q.device) for name in
+               ("entropy", "max_weight", "first_token_mass", "weight_sum", "nonfinite_scores", "nonfinite_weights")}
+        argmax = torch.zeros(shape, dtype=torch.long, device=self.q.device)
+        allowed_any = torch.zeros(shape, dtype=torch.bool, device=self.q.device)
+        for rows, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS):
+            bad = (torch.isnan(scores) | torch.isposinf(scores) | (torch.isneginf(scores) & allowed)).sum(-1)
+            p = weights_from_lse(scores, lse[..., rows])  # (B, Hkv, G, rows, Sk)
             plogp = torch.where(p > 0, p * torch.log(p), torch.zeros((), device=p.device))
-            sums[0] += -plogp.sum(-1).sum(-1)  # entropy
-            sums[1] += p.amax(-1).sum(-1)
-            sums[2] += p[..., 0].sum(-1)
-        means = (sums / max(Sq, 1)).view(3, Hq)
-        return {"entropy": means[0], "max_weight": means[1], "first_token_mass": means[2]}
+            acc["entropy"][..., rows] = -plogp.sum(-1)
+            acc["max_weight"][..., rows] = p.amax(-1)
+            argmax[..., rows] = p.argmax(-1)
+            acc["first_token_mass"][..., rows] = p[..., 0]
+            acc["weight_sum"][..., rows] = p.sum(-1)
+            acc["nonfinite_scores"][..., rows] = bad.float()
+            acc["nonfinite_weights"][..., rows] = (~torch.isfinite(p)).sum(-1).float()
+            allowed_any[..., rows] = allowed.any(-1)
+        flat = {name: t.view(B, Hq, Sq) for name, t in acc.items()}
+        return RowStats(
+            entropy=flat["entropy"], max_weight=flat["max_weight"], argmax=argmax.view(B, Hq, Sq),
+            first_token_mass=flat["first_token_mass"], weight_sum=flat["weight_sum"],
+            fully_masked=~allowed_any.view(B, Hq, Sq),
+            nonfinite_scores=flat["nonfinite_scores"].long(), nonfinite_weights=flat["nonfinite_weights"].long(),
+            nonfinite_output=(~torch.isfinite(self.out)).sum(-1),
+        )
 
 
 class Capture:
-    """A recorder for `Transformer.forward`: keeps one `LayerRecord` per layer of the last call."""
+    """A recorder for `Transformer.forward`: one `LayerRecord` per layer.
 
-    def __init__(self):
+    With ``append=True`` successive calls (incremental decoding) are concatenated along the query
+    rows, and k/v are the latest (longest) cache views, so the record covers the whole sequence.
+    """
+
+    def __init__(self, append: bool = False):
         self.records: dict[int, LayerRecord] = {}
+        self.append = append
 
-    def __call__(self, layer: int, *, q, k, v, out, lse, mask, scale) -> None:
-        self.records[layer] = LayerRecord(layer, q, k, lse, out, mask, scale)
+    def attention(self, layer: int, *, q, k, v, out, lse, mask, scale) -> None:
+        prev = self.records.get(layer)
+        if self.append and prev is not None:
+            q, out, lse = (torch.cat([prev.q, q], 2), torch.cat([prev.out, out], 2), torch.cat([prev.lse, lse], 2))
+        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale,
+                                          prev.residual_nonfinite if self.append and prev else None)
+
+    def residual(self, layer: int, hidden: torch.Tensor) -> None:
+        rec = self.records[layer]
+        bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
+        if self.append and rec.residual_nonfinite is not None and rec.residual_nonfinite.shape[1] < rec.q.shape[2]:
+            bad = torch.cat([rec.residual_nonfinite, bad], 1)
+        rec.residual_nonfinite = bad
+
+    def layers(self) -> list[LayerRecord]:
+        return [self.records[i] for i in range(len(self.records))]

@@ -28,6 +28,10 @@ class HeadStats:
     entropy: float  # mean over query rows, in nats
     max_weight: float  # mean over query rows of the row's largest weight
     first_token_mass: float  # mean over query rows of the weight on position 0 (attention sink)
+    nonfinite: int = 0  # NaN/Inf values in this head's scores, weights and output
+    fully_masked_rows: int = 0  # query rows of real tokens with no allowed key
+    full_vs_incremental: float | str | None = None  # max |Δ| of the attention output (None: not checked)
+    backend_vs_reference: float | str | None = None  # max |Δ| against eager float32 (None: not checked)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class Report:
     masks: list[str]
     layers: list[LayerReport]
     checks: list[Check] = field(default_factory=list)
+    mask_cache: dict[str, int] = field(default_factory=dict)  # hits / misses of the dense-mask cache
     schema: str = SCHEMA
 
     @property
@@ -69,8 +74,12 @@ class Report:
         d = asdict(self)
         d["passed"] = self.passed
         order = ["schema", "model", "backend", "reference", "device", "dtype", "prompt", "tokens",
-                 "continuation", "masks", "layers", "checks", "passed"]
+                 "continuation", "masks", "layers", "checks", "passed", "mask_cache"]
         return {key: d[key] for key in order}
+
+    def check(self, name: str) -> Check | None:
+        """The check called `name`, or None when it did not run."""
+        return next((c for c in self.checks if c.name == name), None)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_finite)

@@ -11,7 +11,7 @@ References: meta-llama ``llama/model.py``, gpt-fast ``model.py``, HF ``modeling_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,16 @@ from attnscope.backends import AttendFn, get_backend
 from attnscope.masks import MaskSpec, causal, sliding_window
 from attnscope.model.config import ModelConfig
 
-# recorder(layer, q=..., k=..., v=..., out=..., lse=..., mask=..., scale=...) sees each attention call
-Recorder = Callable[..., None]
+
+class Recorder(Protocol):
+    """What the inspector sees of a forward pass (see `attnscope.inspect.capture.Capture`)."""
+
+    def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float) -> None:
+        """Each attention call: post-RoPE q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (cache included),
+        the output [B, Hq, Sq, D], lse [B, Hq, Sq] and the mask it used."""
+
+    def residual(self, layer: int, hidden: torch.Tensor) -> None:
+        """The residual stream [B, Sq, hidden] after each block."""
 
 
 class RMSNorm(nn.Module):
@@ -149,7 +157,7 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, past + T, D)
         out, lse = attend(q, k, v, mask, self.scale, need_lse=recorder is not None)  # (B, Hq, T, D)
         if recorder is not None:
-            recorder(self.layer, q=q, k=k, v=v, out=out, lse=lse, mask=mask, scale=self.scale)
+            recorder.attention(self.layer, q=q, k=k, v=v, out=out, lse=lse, mask=mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, Hq * D)
         return self.o_proj(out)
 
@@ -227,7 +235,7 @@ class Transformer(nn.Module):
         Args:
             ids: token ids of the new tokens.
             cache: a KV cache; the new tokens follow the `cache.length` tokens it holds.
-            recorder: called by every attention layer with its q, k, v, out, lse and mask.
+            recorder: sees every attention call and the residual stream after each block.
             attend: an attention function to use instead of the model's backend.
             mask: a spec combined (``&``) with every layer's own mask, e.g. ``padding(lengths)``.
             positions: rotary positions ``[B, T]`` of padded rows (default: the token indices).
@@ -239,9 +247,11 @@ class Transformer(nn.Module):
         x = self.embed_tokens(ids)  # (B, T, hidden)
         rope = self.rotary_emb(positions, x.dtype)  # cos, sin: (T, D) or (B, 1, T, D)
         attend = attend or self._attend
-        for block in self.layers:
+        for i, block in enumerate(self.layers):
             layer_mask = block.self_attn.mask if mask is None else block.self_attn.mask & mask
-            x = block(x, rope, attend, cache, recorder, layer_mask)
+            x = block(x, rope, attend, cache, recorder, layer_mask)  # (B, T, hidden)
+            if recorder is not None:
+                recorder.residual(i, x)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.norm(x))  # (B, T, vocab)

@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.inspect.report import Report
+from attnscope.inspect.report import Check, Report
 from attnscope.render.heatmap import label
 
 STATS = (("entropy", "entropy", "mean attention entropy (nats)"),
@@ -64,5 +64,44 @@ def head_table(report: Report) -> Table:
     return table
 
 
+def _worst(check: Check) -> str:
+    f = check.figures
+    for key in ("max_abs_diff", "max_weight_sum_error"):
+        if key in f:
+            value = f[key]
+            return f"max |Δ| {value:.2e}" if isinstance(value, float) else f"max |Δ| {value}"
+    if "nonfinite_counts" in f:
+        return f"{sum(f['nonfinite_counts'].values())} non-finite"
+    return ""
+
+
+def _where(check: Check) -> str:
+    w = check.where or {}
+    parts = [f"{k} {w[k]}" for k in ("layer", "head", "position", "stage") if w.get(k) is not None]
+    return " · ".join(parts)
+
+
+def checks_table(rows: list[tuple[str, Check]], title: str = "checks") -> Table:
+    """One row per check: ✓/✗, name, run label, worst figure, where, message."""
+    table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+    labelled = any(label for label, _ in rows)
+    table.add_column("")
+    table.add_column("check")
+    if labelled:
+        table.add_column("run")
+    table.add_column("worst", justify="right")
+    table.add_column("where")
+    table.add_column("finding", overflow="fold")
+    for label, check in rows:
+        mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
+        cells = [mark, check.name, *([label] if labelled else []), _worst(check), _where(check),
+                 Text(check.message, style="" if check.passed else "red")]
+        table.add_row(*cells)
+    return table
+
+
 def run_report(report: Report) -> Group:
-    return Group(header(report), Text(), tokens(report), Text(), masks(report), Text(), head_table(report))
+    parts = [header(report), Text(), tokens(report), Text(), masks(report), Text(), head_table(report)]
+    if report.checks:
+        parts += [Text(), checks_table([("", c) for c in report.checks])]
+    return Group(*parts)

@@ -1,0 +1,305 @@
+"""Checks: does this attention do what it should, and if not, where does it first go wrong?
+
+Each check returns a `Check` (name, passed, figures, where, message) and, where it compares
+tensors, per (layer, head) figures that the report shows next to each head.
+
+- ``nan``: NaN/Inf in scores, weights, outputs, the residual stream or the logits; names the first
+  layer, stage, head and position in model order.
+- ``masked_rows``: query rows of real tokens with no allowed key, and rows whose recomputed weights
+  ``exp(q·k·scale - lse)`` do not sum to 1 (±1e-3): a wrong lse or a wrong mask.
+- ``full_vs_incremental``: the prompt once in parallel and once token by token through the KV
+  cache; per layer and head the largest difference of the attention output, and of the logits.
+- ``backend_vs_reference``: the backend's attention output against the eager float32 reference on
+  the very same q, k, v, per layer and head.
+- ``causality``: change the tokens after position p and verify that nothing at positions <= p
+  changes (bit-exact for eager in float32); a leak names the layer where it starts.
+
+Tolerances follow HF transformers' attention tests: float32 atol 1e-5 / rtol 1e-4; float16 5e-3
+and bfloat16 1e-2 (atol scaled by the reference's magnitude).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from attnscope.backends import get_backend
+from attnscope.inspect.capture import Capture, LayerRecord
+from attnscope.inspect.report import Check, json_number
+
+if TYPE_CHECKING:
+    from attnscope.scope import Result
+
+CHECK_NAMES = ("nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality")
+STAGES = ("scores", "weights", "output", "residual")
+WEIGHT_SUM_TOLERANCE = 1e-3
+DEFAULT_TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float16: (5e-3, 5e-3), torch.bfloat16: (1e-2, 1e-2)}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    scaled: bool  # atol multiplied by max(1, max |reference|)
+
+    @classmethod
+    def for_dtype(cls, dtype: torch.dtype, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+        default_atol, default_rtol = DEFAULT_TOLERANCES[dtype]
+        return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
+                   scaled=dtype != torch.float32 and atol is None)
+
+    def as_dict(self) -> dict:
+        return {"atol": self.atol, "rtol": self.rtol, "atol_scaled_by_magnitude": self.scaled}
+
+
+EXACT = Tolerance(0.0, 0.0, False)
+
+
+@dataclass
+class Diff:
+    """Differences of two ``[B, H, S, D]`` tensors, per head, and the rows over tolerance."""
+
+    max_abs: torch.Tensor  # [H]
+    max_rel: torch.Tensor  # [H]
+    bad_rows: torch.Tensor  # [B, H, S] bool: some element over tolerance (NaN counts as over)
+
+    def first_bad(self) -> tuple[int, int, int] | None:
+        """(batch, head, row) of the earliest row over tolerance, or None."""
+        if not bool(self.bad_rows.any()):
+            return None
+        b, h, s = self.bad_rows.nonzero().unbind(1)
+        i = int(torch.argmin(s * self.bad_rows.shape[1] + h))
+        return int(b[i]), int(h[i]), int(s[i])
+
+
+def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: torch.Tensor | None = None) -> Diff:
+    """Compare ``[B, H, S, D]`` tensors elementwise: over tolerance where |a - r| > atol + rtol·|r|.
+
+    Args:
+        rows: optional bool ``[B, S]`` of the rows to compare (e.g. real tokens, not padding).
+    """
+    a, r = actual.float(), reference.float()
+    zero = torch.zeros((), device=a.device)
+    # NaN on one side only is a difference; NaN on both sides is the same (the nan check reports it)
+    err = torch.where(torch.isnan(a) & torch.isnan(r), zero, (a - r).abs())
+    err = torch.where(torch.isnan(a) ^ torch.isnan(r), torch.full_like(err, float("inf")), err)
+    if rows is not None:
+        err = torch.where(rows[:, None, :, None], err, zero)
+    finite = r[torch.isfinite(r)]
+    atol = tol.atol * max(1.0, float(finite.abs().max())) if tol.scaled and finite.numel() else tol.atol
+    over = err > atol + tol.rtol * torch.nan_to_num(r.abs(), nan=0.0, posinf=0.0)
+    rel = err / r.abs().clamp_min(1e-6)
+    per_head = (0, 2, 3)
+    return Diff(err.amax(dim=per_head) if err.numel() else torch.zeros(a.shape[1]),
+                rel.amax(dim=per_head) if rel.numel() else torch.zeros(a.shape[1]), over.any(-1))
+
+
+def _figures(d: Diff, tol: Tolerance) -> dict:
+    return {"max_abs_diff": json_number(float(d.max_abs.max())) if d.max_abs.numel() else 0.0,
+            "max_rel_diff": json_number(float(d.max_rel.max())) if d.max_rel.numel() else 0.0,
+            "tolerance": tol.as_dict()}
+
+
+def _layer_diffs(records: list[LayerRecord], others: list[LayerRecord], tol: Tolerance, rows=None,
+                 upto: int | None = None) -> list[Diff]:
+    sl = slice(None, upto)
+    return [diff(a.out[:, :, sl], b.out[:, :, sl], tol, None if rows is None else rows[:, sl])
+            for a, b in zip(records, others, strict=True)]
+
+
+def _first_failing(diffs: list[Diff]) -> tuple[int, tuple[int, int, int]] | None:
+    for layer, d in enumerate(diffs):
+        place = d.first_bad()
+        if place is not None:
+            return layer, place
+    return None
+
+
+# ---- the checks ------------------------------------------------------------------------------
+
+
+def nan_check(result: Result) -> Check:
+    """NaN/Inf anywhere in the forward pass, localized to the first layer, stage, head and position."""
+    counts = dict.fromkeys((*STAGES, "logits"), 0)
+    first = None
+    for rec in result.records:
+        stats = rec.rows
+        per_stage = {"scores": stats.nonfinite_scores, "weights": stats.nonfinite_weights,
+                     "output": stats.nonfinite_output}
+        for stage in STAGES:
+            if stage == "residual":
+                bad = rec.residual_nonfinite
+                if bad is None:
+                    continue
+                bad = bad[:, None, :]  # (B, 1, Sq): no head
+            else:
+                bad = per_stage[stage]
+            counts[stage] += int(bad.sum())
+            if first is None and bool((bad > 0).any()):
+                b, h, s = (bad > 0).nonzero().unbind(1)
+                i = int(torch.argmin(s * bad.shape[1] + h))
+                first = {"layer": rec.layer, "stage": stage, "head": None if stage == "residual" else int(h[i]),
+                         "position": int(s[i]), "batch": int(b[i])}
+    logits_bad = ~torch.isfinite(result.logits)
+    counts["logits"] = int(logits_bad.sum())
+    if first is None and counts["logits"]:
+        pos = logits_bad.reshape(-1, logits_bad.shape[-2], logits_bad.shape[-1]).any(-1).nonzero()[0]
+        first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}
+    passed = first is None
+    message = "no NaN or Inf" if passed else (
+        f"first non-finite value at layer {first['layer']}, stage {first['stage']}"
+        + (f", head {first['head']}" if first["head"] is not None else "") + f", position {first['position']}")
+    return Check("nan", passed, {"nonfinite_counts": counts}, first, message)
+
+
+def masked_rows_check(result: Result) -> Check:
+    """Query rows of real tokens with no allowed key; rows whose weights do not sum to 1."""
+    real = result.real  # (B, T) bool
+    empty, off = [], []
+    worst = 0.0
+    for rec in result.records:
+        stats = rec.rows
+        rows_real = real[:, None, -stats.fully_masked.shape[2]:].expand_as(stats.fully_masked)
+        e = stats.fully_masked & rows_real
+        dev = (stats.weight_sum - 1).abs()
+        finite = stats.nonfinite_weights == 0  # rows with NaN/Inf weights are the nan check's finding
+        o = (~stats.fully_masked) & rows_real & finite & (dev > WEIGHT_SUM_TOLERANCE)
+        if bool(o.any()):
+            worst = max(worst, float(torch.nan_to_num(dev[o], nan=float("inf")).max()))
+        for kind, found in ((empty, e), (off, o)):
+            for b, h, s in found.nonzero().tolist()[:50]:
+                kind.append({"layer": rec.layer, "head": h, "position": s, "batch": b})
+    where = (empty or off or [None])[0]
+    passed = not empty and not off
+    padding_rows = sum(int((rec.rows.fully_masked & ~real[:, None, :]).sum()) for rec in result.records)
+    message = "every real query row has keys and weights summing to 1" if passed else (
+        f"{len(empty)} real query row(s) with no allowed key" if empty else
+        f"{len(off)} row(s) whose weights do not sum to 1 (worst |sum - 1| = {worst:.3g})")
+    figures = {"fully_masked_rows": empty[:20], "bad_weight_sums": off[:20],
+               "max_weight_sum_error": json_number(worst), "tolerance": WEIGHT_SUM_TOLERANCE,
+               "padding_rows_fully_masked": padding_rows}
+    return Check("masked_rows", passed, figures, where and {**where, "stage": "weights"}, message)
+
+
+def full_vs_incremental_check(result: Result, tol: Tolerance) -> tuple[Check, list[Diff]]:
+    """The prompt token by token through the KV cache against the parallel forward."""
+    net = result.scope.model.net
+    ids, pad_mask, positions = result.inputs
+    B, T = ids.shape
+    capture = Capture(append=True)
+    previous, net.backend = net.backend, result.scope.backend
+    try:
+        with torch.inference_mode():
+            cache = net.new_cache(B, T)
+            steps = [net(ids[:, t:t + 1], cache, recorder=capture, mask=pad_mask,
+                         positions=None if positions is None else positions[:, t:t + 1]) for t in range(T)]
+    finally:
+        net.backend = previous
+    logits_inc = torch.cat(steps, dim=1).float()  # (B, T, vocab)
+    diffs = _layer_diffs(capture.layers(), result.records, tol, rows=result.real)
+    logits_full = result.logits if result.batched else result.logits[None]
+    logits_diff = diff(logits_inc[:, None], logits_full[:, None], tol, rows=result.real)
+    figures = _figures(_merge(diffs), tol)
+    figures["logits_max_abs_diff"] = json_number(float(logits_diff.max_abs.max()))
+    figures["per_layer_max_abs_diff"] = [json_number(float(d.max_abs.max())) for d in diffs]
+    failing = _first_failing(diffs)
+    where, message = None, "incremental decoding matches the full forward"
+    if failing is not None:
+        layer, (b, h, s) = failing
+        where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output"}
+        message = (f"incremental attention output differs from the full forward from layer {layer} on "
+                   f"(head {h}, position {s}; max |Δ| {float(diffs[layer].max_abs.max()):.3g})")
+    elif logits_diff.first_bad() is not None:
+        b, _, s = logits_diff.first_bad()
+        where = {"layer": None, "head": None, "position": s, "batch": b, "stage": "logits"}
+        message = f"logits differ at position {s} (max |Δ| {float(logits_diff.max_abs.max()):.3g})"
+    return Check("full_vs_incremental", where is None, figures, where, message), diffs
+
+
+def backend_vs_reference_check(result: Result, tol: Tolerance) -> tuple[Check, list[Diff]]:
+    """The backend's output against eager float32 on the same q, k, v, layer by layer."""
+    eager = get_backend("eager")
+    diffs = []
+    for rec in result.records:
+        ref, _ = eager(rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False)
+        diffs.append(diff(rec.out, ref, tol, rows=result.real[:, -rec.q.shape[2]:]))
+    figures = _figures(_merge(diffs), tol)
+    figures["per_layer_max_abs_diff"] = [json_number(float(d.max_abs.max())) for d in diffs]
+    failing = _first_failing(diffs)
+    if failing is None:
+        return Check("backend_vs_reference", True, figures, None,
+                     f"{result.scope.backend} matches the eager float32 reference"), diffs
+    layer, (b, h, s) = failing
+    where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output"}
+    return Check("backend_vs_reference", False, figures, where,
+                 f"{result.scope.backend} differs from eager at layer {layer}, head {h}, position {s} "
+                 f"(max |Δ| {float(diffs[layer].max_abs.max()):.3g})"), diffs
+
+
+def causality_check(result: Result, tol: Tolerance, cut_points: list[int] | None = None) -> Check:
+    """Change the tokens after position p; outputs at positions <= p must not change."""
+    ids, pad_mask, positions = result.inputs
+    B, T = ids.shape
+    vocab = result.scope.model.config.vocab_size
+    if cut_points is None:
+        cut_points = sorted({p for p in (T // 4, T // 2, (3 * T) // 4) if 0 <= p < T - 1})
+    exact = result.scope.backend == "eager" and result.scope.model.dtype == torch.float32
+    tol = EXACT if exact else tol
+    net = result.scope.model.net
+    worst, first = 0.0, None
+    for p in cut_points:
+        changed = ids.clone()
+        changed[:, p + 1:] = (ids[:, p + 1:] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
+        capture = Capture()
+        previous, net.backend = net.backend, result.scope.backend
+        try:
+            with torch.inference_mode():
+                net(changed, net.new_cache(B, T), recorder=capture, mask=pad_mask, positions=positions)
+        finally:
+            net.backend = previous
+        diffs = _layer_diffs(capture.layers(), result.records, tol, rows=result.real, upto=p + 1)
+        worst = max(worst, max(float(d.max_abs.max()) for d in diffs))
+        failing = _first_failing(diffs)
+        if failing is not None and (first is None or failing[0] < first["layer"]):
+            layer, (b, h, s) = failing
+            first = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output", "cut": p}
+    figures = {"cut_points": cut_points, "max_abs_diff": json_number(worst), "tolerance": tol.as_dict(),
+               "bit_exact": exact}
+    if first is None:
+        return Check("causality", True, figures, None,
+                     f"no position <= p changes when later tokens change (p in {cut_points})")
+    return Check("causality", False, figures, first,
+                 f"changing tokens after position {first['cut']} changes position {first['position']} "
+                 f"from layer {first['layer']} on (head {first['head']}): a future-token leak")
+
+
+def _merge(diffs: list[Diff]) -> Diff:
+    return Diff(torch.stack([d.max_abs for d in diffs]).amax(0), torch.stack([d.max_rel for d in diffs]).amax(0),
+                torch.zeros(0, dtype=torch.bool))
+
+
+def run_checks(result: Result, names=CHECK_NAMES, atol: float | None = None, rtol: float | None = None):
+    """Run the named checks on a result. Returns (checks, per-layer diffs by check name)."""
+    unknown = [n for n in names if n not in CHECK_NAMES]
+    if unknown:
+        from attnscope.errors import UserError
+
+        raise UserError(f"unknown check {unknown[0]!r} (choose from: {', '.join(CHECK_NAMES)})")
+    tol = Tolerance.for_dtype(result.scope.model.dtype, atol, rtol)
+    checks, diffs = [], {}
+    for name in names:
+        if name == "nan":
+            checks.append(nan_check(result))
+        elif name == "masked_rows":
+            checks.append(masked_rows_check(result))
+        elif name == "full_vs_incremental":
+            check, diffs[name] = full_vs_incremental_check(result, tol)
+            checks.append(check)
+        elif name == "backend_vs_reference":
+            check, diffs[name] = backend_vs_reference_check(result, tol)
+            checks.append(check)
+        elif name == "causality":
+            checks.append(causality_check(result, tol))
+    return checks, diffs

@@ -1,0 +1,197 @@
+"""Every check is shown to fail: faults are injected (an off-by-one causal backend, a KV cache that
+drops a token, NaN in one layer's k projection, a mask that lets one future token through, a wrong
+lse, a row with no key, float16 overflow) and the right check must name the right layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import attnscope
+from attnscope import masks
+from attnscope.backends import register_backend
+from attnscope.backends.eager import attend as eager_attend
+from attnscope.inspect.checks import CHECK_NAMES
+from attnscope.model import KVCache, ModelConfig, Transformer
+from attnscope.model.loader import LoadedModel
+from attnscope.testing import assert_backend_matches, assert_causal, assert_incremental_matches_full, assert_no_nan
+
+PROMPT = [(7 * i + 3) % 90 + 1 for i in range(20)]  # 20 tokens: causality cuts at 5, 10, 15
+
+
+def random_model(dtype=torch.float32, layers: int = 4) -> LoadedModel:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    net = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.2)
+    return LoadedModel(net.to(dtype), None, "random", Path("."))
+
+
+def run(model, backend="eager", checks="all", prompt=PROMPT, **kw):
+    result = attnscope.Scope(model, backend=backend).run(prompt, checks=checks, **kw)
+    return {c.name: c for c in result.checks}, result
+
+
+class OffByOne(masks.MaskSpec):
+    """The classic kernel bug: query p also sees key p + 1."""
+
+    def predicate(self, b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + 1
+
+    def __repr__(self):
+        return "causal+1"
+
+
+def off_by_one_attend(q, k, v, mask, scale, *, need_lse=True):
+    return eager_attend(q, k, v, OffByOne(), scale, need_lse=need_lse)
+
+
+def wrong_lse_attend(q, k, v, mask, scale, *, need_lse=True):
+    out, lse = eager_attend(q, k, v, mask, scale)
+    return out, lse + 0.1
+
+
+register_backend("test-off-by-one", off_by_one_attend)
+register_backend("test-wrong-lse", wrong_lse_attend)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_a_correct_model_passes_every_check(backend):
+    found, result = run(random_model(), backend)
+    assert set(found) == set(CHECK_NAMES)
+    assert all(c.passed for c in found.values()), {n: c.message for n, c in found.items()}
+    assert found["causality"].figures["bit_exact"] is (backend == "eager")
+    assert result.report().passed
+
+
+def test_padded_batch_passes_every_check():
+    result = attnscope.Scope(random_model(), backend="sdpa").run([PROMPT, PROMPT[:9]], checks="all")
+    assert all(c.passed for c in result.checks), [c.message for c in result.checks]
+    masked = next(c for c in result.checks if c.name == "masked_rows")
+    assert masked.figures["padding_rows_fully_masked"] > 0  # left padding rows, reported, not failed
+
+
+def test_off_by_one_causal_backend_is_caught_at_layer_0():
+    found, _ = run(random_model(), "test-off-by-one")
+    for name in ("causality", "backend_vs_reference", "full_vs_incremental"):
+        assert not found[name].passed, name
+        assert found[name].where["layer"] == 0, (name, found[name].where)
+    assert found["causality"].where["position"] == found["causality"].where["cut"]  # p sees p + 1
+    assert found["nan"].passed
+
+
+class DroppingCache(KVCache):
+    """Layer 2 loses the key and value of position 1 once three tokens are cached."""
+
+    def update(self, layer, k, v):
+        k_all, v_all = super().update(layer, k, v)
+        if layer == 2 and self.length >= 3:
+            keep = [i for i in range(k_all.shape[2]) if i != 1]
+            return k_all[:, :, keep], v_all[:, :, keep]
+        return k_all, v_all
+
+
+def test_kv_cache_that_drops_a_token_is_caught_at_its_layer(monkeypatch):
+    model = random_model()
+    net = model.net
+    monkeypatch.setattr(net, "new_cache", lambda batch, max_len: DroppingCache(
+        net.config, batch, max_len, torch.float32, "cpu"))
+    found, _ = run(model)
+    check = found["full_vs_incremental"]
+    assert not check.passed
+    assert check.where["layer"] == 2 and check.where["position"] == 3
+    per_layer = check.figures["per_layer_max_abs_diff"]
+    assert max(per_layer[:2]) < 1e-4 < per_layer[2]
+    assert found["causality"].passed and found["backend_vs_reference"].passed and found["nan"].passed
+
+
+def test_nan_in_k_projection_is_localized():
+    model = random_model()
+    with torch.no_grad():
+        model.net.layers[1].self_attn.k_proj.weight[16 + 3, 5] = float("nan")  # kv head 1 (head_dim 16)
+    found, result = run(model, "sdpa")
+    check = found["nan"]
+    assert not check.passed
+    assert check.where == {"layer": 1, "stage": "scores", "head": 2, "position": 0, "batch": 0}
+    assert check.figures["nonfinite_counts"]["scores"] > 0
+    with pytest.raises(AssertionError, match="layer 1, stage scores, head 2"):
+        assert_no_nan(result)
+    layer1 = result.report().layers[1].heads
+    assert layer1[0].nonfinite == 0 and layer1[2].nonfinite > 0  # only kv head 1's query heads
+
+
+def test_mask_that_leaks_one_future_token_names_the_layer():
+    model = random_model()
+    leak = torch.ones(20, 20, dtype=torch.bool).tril()
+    leak[5, 6] = True  # position 5 sees position 6
+    model.net.layers[1].self_attn.mask = masks.custom(leak, "causal+leak(5→6)")
+    found, _ = run(model)
+    check = found["causality"]
+    assert not check.passed
+    assert check.where["layer"] == 1 and check.where["position"] == 5 and check.where["cut"] == 5
+    assert found["full_vs_incremental"].where["layer"] == 1
+    with pytest.raises(AssertionError, match="from layer 1 on"):
+        assert_causal(model, PROMPT)
+
+
+def test_wrong_lse_makes_weights_not_sum_to_one():
+    found, _ = run(random_model(), "test-wrong-lse", checks=("masked_rows",))
+    check = found["masked_rows"]
+    assert not check.passed and check.where["layer"] == 0
+    assert check.figures["max_weight_sum_error"] == pytest.approx(1 - torch.exp(torch.tensor(-0.1)).item(), abs=1e-4)
+
+
+def test_row_with_no_key_is_reported():
+    model = random_model()
+    blocked = torch.ones(20, 20, dtype=torch.bool).tril()
+    blocked[3] = False
+    model.net.layers[2].self_attn.mask = masks.custom(blocked, "causal-without-row-3")
+    found, result = run(model, "sdpa", checks=("masked_rows", "nan"))
+    check = found["masked_rows"]
+    assert not check.passed
+    assert check.where["layer"] == 2 and check.where["position"] == 3
+    assert found["nan"].passed  # out 0 and lse -inf, never NaN
+    assert result.report().layers[2].heads[0].fully_masked_rows == 1
+
+
+def test_float16_overflow_is_localized_to_its_layer():
+    model = random_model()
+    with torch.no_grad():
+        model.net.layers[2].post_attention_layernorm.weight.fill_(3e3)
+    found32, _ = run(model, checks=("nan",))
+    assert found32["nan"].passed
+    model16 = LoadedModel(model.net.to(torch.float16), None, "random", Path("."))
+    found16, _ = run(model16, checks=("nan",))
+    check = found16["nan"]
+    assert not check.passed
+    assert check.where["layer"] == 2 and check.where["stage"] == "residual"
+
+
+def test_tolerance_overrides_and_testing_helpers():
+    model = random_model()
+    assert_incremental_matches_full(model, PROMPT, backend="sdpa")
+    assert_backend_matches(model, PROMPT, "sdpa")
+    with pytest.raises(AssertionError, match="test-off-by-one differs from eager at layer 0"):
+        assert_backend_matches(model, PROMPT, "test-off-by-one")
+    found, _ = run(model, "test-off-by-one", checks=("backend_vs_reference",), atol=100.0, rtol=0.0)
+    assert found["backend_vs_reference"].passed  # a huge tolerance accepts anything
+    assert found["backend_vs_reference"].figures["tolerance"]["atol"] == 100.0
+
+
+def test_pooled_maps_match_the_dense_probabilities():
+    _, result = run(random_model(), "sdpa", checks=())
+    dense = result.attention(1, 3).numpy()
+    pooled = result.attention_pooled(1, 3, rows=5, cols=4, reduce="max")
+    assert pooled.shape == (5, 4)
+    assert abs(pooled - dense.reshape(5, 4, 4, 5).max(axis=(1, 3))).max() < 1e-6
+    mean = result.attention_pooled(1, 3, rows=5, cols=4, reduce="mean")
+    assert abs(mean - dense.reshape(5, 4, 4, 5).mean(axis=(1, 3))).max() < 1e-6
+    region = result.attention_pooled(1, 3, rows=100, cols=100, q=slice(4, 12), k=slice(0, 8))
+    assert abs(region - dense[4:12, 0:8]).max() < 1e-6
+    group = result.attention_group(1, kv_head=1)
+    assert group.shape == (2, 20, 20) and torch.allclose(group[1], result.attention(1, 3))
