@@ -92,9 +92,9 @@ def checks_table(rows: list[tuple[str, Check]], title: str = "checks") -> Table:
     table.add_column("worst", justify="right")
     table.add_column("where")
     table.add_column("finding", overflow="fold")
-    for label, check in rows:
+    for run_label, check in rows:
         mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
-        cells = [mark, check.name, *([label] if labelled else []), _worst(check), _where(check),
+        cells = [mark, check.name, *([run_label] if labelled else []), _worst(check), _where(check),
                  Text(check.message, style="" if check.passed else "red")]
         table.add_row(*cells)
     return table
