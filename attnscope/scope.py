@@ -108,7 +108,7 @@ class Scope:
         finally:
             net.backend = previous
         result = Result(self, prompts if batched else prompt, (ids, pad_mask, positions), real, logits.float(),
-                        new_ids.tolist(), capture.records, batched)
+                        new_ids.tolist(), capture.layers(), batched)
         result.checks, result.diffs = run_checks(result, checks, atol, rtol)
         return result
 
@@ -120,7 +120,7 @@ class Result:
     """
 
     def __init__(self, scope: Scope, prompt, inputs, real: torch.Tensor, logits: torch.Tensor,
-                 continuation: list[list[int]], records: dict[int, LayerRecord], batched: bool):
+                 continuation: list[list[int]], records: list[LayerRecord], batched: bool):
         self.scope = scope
         self.prompt = prompt
         self.inputs = inputs  # (ids [B, T], padding mask spec or None, rotary positions [B, T] or None)
@@ -129,7 +129,7 @@ class Result:
         self.batched = batched
         self.logits = logits if batched else logits[0]  # float32 [T, vocab] ([B, T, vocab] for a batch)
         self.continuation_ids_by_row = continuation
-        self.records = [records[i] for i in range(len(records))]
+        self.records = records
         self.checks = []  # Check findings, filled by Scope.run
         self.diffs = {}  # check name -> per-layer Diff (per head figures)
 

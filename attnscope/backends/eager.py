@@ -15,7 +15,7 @@ import torch
 from attnscope.backends import check_shapes, group_mask
 from attnscope.masks import MaskSpec
 
-MAX_SCORE_ELEMENTS = 1 << 26  # 256 MiB of float32 scores per chunk
+MAX_SCORE_ELEMENTS = 1 << 24  # 64 MiB of float32 scores per chunk
 
 
 def masked_scores(
@@ -64,7 +64,7 @@ def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float) 
     B, Hq, Sq, _ = q.shape
     Hkv = k.shape[1]
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
-    for rows, scores, _ in masked_scores(q, k, mask, scale, max_elements=1 << 24):
+    for rows, scores, _ in masked_scores(q, k, mask, scale):
         lse[..., rows] = torch.logsumexp(scores, dim=-1)
     return lse.view(B, Hq, Sq)
 

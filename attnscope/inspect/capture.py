@@ -139,27 +139,39 @@ class LayerRecord:
 class Capture:
     """A recorder for `Transformer.forward`: one `LayerRecord` per layer.
 
-    With ``append=True`` successive calls (incremental decoding) are concatenated along the query
-    rows, and k/v are the latest (longest) cache views, so the record covers the whole sequence.
+    With ``append=True`` successive calls (incremental decoding) are gathered and joined along the
+    query rows by `layers()`, with k/v the latest (longest) cache views, so the records cover the
+    whole sequence.
     """
 
     def __init__(self, append: bool = False):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
+        self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
 
     def attention(self, layer: int, *, q, k, v, out, lse, mask, scale) -> None:
-        prev = self.records.get(layer)
-        if self.append and prev is not None:
-            q, out, lse = (torch.cat([prev.q, q], 2), torch.cat([prev.out, out], 2), torch.cat([prev.lse, lse], 2))
-        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale,
-                                          prev.residual_nonfinite if self.append and prev else None)
+        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale)
+        if self.append:
+            parts = self._parts.setdefault(layer, {"q": [], "out": [], "lse": [], "residual": []})
+            parts["q"].append(q)
+            parts["out"].append(out)
+            parts["lse"].append(lse)
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
-        rec = self.records[layer]
         bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
-        if self.append and rec.residual_nonfinite is not None and rec.residual_nonfinite.shape[1] < rec.q.shape[2]:
-            bad = torch.cat([rec.residual_nonfinite, bad], 1)
-        rec.residual_nonfinite = bad
+        self.records[layer].residual_nonfinite = bad
+        if self.append:
+            self._parts[layer]["residual"].append(bad)
 
     def layers(self) -> list[LayerRecord]:
-        return [self.records[i] for i in range(len(self.records))]
+        """The records in layer order (joined over the calls in append mode)."""
+        records = [self.records[i] for i in range(len(self.records))]
+        if not self.append:
+            return records
+        joined = []
+        for rec in records:
+            parts = self._parts[rec.layer]
+            residual = torch.cat(parts["residual"], 1) if parts["residual"] else None
+            joined.append(LayerRecord(rec.layer, torch.cat(parts["q"], 2), rec.k, rec.v, torch.cat(parts["out"], 2),
+                                      torch.cat(parts["lse"], 2), rec.mask, rec.scale, residual))
+        return joined
