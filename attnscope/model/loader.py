@@ -145,6 +145,11 @@ def checkpoint_key(hf_key: str) -> str:
     return hf_key.removeprefix("model.")
 
 
+def hf_name(key: str) -> str:
+    """The inverse of `checkpoint_key`: the name a tensor has in a HF checkpoint."""
+    return key if key.startswith("lm_head.") else f"model.{key}"
+
+
 def load_state_dict(model: Transformer, files: list[Path], progress: Progress | None = None) -> None:
     """Load weights into `model` (on the meta device), checking names and shapes."""
     expected = {name: p for name, p in model.state_dict(keep_vars=True).items()}
@@ -170,7 +175,7 @@ def load_state_dict(model: Transformer, files: list[Path], progress: Progress | 
     missing = [k for k in expected if state.get(k) is None]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise LoadError(f"the weights lack tensor {'model.' + missing[0]!r}{more}")
+        raise LoadError(f"the weights lack tensor {hf_name(missing[0])!r}{more}")
     dtype = model.embed_tokens.weight.dtype
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     if model.config.tie_word_embeddings:
