@@ -99,6 +99,45 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "
+                                      "always or never.")]
+SvgOpt = Annotated[Path | None, typer.Option("--svg", help="Also save what is printed as SVG here.")]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also save what is printed as HTML here.")]
+
+
+def _output_console(color: str):
+    """The stdout console for --color auto|always|never (auto: rich's detection, NO_COLOR honoured)."""
+    from rich.console import Console
+
+    if color not in ("auto", "always", "never"):
+        raise fail(f"--color must be auto, always or never, got {color!r}")
+    if color == "always":
+        return Console(highlight=False, force_terminal=True, color_system="truecolor")
+    if color == "never":
+        return Console(highlight=False, no_color=True, color_system=None)
+    return Console(highlight=False)
+
+
+def _emit(console, renderables, svg: Path | None = None, html: Path | None = None, title: str = "attnscope"):
+    """Print the renderables; with --svg/--html also render them, in color at the same width, to files."""
+    for r in renderables:
+        console.print(r)
+    if svg is None and html is None:
+        return
+    import io
+
+    from rich.console import Console
+
+    recorder = Console(record=True, width=console.width, file=io.StringIO(), force_terminal=True,
+                       color_system="truecolor", highlight=False)
+    for r in renderables:
+        recorder.print(r)
+    if svg is not None:
+        _write_atomic(svg, recorder.export_svg(title=title, clear=False))
+    if html is not None:
+        _write_atomic(html, recorder.export_html(clear=False))
+
+
 @app.command()
 def run(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to run through the model.")],
@@ -111,19 +150,36 @@ def run(
     layer: Annotated[int | None, typer.Option("--layer", "-l", help="Layer of the heatmap.")] = None,
     head: Annotated[int | None, typer.Option("--head", help="Query head of the heatmap (default: the head "
                                              "with the lowest mean entropy).")] = None,
+    heads: Annotated[str | None, typer.Option("--heads", help="'all': small multiples of every head of the "
+                                              "layer instead of one heatmap.")] = None,
+    query: Annotated[int | None, typer.Option("--query", "-q", help="Also list the top keys of this query "
+                                              "position.")] = None,
+    scale: Annotated[str, typer.Option("--scale", help="Heatmap color scale: linear or log.")] = "linear",
     checks: ChecksOpt = "all",
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    svg: SvgOpt = None,
+    html: HtmlOpt = None,
+    color: ColorOpt = "auto",
     allow_pickle: PickleOpt = False,
 ) -> None:
-    """Run a prompt and show tokens, continuation, per-head attention statistics, checks and a heatmap."""
-    _check_output_path(json_path, "--json")
+    """Run a prompt and show tokens, continuation, per-layer and per-head attention statistics,
+    checks and a heatmap."""
+    for path, flag in ((json_path, "--json"), (svg, "--svg"), (html, "--html")):
+        _check_output_path(path, flag)
     if max_new_tokens < 0:
         raise fail(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if scale not in ("linear", "log"):
+        raise fail(f"--scale must be linear or log, got {scale!r}")
+    if heads not in (None, "all"):
+        raise fail(f"--heads takes 'all', got {heads!r}")
     check_names = _parse_checks(checks)
+    console = _output_console(color)
     with user_errors():
-        from attnscope.render.heatmap import Heatmap
+        from rich.text import Text
+
+        from attnscope.render.heatmap import TopKeys, head_heatmap
         from attnscope.render.report import run_report
         from attnscope.scope import Scope
 
@@ -132,18 +188,46 @@ def run(
                                                     atol=atol, rtol=rtol)
         report = result.report()
         layer, head, why = _pick_head(result, report, layer, head)
-        weights = result.attention(layer, head)
+        if query is not None and not 0 <= query < len(result.ids):
+            raise fail(f"--query {query} is out of range (the prompt has {len(result.ids)} tokens: "
+                       f"0..{len(result.ids) - 1})")
         rec = result.records[layer]
-        allowed = rec.mask.dense(weights.shape[0], weights.shape[1])[0, 0]
-        console = _console()
-        console.print(run_report(report))
-        console.print()
-        title = f"layer {layer} · head {head} (kv {head // rec.n_groups}) · {rec.mask!r}{why}"
-        console.print(Heatmap(weights.cpu().numpy(), allowed.cpu().numpy(), result.tokens, result.tokens,
-                              title=title))
+        parts = [run_report(report), Text()]
+        if heads == "all":
+            parts.append(_small_multiples(result, report, layer, console.width, scale == "log"))
+        else:
+            title = f"layer {layer} · head {head} (kv {head // rec.n_groups}) · {rec.mask!r}{why}"
+            parts.append(head_heatmap(result, layer, head, width=console.width, log=scale == "log", title=title))
+        if query is not None:
+            row = result.attention(layer, head, q=slice(query, query + 1))[0].cpu().numpy()
+            parts += [Text(), TopKeys(row, result.tokens, query, result.tokens[query])]
+        _emit(console, parts, svg, html, title=f"attnscope run · {loaded.name}")
         if json_path is not None:
             _write_atomic(json_path, report.to_json())
     raise typer.Exit(EXIT_OK if report.passed else EXIT_FAILED)
+
+
+def _small_multiples(result, report, layer: int, width: int, log: bool):
+    """Every head of a layer as a small heatmap, in a grid that fills the width."""
+    from rich.table import Table
+
+    from attnscope.render.heatmap import head_heatmap
+
+    per_row = max(1, width // 30)
+    grid = Table.grid(padding=(0, 2))
+    for _ in range(per_row):
+        grid.add_column()
+    cells = []
+    for h, stats in enumerate(report.layers[layer].heads):
+        entropy = f"{stats.entropy:.2f}" if isinstance(stats.entropy, float) else stats.entropy
+        cells.append(head_heatmap(result, layer, h, width=28, max_lines=8, log=log, compact=True,
+                                  title=f"h{h}·kv{stats.kv_head} H={entropy}"))
+    for i in range(0, len(cells), per_row):
+        grid.add_row(*cells[i:i + per_row])
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(Text(f"layer {layer} · every head · {report.layers[layer].mask}", style="bold"), grid)
 
 
 def _pick_head(result, report, layer: int | None, head: int | None):

@@ -210,11 +210,18 @@ class Result:
             bad = (r.nonfinite_scores + r.nonfinite_weights + r.nonfinite_output)[batch].sum(-1).tolist()
             empty = (r.fully_masked[batch] & real).sum(-1).tolist()
             diffs = {name: self.diffs[name][layer].max_abs.tolist() for name in self.diffs}
+            over = {name: self.diffs[name][layer].bad_rows[batch].any(-1).tolist() for name in self.diffs}
+
+            def flags(h, bad=bad, empty=empty, over=over):
+                found = ["nan"] if bad[h] else []
+                found += ["masked_rows"] if empty[h] else []
+                return found + [name for name, o in over.items() if o[h]]
+
             out.append([
                 HeadStats(head=h, kv_head=h // rec.n_groups, entropy=json_number(entropy[h]),
                           max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
                           nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
-                          **{name: json_number(d[h]) for name, d in diffs.items()})
+                          **{name: json_number(d[h]) for name, d in diffs.items()}, flags=flags(h))
                 for h in range(self.n_heads)
             ])
         return out

@@ -65,6 +65,7 @@ MODEL_SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
         {
             "rope_parameters": {"rope_type": "linear", "rope_theta": 500.0, "factor": 2.0},
             "attention_bias": True,
+            "mlp_bias": True,
             "tie_word_embeddings": True,
         },
     ),
@@ -155,6 +156,16 @@ class ModelZoo:
 
             self._loaded[key] = attnscope.load_model(self[name].path, dtype=dtype)
         return self._loaded[key]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run torch on one thread: the tiny models' ops are far too small to gain from threads, and on a
+    busy 2-core machine OpenMP threads contending for cores make them ~30x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,7 @@ class HeadStats:
     fully_masked_rows: int = 0  # query rows of real tokens with no allowed key
     full_vs_incremental: float | str | None = None  # max |Δ| of the attention output (None: not checked)
     backend_vs_reference: float | str | None = None  # max |Δ| against eager float32 (None: not checked)
+    flags: list[str] = field(default_factory=list)  # checks that found a problem in this head
 
 
 @dataclass

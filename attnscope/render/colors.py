@@ -1,6 +1,9 @@
-"""Colormaps: a perceptual, colorblind-safe viridis ramp, and a shade ramp for terminals without color."""
+"""Colormaps: a perceptual, colorblind-safe viridis ramp; a shade ramp for terminals without color;
+and the scales (linear or log) that map a weight to [0, 1]."""
 
 from __future__ import annotations
+
+import math
 
 # viridis sampled at 9 evenly spaced points (matplotlib's _viridis_data)
 _VIRIDIS = [
@@ -8,6 +11,9 @@ _VIRIDIS = [
     (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
 ]
 SHADES = " ░▒▓█"
+MASKED_COLOR = "#3a3a3a"  # masked cells: neutral gray, distinct from viridis' dark purple for 0
+NONFINITE_COLOR = "#ff2020"
+LOG_DECADES = 4  # log scale spans top / 10**4 .. top
 
 
 def viridis(x: float) -> str:
@@ -23,3 +29,27 @@ def shade(x: float) -> str:
     """One character of the shade ramp for x in [0, 1]."""
     x = min(1.0, max(0.0, x))
     return SHADES[min(len(SHADES) - 1, round(x * (len(SHADES) - 1)))]
+
+
+class Scale:
+    """Maps values in [low, top] to [0, 1], linearly or by decades (log)."""
+
+    def __init__(self, top: float, log: bool = False, low: float | None = None):
+        self.top = top if top > 0 and math.isfinite(top) else 1.0
+        self.log = log
+        self.low = low if low is not None else (self.top / 10**LOG_DECADES if log else 0.0)
+
+    def __call__(self, x: float) -> float:
+        if self.log:
+            if x <= self.low:
+                return 0.0
+            return (math.log10(x) - math.log10(self.low)) / (math.log10(self.top) - math.log10(self.low))
+        return (x - self.low) / (self.top - self.low) if self.top > self.low else 0.0
+
+    def label(self) -> str:
+        kind = "log" if self.log else "linear"
+        return f"{kind} {_fmt(self.low)} … {_fmt(self.top)}"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.0e}" if x and (abs(x) < 1e-2 or abs(x) >= 1e3) else f"{x:.3g}"

@@ -1,9 +1,11 @@
-"""A terminal heatmap of one attention head: query tokens down the side, key tokens along the top.
+"""Terminal heatmaps of attention: one head, a kv group or a layer's mean, at a glance.
 
-Each cell is one (query, key) weight drawn as a colored block (viridis, scaled to the map's maximum).
-Masked cells show as a dim dot, distinct from a zero weight. Without color (NO_COLOR, or output
-that is not a terminal) cells use the shade ramp " ░▒▓█" so the map still reads in a log file. Maps
-larger than the space are max-pooled; the title says so.
+Cells are half blocks: one terminal line holds two query rows (``▀`` colored by the upper row,
+its background by the lower). Weights use viridis (perceptual, colorblind-safe) on a linear or log
+scale with a colorbar; masked cells are gray, distinct from a zero weight; NaN/Inf are red. Without
+color (NO_COLOR, or output that is not a terminal) each line is one query row drawn with the shade
+ramp " ░▒▓█" and masked cells as ``·`` so the map still reads in a log file. Maps larger than the
+space are pooled and the title says how ("4096×4096 → 48×120, max-pooled").
 """
 
 from __future__ import annotations
@@ -12,16 +14,19 @@ from collections.abc import Sequence
 
 import numpy as np
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.style import Style
 from rich.text import Text
 
 from attnscope.pooling import pool2d
-from attnscope.render.colors import shade, viridis
+from attnscope.render.axes import axis
+from attnscope.render.colors import MASKED_COLOR, NONFINITE_COLOR, Scale, shade, viridis
 
-LABEL_WIDTH = 14
+LABEL_WIDTH = 7  # characters of token text per label
 
 
 def label(text: str, width: int) -> str:
-    text = text.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣")
+    """A token made printable and cut to `width` (newline ⏎, tab ⇥, space ␣)."""
+    text = text.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣").replace("\r", "␍")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -29,53 +34,160 @@ class Heatmap:
     """Rich renderable of an attention map.
 
     Args:
-        weights: [Sq, Sk] float probabilities.
-        allowed: [Sq, Sk] bool mask (True = may attend).
-        query_labels / key_labels: token texts of the rows and columns.
-        query_offset: absolute position of the first query row.
+        weights: [Sq, Sk] probabilities (already pooled, or exact).
+        allowed: [Sq, Sk] bool (True = may attend); for pooled maps, True where any cell of the
+            region may attend.
+        query_labels / key_labels: token texts of the rows / columns (exact maps only).
+        q_offset: absolute position of the first query row (past > 0 with a KV cache).
         title: shown above the map.
-        max_rows: at most this many lines of cells (longer maps are pooled).
+        log: log color scale (weights span decades; most are tiny).
+        source_shape: (Sq, Sk) of the matrix before pooling, and `row_edges` / `col_edges` the
+            pooling bins, when `weights` is pooled; `reduce` names the pooling.
+        max_lines: at most this many lines of cells; larger exact maps are max-pooled here.
+        compact: no labels, axis or colorbar (small multiples).
     """
 
-    def __init__(self, weights, allowed, query_labels: Sequence[str], key_labels: Sequence[str],
-                 query_offset: int = 0, title: str = "", max_rows: int = 48):
+    def __init__(self, weights, allowed, query_labels: Sequence[str] = (), key_labels: Sequence[str] = (),
+                 q_offset: int = 0, title: str = "", log: bool = False, source_shape=None, row_edges=None,
+                 col_edges=None, reduce: str = "max", max_lines: int = 32, compact: bool = False):
         self.weights = np.asarray(weights, dtype=np.float32)
         self.allowed = np.asarray(allowed, dtype=bool)
-        self.query_labels = list(query_labels)
-        self.key_labels = list(key_labels)
-        self.query_offset = query_offset
+        self.query_labels, self.key_labels = list(query_labels), list(key_labels)
+        self.q_offset = q_offset
         self.title = title
-        self.max_rows = max_rows
+        self.log = log
+        self.source_shape = source_shape
+        self.row_edges, self.col_edges = row_edges, col_edges
+        self.reduce = reduce
+        self.max_lines = max_lines
+        self.compact = compact
+
+    def _grid(self, width: int, color: bool):
+        """Pool (if needed) to the space: returns weights, allowed, row edges, col edges, note."""
+        w, a = self.weights, self.allowed
+        rows_wanted = self.max_lines * (2 if color else 1)
+        re = self.row_edges if self.row_edges is not None else np.arange(w.shape[0] + 1)
+        ce = self.col_edges if self.col_edges is not None else np.arange(w.shape[1] + 1)
+        if w.shape[0] > rows_wanted or w.shape[1] > width:
+            w2, r2, c2 = pool2d(w, rows_wanted, width, "max")
+            a2, _, _ = pool2d(a, rows_wanted, width, "any")
+            w, a, re, ce = w2, a2, re[r2], ce[c2]
+        src = self.source_shape or self.weights.shape
+        pooled = tuple(src) != w.shape
+        how = f"{self.reduce}-pooled" if self.row_edges is not None else "max-pooled"
+        note = f"{src[0]}×{src[1]} → {w.shape[0]}×{w.shape[1]}, {how}" if pooled else f"{src[0]}×{src[1]}"
+        return w, a, re, ce, pooled, note
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        Sq, Sk = self.weights.shape
-        cols = max(8, options.max_width - LABEL_WIDTH - 8)
-        w, re, ce = pool2d(self.weights, self.max_rows, cols, "max")
-        a, _, _ = pool2d(self.allowed, self.max_rows, cols, "any")
-        top = float(w.max()) if w.size and np.isfinite(w).all() and w.max() > 0 else 1.0
         color = console.color_system is not None
-        pooled = w.shape != self.weights.shape
-        note = f"{Sq}×{Sk} → {w.shape[0]}×{w.shape[1]}, max-pooled" if pooled else f"{Sq}×{Sk}"
-        yield Text(f"{self.title}  ({note}; color scale 0 … {top:.3f})", style="bold")
-        axis = [" "] * w.shape[1]
-        for j in range(0, w.shape[1], 10):
-            for n, ch in enumerate(str(ce[j])):
-                if j + n < len(axis):
-                    axis[j + n] = ch
-        yield Text(" " * (LABEL_WIDTH + 6) + "".join(axis), style="dim")
-        for i in range(w.shape[0]):
+        label_w = 0 if self.compact else 5 + (2 * LABEL_WIDTH + 2 if color else LABEL_WIDTH + 1)
+        width = max(8, options.max_width - label_w)
+        w, a, re, ce, pooled, note = self._grid(width, color)
+        finite = w[np.isfinite(w) & a]
+        scale = Scale(float(finite.max()) if finite.size else 1.0, self.log)
+        yield Text(self.title if self.compact else f"{self.title}  ({note})", style="bold")
+        if not self.compact:
+            yield from self._key_axis(w.shape[1], ce, pooled, label_w)
+        if color:
+            yield from self._half_block_rows(w, a, re, pooled, scale, label_w)
+        else:
+            yield from self._shade_rows(w, a, re, pooled, scale, label_w)
+        if not self.compact:
+            yield self._colorbar(scale, color, label_w)
+
+    def _key_axis(self, n: int, ce, pooled: bool, label_w: int):
+        yield Text(" " * label_w + axis(ce, n, 10 if n > 20 else 5), style="dim")
+        if pooled or not self.key_labels:
+            return
+        depth = min(4, max((len(label(t, 4)) for t in self.key_labels), default=0))
+        for d in range(depth):  # key tokens written downwards, one column each
+            chars = [label(t, 4)[d] if d < len(label(t, 4)) else " " for t in self.key_labels[:n]]
+            yield Text(" " * label_w + "".join(chars), style="cyan")
+
+    def _row_label(self, i: int, re, pooled: bool) -> str:
+        if pooled or not self.query_labels or i >= len(re) - 1:
+            return ""
+        return label(self.query_labels[int(re[i])], LABEL_WIDTH)
+
+    def _cell_color(self, w: float, allowed: bool, scale: Scale) -> str:
+        if not np.isfinite(w):
+            return NONFINITE_COLOR
+        if not allowed:
+            return MASKED_COLOR
+        return viridis(scale(w))
+
+    def _half_block_rows(self, w, a, re, pooled, scale, label_w):
+        for i in range(0, w.shape[0], 2):
+            top_pos = self.q_offset + int(re[i])
+            lower = i + 1 < w.shape[0]
+            text = f"{self._row_label(i, re, pooled):<{LABEL_WIDTH}}│"
+            text += f"{self._row_label(i + 1, re, pooled) if lower else '':<{LABEL_WIDTH}}"
             line = Text()
-            pos = self.query_offset + re[i]
-            text = label(self.query_labels[re[i]], LABEL_WIDTH) if not pooled else ""
-            line.append(f"{pos:>5} {text:<{LABEL_WIDTH}}", style="dim")
+            if label_w:
+                line.append(f"{top_pos:>4} {text} "[:label_w].ljust(label_w), style="dim")
             for j in range(w.shape[1]):
-                x = float(w[i, j]) / top
-                if not a[i, j]:
-                    line.append("·", style="grey30")
-                elif not np.isfinite(w[i, j]):
-                    line.append("!", style="bold red")
-                elif color:
-                    line.append("█", style=viridis(x))
-                else:
-                    line.append(shade(x))
+                upper = self._cell_color(float(w[i, j]), bool(a[i, j]), scale)
+                below = self._cell_color(float(w[i + 1, j]), bool(a[i + 1, j]), scale) if lower else None
+                line.append("▀", Style(color=upper, bgcolor=below))
             yield line
+
+    def _shade_rows(self, w, a, re, pooled, scale, label_w):
+        for i in range(w.shape[0]):
+            line = Text(f"{self.q_offset + int(re[i]):>4} {self._row_label(i, re, pooled):<{LABEL_WIDTH}} "
+                        if label_w else "")
+            for j in range(w.shape[1]):
+                x = float(w[i, j])
+                line.append("!" if not np.isfinite(x) else "·" if not a[i, j] else shade(scale(x)))
+            yield line
+
+    def _colorbar(self, scale: Scale, color: bool, label_w: int) -> Text:
+        bar = Text(" " * label_w)
+        if color:
+            for k in range(24):
+                bar.append("█", Style(color=viridis(k / 23)))
+            bar.append(f" {scale.label()}   ")
+            bar.append("█", Style(color=MASKED_COLOR)).append(" masked  ")
+            bar.append("█", Style(color=NONFINITE_COLOR)).append(" NaN/Inf  ")
+            bar.append("▀ upper row = left label", style="dim")
+        else:
+            bar.append(f"{''.join(shade(k / 4) for k in range(5))}  {scale.label()}   · masked   ! NaN/Inf")
+        return bar
+
+
+class TopKeys:
+    """The row of one query as a bar list of its top-k keys: position, token, weight, bar."""
+
+    def __init__(self, row, key_labels: Sequence[str], position: int, query_label: str, k: int = 10):
+        self.row = np.asarray(row, dtype=np.float32)
+        self.key_labels = list(key_labels)
+        self.position, self.query_label, self.k = position, query_label, k
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        order = np.argsort(-np.nan_to_num(self.row, nan=np.inf))[: self.k]
+        yield Text(f"query {self.position} {label(self.query_label, 16)!s}: top {len(order)} keys", style="bold")
+        bar_w = max(10, options.max_width - 36)
+        for j in order:
+            x = float(self.row[j])
+            line = Text(f"{j:>6} {label(self.key_labels[j], 12):<12} {x:7.4f} ")
+            line.append("█" * max(0, round(x * bar_w)), style=viridis(x) if console.color_system else "")
+            yield line
+
+
+def head_heatmap(result, layer: int, head: int, *, width: int = 120, max_lines: int = 32, log: bool = False,
+                 title: str = "", compact: bool = False, batch: int = 0) -> Heatmap:
+    """The heatmap of one head of a `Result`: exact when it fits `width` × 2·`max_lines` cells, else
+    max-pooled by the inspector tile by tile (the full matrix is never built)."""
+    rec = result.check_place(layer, head)
+    Sq, Sk = rec.shape
+    labels = result.token_texts(result.batch_ids[batch])
+    q_offset = Sk - Sq
+    rows, cols = 2 * max_lines, max(8, width - (0 if compact else 5 + 2 * LABEL_WIDTH + 2))
+    allowed = rec.allowed(head, batch).cpu().numpy()
+    if Sq <= rows and Sk <= cols:
+        weights = result.attention(layer, head, batch=batch).cpu().numpy()
+        return Heatmap(weights, allowed, labels[q_offset:], labels, q_offset, title, log, compact=compact,
+                       max_lines=max_lines)
+    weights = result.attention_pooled(layer, head, rows, cols, "max", batch=batch)
+    pooled_allowed, re, ce = pool2d(allowed, rows, cols, "any")
+    return Heatmap(weights, pooled_allowed, (), (), q_offset, title, log, source_shape=(Sq, Sk), row_edges=re,
+                   col_edges=ce, reduce="max", max_lines=max_lines, compact=compact)

@@ -11,19 +11,11 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.text import Text
 
 from attnscope.pooling import pool2d
+from attnscope.render.axes import axis
 
 ALLOWED, PARTLY, MASKED, EMPTY_ROW = "█", "▒", "·", "×"
 STYLES = {ALLOWED: "green", PARTLY: "yellow", MASKED: "grey42", EMPTY_ROW: "bold red"}
 TILE_GLYPHS = {0: MASKED, 1: PARTLY, 2: ALLOWED}  # empty / partial / full tiles
-
-
-def _axis(edges: np.ndarray, n: int, every: int = 10) -> str:
-    axis = [" "] * n
-    for j in range(0, n, every):
-        for k, ch in enumerate(str(edges[j])):
-            if j + k < n:
-                axis[j + k] = ch
-    return "".join(axis)
 
 
 class MaskGrid:
@@ -50,7 +42,7 @@ class MaskGrid:
         summarized = frac.shape != self.allowed.shape
         note = f"{Sq}×{Sk} → {frac.shape[0]}×{frac.shape[1]}, summarized" if summarized else f"{Sq}×{Sk}"
         yield Text(f"{self.title}  ({note})", style="bold")
-        yield Text(" " * 7 + _axis(ce, frac.shape[1]), style="dim")
+        yield Text(" " * 7 + axis(ce, frac.shape[1]), style="dim")
         for i in range(frac.shape[0]):
             line = Text(f"{self.q_offset + re[i]:>6} ", style="dim")
             for j in range(frac.shape[1]):

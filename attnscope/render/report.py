@@ -38,13 +38,6 @@ def tokens(report: Report) -> Text:
     return text
 
 
-def masks(report: Report) -> Text:
-    distinct = list(dict.fromkeys(report.masks))
-    if len(distinct) == 1:
-        return Text(f"mask: {distinct[0]} (every layer)")
-    return Text("masks: " + ", ".join(f"L{i} {m}" for i, m in enumerate(report.masks)))
-
-
 def head_table(report: Report) -> Table:
     """One row per (layer, statistic), one column per query head."""
     n_heads = len(report.layers[0].heads) if report.layers else 0
@@ -100,8 +93,48 @@ def checks_table(rows: list[tuple[str, Check]], title: str = "checks") -> Table:
     return table
 
 
+def _num(value, fmt: str) -> str:
+    return format(value, fmt) if isinstance(value, float) else str(value)
+
+
+def layer_table(report: Report) -> Table:
+    """One row per layer: its mask, head statistics over the heads, NaN count and the checks'
+    largest differences, red where a check found a problem."""
+    table = Table(title="layers", title_justify="left", box=None, header_style="bold", pad_edge=False,
+                  caption="entropy min–max over heads (nats) · sink: largest mean weight on token 0 · "
+                          "Δ inc: full vs incremental · Δ ref: backend vs eager",
+                  caption_justify="left")
+    for name, justify in (("layer", "right"), ("mask", "left"), ("entropy", "right"), ("sink", "right"),
+                          ("max w", "right"), ("NaN", "right"), ("Δ inc", "right"), ("Δ ref", "right")):
+        table.add_column(name, justify=justify, overflow="fold")
+    for layer in report.layers:
+        heads = layer.heads
+        ent = [h.entropy for h in heads if isinstance(h.entropy, float)]
+        flagged = {f for h in heads for f in h.flags}
+
+        def delta(key, check, heads=heads, flagged=flagged):
+            values = [getattr(h, key) for h in heads if getattr(h, key) is not None]
+            if not values:
+                return Text("–", style="dim")
+            worst = max(values, key=lambda v: float("inf") if isinstance(v, str) else v)
+            return Text(_num(worst, ".1e"), style="bold red" if check in flagged else "")
+
+        nan = sum(h.nonfinite for h in heads)
+        table.add_row(
+            str(layer.index), layer.mask,
+            f"{min(ent):.2f}–{max(ent):.2f}" if ent else "nan",
+            _num(max((h.first_token_mass for h in heads), key=lambda v: v if isinstance(v, float) else 0), ".2f"),
+            f"{sum(h.max_weight for h in heads if isinstance(h.max_weight, float)) / len(heads):.2f}",
+            Text(str(nan), style="bold red" if nan else ""),
+            delta("full_vs_incremental", "full_vs_incremental"),
+            delta("backend_vs_reference", "backend_vs_reference"),
+        )
+    return table
+
+
 def run_report(report: Report) -> Group:
-    parts = [header(report), Text(), tokens(report), Text(), masks(report), Text(), head_table(report)]
+    """Header, tokens and continuation, the layer table, the per-head table and the checks."""
+    parts = [header(report), Text(), tokens(report), Text(), layer_table(report), Text(), head_table(report)]
     if report.checks:
         parts += [Text(), checks_table([("", c) for c in report.checks])]
     return Group(*parts)

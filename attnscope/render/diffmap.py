@@ -1,0 +1,87 @@
+"""Diff maps: |full − incremental| or |backend − reference| per (layer, head) as a small grid on a
+log color scale with the cells over tolerance marked, so the first bad layer/head stands out; and
+per query position for one head."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.style import Style
+from rich.text import Text
+
+from attnscope.pooling import pool2d
+from attnscope.render.axes import axis
+from attnscope.render.colors import NONFINITE_COLOR, Scale, shade, viridis
+
+FLOOR = 1e-9  # differences below this draw as the lowest color
+
+
+def _scale(values: np.ndarray) -> Scale:
+    finite = values[np.isfinite(values)]
+    top = max(float(finite.max()) if finite.size else 0.0, FLOOR * 10)
+    return Scale(top, log=True, low=max(FLOOR, top / 1e6))
+
+
+class DiffMap:
+    """Rich renderable of max |Δ| per (layer, head).
+
+    Args:
+        values: [L, H] largest absolute difference of each head's attention output.
+        over: [L, H] bool, True where the head is over tolerance.
+        title: shown above (names the comparison and the tolerance).
+    """
+
+    def __init__(self, values, over, title: str = ""):
+        self.values = np.asarray(values, dtype=np.float64)
+        self.over = np.asarray(over, dtype=bool)
+        self.title = title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        L, H = self.values.shape
+        color = console.color_system is not None
+        scale = _scale(self.values)
+        yield Text(self.title, style="bold")
+        yield Text("layer " + "".join(f"{h:>3}" for h in range(H)), style="dim")
+        for layer in range(L):
+            line = Text(f"{layer:>5} ", style="dim")
+            for h in range(H):
+                x = float(self.values[layer, h])
+                mark = "✗" if self.over[layer, h] else " "
+                if not np.isfinite(x):
+                    line.append(f" {mark if mark != ' ' else '!'} ", Style(color="white", bgcolor=NONFINITE_COLOR))
+                elif color:
+                    line.append(f" {mark} ", Style(color="white", bold=True, bgcolor=viridis(scale(x))))
+                else:
+                    line.append(f" {mark if mark != ' ' else shade(scale(x))} ")
+            bad = np.nonzero(self.over[layer])[0]
+            if len(bad):
+                line.append(f"  ✗ over tolerance: heads {', '.join(map(str, bad))}", style="red")
+            yield line
+        yield Text(f"      max |Δ| on a {scale.label()} scale · ✗ over tolerance", style="dim")
+
+
+class PositionDiff:
+    """|Δ| per query position of one head, as a strip (pooled to the width) with the worst marked."""
+
+    def __init__(self, values, tolerance: float, title: str = ""):
+        self.values = np.asarray(values, dtype=np.float64)
+        self.tolerance = tolerance
+        self.title = title
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(8, options.max_width - 8)
+        pooled, _, edges = pool2d(np.nan_to_num(self.values, nan=np.inf)[None, :], 1, width, "max")
+        scale = _scale(self.values)
+        worst = int(np.nanargmax(np.nan_to_num(self.values, nan=np.inf))) if self.values.size else 0
+        yield Text(f"{self.title}  (worst at position {worst}: {self.values[worst]:.2e}; tolerance "
+                   f"{self.tolerance:.0e})", style="bold")
+        line = Text("  pos ", style="dim")
+        color = console.color_system is not None
+        for x in pooled[0]:
+            over = x > self.tolerance
+            if color:
+                line.append("▇" if over else "█", Style(color=NONFINITE_COLOR if over else viridis(scale(x))))
+            else:
+                line.append("✗" if over else shade(scale(x)))
+        yield line
+        yield Text("      " + axis(edges, pooled.shape[1]), style="dim")

@@ -1,0 +1,125 @@
+"""The attention interface: eager and sdpa against a float64 reference, GQA head mapping, lse,
+shape validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnscope.backends import eager, get_backend
+from attnscope.backends.eager import probabilities
+from attnscope.masks import causal, sliding_window
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BACKENDS = ["eager", "sdpa"]
+TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+def reference(q, k, v, allowed, scale):
+    groups = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(groups, dim=1)  # query head h reads kv head h // groups
+    v = v.double().repeat_interleave(groups, dim=1)
+    scores = (q.double() @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    return torch.softmax(scores, -1) @ v, lse, torch.softmax(scores, -1)
+
+
+def qkv(B, Hq, Hkv, Sq, Sk, D, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, Sq, D, generator=gen) * 1.5
+    k = torch.randn(B, Hkv, Sk, D, generator=gen) * 1.5
+    v = torch.randn(B, Hkv, Sk, D, generator=gen)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+CASES = [
+    # B, Hq, Hkv, Sq, Sk
+    (1, 4, 2, 16, 16),  # square prefill, GQA
+    (2, 8, 2, 5, 21),  # chunk after a cache
+    (2, 4, 1, 1, 13),  # decode, MQA
+    (1, 4, 4, 9, 9),  # MHA
+]
+SPECS = [causal(), causal() & sliding_window(4), sliding_window(1)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_backend_matches_reference(backend, dtype, case, spec):
+    B, Hq, Hkv, Sq, Sk = case
+    D = 16
+    q, k, v = qkv(B, Hq, Hkv, Sq, Sk, D, dtype)
+    out, lse = get_backend(backend)(q, k, v, spec, D**-0.5)
+    assert out.shape == (B, Hq, Sq, D) and out.dtype == dtype
+    assert lse.shape == (B, Hq, Sq) and lse.dtype == torch.float32
+    ref_out, ref_lse, _ = reference(q, k, v, spec.dense(Sq, Sk), D**-0.5)
+    torch.testing.assert_close(out.double(), ref_out, atol=TOL[dtype], rtol=0)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_need_lse_false(backend):
+    q, k, v = qkv(1, 4, 2, 6, 6, 8)
+    out, lse = get_backend(backend)(q, k, v, causal(), 0.3, need_lse=False)
+    full_out, full_lse = get_backend(backend)(q, k, v, causal(), 0.3)
+    torch.testing.assert_close(out, full_out, atol=0, rtol=0)
+    assert lse is None or torch.equal(lse, full_lse)
+
+
+def test_probabilities_from_lse():
+    """exp(q·k·scale − lse) is the softmax, for every head, without storing it."""
+    D = 16
+    q, k, v = qkv(1, 4, 2, 7, 12, D)
+    spec = causal() & sliding_window(5)
+    allowed = spec.dense(7, 12)
+    _, lse = eager.attend(q, k, v, spec, D**-0.5)
+    _, _, ref_probs = reference(q, k, v, allowed, D**-0.5)
+    for h in range(4):
+        p = probabilities(q[0, h], k[0, h // 2], lse[0, h], allowed[0, 0], D**-0.5)
+        torch.testing.assert_close(p.double(), ref_probs[0, h], atol=1e-6, rtol=0)
+
+
+def test_eager_row_chunking(monkeypatch):
+    """Scores are computed in chunks of query rows when they would be large: same result."""
+    D = 8
+    q, k, v = qkv(2, 4, 2, 11, 19, D)
+    spec = causal() & sliding_window(6)
+    expected = eager.attend(q, k, v, spec, 0.4)
+    monkeypatch.setattr(eager, "MAX_SCORE_ELEMENTS", 2 * 4 * 19 * 3)  # 3 rows per chunk
+    got = eager.attend(q, k, v, spec, 0.4)
+    torch.testing.assert_close(got[0], expected[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(eager.log_sum_exp(q, k, spec, 0.4), expected[1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("spec", [causal(), causal() & sliding_window(3)], ids=repr)
+def test_nan_input_is_visible(backend, spec):
+    """A NaN in q is a finding: the inspector must see it (in the lse every backend returns), and
+    the eager reference must propagate it to the output rather than hide it. (torch's CPU SDPA
+    kernel for is_causal=True writes 0 for such a row, so the sdpa output may not show it.)"""
+    q, k, v = qkv(1, 2, 1, 4, 4, 8)
+    q[0, 1, 2, 3] = float("nan")
+    out, lse = get_backend(backend)(q, k, v, spec, 0.5)
+    assert torch.isnan(lse[0, 1, 2])
+    assert torch.isfinite(lse[0, 0]).all() and torch.isfinite(out[0, 0]).all()
+    if backend == "eager":
+        assert torch.isnan(out[0, 1, 2]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shape_validation(backend):
+    attend = get_backend(backend)
+    q, k, v = qkv(1, 4, 2, 6, 6, 8)
+    with pytest.raises(ValueError, match="more queries"):
+        attend(q, k[:, :, :3], v[:, :, :3], causal(), 1.0)
+    with pytest.raises(ValueError, match="divisible"):
+        attend(q, torch.cat([k, k[:, :1]], 1), torch.cat([v, v[:, :1]], 1), causal(), 1.0)
+    with pytest.raises(ValueError, match="k and v"):
+        attend(q, k, v[:, :, :5], causal(), 1.0)
+    with pytest.raises(ValueError):
+        attend(q[0], k, v, causal(), 1.0)
+    with pytest.raises(TypeError, match="MaskSpec"):
+        attend(q, k, v, torch.ones(6, 6, dtype=torch.bool), 1.0)

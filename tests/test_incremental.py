@@ -1,0 +1,215 @@
+"""Full-sequence (prefill) forward against incremental decoding through the KV cache.
+
+The same logits must come out whether the tokens go through the model all at once, one at a time,
+or in chunks; eager and sdpa must agree; greedy `generate` must equal the argmax of repeated full
+forwards without a cache. Also run on every bundled sample model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SEQ_LEN
+
+import attnscope
+from attnscope.backends import get_backend
+from attnscope.inspect.capture import Capture
+from attnscope.model.loader import sample_models
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+BACKENDS = ["eager", "sdpa"]
+TOL = dict(atol=1e-5, rtol=0)
+
+
+def full_logits(net, ids, backend="eager", recorder=None):
+    with torch.inference_mode():
+        return net(ids, attend=get_backend(backend), recorder=recorder)
+
+
+def chunked_logits(net, ids, chunks, backend="eager", recorder=None):
+    """Logits of `ids` fed through one KV cache in pieces of the given sizes."""
+    T = ids.shape[1]
+    assert sum(chunks) == T
+    cache = net.new_cache(ids.shape[0], T)
+    attend = get_backend(backend)
+    out, start = [], 0
+    with torch.inference_mode():
+        for size in chunks:
+            out.append(net(ids[:, start:start + size], cache, recorder=recorder, attend=attend))
+            start += size
+            assert cache.length == start
+    return torch.cat(out, dim=1)
+
+
+def token_by_token_logits(net, ids, backend="eager", recorder=None):
+    return chunked_logits(net, ids, [1] * ids.shape[1], backend, recorder)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_equals_token_by_token(tiny, zoo, backend):
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(SEQ_LEN)
+    full = full_logits(net, ids, backend)
+    torch.testing.assert_close(token_by_token_logits(net, ids, backend), full, **TOL)
+
+
+def test_full_equals_token_by_token_literal_loop(tiny, zoo):
+    """The loop of the docs, written out: one new cache, one token per call."""
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(SEQ_LEN)
+    T = ids.shape[1]
+    with torch.inference_mode():
+        full = net(ids)
+        cache = net.new_cache(1, T)
+        steps = [net(ids[:, i:i + 1], cache) for i in range(T)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chunked_prefill_equals_full(tiny, zoo, backend):
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(SEQ_LEN)
+    chunks = [20] + [7] * 4  # 20 + 28 = 48; every chunk after the first sees a cache
+    full = full_logits(net, ids, backend)
+    torch.testing.assert_close(chunked_logits(net, ids, chunks, backend), full, **TOL)
+    # chunks smaller and larger than the sliding window of 8, and a single-token chunk
+    torch.testing.assert_close(chunked_logits(net, ids, [1, 3, 9, 2, 16, 17], backend), full, **TOL)
+
+
+class StepRecorder:
+    """Keeps what every attention call saw, one dict per forward call (layer -> keyword arguments)."""
+
+    def __init__(self):
+        self.steps: list[dict[int, dict]] = []
+
+    def attention(self, layer, **kw):
+        if layer == 0:
+            self.steps.append({})
+        self.steps[-1][layer] = kw
+
+    __call__ = attention
+
+    def residual(self, layer, hidden):
+        pass
+
+
+def test_incremental_records_match_full_records(tiny, zoo):
+    """The attention output and lse of each decode step equal the matching row of the full forward."""
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(SEQ_LEN)
+    full = Capture()
+    full_logits(net, ids, recorder=full)
+    recorder = StepRecorder()
+    token_by_token_logits(net, ids, recorder=recorder)
+    steps = recorder.steps
+    assert len(steps) == SEQ_LEN
+    for i, step in enumerate(steps):
+        for layer, rec in full.records.items():
+            assert step[layer]["q"].shape[2] == 1 and step[layer]["k"].shape[2] == i + 1
+            torch.testing.assert_close(step[layer]["out"][:, :, 0], rec.out[:, :, i], **TOL)
+            torch.testing.assert_close(step[layer]["lse"][:, :, 0], rec.lse[:, :, i], **TOL)
+            assert repr(step[layer]["mask"]) == repr(rec.mask)
+
+
+def test_eager_and_sdpa_agree(tiny, zoo):
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(SEQ_LEN)
+    eager, sdpa = Capture(), Capture()
+    logits_eager = full_logits(net, ids, "eager", eager)
+    logits_sdpa = full_logits(net, ids, "sdpa", sdpa)
+    torch.testing.assert_close(logits_sdpa, logits_eager, **TOL)
+    assert eager.records.keys() == sdpa.records.keys() == set(range(net.config.num_hidden_layers))
+    for layer in eager.records:
+        torch.testing.assert_close(sdpa.records[layer].out, eager.records[layer].out, **TOL)
+        torch.testing.assert_close(sdpa.records[layer].lse, eager.records[layer].lse, **TOL)
+
+
+def test_eager_and_sdpa_agree_incrementally(tiny, zoo):
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(SEQ_LEN)
+    chunks = [20, 7, 7, 7, 7]
+    torch.testing.assert_close(chunked_logits(net, ids, chunks, "sdpa"), chunked_logits(net, ids, chunks, "eager"),
+                               **TOL)
+
+
+def test_batched_forward_equals_single(zoo):
+    net = zoo.loaded("qwen2-sliding").net
+    ids = torch.cat([zoo["qwen2-sliding"].ids(24, seed=s) for s in (1, 2, 3)])
+    batched = full_logits(net, ids)
+    for b in range(3):
+        torch.testing.assert_close(batched[b:b + 1], full_logits(net, ids[b:b + 1]), **TOL)
+    torch.testing.assert_close(chunked_logits(net, ids, [10, 1, 13], "sdpa"), batched, **TOL)
+
+
+def greedy_without_cache(net, ids, n):
+    seq = ids
+    with torch.inference_mode():
+        for _ in range(n):
+            nxt = net(seq)[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    return seq[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generate_equals_argmax_of_full_forwards(tiny, zoo, backend):
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(12, seed=5)
+    expected = greedy_without_cache(net, ids, 8)
+    previous = net.backend
+    net.backend = backend
+    try:
+        got = net.generate(ids, max_new_tokens=8)
+    finally:
+        net.backend = previous
+    assert got.shape == (1, 8)
+    assert torch.equal(got, expected)
+
+
+def test_generate_stops_at_eos(zoo):
+    net = zoo.loaded("llama-gqa").net
+    ids = zoo["llama-gqa"].ids(12, seed=5)
+    expected = greedy_without_cache(net, ids, 8)
+    eos = int(expected[0, 2])
+    stop = int((expected[0] == eos).nonzero()[0])  # first occurrence, at or before index 2
+    got = net.generate(ids, max_new_tokens=8, eos_token_id=eos)
+    assert torch.equal(got, expected[:, :stop + 1])
+    assert net.generate(ids, max_new_tokens=0).shape == (1, 0)
+
+
+def test_scope_continuation_equals_generate(zoo):
+    model = zoo.loaded("mistral-sliding")
+    ids = zoo["mistral-sliding"].ids(12, seed=5)
+    expected = greedy_without_cache(model.net, ids, 6)
+    for backend in BACKENDS:
+        result = attnscope.Scope(model, backend=backend).run(ids[0].tolist(), max_new_tokens=6)
+        cont = result.continuation_ids
+        if model.config.eos_token_id is not None and len(cont) < 6:
+            assert cont[-1] == model.config.eos_token_id
+        assert cont == expected[0, :len(cont)].tolist()
+
+
+def test_cache_overflow_raises(zoo):
+    net = zoo.loaded("llama-gqa").net
+    cache = net.new_cache(1, 4)
+    with torch.inference_mode(), pytest.raises(ValueError, match="overflow"):
+        net(zoo["llama-gqa"].ids(5), cache)
+
+
+SAMPLE_MODELS = sorted(sample_models())
+
+
+@pytest.mark.parametrize(
+    "sample",
+    SAMPLE_MODELS or [pytest.param(None, marks=pytest.mark.skip(reason="no bundled sample models yet"))],
+)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sample_model_full_equals_incremental(sample, backend):
+    model = attnscope.load_model(sample)
+    net = model.net
+    T = min(40, net.config.max_position_embeddings)
+    ids = torch.randint(0, net.config.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
+    full = full_logits(net, ids, backend)
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(token_by_token_logits(net, ids, backend), full, **TOL)
+    torch.testing.assert_close(chunked_logits(net, ids, [T // 2, T - T // 2], backend), full, **TOL)

@@ -1,0 +1,151 @@
+"""Rendering: heatmaps, mask grids and diff maps read at a glance, fit the width, and keep a stable
+look (text snapshots at fixed width with a fixed seed, in tests/__snapshots__/)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+import torch
+from rich.cells import cell_len
+from rich.console import Console
+
+from attnscope import masks
+from attnscope.render.diffmap import DiffMap, PositionDiff
+from attnscope.render.heatmap import Heatmap, TopKeys
+from attnscope.render.maskgrid import MaskGrid, TileMap
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def render(renderable, width: int = 80, color: bool = False) -> str:
+    console = Console(file=io.StringIO(), width=width, force_terminal=color,
+                      color_system="truecolor" if color else None, highlight=False, legacy_windows=False)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def causal_weights(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    allowed = np.tril(np.ones((n, n), dtype=bool))
+    scores = np.where(allowed, rng.normal(size=(n, n)) * 2, -np.inf)
+    w = np.exp(scores - scores.max(1, keepdims=True))
+    return (w / w.sum(1, keepdims=True)).astype(np.float32), allowed
+
+
+TOKENS = ["<s>", "def", " fib", "(", "n", "):", "\n", "   ", " if", " n", " <", " 2", ":"]
+
+
+def test_heatmap_without_color_snapshot(snapshot):
+    w, a = causal_weights(len(TOKENS))
+    text = render(Heatmap(w, a, TOKENS, TOKENS, title="layer 1 · head 3"))
+    assert "·" in text and "█" in text  # masked cells and full weights
+    assert "linear 0 … " in text
+    assert text == snapshot
+
+
+def test_heatmap_in_color_uses_half_blocks_viridis_and_gray_masks():
+    w, a = causal_weights(len(TOKENS))
+    text = render(Heatmap(w, a, TOKENS, TOKENS, title="t"), color=True)
+    plain = ANSI.sub("", text)
+    n_rows = sum(1 for line in plain.splitlines() if "│" in line)
+    assert n_rows == (len(TOKENS) + 1) // 2  # two query rows per line
+    assert "▀" in plain
+    assert "48;2;58;58;58" in text  # masked gray as a background (lower half)
+    assert "38;2;68;1;84" in text or "38;2;68;" in text  # viridis' dark end for tiny weights
+
+
+def test_heatmap_log_scale_and_nan():
+    w, a = causal_weights(6)
+    w[4, 2] = np.nan
+    text = render(Heatmap(w, a, TOKENS[:6], TOKENS[:6], log=True))
+    assert "log " in text and "!" in text
+
+
+def test_long_maps_are_pooled_and_say_so():
+    w, a = causal_weights(300)
+    text = render(Heatmap(w, a, [str(i) for i in range(300)], [str(i) for i in range(300)], max_lines=20))
+    assert "300×300 → 20×" in text and "max-pooled" in text
+    assert len(text.splitlines()) <= 20 + 4
+    assert max(cell_len(line) for line in text.splitlines()) <= 80
+
+
+def test_top_keys_bar_list():
+    w, _ = causal_weights(len(TOKENS))
+    text = render(TopKeys(w[8], TOKENS, 8, TOKENS[8], k=3))
+    lines = text.splitlines()
+    assert lines[0].startswith("query 8 ␣if: top 3 keys")
+    weights = [float(line.split()[2]) for line in lines[1:]]
+    assert weights == sorted(weights, reverse=True) and weights[0] == pytest.approx(w[8].max(), abs=1e-4)
+
+
+def test_mask_grid_snapshot(snapshot):
+    spec = masks.causal() & masks.sliding_window(4) & masks.padding([13], "left", total=16)
+    text = render(MaskGrid(spec.dense(12, 16)[0, 0].numpy(), q_offset=4, title=repr(spec)))
+    assert "×" not in text.splitlines()[-1] or "row with no key" in text
+    assert text == snapshot
+
+
+def test_tile_map_snapshot(snapshot):
+    tiles = masks.causal().blocks(16, 16, 4, 4)
+    assert render(TileMap(tiles.states[0, 0].numpy(), 4, 4, tiles.sparsity)) == snapshot
+
+
+def test_diff_map_marks_heads_over_tolerance(snapshot):
+    values = np.full((4, 8), 1e-7)
+    values[2, 5] = 3e-2
+    values[3] = 1e-3
+    over = values > 1e-5
+    text = render(DiffMap(values, over, title="full vs incremental · tolerance 1e-05"))
+    lines = text.splitlines()
+    assert "✗ over tolerance: heads 5" in lines[4]
+    assert "over tolerance: heads 0, 1, 2, 3, 4, 5, 6, 7" in lines[5]
+    assert "over tolerance" not in lines[2]
+    assert text == snapshot
+
+
+def test_position_diff_marks_worst_position():
+    values = np.full(50, 1e-8)
+    values[37] = 1.0
+    text = render(PositionDiff(values, 1e-5, title="layer 2 head 1"))
+    assert "worst at position 37" in text and "✗" in text
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_nothing_is_wider_than_the_console(width):
+    w, a = causal_weights(64)
+    tiles = masks.causal().blocks(4096, 4096, 64, 64)
+    items = [
+        Heatmap(w, a, [f"tok{i}" for i in range(64)], [f"tok{i}" for i in range(64)]),
+        MaskGrid(masks.sliding_window(512).dense(4096, 4096)[0, 0].numpy()),
+        TileMap(tiles.states[0, 0].numpy(), 64, 64, tiles.sparsity),
+        DiffMap(np.random.default_rng(0).random((32, 32)), np.zeros((32, 32), bool)),
+        PositionDiff(np.random.default_rng(0).random(4096), 0.5),
+    ]
+    for item in items:
+        for color in (False, True):
+            for line in ANSI.sub("", render(item, width, color)).splitlines():
+                assert cell_len(line) <= width, (type(item).__name__, line)
+
+
+def test_pooled_heatmap_of_a_long_prompt_from_a_result():
+    from pathlib import Path
+
+    import attnscope
+    from attnscope.model import ModelConfig, Transformer
+    from attnscope.model.loader import LoadedModel
+    from attnscope.render.heatmap import head_heatmap
+
+    torch.manual_seed(0)
+    net = Transformer(ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)).eval()
+    result = attnscope.Scope(LoadedModel(net, None, "r", Path("."))).run(list(range(1, 61)) * 10)
+    heatmap = head_heatmap(result, 0, 1, width=80, max_lines=16, title="long")
+    assert "600×600 → 32×" in render(heatmap, 80, color=True)  # two query rows per line
+    assert "600×600 → 16×" in render(heatmap, 80)  # one row per line without color
+    assert heatmap.weights.shape[0] == 32 and heatmap.weights.shape[1] <= 80
+    dense = result.attention(0, 1).numpy()
+    re_, ce = heatmap.row_edges, heatmap.col_edges
+    assert heatmap.weights[3, 5] == pytest.approx(dense[re_[3]:re_[4], ce[5]:ce[6]].max(), abs=1e-6)
