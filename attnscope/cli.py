@@ -464,6 +464,31 @@ def mask(
 
 
 @app.command()
+def tui(
+    model: ModelOpt = "tiny-code",
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt to run at start (else the app "
+                                               "asks for one).")] = None,
+    backend: BackendOpt = "sdpa",
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Continuation shown in the "
+                                                "Tokens tab.")] = 8,
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Browse every layer, head and token in a terminal app while the model runs."""
+    with user_errors():
+        from attnscope.backends import get_backend
+        from attnscope.model.loader import resolve_dtype
+
+        get_backend(backend)
+        resolve_dtype(dtype)
+        from attnscope.tui.app import AttnScopeApp
+
+        AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype, device=_resolve_device(device),
+                     max_new_tokens=max_new_tokens, allow_pickle=allow_pickle).run()
+
+
+@app.command()
 def models() -> None:
     """List the bundled sample models."""
     from rich.table import Table

@@ -11,7 +11,7 @@ rotary positions make every row compute what it would alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -20,7 +20,7 @@ from attnscope.backends import get_backend
 from attnscope.errors import UserError
 from attnscope.inspect.capture import Capture, LayerRecord
 from attnscope.inspect.checks import CHECK_NAMES, run_checks
-from attnscope.inspect.report import HeadStats, LayerReport, Report, Token, json_number
+from attnscope.inspect.report import Check, HeadStats, LayerReport, Report, Token, json_number
 from attnscope.model.loader import LoadedModel
 
 Prompt = str | Sequence[int]
@@ -54,7 +54,8 @@ class Scope:
 
     @torch.inference_mode()
     def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left",
-            checks: Sequence[str] = (), atol: float | None = None, rtol: float | None = None) -> Result:
+            checks: Sequence[str] = (), atol: float | None = None, rtol: float | None = None,
+            on_layer: Callable[[int], None] | None = None, on_check: Callable[[Check], None] | None = None) -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
         `max_new_tokens` greedily with the KV cache, then run the named checks.
 
@@ -64,6 +65,8 @@ class Scope:
             padding_side: "left" or "right", for a batch of prompts of different lengths.
             checks: names from `CHECK_NAMES` ("all" for every one), run on the prompt.
             atol, rtol: override the dtype's default tolerances of the comparing checks.
+            on_layer, on_check: called as each layer's record arrives and as each check finishes (for
+                live views); an exception raised there stops the run.
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
@@ -98,7 +101,7 @@ class Scope:
         previous, net.backend = net.backend, self.backend
         try:
             cache = net.new_cache(len(rows), total + max_new_tokens)
-            capture = Capture()
+            capture = Capture(on_layer=on_layer)
             # all positions at once: one attention call per layer
             logits = net(ids, cache, recorder=capture, mask=pad_mask, positions=positions)  # (B, T, vocab)
             last = torch.tensor([total - 1 if padding_side == "left" else len(r) - 1 for r in rows], device=device)
@@ -109,7 +112,7 @@ class Scope:
             net.backend = previous
         result = Result(self, prompts if batched else prompt, (ids, pad_mask, positions), real, logits.float(),
                         new_ids.tolist(), capture.layers(), batched)
-        result.checks, result.diffs = run_checks(result, checks, atol, rtol)
+        result.checks, result.diffs = run_checks(result, checks, atol, rtol, on_check=on_check)
         return result
 
 

@@ -60,7 +60,7 @@ def get_backend(name: str) -> AttendFn:
         reason = kernels.unavailable_reason()
         if reason:
             raise BackendUnavailable(f"backend 'triton' is not available: {reason}")
-        attend = kernels.attend  # pragma: no cover - filled in by the Triton kernels
+        attend = kernels.attend
     else:
         raise UserError(f"unknown backend {name!r} (choose from: {', '.join(available_backends())})")
     return attend

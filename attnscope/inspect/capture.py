@@ -144,9 +144,10 @@ class Capture:
     whole sequence.
     """
 
-    def __init__(self, append: bool = False):
+    def __init__(self, append: bool = False, on_layer=None):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
+        self.on_layer = on_layer  # called with the layer index once its block has run
         self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
 
     def attention(self, layer: int, *, q, k, v, out, lse, mask, scale) -> None:
@@ -162,6 +163,8 @@ class Capture:
         self.records[layer].residual_nonfinite = bad
         if self.append:
             self._parts[layer]["residual"].append(bad)
+        if self.on_layer is not None:
+            self.on_layer(layer)
 
     def layers(self) -> list[LayerRecord]:
         """The records in layer order (joined over the calls in append mode)."""

@@ -64,6 +64,7 @@ class Diff:
     max_abs: torch.Tensor  # [H]
     max_rel: torch.Tensor  # [H]
     bad_rows: torch.Tensor  # [B, H, S] bool: some element over tolerance (NaN counts as over)
+    row_max: torch.Tensor | None = None  # [B, H, S] largest |Δ| of each row (per position)
 
     def first_bad(self) -> tuple[int, int, int] | None:
         """(batch, head, row) of the earliest row over tolerance, or None."""
@@ -93,7 +94,8 @@ def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: to
     rel = err / r.abs().clamp_min(1e-6)
     per_head = (0, 2, 3)
     return Diff(err.amax(dim=per_head) if err.numel() else torch.zeros(a.shape[1]),
-                rel.amax(dim=per_head) if rel.numel() else torch.zeros(a.shape[1]), over.any(-1))
+                rel.amax(dim=per_head) if rel.numel() else torch.zeros(a.shape[1]), over.any(-1),
+                err.amax(-1) if err.numel() else None)
 
 
 def _figures(d: Diff, tol: Tolerance) -> dict:
@@ -280,8 +282,10 @@ def _merge(diffs: list[Diff]) -> Diff:
                 torch.zeros(0, dtype=torch.bool))
 
 
-def run_checks(result: Result, names=CHECK_NAMES, atol: float | None = None, rtol: float | None = None):
-    """Run the named checks on a result. Returns (checks, per-layer diffs by check name)."""
+def run_checks(result: Result, names=CHECK_NAMES, atol: float | None = None, rtol: float | None = None,
+               on_check=None):
+    """Run the named checks on a result. Returns (checks, per-layer diffs by check name).
+    `on_check(check)` is called as each one finishes."""
     unknown = [n for n in names if n not in CHECK_NAMES]
     if unknown:
         from attnscope.errors import UserError
@@ -302,4 +306,6 @@ def run_checks(result: Result, names=CHECK_NAMES, atol: float | None = None, rto
             checks.append(check)
         elif name == "causality":
             checks.append(causality_check(result, tol))
+        if on_check is not None:
+            on_check(checks[-1])
     return checks, diffs

@@ -22,6 +22,7 @@ from attnscope.render.axes import axis
 from attnscope.render.colors import MASKED_COLOR, NONFINITE_COLOR, Scale, shade, viridis
 
 LABEL_WIDTH = 7  # characters of token text per label
+CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
 
 
 def label(text: str, width: int) -> str:
@@ -45,11 +46,13 @@ class Heatmap:
             pooling bins, when `weights` is pooled; `reduce` names the pooling.
         max_lines: at most this many lines of cells; larger exact maps are max-pooled here.
         compact: no labels, axis or colorbar (small multiples).
+        cursor: (row, col) cell drawn highlighted (the TUI's cell cursor), in the map's own cells.
     """
 
     def __init__(self, weights, allowed, query_labels: Sequence[str] = (), key_labels: Sequence[str] = (),
                  q_offset: int = 0, title: str = "", log: bool = False, source_shape=None, row_edges=None,
-                 col_edges=None, reduce: str = "max", max_lines: int = 32, compact: bool = False):
+                 col_edges=None, reduce: str = "max", max_lines: int = 32, compact: bool = False,
+                 cursor: tuple[int, int] | None = None):
         self.weights = np.asarray(weights, dtype=np.float32)
         self.allowed = np.asarray(allowed, dtype=bool)
         self.query_labels, self.key_labels = list(query_labels), list(key_labels)
@@ -61,6 +64,12 @@ class Heatmap:
         self.reduce = reduce
         self.max_lines = max_lines
         self.compact = compact
+        self.cursor = cursor
+
+    @staticmethod
+    def label_width(color: bool, compact: bool = False) -> int:
+        """Columns taken by the row labels left of the cells."""
+        return 0 if compact else 5 + (2 * LABEL_WIDTH + 2 if color else LABEL_WIDTH + 1)
 
     def _grid(self, width: int, color: bool):
         """Pool (if needed) to the space: returns weights, allowed, row edges, col edges, note."""
@@ -80,7 +89,7 @@ class Heatmap:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         color = console.color_system is not None
-        label_w = 0 if self.compact else 5 + (2 * LABEL_WIDTH + 2 if color else LABEL_WIDTH + 1)
+        label_w = self.label_width(color, self.compact)
         width = max(8, options.max_width - label_w)
         w, a, re, ce, pooled, note = self._grid(width, color)
         finite = w[np.isfinite(w) & a]
@@ -109,7 +118,9 @@ class Heatmap:
             return ""
         return label(self.query_labels[int(re[i])], LABEL_WIDTH)
 
-    def _cell_color(self, w: float, allowed: bool, scale: Scale) -> str:
+    def _cell_color(self, w: float, allowed: bool, scale: Scale, i: int = -1, j: int = -1) -> str:
+        if self.cursor == (i, j):
+            return CURSOR_COLOR
         if not np.isfinite(w):
             return NONFINITE_COLOR
         if not allowed:
@@ -126,8 +137,8 @@ class Heatmap:
             if label_w:
                 line.append(f"{top_pos:>4} {text} "[:label_w].ljust(label_w), style="dim")
             for j in range(w.shape[1]):
-                upper = self._cell_color(float(w[i, j]), bool(a[i, j]), scale)
-                below = self._cell_color(float(w[i + 1, j]), bool(a[i + 1, j]), scale) if lower else None
+                upper = self._cell_color(float(w[i, j]), bool(a[i, j]), scale, i, j)
+                below = self._cell_color(float(w[i + 1, j]), bool(a[i + 1, j]), scale, i + 1, j) if lower else None
                 line.append("▀", Style(color=upper, bgcolor=below))
             yield line
 
@@ -137,18 +148,21 @@ class Heatmap:
                         if label_w else "")
             for j in range(w.shape[1]):
                 x = float(w[i, j])
+                if self.cursor == (i, j):
+                    line.append("◆", style="reverse")
+                    continue
                 line.append("!" if not np.isfinite(x) else "·" if not a[i, j] else shade(scale(x)))
             yield line
 
     def _colorbar(self, scale: Scale, color: bool, label_w: int) -> Text:
         bar = Text(" " * label_w)
         if color:
-            for k in range(24):
-                bar.append("█", Style(color=viridis(k / 23)))
-            bar.append(f" {scale.label()}   ")
-            bar.append("█", Style(color=MASKED_COLOR)).append(" masked  ")
-            bar.append("█", Style(color=NONFINITE_COLOR)).append(" NaN/Inf  ")
-            bar.append("▀ upper row = left label", style="dim")
+            for k in range(16):
+                bar.append("█", Style(color=viridis(k / 15)))
+            bar.append(f" {scale.label()}  ")
+            bar.append("█", Style(color=MASKED_COLOR)).append(" masked ")
+            bar.append("█", Style(color=NONFINITE_COLOR)).append(" NaN/Inf ")
+            bar.append("▀=left label", style="dim")
         else:
             bar.append(f"{''.join(shade(k / 4) for k in range(5))}  {scale.label()}   · masked   ! NaN/Inf")
         return bar

@@ -30,8 +30,8 @@ def tokens(report: Report) -> Text:
     text = Text()
     text.append(f"prompt ({len(report.tokens)} tokens)\n", style="bold")
     for tok in report.tokens:
-        text.append(f"{tok.index}", style="dim")
-        text.append(f"{label(tok.text, 16)} ", style="cyan")
+        text.append(f"{tok.index}:", style="dim")
+        text.append(f"{label(tok.text, 16)}  ", style="cyan")
     if report.continuation:
         text.append(f"\ncontinuation ({len(report.continuation)} tokens, greedy)\n", style="bold")
         text.append("".join(tok.text for tok in report.continuation), style="green")

@@ -1,0 +1,335 @@
+"""The attnscope Textual app: navigator of layers and heads on the left; the prompt, tabs
+(Heatmap, Mask, Checks, Diff, Tokens) and a progress line on the right.
+
+The model runs in a thread worker: layers appear in the navigator as their records arrive and the
+checks fill in as they finish. Editing the prompt cancels the running work (the worker's callbacks
+stop it at the next layer or check) and starts a new run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Group
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from attnscope.tui.heatmap_view import HeatmapView
+from attnscope.tui.help import HelpScreen
+from attnscope.tui.messages import CheckFinished, CursorMoved, HeadSelected, LayerArrived, RunFailed, RunFinished
+from attnscope.tui.navigator import Navigator
+
+TABS = ("heatmap", "mask", "checks", "diff", "tokens")
+
+
+class Cancelled(Exception):
+    """Raised inside the worker's callbacks when its run was superseded."""
+
+
+class AttnScopeApp(App):
+    TITLE = "attnscope"
+    CSS_PATH = "app.tcss"
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("question_mark", "help", "keys"),
+        Binding("s", "screenshot", "SVG"),
+        Binding("n", "next_token", "next token"),
+        Binding("ctrl+r", "rerun", "rerun"),
+        *(Binding(str(i + 1), f"tab('{name}')", name, show=False) for i, name in enumerate(TABS)),
+    ]
+
+    def __init__(self, model: str = "tiny-code", prompt: str | list[int] | None = None, backend: str = "sdpa",
+                 dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False):
+        super().__init__()
+        self.model_name, self.backend, self.dtype, self.device = model, backend, dtype, device
+        self.allow_pickle = allow_pickle
+        self.initial_prompt = prompt
+        self.max_new_tokens = max_new_tokens
+        self.loaded = None
+        self.result = None
+        self.run_id = 0
+        self.ids: list[int] | None = None  # the token ids being analyzed (grows with `n`)
+        self.checks_seen: list = []
+
+    # ---- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield Navigator(id="nav")
+            with Vertical(id="main"):
+                text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
+                yield Input(value=text, placeholder="type a prompt and press enter",
+                            id="prompt")
+                yield Static("", id="error")
+                with TabbedContent(id="tabs", initial="heatmap"):
+                    with TabPane("Heatmap", id="heatmap"):
+                        yield HeatmapView(id="heatmap-view")
+                        yield Static("", id="details")
+                    with TabPane("Mask", id="mask"):
+                        with VerticalScroll(classes="pane-scroll"):
+                            yield Static("", id="mask-view")
+                    with TabPane("Checks", id="checks"):
+                        yield DataTable(id="checks-table", cursor_type="row", zebra_stripes=True)
+                    with TabPane("Diff", id="diff"):
+                        with VerticalScroll(classes="pane-scroll"):
+                            yield Static("", id="diff-view")
+                    with TabPane("Tokens", id="tokens"):
+                        yield DataTable(id="tokens-table", cursor_type="row", zebra_stripes=True)
+                with Horizontal(id="status-row"):
+                    yield Static("", id="status")
+                    yield ProgressBar(id="progress", show_eta=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}"
+        self.query_one("#checks-table", DataTable).add_columns("", "check", "worst", "where", "finding")
+        self.query_one("#tokens-table", DataTable).add_columns("pos", "id", "token", "")
+        if self.initial_prompt:
+            self.start_run(self.initial_prompt)
+        else:
+            self.query_one("#prompt", Input).focus()
+            self.set_status("type a prompt and press enter")
+
+    # ---- running -----------------------------------------------------------------------------
+    def start_run(self, prompt) -> None:
+        """Cancel whatever runs and analyze `prompt` (text or token ids)."""
+        self.run_id += 1
+        self.result = None
+        self.checks_seen = []
+        self.query_one("#error", Static).remove_class("shown")
+        self.query_one(Navigator).reset(self.model_name)
+        self.query_one("#checks-table", DataTable).clear()
+        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
+        self.set_status("loading the model …" if self.loaded is None else "running …")
+        self.run_model(prompt, self.run_id)
+
+    @work(thread=True, exclusive=True, group="run")
+    def run_model(self, prompt, run_id: int) -> None:
+        from attnscope.errors import UserError
+        from attnscope.inspect.checks import CHECK_NAMES
+        from attnscope.model.loader import load_model
+        from attnscope.scope import Scope
+
+        worker = get_current_worker()
+
+        def alive() -> None:
+            if worker.is_cancelled:
+                raise Cancelled
+
+        try:
+            if self.loaded is None:
+                self.loaded = load_model(self.model_name, dtype=self.dtype, device=self.device,
+                                         allow_pickle=self.allow_pickle)
+            alive()
+            n_layers = self.loaded.config.num_hidden_layers
+            scope = Scope(self.loaded, backend=self.backend)
+
+            def on_layer(layer: int) -> None:
+                alive()
+                self.post_message(LayerArrived(layer, n_layers, run_id))
+
+            def on_check(check) -> None:
+                alive()
+                self.post_message(CheckFinished(check, run_id))
+
+            result = scope.run(prompt, max_new_tokens=self.max_new_tokens, checks=CHECK_NAMES,
+                               on_layer=on_layer, on_check=on_check)
+            alive()
+            result.report()  # statistics computed here, off the event loop
+            self.post_message(RunFinished(result, run_id))
+        except Cancelled:
+            return
+        except UserError as exc:
+            self.post_message(RunFailed(str(exc), run_id))
+
+    def on_layer_arrived(self, message: LayerArrived) -> None:
+        if message.run_id != self.run_id:
+            return
+        config = self.loaded.config
+        nav = self.query_one(Navigator)
+        mask = self.loaded.net.layers[message.layer].self_attn.mask
+        nav.add_layer(message.layer, config.num_attention_heads, config.num_key_value_heads, repr(mask))
+        progress = self.query_one("#progress", ProgressBar)
+        progress.update(total=message.n_layers + 5, progress=message.layer + 1)
+        self.set_status(f"forward: layer {message.layer + 1}/{message.n_layers} captured")
+
+    def on_check_finished(self, message: CheckFinished) -> None:
+        if message.run_id != self.run_id:
+            return
+        self.checks_seen.append(message.check)
+        self.query_one("#progress", ProgressBar).advance(1)
+        mark = "✓" if message.check.passed else "✗"
+        self.set_status(f"checks {len(self.checks_seen)}/5: {message.check.name} {mark}")
+        self._add_check_row(message.check)
+
+    def on_run_finished(self, message: RunFinished) -> None:
+        if message.run_id != self.run_id:
+            return
+        result = self.result = message.result
+        self.ids = list(result.ids)
+        report = result.report()
+        nav = self.query_one(Navigator)
+        nav.update_report(report)
+        view = self.query_one(HeatmapView)
+        first = next((c.where for c in result.checks if not c.passed and c.where and c.where.get("head") is not None),
+                     None)
+        layer, head = (first["layer"], first["head"]) if first else (view.layer_idx, view.head_idx)
+        layer, head = min(layer, result.n_layers - 1), min(head, result.n_heads - 1)
+        view.show(result, layer, head)
+        nav.select_head(layer, head)
+        self._fill_tokens()
+        self._refresh_panes()
+        failed = [c.name for c in result.checks if not c.passed]
+        progress = self.query_one("#progress", ProgressBar)
+        progress.update(total=progress.total or 1, progress=progress.total or 1)
+        self.set_status(f"{len(result.ids)} tokens · {result.n_layers} layers · checks: "
+                        + (f"[red]{', '.join(failed)} failed[/red]" if failed else "[green]all passed[/green]"))
+
+    def on_run_failed(self, message: RunFailed) -> None:
+        if message.run_id != self.run_id:
+            return
+        error = self.query_one("#error", Static)
+        error.update(f"error: {message.error}")
+        error.add_class("shown")
+        self.set_status("[red]stopped: fix the model or the prompt and press enter[/red]")
+        self.query_one("#progress", ProgressBar).update(total=1, progress=0)
+
+    # ---- panes -------------------------------------------------------------------------------
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(Text.from_markup(text))
+
+    def _add_check_row(self, check) -> None:
+        from attnscope.render.report import _where, _worst
+
+        mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
+        self.query_one("#checks-table", DataTable).add_row(
+            mark, check.name, _worst(check), _where(check), Text(check.message, style="" if check.passed else "red"),
+            key=check.name)
+
+    def _fill_tokens(self) -> None:
+        table = self.query_one("#tokens-table", DataTable)
+        table.clear()
+        result = self.result
+        for pos, (tid, text) in enumerate(zip(result.ids, result.tokens, strict=True)):
+            table.add_row(str(pos), str(tid), repr(text), "", key=f"q{pos}")
+        cont = result.continuation_ids
+        for i, (tid, text) in enumerate(zip(cont, result.token_texts(cont), strict=True)):
+            table.add_row(str(len(result.ids) + i), str(tid), repr(text), Text("continuation (n adds it)",
+                                                                               style="dim"), key=f"c{i}")
+
+    def _refresh_panes(self) -> None:
+        """Mask and Diff panes for the selected layer and head."""
+        if self.result is None:
+            return
+        from attnscope.render.diffmap import DiffMap, PositionDiff
+        from attnscope.render.maskgrid import MaskGrid, TileMap
+
+        view = self.query_one(HeatmapView)
+        rec = self.result.records[view.layer_idx]
+        Sq, Sk = rec.shape
+        allowed = rec.allowed(view.head_idx)
+        tiles = rec.mask.blocks(Sq, Sk, 16, 16)
+        b_states = tiles.states[0, min(view.head_idx, tiles.states.shape[1] - 1)]
+        empty = (~allowed.any(-1)).nonzero().flatten().tolist()
+        parts = [Text(f"layer {view.layer_idx} · mask spec: {rec.mask!r}", style="bold"),
+                 Text(f"rows with no allowed key: {empty[:20] or 'none'}"), Text(),
+                 MaskGrid(allowed.cpu().numpy(), q_offset=Sk - Sq, title=f"head {view.head_idx}"), Text(),
+                 TileMap(b_states.cpu().numpy(), 16, 16, tiles.sparsity)]
+        self.query_one("#mask-view", Static).update(Group(*parts))
+
+        import numpy as np
+
+        diff_parts = []
+        for name, title in (("full_vs_incremental", "full vs incremental (KV cache)"),
+                            ("backend_vs_reference", f"{self.backend} vs eager float32")):
+            diffs = self.result.diffs.get(name)
+            if not diffs:
+                continue
+            values = np.stack([d.max_abs.cpu().numpy() for d in diffs])
+            over = np.stack([d.bad_rows[0].any(-1).cpu().numpy() for d in diffs])
+            check = next(c for c in self.result.checks if c.name == name)
+            tol = check.figures["tolerance"]
+            diff_parts += [DiffMap(values, over, title=f"{title} · max |Δ| per layer × head · tolerance atol "
+                                   f"{tol['atol']:.0e} rtol {tol['rtol']:.0e}"), Text()]
+            row = diffs[view.layer_idx].row_max
+            if row is not None:
+                diff_parts += [PositionDiff(row[0, view.head_idx].cpu().numpy(), tol["atol"],
+                                            title=f"{title} · L{view.layer_idx} h{view.head_idx} per position"),
+                               Text()]
+        self.query_one("#diff-view", Static).update(Group(*diff_parts) if diff_parts else Text("no diffs"))
+
+    # ---- events ------------------------------------------------------------------------------
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        prompt = event.value
+        if not prompt.strip():
+            self.notify("the prompt is empty", severity="warning")
+            return
+        self.start_run(prompt)
+        self.query_one(HeatmapView).focus()
+
+    def on_head_selected(self, message: HeadSelected) -> None:
+        if self.result is None:
+            return
+        self.query_one(HeatmapView).show(self.result, message.layer, message.head)
+        self._refresh_panes()
+
+    def on_cursor_moved(self, message: CursorMoved) -> None:
+        self.query_one("#details", Static).update(message.info)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if self.result is None:
+            return
+        key = event.row_key.value
+        view = self.query_one(HeatmapView)
+        if event.data_table.id == "checks-table":
+            check = next((c for c in self.result.checks if c.name == key), None)
+            where = (check.where or {}) if check else {}
+            if where.get("layer") is None:
+                self.notify(f"{key}: nothing to jump to", timeout=3)
+                return
+            head = where.get("head") if where.get("head") is not None else view.head_idx
+            view.show(self.result, where["layer"], head)
+            self.query_one(Navigator).select_head(where["layer"], head)
+            self.action_tab("heatmap")
+            if where.get("position") is not None:
+                view.focus_position(where["position"])
+            self._refresh_panes()
+        elif event.data_table.id == "tokens-table" and key.startswith("q"):
+            self.action_tab("heatmap")
+            view.focus_position(int(key[1:]))
+
+    # ---- actions -----------------------------------------------------------------------------
+    def action_tab(self, name: str) -> None:
+        self.query_one(TabbedContent).active = name
+        if name == "heatmap":
+            self.query_one(HeatmapView).focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_screenshot(self) -> None:
+        path = self.save_screenshot(path=str(Path.cwd()))
+        self.notify(f"saved {path}")
+
+    def action_rerun(self) -> None:
+        prompt = self.query_one("#prompt", Input).value
+        if prompt.strip():
+            self.start_run(prompt)
+
+    def action_next_token(self) -> None:
+        """Append the greedy next token to the analyzed sequence and run again."""
+        if self.result is None:
+            self.notify("wait for the run to finish", timeout=2)
+            return
+        next_id = int(self.result.logits[-1].argmax())
+        ids = [*self.result.ids, next_id]
+        if len(ids) > self.loaded.config.max_position_embeddings:
+            self.notify("the model has no more positions", severity="warning")
+            return
+        self.start_run(ids)

@@ -1,0 +1,240 @@
+"""The heatmap pane: one head (or its kv group) with a cell cursor, zoom and log scale.
+
+Overview: the whole matrix pooled (max) to the pane. `+` zooms into the exact cells around the
+cursor, `-` returns to the overview. Arrow keys move the cursor (and scroll when zoomed); every move
+posts `CursorMoved` with the cell's query token, key token, weight, raw scaled score and mask state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual.binding import Binding
+from textual.widget import Widget
+
+from attnscope.pooling import pool2d
+from attnscope.render.heatmap import Heatmap, head_heatmap, label
+from attnscope.tui.messages import CursorMoved
+
+
+@dataclass
+class View:
+    weights: np.ndarray  # [rows, cols] shown cells
+    allowed: np.ndarray
+    row_edges: np.ndarray  # absolute query-row index (of Sq) where each shown row starts; len rows + 1
+    col_edges: np.ndarray
+    exact: bool
+
+
+class HeatmapView(Widget, can_focus=True):
+    BINDINGS = [
+        Binding("up", "move(-1, 0)", "up", show=False),
+        Binding("down", "move(1, 0)", "down", show=False),
+        Binding("left", "move(0, -1)", "left", show=False),
+        Binding("right", "move(0, 1)", "right", show=False),
+        Binding("plus,equals_sign", "zoom_in", "zoom in"),
+        Binding("minus", "zoom_out", "overview"),
+        Binding("l", "toggle_log", "log scale"),
+        Binding("g", "toggle_group", "GQA group"),
+    ]
+    DEFAULT_CSS = """
+    HeatmapView { height: 1fr; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.result = None
+        self.layer_idx = 0
+        self.head_idx = 0
+        self.log_scale = False
+        self.group = False
+        self.zoomed = False
+        self.origin = (0, 0)  # first query row / key column shown when zoomed
+        self.cursor = (0, 0)  # in shown cells
+        self._view: View | None = None
+
+    # ---- state -------------------------------------------------------------------------------
+    def show(self, result, layer: int | None = None, head: int | None = None, keep_cursor: bool = False) -> None:
+        self.result = result
+        if layer is not None:
+            self.layer_idx, self.head_idx = layer, head
+        if not keep_cursor:
+            self.zoomed, self.origin, self.cursor = False, (0, 0), (0, 0)
+        self._view = None
+        self.refresh()
+        self._announce()
+
+    def focus_position(self, position: int, key: int | None = None) -> None:
+        """Put the cursor on a query position (and key), zooming in when the map is pooled."""
+        if self.result is None:
+            return
+        Sq, Sk = self.result.records[self.layer_idx].shape
+        q = position - (Sk - Sq)
+        view = self._current()
+        if not view.exact:
+            self.zoomed = True
+        rows, cols = self._capacity()
+        if self.zoomed:
+            self.origin = (max(0, min(q - rows // 2, Sq - rows)), max(0, min((key or q) - cols // 2, Sk - cols)))
+        self._view = None
+        view = self._current()
+        i = int(np.searchsorted(view.row_edges, q, side="right") - 1)
+        k = key if key is not None else min(q + Sk - Sq, Sk - 1)
+        j = int(np.searchsorted(view.col_edges, k, side="right") - 1)
+        self.cursor = (max(0, min(i, len(view.row_edges) - 2)), max(0, min(j, len(view.col_edges) - 2)))
+        self.refresh()
+        self._announce()
+
+    def _capacity(self) -> tuple[int, int]:
+        color = self.app.console.color_system is not None
+        lines = max(4, self.size.height - 8)
+        width = max(8, self.size.width - Heatmap.label_width(color) - 1)
+        return (2 * lines if color else lines), width
+
+    def _current(self) -> View:
+        if self._view is not None:
+            return self._view
+        rec = self.result.records[self.layer_idx]
+        Sq, Sk = rec.shape
+        rows, cols = self._capacity()
+        allowed = rec.allowed(self.head_idx).cpu().numpy()
+        if not self.zoomed and Sq <= rows and Sk <= cols:
+            self.zoomed = False
+            w = self.result.attention(self.layer_idx, self.head_idx).cpu().numpy()
+            view = View(w, allowed, np.arange(Sq + 1), np.arange(Sk + 1), True)
+        elif self.zoomed:
+            q0, k0 = self.origin
+            q1, k1 = min(Sq, q0 + rows), min(Sk, k0 + cols)
+            w = self.result.attention(self.layer_idx, self.head_idx, q=slice(q0, q1), k=slice(k0, k1)).cpu().numpy()
+            view = View(w, allowed[q0:q1, k0:k1], np.arange(q0, q1 + 1), np.arange(k0, k1 + 1), True)
+        else:
+            w = self.result.attention_pooled(self.layer_idx, self.head_idx, rows, cols, "max")
+            a, re, ce = pool2d(allowed, rows, cols, "any")
+            view = View(w, a, re, ce, False)
+        self._view = view
+        return view
+
+    # ---- rendering ---------------------------------------------------------------------------
+    def render(self):
+        if self.result is None:
+            return Text("waiting for the model …", style="dim")
+        if self.group:
+            return self._render_group()
+        view = self._current()
+        rec = self.result.records[self.layer_idx]
+        Sq, Sk = rec.shape
+        labels = self.result.tokens
+        past = Sk - Sq
+        mode = "zoomed, exact cells" if self.zoomed else ("exact" if view.exact else "overview, max-pooled")
+        kv = self.head_idx // rec.n_groups
+        title = f"layer {self.layer_idx} · head {self.head_idx} (kv {kv}) · {rec.mask!r} · {mode}"
+        q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
+        k_labels = [labels[int(c)] for c in view.col_edges[:-1]] if view.exact else ()
+        return Heatmap(view.weights, view.allowed, q_labels, k_labels, past + int(view.row_edges[0]), title,
+                       self.log_scale, source_shape=(Sq, Sk) if not view.exact else None,
+                       row_edges=None if view.exact else view.row_edges,
+                       col_edges=None if view.exact else view.col_edges, cursor=self.cursor,
+                       max_lines=max(4, self.size.height - 8))
+
+    def _render_group(self):
+        rec = self.result.records[self.layer_idx]
+        kv = self.head_idx // rec.n_groups
+        grid = Table.grid(padding=(0, 2))
+        heads = range(kv * rec.n_groups, (kv + 1) * rec.n_groups)
+        per_row = max(1, self.size.width // 34)
+        for _ in range(min(per_row, len(heads))):
+            grid.add_column()
+        cells = [head_heatmap(self.result, self.layer_idx, h, width=32, max_lines=max(4, (self.size.height - 6) // 2),
+                              log=self.log_scale, compact=True, title=f"h{h}" + (" ◀" if h == self.head_idx else ""))
+                 for h in heads]
+        for i in range(0, len(cells), per_row):
+            grid.add_row(*cells[i:i + per_row])
+        return Group(Text(f"layer {self.layer_idx} · kv head {kv}: its {rec.n_groups} query heads (g to leave)",
+                          style="bold"), grid)
+
+    # ---- actions -----------------------------------------------------------------------------
+    def action_move(self, di: int, dj: int) -> None:
+        if self.result is None:
+            return
+        view = self._current()
+        rows, cols = view.weights.shape
+        i, j = self.cursor[0] + di, self.cursor[1] + dj
+        if self.zoomed:
+            Sq, Sk = self.result.records[self.layer_idx].shape
+            q0, k0 = self.origin
+            if i < 0 and q0 > 0 or i >= rows and q0 + rows < Sq:
+                self.origin = (max(0, min(Sq - rows, q0 + di)), k0)
+                self._view = None
+                i = self.cursor[0]
+            if j < 0 and k0 > 0 or j >= cols and k0 + cols < Sk:
+                self.origin = (self.origin[0], max(0, min(Sk - cols, k0 + dj)))
+                self._view = None
+                j = self.cursor[1]
+        self.cursor = (max(0, min(rows - 1, i)), max(0, min(cols - 1, j)))
+        self.refresh()
+        self._announce()
+
+    def action_zoom_in(self) -> None:
+        if self.result is None or self.zoomed:
+            return
+        view = self._current()
+        if view.exact:
+            self.app.notify("the whole map is already shown cell by cell")
+            return
+        q, k = int(view.row_edges[self.cursor[0]]), int(view.col_edges[self.cursor[1]])
+        self.zoomed = True
+        Sq, Sk = self.result.records[self.layer_idx].shape
+        self.focus_position(q + Sk - Sq, k)
+
+    def action_zoom_out(self) -> None:
+        if self.zoomed:
+            self.zoomed, self.origin, self.cursor, self._view = False, (0, 0), (0, 0), None
+            self.refresh()
+            self._announce()
+
+    def action_toggle_log(self) -> None:
+        self.log_scale = not self.log_scale
+        self.refresh()
+
+    def action_toggle_group(self) -> None:
+        self.group = not self.group
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self._view = None
+        if self.result is not None:
+            view = self._current()
+            rows, cols = view.weights.shape
+            self.cursor = (min(self.cursor[0], rows - 1), min(self.cursor[1], cols - 1))
+
+    # ---- details -----------------------------------------------------------------------------
+    def cell_info(self) -> str:
+        """What the details panel shows for the cell under the cursor."""
+        if self.result is None:
+            return ""
+        view = self._current()
+        rec = self.result.records[self.layer_idx]
+        Sq, Sk = rec.shape
+        past = Sk - Sq
+        i, j = self.cursor
+        q0, q1 = int(view.row_edges[i]), int(view.row_edges[i + 1])
+        k0, k1 = int(view.col_edges[j]), int(view.col_edges[j + 1])
+        tokens = self.result.tokens
+        weight = float(view.weights[i, j])
+        if q1 - q0 == 1 and k1 - k0 == 1:
+            q = rec.q[0, self.head_idx, q0].float()
+            k = rec.k[0, self.head_idx // rec.n_groups, k0].float()
+            score = float(q @ k) * rec.scale
+            state = "allowed" if view.allowed[i, j] else "masked"
+            return (f"query {past + q0} {label(tokens[past + q0], 20)!s}  →  key {k0} {label(tokens[k0], 20)!s}\n"
+                    f"weight {weight:.6f}   scaled score q·k·scale {score:+.4f}   mask: {state}")
+        return (f"queries {past + q0}–{past + q1 - 1} × keys {k0}–{k1 - 1} (pooled cell)\n"
+                f"max weight {weight:.6f}   mask: {'some allowed' if view.allowed[i, j] else 'masked'}   "
+                "(+ to zoom into exact cells)")
+
+    def _announce(self) -> None:
+        self.post_message(CursorMoved(self.cell_info()))

@@ -1,0 +1,53 @@
+"""Messages the run worker and the widgets send to the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+
+@dataclass
+class LayerArrived(Message):
+    """A layer's attention record was captured (the forward pass reached `layer`)."""
+
+    layer: int
+    n_layers: int
+    run_id: int
+
+
+@dataclass
+class CheckFinished(Message):
+    """A check finished; `check` is an `attnscope.inspect.report.Check`."""
+
+    check: object
+    run_id: int
+
+
+@dataclass
+class RunFinished(Message):
+    """The run and its checks are done; `result` is an `attnscope.scope.Result`."""
+
+    result: object
+    run_id: int
+
+
+@dataclass
+class RunFailed(Message):
+    """The run stopped on an error a user can fix (bad model path, bad prompt, ...)."""
+
+    error: str
+    run_id: int
+
+
+@dataclass
+class CursorMoved(Message):
+    """The heatmap's cell cursor moved; `info` describes the cell for the details panel."""
+
+    info: str
+
+
+@dataclass
+class HeadSelected(Message):
+    layer: int
+    head: int

@@ -1,0 +1,91 @@
+"""The navigator: layers, and their heads grouped by kv head, with a status glyph per head and a
+sparkline of each layer's per-head entropy."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Tree
+
+from attnscope.tui.messages import HeadSelected
+
+SPARK = "▁▂▃▄▅▆▇█"
+GLYPHS = {"ok": ("●", "green"), "nan": ("✖", "bold red"), "tolerance": ("▲", "bold yellow"),
+          "masked": ("◌", "magenta"), "pending": ("○", "grey50")}
+
+
+def head_status(flags: list[str]) -> str:
+    if "nan" in flags:
+        return "nan"
+    if "full_vs_incremental" in flags or "backend_vs_reference" in flags or "causality" in flags:
+        return "tolerance"
+    if "masked_rows" in flags:
+        return "masked"
+    return "ok"
+
+
+def sparkline(values: list[float]) -> str:
+    finite = [v for v in values if isinstance(v, float)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[round((v - lo) / span * (len(SPARK) - 1))] if isinstance(v, float) else "?"
+                   for v in values)
+
+
+class Navigator(Tree):
+    """Tree: layer → kv head → query heads. Selecting a head posts `HeadSelected`."""
+
+    DEFAULT_CSS = """
+    Navigator { width: 30; }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__("model", **kwargs)
+        self.show_root = False
+        self.guide_depth = 2
+
+    def reset(self, label: str) -> None:
+        self.clear()
+        self.root.set_label(label)
+
+    def add_layer(self, layer: int, n_heads: int, n_kv: int, mask: str = "") -> None:
+        """A layer's node with pending heads (its record arrived; statistics follow)."""
+        node = self.root.add(Text(f"L{layer} {mask}"), data=("layer", layer, None), expand=layer == 0)
+        group = n_heads // n_kv
+        for kv in range(n_kv):
+            kv_node = node.add(Text(f"kv{kv}", style="dim"), data=("kv", layer, kv), expand=True)
+            for h in range(kv * group, (kv + 1) * group):
+                glyph, style = GLYPHS["pending"]
+                kv_node.add_leaf(Text.assemble((glyph, style), f" h{h}"), data=("head", layer, h))
+
+    def update_report(self, report) -> None:
+        """Glyphs, entropies and sparklines from a Report."""
+        for node in self.root.children:
+            _, layer, _ = node.data
+            heads = report.layers[layer].heads
+            node.set_label(Text.assemble(f"L{layer} ", (sparkline([h.entropy for h in heads]), "cyan"),
+                                         (f" {report.layers[layer].mask}", "dim")))
+            for kv_node in node.children:
+                for leaf in kv_node.children:
+                    h = leaf.data[2]
+                    stats = heads[h]
+                    glyph, style = GLYPHS[head_status(stats.flags)]
+                    entropy = f"{stats.entropy:.2f}" if isinstance(stats.entropy, float) else str(stats.entropy)
+                    leaf.set_label(Text.assemble((glyph, style), f" h{h} ", (f"H {entropy}", "dim")))
+
+    def select_head(self, layer: int, head: int) -> None:
+        for node in self.root.children:
+            if node.data[1] != layer:
+                continue
+            node.expand()
+            for kv_node in node.children:
+                for leaf in kv_node.children:
+                    if leaf.data[2] == head:
+                        self.move_cursor(leaf)
+                        return
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
+        data = event.node.data
+        if data and data[0] == "head":
+            self.post_message(HeadSelected(data[1], data[2]))

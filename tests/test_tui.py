@@ -1,0 +1,204 @@
+"""The TUI, driven headless with Textual's Pilot: navigate, zoom, decode the next token, jump from a
+check to its place, change the prompt while running, resize to 80×24, bad model path; and SVG
+snapshots of each tab on the default model (tests/__snapshots__/test_tui/)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from textual.widgets import DataTable, Static, TabbedContent
+
+from attnscope.model import ModelConfig, Transformer
+from attnscope.model.loader import hf_name, sample_models
+from attnscope.tui.app import AttnScopeApp
+from attnscope.tui.heatmap_view import HeatmapView
+from attnscope.tui.navigator import Navigator
+
+TINY = sample_models().get("tiny-code")
+
+
+def save_model(path: Path, nan_layer: int | None = None) -> Path:
+    """A small random model in HF layout, with the tiny-code tokenizer when present (else token ids)."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    net = Transformer(config)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.2)
+        if nan_layer is not None:
+            net.layers[nan_layer].self_attn.k_proj.weight[0, 0] = float("nan")
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config.to_hf()))
+    save_file({hf_name(k): v.contiguous() for k, v in net.state_dict().items()}, str(path / "model.safetensors"))
+    if TINY is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (path / name).write_bytes((TINY / name).read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_model(tmp_path_factory.mktemp("tui") / "random")
+
+
+needs_tokenizer = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
+
+
+async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "timed out"
+        await pilot.pause(0.05)
+
+
+def finished(app: AttnScopeApp):
+    return lambda: app.result is not None and not app.workers
+
+
+PROMPT = "def fibonacci(n):\n    if n < 2:\n        return n"
+
+
+@needs_tokenizer
+async def test_navigate_heads_and_move_the_cell_cursor(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        nav, view = app.query_one(Navigator), app.query_one(HeatmapView)
+        assert [n.data[1] for n in nav.root.children] == [0, 1, 2]
+        nav.focus()
+        await pilot.press("down")
+        assert (view.layer_idx, view.head_idx) == (0, 1)
+        view.focus()
+        await pilot.press("down", "down", "right")
+        assert view.cursor == (2, 1)
+        details = str(app.query_one("#details", Static).render())
+        assert "query 2" in details and "key 1" in details and "scaled score" in details and "allowed" in details
+        await pilot.press("right", "right")  # key 3 is in the future of query 2
+        assert "masked" in str(app.query_one("#details", Static).render())
+        await pilot.press("l", "g")
+        assert view.log_scale and view.group
+
+
+@needs_tokenizer
+async def test_zoom_into_a_long_prompt_and_back(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt="x = 1\n" * 60, device="cpu")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, finished(app))
+        view = app.query_one(HeatmapView)
+        view.focus()
+        assert not view._current().exact  # 180 tokens do not fit: pooled overview
+        await pilot.press("down", "down", "right", "plus")
+        assert view.zoomed and view._current().exact
+        assert "query" in str(app.query_one("#details", Static).render())
+        await pilot.press("minus")
+        assert not view.zoomed and not view._current().exact
+
+
+@needs_tokenizer
+async def test_next_token_grows_the_heatmap_by_one_row(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        before = len(app.result.ids)
+        expected_next = int(app.result.logits[-1].argmax())
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.result is not None and len(app.result.ids) == before + 1)
+        assert app.result.ids[-1] == expected_next
+        assert app.query_one(HeatmapView)._current().weights.shape[0] == before + 1
+
+
+async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
+    path = save_model(tmp_path / "nan", nan_layer=1)
+    app = AttnScopeApp(model=str(path), prompt=list(range(1, 25)), device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        check = next(c for c in app.result.checks if c.name == "nan")
+        assert not check.passed and check.where["layer"] == 1
+        await pilot.press("3")
+        table = app.query_one("#checks-table", DataTable)
+        table.focus()
+        table.move_cursor(row=0)  # the nan check is the first row
+        await pilot.press("enter")
+        await pilot.pause()
+        view = app.query_one(HeatmapView)
+        assert app.query_one(TabbedContent).active == "heatmap"
+        assert (view.layer_idx, view.head_idx) == (1, check.where["head"])
+        glyphs = [leaf.label.plain[0] for kv in app.query_one(Navigator).root.children[1].children
+                  for leaf in kv.children]
+        assert "✖" in glyphs
+
+
+@needs_tokenizer
+async def test_changing_the_prompt_while_running_cancels_the_old_run(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt="import os\n" * 40, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.pause(0.2)
+        app.query_one("#prompt").value = "def f(x):"
+        app.query_one("#prompt").focus()
+        await pilot.press("enter")
+        await wait_for(pilot, finished(app))
+        assert "".join(app.result.tokens[1:]) == "def f(x):"
+
+
+@needs_tokenizer
+async def test_resize_to_80x24_and_bad_model_path(model_dir, tmp_path):
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_for(pilot, finished(app))
+        for size in ((80, 24), (60, 16), (200, 50), (80, 24)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+        for tab in "12345":
+            await pilot.press(tab)
+            await pilot.pause()
+    broken = AttnScopeApp(model=str(tmp_path / "missing"), prompt="x", device="cpu")
+    async with broken.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: broken.query_one("#error").has_class("shown"))
+        assert "not found" in str(broken.query_one("#error", Static).render())
+        assert broken.is_running
+
+
+@needs_tokenizer
+async def test_help_and_screenshot(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        app.query_one(HeatmapView).focus()
+        await pilot.press("question_mark")
+        assert app.screen.__class__.__name__ == "HelpScreen"
+        await pilot.press("escape")
+        await pilot.press("s")
+        await pilot.pause()
+        assert list(tmp_path.glob("*.svg"))
+
+
+# ---- appearance -------------------------------------------------------------------------------
+
+needs_tiny = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
+
+
+async def _ready(pilot):
+    await wait_for(pilot, finished(pilot.app))
+    pilot.app.query_one(HeatmapView).focus()
+    await pilot.pause()
+
+
+@needs_tiny
+@pytest.mark.parametrize("tab", ["heatmap", "mask", "checks", "diff", "tokens"])
+def test_tab_snapshots(tab, snap_compare):
+    app = AttnScopeApp(model="tiny-code", prompt="def fibonacci(n):", device="cpu")
+
+    async def run_before(pilot):
+        await _ready(pilot)
+        await pilot.press(str(["heatmap", "mask", "checks", "diff", "tokens"].index(tab) + 1))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(120, 36), run_before=run_before)
