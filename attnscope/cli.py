@@ -185,7 +185,7 @@ def run(
 
         loaded = _load(model, dtype, device, allow_pickle)
         result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
-                                                    atol=atol, rtol=rtol)
+                                                    atol=atol, rtol=rtol, roles=True)
         report = result.report()
         layer, head, why = _pick_head(result, report, layer, head)
         if query is not None and not 0 <= query < len(result.ids):
@@ -486,6 +486,39 @@ def tui(
 
         AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype, device=_resolve_device(device),
                      max_new_tokens=max_new_tokens, allow_pickle=allow_pickle).run()
+
+
+@app.command()
+def heads(
+    model: ModelOpt = "tiny-code",
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Text for the previous-token, sink, local "
+                                               "and broad scores (default: the repeated random sequence).")] = None,
+    backend: BackendOpt = "sdpa",
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report (with roles) here.")] = None,
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Score every head (induction, previous-token, sink, local, broad) and name its role."""
+    _check_output_path(json_path, "--json")
+    with user_errors():
+        from attnscope.inspect.heads import REPEAT_LENGTH, repeated_sequence
+        from attnscope.render.report import roles_table
+        from attnscope.scope import Scope
+
+        loaded = _load(model, dtype, device, allow_pickle)
+        scope = Scope(loaded, backend=backend)
+        config = loaded.config
+        bos = config.bos_token_id if isinstance(config.bos_token_id, int) else None
+        text = prompt if prompt is not None else repeated_sequence(config.vocab_size, REPEAT_LENGTH, bos)
+        result = scope.run(text, roles=True)
+        report = result.report()
+        console = _console()
+        source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
+        console.print(f"[bold]{loaded.name}[/bold] · scores on {source}; induction on a repeated random sequence")
+        console.print(roles_table(report))
+        if json_path is not None:
+            _write_atomic(json_path, report.to_json())
 
 
 @app.command()

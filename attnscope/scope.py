@@ -55,7 +55,8 @@ class Scope:
     @torch.inference_mode()
     def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left",
             checks: Sequence[str] = (), atol: float | None = None, rtol: float | None = None,
-            on_layer: Callable[[int], None] | None = None, on_check: Callable[[Check], None] | None = None) -> Result:
+            on_layer: Callable[[int], None] | None = None, on_check: Callable[[Check], None] | None = None,
+            roles: bool = False) -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
         `max_new_tokens` greedily with the KV cache, then run the named checks.
 
@@ -67,6 +68,7 @@ class Scope:
             atol, rtol: override the dtype's default tolerances of the comparing checks.
             on_layer, on_check: called as each layer's record arrives and as each check finishes (for
                 live views); an exception raised there stops the run.
+            roles: also score every head's role (`attnscope.inspect.heads`; one more forward pass).
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
@@ -113,6 +115,10 @@ class Scope:
         result = Result(self, prompts if batched else prompt, (ids, pad_mask, positions), real, logits.float(),
                         new_ids.tolist(), capture.layers(), batched)
         result.checks, result.diffs = run_checks(result, checks, atol, rtol, on_check=on_check)
+        if roles:
+            from attnscope.inspect.heads import head_roles
+
+            result.roles = head_roles(self, result=result)
         return result
 
 
@@ -135,6 +141,7 @@ class Result:
         self.records = records
         self.checks = []  # Check findings, filled by Scope.run
         self.diffs = {}  # check name -> per-layer Diff (per head figures)
+        self.roles = None  # per layer, per head HeadRole when run with roles=True
 
     @property
     def ids(self) -> list[int]:
@@ -224,10 +231,17 @@ class Result:
                 HeadStats(head=h, kv_head=h // rec.n_groups, entropy=json_number(entropy[h]),
                           max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
                           nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
-                          **{name: json_number(d[h]) for name, d in diffs.items()}, flags=flags(h))
+                          **{name: json_number(d[h]) for name, d in diffs.items()}, flags=flags(h),
+                          **self._role(layer, h))
                 for h in range(self.n_heads)
             ])
         return out
+
+    def _role(self, layer: int, head: int) -> dict:
+        if self.roles is None:
+            return {}
+        r = self.roles[layer][head]
+        return {"role": r.role, "role_scores": {k: round(v, 4) for k, v in r.scores.items()}}
 
     @property
     def passed(self) -> bool:

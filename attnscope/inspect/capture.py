@@ -72,6 +72,19 @@ class LayerRecord:
         scores = scores.masked_fill(~self.allowed(head, batch)[rows, cols], float("-inf"))
         return weights_from_lse(scores, self.lse[batch, head, rows])
 
+    def weights_at(self, head: int, offset: int, batch: int = 0) -> torch.Tensor:
+        """Float32 ``[Sq]``: each query row's weight on the key `offset` positions before it (0: itself);
+        0 where that key does not exist or is masked. O(Sq·D): no score matrix."""
+        Sq, Sk = self.shape
+        past = Sk - Sq
+        keys = torch.arange(past, Sk, device=self.q.device) - offset  # (Sq,) absolute key index
+        valid = keys >= 0
+        k = self.k[batch, head // self.n_groups, keys.clamp(min=0)].float()  # (Sq, D)
+        scores = (self.q[batch, head].float() * k).sum(-1) * self.scale  # (Sq,)
+        allowed = self.allowed(head, batch)[torch.arange(Sq, device=self.q.device), keys.clamp(min=0)]
+        scores = scores.masked_fill(~(valid & allowed), float("-inf"))
+        return weights_from_lse(scores[:, None], self.lse[batch, head])[:, 0]
+
     def pooled(self, head: int, rows: int, cols: int, reduce: str = "max", batch: int = 0,
                q: slice = slice(None), k: slice = slice(None)) -> np.ndarray:
         """A ``rows × cols`` pooled map of one head's weights (of the region q × k), computed one band

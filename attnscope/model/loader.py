@@ -73,6 +73,9 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     samples = sample_models()
     if not path.exists() and str(name_or_path) in samples:
         return samples[str(name_or_path)]
+    bundled = sample_models_dir() / str(name_or_path)  # e.g. "broken/nan-k-proj"
+    if not path.exists() and (bundled / "config.json").is_file():
+        return bundled
     if not path.exists():
         raise LoadError(
             f"model {str(name_or_path)!r} not found: no such path and no sample model of that name "

@@ -49,11 +49,40 @@ def head_table(report: Report) -> Table:
     table.add_column("stat")
     for h in range(n_heads):
         table.add_column(f"h{h}·kv{kv[h]}", justify="right")
+    with_roles = any(h.role_scores is not None for layer in report.layers for h in layer.heads)
     for layer in report.layers:
         for n, (key, short, _) in enumerate(STATS):
             values = [getattr(h, key) for h in layer.heads]
             cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in values]
-            table.add_row(str(layer.index) if n == 0 else "", short, *cells, end_section=n == len(STATS) - 1)
+            last = n == len(STATS) - 1 and not with_roles
+            table.add_row(str(layer.index) if n == 0 else "", short, *cells, end_section=last)
+        if with_roles:
+            table.add_row("", "role", *[Text(ROLE_SHORT.get(h.role, "·"), style=ROLE_STYLE.get(h.role, "dim"))
+                                         for h in layer.heads], end_section=True)
+    return table
+
+
+ROLE_SHORT = {"induction": "induct", "previous_token": "prev", "sink": "sink", "local": "local",
+              "uniform": "broad"}
+ROLE_STYLE = {"induction": "bold magenta", "previous_token": "bold cyan", "sink": "yellow", "local": "green",
+              "uniform": "dim"}
+
+
+def roles_table(report: Report) -> Table:
+    """One row per head: its role scores and the role (attnscope heads)."""
+    table = Table(title="head roles", title_justify="left", box=None, header_style="bold", pad_edge=False,
+                  caption="scores in [0, 1]; a role is named when its score passes the threshold "
+                          "(induction 0.4, prev 0.5, sink 0.6, local 0.8, broad 0.9)", caption_justify="left")
+    for name in ("layer", "head", "kv", "induct", "prev", "sink", "local", "broad", "role"):
+        table.add_column(name, justify="left" if name == "role" else "right")
+    for layer in report.layers:
+        for h in layer.heads:
+            s = h.role_scores or {}
+            cells = [f"{s.get(k, float('nan')):.2f}" for k in ("induction", "previous_token", "sink", "local",
+                                                                  "uniform")]
+            table.add_row(str(layer.index), str(h.head), str(h.kv_head), *cells,
+                          Text(h.role or "–", style=ROLE_STYLE.get(h.role, "dim")),
+                          end_section=h.head == len(layer.heads) - 1)
     return table
 
 

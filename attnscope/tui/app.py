@@ -139,7 +139,7 @@ class AttnScopeApp(App):
                 self.post_message(CheckFinished(check, run_id))
 
             result = scope.run(prompt, max_new_tokens=self.max_new_tokens, checks=CHECK_NAMES,
-                               on_layer=on_layer, on_check=on_check)
+                               on_layer=on_layer, on_check=on_check, roles=True)
             alive()
             result.report()  # statistics computed here, off the event loop
             self.post_message(RunFinished(result, run_id))

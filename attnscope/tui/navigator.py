@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Tree
 
+from attnscope.render.report import ROLE_SHORT, ROLE_STYLE
 from attnscope.tui.messages import HeadSelected
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -72,7 +73,9 @@ class Navigator(Tree):
                     stats = heads[h]
                     glyph, style = GLYPHS[head_status(stats.flags)]
                     entropy = f"{stats.entropy:.2f}" if isinstance(stats.entropy, float) else str(stats.entropy)
-                    leaf.set_label(Text.assemble((glyph, style), f" h{h} ", (f"H {entropy}", "dim")))
+                    role = ROLE_SHORT.get(stats.role, "")
+                    leaf.set_label(Text.assemble((glyph, style), f" h{h} ", (f"H {entropy} ", "dim"),
+                                                 (role, ROLE_STYLE.get(stats.role, "dim"))))
 
     def select_head(self, layer: int, head: int) -> None:
         for node in self.root.children:

@@ -1,0 +1,91 @@
+"""Head roles: the known heads of `tiny-induction` are found with their roles; a random model
+has no induction head; scores agree with the dense probabilities they summarize."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import attnscope
+from attnscope.cli import app
+from attnscope.inspect.heads import REPEAT_LENGTH, THRESHOLDS, head_roles, pick_role, repeated_sequence
+from attnscope.model import ModelConfig, Transformer
+from attnscope.model.loader import LoadedModel, sample_models
+
+INDUCTION = sample_models().get("tiny-induction")
+
+
+def random_model(std: float) -> LoadedModel:
+    torch.manual_seed(1)
+    config = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0)
+    net = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * std)
+    return LoadedModel(net, None, "random", Path("."))
+
+
+@pytest.mark.parametrize("std", [0.02, 0.2])
+def test_a_random_model_claims_no_induction_head(std):
+    roles = head_roles(attnscope.Scope(random_model(std)))
+    assert all(r.role != "induction" for layer in roles for r in layer)
+    assert all(r.scores["induction"] < THRESHOLDS["induction"] / 2 for layer in roles for r in layer)
+
+
+def test_scores_match_dense_probabilities():
+    scope = attnscope.Scope(random_model(0.2))
+    result = scope.run(list(range(5, 40)))
+    roles = head_roles(scope, result=result)
+    rep = scope.run(repeated_sequence(64, REPEAT_LENGTH, bos=0))  # what the induction score is measured on
+    for layer in range(2):
+        for head in range(4):
+            p = result.attention(layer, head)
+            T = p.shape[0]
+            prev = torch.stack([p[i, i - 1] for i in range(1, T)]).mean()
+            sink = p[1:, 0].mean()
+            r = rep.attention(layer, head)
+            n = REPEAT_LENGTH
+            induction = torch.stack([r[t, t - n + 1] for t in range(n + 1, 2 * n + 1)]).mean()
+            s = roles[layer][head].scores
+            assert s["previous_token"] == pytest.approx(float(prev), abs=1e-5)
+            assert s["sink"] == pytest.approx(float(sink), abs=1e-5)
+            assert s["induction"] == pytest.approx(float(induction), abs=1e-5)
+
+
+def test_role_choice():
+    scores = {"induction": 0.9, "previous_token": 0.1, "sink": 0.1, "local": 0.2, "uniform": 0.1}
+    assert pick_role(scores) == "induction"
+    assert pick_role({"induction": 0.0, "previous_token": 0.9, "sink": 0.0, "local": 0.95, "uniform": 0.1}) \
+        == "previous_token"
+    assert pick_role({"induction": 0.1, "previous_token": 0.1, "sink": 0.3, "local": 0.3, "uniform": 0.5}) is None
+
+
+@pytest.mark.skipif(INDUCTION is None, reason="the tiny-induction sample model is not built")
+def test_tiny_induction_heads_are_found_as_documented():
+    card = (INDUCTION / "README.md").read_text()
+    documented = {(int(layer), int(head), role) for layer, head, role in
+                  re.findall(r"layer (\d+) head (\d+): (induction|previous_token)", card)}
+    assert any(role == "induction" for *_, role in documented)
+    assert any(role == "previous_token" for *_, role in documented)
+    roles = head_roles(attnscope.Scope(attnscope.load_model("tiny-induction")))
+    found = {(r.layer, r.head, r.role) for layer in roles for r in layer}
+    assert documented <= found
+    assert any(r.role == "previous_token" for r in roles[0])
+    assert any(r.role == "induction" for r in roles[1])
+
+
+@pytest.mark.skipif(INDUCTION is None, reason="the tiny-induction sample model is not built")
+def test_heads_command(tmp_path):
+    out = tmp_path / "roles.json"
+    result = CliRunner().invoke(app, ["heads", "-m", "tiny-induction", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "induction" in result.output and "previous_token" in result.output
+    report = json.loads(out.read_text())
+    roles = [h["role"] for layer in report["layers"] for h in layer["heads"]]
+    assert "induction" in roles and "previous_token" in roles
