@@ -72,8 +72,9 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
     result = invoke("run", "--prompt", "def fibonacci(n):", "-n", "8", "--json", str(out))
     assert result.exit_code == 0, result.output
     text = result.output
-    for part in ("tiny-code", "llama", "backend sdpa", "prompt (", "continuation (8 tokens", "mask: causal",
-                 "attention per head", "entropy", "sink", "lowest mean entropy"):
+    for part in ("tiny-code", "llama", "backend sdpa", "prompt (", "continuation (8 tokens", "layers", "causal",
+                 "attention per head", "entropy", "sink", "role", "checks", "full_vs_incremental", "✓",
+                 "lowest mean entropy", "linear 0 … "):
         assert part in text, part
     report = json.loads(out.read_text())
     assert report["schema"] == "attnscope.report/1"
@@ -88,6 +89,65 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
     assert head["kv_head"] == 5 // 4
     assert 0.0 <= head["entropy"] <= 10 and 0.0 < head["max_weight"] <= 1.0
     assert len(report["continuation"]) == 8
+    assert report["passed"] is True and {c["name"] for c in report["checks"]} == {
+        "nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality"}
+    assert head["role_scores"] is not None and set(head["role_scores"]) == {
+        "induction", "previous_token", "sink", "local", "uniform"}
+
+
+@needs_tiny
+def test_run_output_options(tmp_path):
+    svg, html = tmp_path / "run.svg", tmp_path / "run.html"
+    result = invoke("run", "-p", "import os\nimport sys", "-n", "2", "--scale", "log", "--query", "3",
+                    "--svg", str(svg), "--html", str(html))
+    assert result.exit_code == 0, result.output
+    assert "log " in result.output and "query 3" in result.output and "top 10 keys" in result.output
+    assert svg.read_text().startswith("<svg") and "<html" in html.read_text().lower()
+    assert "\x1b[" not in result.output  # not a terminal: no color codes
+    colored = invoke("run", "-p", "import os", "-n", "0", "--checks", "none", "--color", "always")
+    assert "\x1b[38;2;" in colored.output and "▀" in colored.output  # truecolor half blocks
+    many = invoke("run", "-p", "import os", "-n", "0", "--checks", "none", "--heads", "all", "--layer", "1")
+    assert many.exit_code == 0 and "every head" in many.output and "h7·kv1" in many.output
+
+
+@needs_tiny
+def test_check_command_exit_codes_json_and_junit(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    out, junit = tmp_path / "r.json", tmp_path / "j.xml"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def f(x):\\n    return x\n\nimport os\n")
+    result = invoke("check", "--prompts", str(prompts), "-b", "eager", "-b", "sdpa", "--json", str(out),
+                    "--junit", str(junit))
+    assert result.exit_code == 0, result.output
+    assert "20 passed, 0 failed" in result.output
+    data = json.loads(out.read_text())
+    assert data["schema"] == "attnscope.report-set/1" and len(data["reports"]) == 4
+    assert data["reports"][0]["prompt"] == "def f(x):\n    return x"
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == "20" and suite.get("failures") == "0"
+
+
+@needs_tiny
+def test_check_fails_with_exit_1_on_a_broken_model(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan"
+    shutil.copytree(TINY, broken)
+    weights = load_file(str(broken / "model.safetensors"))
+    weights["model.layers.2.self_attn.k_proj.weight"][0, 0] = float("nan")
+    save_file(weights, str(broken / "model.safetensors"))
+    junit = tmp_path / "j.xml"
+    result = invoke("check", "-m", str(broken), "-p", "x = 1", "--checks", "nan,causality", "--junit", str(junit))
+    assert result.exit_code == 1
+    assert "layer 2" in result.output and "scores" in result.output
+    assert "<failure" in junit.read_text()
+
+
+def test_check_bad_input():
+    assert_user_error(invoke("check"), "give at least one --prompt")
+    assert_user_error(invoke("check", "-p", "x", "--checks", "nan,bogus"), "unknown check 'bogus'")
+    assert_user_error(invoke("check", "-p", "x", "--prompts", "/nonexistent.txt"), "no such file")
 
 
 @needs_tiny
