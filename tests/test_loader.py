@@ -461,3 +461,21 @@ def test_malformed_tokenizer(model_copy):
     (path / "tokenizer.json").write_text("{not json")
     with pytest.raises(LoadError, match="tokenizer.json"):
         attnscope.load_model(path)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "qwen3"])
+def test_config_round_trips_through_config_json(model_type):
+    from attnscope.model.config import ModelConfig
+
+    sliding = {} if model_type == "llama" else {"sliding_window": 8,
+                                                 "layer_types": ["full_attention", "sliding_attention"]}
+    config = ModelConfig(model_type=model_type, num_hidden_layers=2, qkv_bias=model_type == "qwen2",
+                         qk_norm=model_type == "qwen3", **sliding)
+    assert ModelConfig.from_hf(config.to_hf()) == config
+
+
+def test_config_without_a_hf_equivalent_is_refused():
+    from attnscope.model.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="output-projection bias"):
+        ModelConfig(o_bias=True, qkv_bias=False).to_hf()

@@ -142,11 +142,19 @@ class ModelConfig:
             eos_token_id=cfg.get("eos_token_id"),
         )
 
-    def to_hf(self) -> dict[str, Any]:
-        """The ``config.json`` dict of this config (llama/mistral/qwen2/qwen3 layout)."""
+    def to_hf(self, dtype: str = "float32") -> dict[str, Any]:
+        """The ``config.json`` dict of this config (llama/mistral/qwen2/qwen3 layout); `from_hf` reads
+        it back to an equal config."""
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling:
             rope = {**self.rope_scaling, "rope_theta": self.rope_theta}
+        if self.o_bias and not self.qkv_bias:
+            raise ConfigError("an output-projection bias without q/k/v biases has no Hugging Face config")
+        extra: dict[str, Any] = {}
+        if self.model_type in ("qwen2", "qwen3"):
+            sliding = [i for i, kind in enumerate(self.layer_types) if kind == "sliding_attention"]
+            extra = {"use_sliding_window": bool(sliding),
+                     "max_window_layers": sliding[0] if sliding else self.num_hidden_layers}
         return {
             "architectures": [_ARCHITECTURES[self.model_type]],
             "model_type": self.model_type,
@@ -169,7 +177,9 @@ class ModelConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
-            "torch_dtype": "float32",
+            "dtype": dtype,
+            "torch_dtype": dtype,
+            **extra,
         }
 
 
