@@ -200,7 +200,8 @@ def run(
             parts.append(head_heatmap(result, layer, head, width=console.width, log=scale == "log", title=title))
         if query is not None:
             row = result.attention(layer, head, q=slice(query, query + 1))[0].cpu().numpy()
-            parts += [Text(), TopKeys(row, result.tokens, query, result.tokens[query])]
+            allowed = rec.allowed(head)[query].cpu().numpy()
+            parts += [Text(), TopKeys(row, result.tokens, query, result.tokens[query], allowed=allowed)]
         _emit(console, parts, svg, html, title=f"attnscope run · {loaded.name}")
         if json_path is not None:
             _write_atomic(json_path, report.to_json())

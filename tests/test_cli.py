@@ -101,7 +101,7 @@ def test_run_output_options(tmp_path):
     result = invoke("run", "-p", "import os\nimport sys", "-n", "2", "--scale", "log", "--query", "3",
                     "--svg", str(svg), "--html", str(html))
     assert result.exit_code == 0, result.output
-    assert "log " in result.output and "query 3" in result.output and "top 10 keys" in result.output
+    assert "log " in result.output and "query 3 ⏎: top 4 keys" in result.output
     assert svg.read_text().startswith("<svg") and "<html" in html.read_text().lower()
     assert "\x1b[" not in result.output  # not a terminal: no color codes
     colored = invoke("run", "-p", "import os", "-n", "0", "--checks", "none", "--color", "always")

@@ -171,13 +171,15 @@ class Heatmap:
 class TopKeys:
     """The row of one query as a bar list of its top-k keys: position, token, weight, bar."""
 
-    def __init__(self, row, key_labels: Sequence[str], position: int, query_label: str, k: int = 10):
+    def __init__(self, row, key_labels: Sequence[str], position: int, query_label: str, k: int = 10,
+                 allowed=None):
         self.row = np.asarray(row, dtype=np.float32)
+        self.allowed = np.ones_like(self.row, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
         self.key_labels = list(key_labels)
         self.position, self.query_label, self.k = position, query_label, k
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        order = np.argsort(-np.nan_to_num(self.row, nan=np.inf))[: self.k]
+        order = [j for j in np.argsort(-np.nan_to_num(self.row, nan=np.inf)) if self.allowed[j]][: self.k]
         yield Text(f"query {self.position} {label(self.query_label, 16)!s}: top {len(order)} keys", style="bold")
         bar_w = max(10, options.max_width - 36)
         for j in order:
