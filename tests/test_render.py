@@ -47,14 +47,24 @@ def test_heatmap_without_color_snapshot(snapshot):
 
 
 def test_heatmap_in_color_uses_half_blocks_viridis_and_gray_masks():
-    w, a = causal_weights(len(TOKENS))
-    text = render(Heatmap(w, a, TOKENS, TOKENS, title="t"), color=True)
+    labels = [f"t{i}" for i in range(40)]
+    w, a = causal_weights(40)
+    text = render(Heatmap(w, a, labels, labels, title="t"), color=True)
     plain = ANSI.sub("", text)
     n_rows = sum(1 for line in plain.splitlines() if "│" in line)
-    assert n_rows == (len(TOKENS) + 1) // 2  # two query rows per line
+    assert n_rows == 20  # two query rows per line
     assert "▀" in plain
     assert "48;2;58;58;58" in text  # masked gray as a background (lower half)
     assert "38;2;68;1;84" in text or "38;2;68;" in text  # viridis' dark end for tiny weights
+
+
+def test_short_maps_are_magnified_into_square_cells():
+    w, a = causal_weights(len(TOKENS))
+    plain = ANSI.sub("", render(Heatmap(w, a, TOKENS, TOKENS, title="t"), width=120, color=True))
+    rows = [line for line in plain.splitlines() if "▀" in line and "masked" not in line]
+    assert len(rows) == 2 * len(TOKENS)  # 4 columns × 4 half-lines per cell
+    assert rows[0].count("▀") == 4 * len(TOKENS)
+    assert rows[0].split()[1] == "<s>" and rows[1].split() == [rows[1].strip()]  # label once per query row
 
 
 def test_heatmap_log_scale_and_nan():

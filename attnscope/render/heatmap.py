@@ -23,6 +23,7 @@ from attnscope.render.colors import MASKED_COLOR, NONFINITE_COLOR, Scale, shade,
 
 LABEL_WIDTH = 7  # characters of token text per label
 CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
+MAX_MAGNIFY = 4  # largest cell size (columns) for short prompts
 
 
 def label(text: str, width: int) -> str:
@@ -94,23 +95,30 @@ class Heatmap:
         w, a, re, ce, pooled, note = self._grid(width, color)
         finite = w[np.isfinite(w) & a]
         scale = Scale(float(finite.max()) if finite.size else 1.0, self.log)
+        # short prompts: each cell m columns × m half-lines (still square), when there is room
+        m = 1
+        if color and w.size:
+            m = max(1, min(MAX_MAGNIFY, width // w.shape[1], 2 * self.max_lines // w.shape[0]))
         yield Text(self.title if self.compact else f"{self.title}  ({note})", style="bold")
         if not self.compact:
-            yield from self._key_axis(w.shape[1], ce, pooled, label_w)
+            yield from self._key_axis(w.shape[1], ce, pooled, label_w, m)
         if color:
-            yield from self._half_block_rows(w, a, re, pooled, scale, label_w)
+            yield from self._half_block_rows(w, a, re, pooled, scale, label_w, m)
         else:
             yield from self._shade_rows(w, a, re, pooled, scale, label_w)
         if not self.compact:
             yield self._colorbar(scale, color, label_w)
 
-    def _key_axis(self, n: int, ce, pooled: bool, label_w: int):
-        yield Text(" " * label_w + axis(ce, n, 10 if n > 20 else 5), style="dim")
+    def _key_axis(self, n: int, ce, pooled: bool, label_w: int, m: int = 1):
+        yield Text(" " * label_w + axis(ce, n, 10 if n * m > 20 else 5, cell=m), style="dim")
         if pooled or not self.key_labels:
             return
         depth = min(4, max((len(label(t, 4)) for t in self.key_labels), default=0))
         for d in range(depth):  # key tokens written downwards, one column each
-            chars = [label(t, 4)[d] if d < len(label(t, 4)) else " " for t in self.key_labels[:n]]
+            chars = [" "] * (n * m)
+            for j, t in enumerate(self.key_labels[:n]):
+                text = label(t, 4)
+                chars[j * m] = text[d] if d < len(text) else " "
             yield Text(" " * label_w + "".join(chars), style="cyan")
 
     def _row_label(self, i: int, re, pooled: bool) -> str:
@@ -127,19 +135,28 @@ class Heatmap:
             return MASKED_COLOR
         return viridis(scale(w))
 
-    def _half_block_rows(self, w, a, re, pooled, scale, label_w):
-        for i in range(0, w.shape[0], 2):
-            top_pos = self.q_offset + int(re[i])
-            lower = i + 1 < w.shape[0]
-            text = f"{self._row_label(i, re, pooled):<{LABEL_WIDTH}}│"
-            text += f"{self._row_label(i + 1, re, pooled) if lower else '':<{LABEL_WIDTH}}"
+    def _half_block_rows(self, w, a, re, pooled, scale, label_w, m: int = 1):
+        n_rows = w.shape[0] * m  # half-lines
+        for r in range(0, n_rows, 2):
+            top, below = r // m, (r + 1) // m  # source rows of the upper and lower half
+            lower = r + 1 < n_rows
             line = Text()
             if label_w:
-                line.append(f"{top_pos:>4} {text} "[:label_w].ljust(label_w), style="dim")
-            for j in range(w.shape[1]):
-                upper = self._cell_color(float(w[i, j]), bool(a[i, j]), scale, i, j)
-                below = self._cell_color(float(w[i + 1, j]), bool(a[i + 1, j]), scale, i + 1, j) if lower else None
-                line.append("▀", Style(color=upper, bgcolor=below))
+                if m == 1:
+                    text = f"{self._row_label(top, re, pooled):<{LABEL_WIDTH}}│"
+                    text += f"{self._row_label(below, re, pooled) if lower else '':<{LABEL_WIDTH}}"
+                    pos = f"{self.q_offset + int(re[top]):>4}"
+                elif r % m == 0 or (r - 1) // m != top:  # the line where this source row starts
+                    text, pos = f"{self._row_label(top, re, pooled):<{2 * LABEL_WIDTH + 1}}", \
+                        f"{self.q_offset + int(re[top]):>4}"
+                else:
+                    text, pos = "", ""
+                line.append(f"{pos:>4} {text} "[:label_w].ljust(label_w), style="dim")
+            for c in range(w.shape[1] * m):
+                j = c // m
+                upper = self._cell_color(float(w[top, j]), bool(a[top, j]), scale, top, j)
+                under = self._cell_color(float(w[below, j]), bool(a[below, j]), scale, below, j) if lower else None
+                line.append("▀", Style(color=upper, bgcolor=under))
             yield line
 
     def _shade_rows(self, w, a, re, pooled, scale, label_w):
