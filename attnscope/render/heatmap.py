@@ -143,7 +143,7 @@ class Heatmap:
             line = Text()
             if label_w:
                 if m == 1:
-                    text = f"{self._row_label(top, re, pooled):<{LABEL_WIDTH}}│"
+                    text = f"{self._row_label(top, re, pooled):<{LABEL_WIDTH}}{' ' if pooled else '│'}"
                     text += f"{self._row_label(below, re, pooled) if lower else '':<{LABEL_WIDTH}}"
                     pos = f"{self.q_offset + int(re[top]):>4}"
                 elif r % m == 0 or (r - 1) // m != top:  # the line where this source row starts

@@ -9,6 +9,8 @@ from rich.text import Text
 from attnscope.inspect.report import Check, Report
 from attnscope.render.heatmap import label
 
+MAX_TOKENS_SHOWN = 96  # longer prompts show their first and last tokens
+
 STATS = (("entropy", "entropy", "mean attention entropy (nats)"),
          ("max_weight", "max w", "mean of each row's largest weight"),
          ("first_token_mass", "sink", "mean weight on the first token"))
@@ -29,7 +31,13 @@ def header(report: Report) -> Text:
 def tokens(report: Report) -> Text:
     text = Text()
     text.append(f"prompt ({len(report.tokens)} tokens)\n", style="bold")
-    for tok in report.tokens:
+    shown = report.tokens
+    if len(shown) > MAX_TOKENS_SHOWN:
+        shown = [*report.tokens[: MAX_TOKENS_SHOWN - 16], None, *report.tokens[-16:]]
+    for tok in shown:
+        if tok is None:
+            text.append(f"… {len(report.tokens) - MAX_TOKENS_SHOWN} more …  ", style="bold dim")
+            continue
         text.append(f"{tok.index}:", style="dim")
         text.append(f"{label(tok.text, 16)}  ", style="cyan")
     if report.continuation:
