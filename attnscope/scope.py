@@ -192,8 +192,19 @@ class Result:
     def attention_pooled(self, layer: int, head: int, rows: int, cols: int, reduce: str = "max",
                          batch: int = 0, q: slice = slice(None), k: slice = slice(None)):
         """A rows × cols pooled map (numpy float32) of one head, computed tile by tile: for
-        screens and long prompts, never materializing the full matrix."""
-        return self.check_place(layer, head).pooled(head, rows, cols, reduce, batch, q, k)
+        screens and long prompts, never materializing the full matrix. With the triton backend
+        the map comes from the probability kernel (`attnscope.kernels.attention_probs`)."""
+        rec = self.check_place(layer, head)
+        if self.scope.backend != "triton":
+            return rec.pooled(head, rows, cols, reduce, batch, q, k)
+        from attnscope import kernels
+
+        Sq, Sk = rec.shape
+        probs = kernels.attention_probs(
+            rec.q[batch, head], rec.k[batch, head // rec.n_groups], rec.lse[batch, head], scale=rec.scale,
+            causal=True, window=kernels.mask_window(rec.mask), q_offset=Sk - Sq, rows=q, cols=k,
+            pool=(rows, cols), reduce=reduce)
+        return probs.cpu().numpy()
 
     def attention_group(self, layer: int, kv_head: int, batch: int = 0, reduce: str | None = None):
         """The query heads that read `kv_head`: stacked ``[G, q, k]``, or summed with reduce="sum"."""

@@ -24,6 +24,32 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def _import_triton_for_the_interpreter() -> None:
+    """Triton decides at its first import whether its kernels (and its own tl.* library) run in the
+    interpreter. Import it here, with TRITON_INTERPRET=1 when there is no GPU, before any test
+    module can import it otherwise; then restore the environment, so the triton backend still
+    reports itself unavailable where a test expects that (tests/test_kernels.py sets the variable
+    around its own tests)."""
+    import sys
+
+    if torch.cuda.is_available() or "triton" in sys.modules:
+        return
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_import_triton_for_the_interpreter()
+
 VOCAB = 100
 MAX_POSITIONS = 128
 SEQ_LEN = 48  # >= 48 tokens: several times the sliding window of 8

@@ -300,9 +300,16 @@ def random_model(layers: int = 2, sliding_window: int | None = None) -> LoadedMo
 
 @pytest.mark.parametrize("sliding_window", [None, 6])
 def test_scope_with_triton_backend_passes_every_check(sliding_window):
-    result = attnscope.Scope(random_model(sliding_window=sliding_window), backend="triton").run(PROMPT, checks="all")
+    model = random_model(sliding_window=sliding_window)
+    result = attnscope.Scope(model, backend="triton").run(PROMPT, checks="all")
     assert all(c.passed for c in result.checks), {c.name: c.message for c in result.checks}
     assert len(result.checks) == 5
+    # the inspector's pooled maps come from the probability kernel with this backend
+    reference = attnscope.Scope(model, backend="eager").run(PROMPT)
+    for reduce in ("max", "mean"):
+        pooled = result.attention_pooled(1, 3, rows=5, cols=7, reduce=reduce)
+        np.testing.assert_allclose(pooled, reference.attention_pooled(1, 3, rows=5, cols=7, reduce=reduce),
+                                   atol=1e-5)
 
 
 def test_scope_with_triton_backend_refuses_a_padded_batch():
