@@ -312,6 +312,17 @@ def test_scope_with_triton_backend_passes_every_check(sliding_window):
                                    atol=1e-5)
 
 
+@pytest.mark.skipif(attnscope.model.loader.sample_models().get("tiny-code") is None, reason="no tiny-code")
+def test_check_command_with_the_triton_backend_on_the_default_model():
+    from typer.testing import CliRunner
+
+    from attnscope.cli import app
+
+    result = CliRunner().invoke(app, ["check", "--backend", "triton", "-p", "def fibonacci(n):", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "5 passed, 0 failed" in result.output and "triton matches the eager" in result.output
+
+
 def test_scope_with_triton_backend_refuses_a_padded_batch():
     with pytest.raises(BackendUnavailable, match=r"not causal & padding\(left\)"):
         attnscope.Scope(random_model(), backend="triton").run([PROMPT, PROMPT[:9]])

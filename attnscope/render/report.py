@@ -114,14 +114,14 @@ def _where(check: Check) -> str:
 def checks_table(rows: list[tuple[str, Check]], title: str = "checks") -> Table:
     """One row per check: ✓/✗, name, run label, worst figure, where, message."""
     table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
-    labelled = any(label for label, _ in rows)
+    labelled = len({run_label for run_label, _ in rows}) > 1
     table.add_column("")
-    table.add_column("check")
+    table.add_column("check", no_wrap=True)
     if labelled:
-        table.add_column("run")
-    table.add_column("worst", justify="right")
+        table.add_column("run", overflow="ellipsis", max_width=28, no_wrap=True)
+    table.add_column("worst", justify="right", no_wrap=True)
     table.add_column("where")
-    table.add_column("finding", overflow="fold")
+    table.add_column("finding", overflow="fold", ratio=1)
     for run_label, check in rows:
         mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
         cells = [mark, check.name, *([run_label] if labelled else []), _worst(check), _where(check),
