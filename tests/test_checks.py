@@ -195,3 +195,26 @@ def test_pooled_maps_match_the_dense_probabilities():
     assert abs(region - dense[4:12, 0:8]).max() < 1e-6
     group = result.attention_group(1, kv_head=1)
     assert group.shape == (2, 20, 20) and torch.allclose(group[1], result.attention(1, 3))
+
+
+# ---- the bundled broken variants of tiny-code ---------------------------------------------------
+
+BROKEN = Path(__file__).resolve().parents[1] / "sample_models" / "broken"
+
+
+@pytest.mark.skipif(not (BROKEN / "nan-k-proj").is_dir(), reason="broken variants not built")
+def test_bundled_broken_models_are_localized_by_attnscope_check():
+    from typer.testing import CliRunner
+
+    from attnscope.cli import app
+
+    runner = CliRunner()
+    nan = runner.invoke(app, ["check", "-m", "broken/nan-k-proj", "-p", "def fibonacci(n):", "--checks", "nan",
+                              "--device", "cpu"])
+    assert nan.exit_code == 1 and "layer 2, stage scores" in nan.output
+    fp16 = runner.invoke(app, ["check", "-m", "broken/fp16-overflow", "-p", "def fibonacci(n):", "--checks", "nan",
+                               "--dtype", "float16", "--device", "cpu"])
+    assert fp16.exit_code == 1 and "layer 1, stage residual" in fp16.output
+    fp32 = runner.invoke(app, ["check", "-m", "broken/fp16-overflow", "-p", "def fibonacci(n):", "--checks", "nan",
+                               "--device", "cpu"])
+    assert fp32.exit_code == 0, fp32.output

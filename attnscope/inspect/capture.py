@@ -137,7 +137,7 @@ class LayerRecord:
             acc["first_token_mass"][..., rows] = p[..., 0]
             acc["weight_sum"][..., rows] = p.sum(-1)
             acc["nonfinite_scores"][..., rows] = bad.float()
-            acc["nonfinite_weights"][..., rows] = (~torch.isfinite(p)).sum(-1).float()
+            acc["nonfinite_weights"][..., rows] = ((~torch.isfinite(p)) & allowed).sum(-1).float()
             allowed_any[..., rows] = allowed.any(-1)
         flat = {name: t.view(B, Hq, Sq) for name, t in acc.items()}
         return RowStats(
