@@ -102,12 +102,19 @@ class LayerRecord:
         re, ce = pool_edges(q1 - q0, rows), pool_edges(k1 - k0, cols)
         out = np.zeros((len(re) - 1, len(ce) - 1), dtype=np.float32)
         lengths = torch.as_tensor(np.diff(ce), device=self.q.device)
+        allowed = self.allowed(head, batch)[q0:q1, k0:k1]  # (Sq', Sk')
         for i in range(len(re) - 1):
-            band = self.probabilities(head, slice(q0 + re[i], q0 + re[i + 1]), slice(k0, k1), batch)  # (r, Sk')
+            # only the keys that some row of the band may see are computed (causal: half the matrix)
+            seen = allowed[re[i]:re[i + 1]].any(dim=0).nonzero().flatten()
+            column = torch.zeros(k1 - k0, device=self.q.device)  # (Sk',) per-key max or sum over the band
+            if seen.numel():
+                lo, hi = int(seen[0]), int(seen[-1]) + 1
+                band = self.probabilities(head, slice(q0 + re[i], q0 + re[i + 1]), slice(k0 + lo, k0 + hi), batch)
+                column[lo:hi] = band.amax(dim=0) if reduce == "max" else band.sum(dim=0)
             if reduce == "max":
-                cells = torch.segment_reduce(band.amax(dim=0), "max", lengths=lengths)
+                cells = torch.segment_reduce(column, "max", lengths=lengths)
             else:
-                cells = torch.segment_reduce(band.sum(dim=0), "sum", lengths=lengths) / (lengths * band.shape[0])
+                cells = torch.segment_reduce(column, "sum", lengths=lengths) / (lengths * (re[i + 1] - re[i]))
             out[i] = cells.cpu().numpy()
         return out
 
