@@ -11,6 +11,7 @@ rotary positions make every row compute what it would alone.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -148,7 +149,7 @@ class Result:
         """Token ids of the prompt (row 0 of a batch, padding included)."""
         return self.batch_ids[0]
 
-    @property
+    @functools.cached_property
     def tokens(self) -> list[str]:
         """The prompt's tokens as text (token ids as strings when the model has no tokenizer)."""
         return self.token_texts(self.ids)

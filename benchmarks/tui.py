@@ -30,10 +30,10 @@ async def measure(model: str, tokens: int, size: tuple[int, int], repeats: int) 
         for k in range(repeats):
             layer, head = (k // n_heads) % n_layers, k % n_heads
             start = time.perf_counter()
-            nav.select_head(layer, head)
-            view.show(app.result, layer, head)
-            view.render()  # what the next frame draws: pooled map computed tile by tile
-            await pilot.pause()
+            nav.select_head(layer, head)  # the navigator's cursor moves to the head ...
+            view.show(app.result, layer, head)  # ... and the view switches to it
+            view.render_line(0)  # draws the map: pooled tile by tile, rendered to strips
+            await pilot.pause()  # until the frame is on the screen
             times.append(time.perf_counter() - start)
     return times
 

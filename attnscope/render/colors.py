@@ -3,6 +3,7 @@ and the scales (linear or log) that map a weight to [0, 1]."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 # viridis sampled at 9 evenly spaced points (matplotlib's _viridis_data)
@@ -17,8 +18,13 @@ LOG_DECADES = 4  # log scale spans top / 10**4 .. top
 
 
 def viridis(x: float) -> str:
-    """Hex color of x in [0, 1] on the viridis ramp (values outside are clamped)."""
-    x = min(1.0, max(0.0, x)) * (len(_VIRIDIS) - 1)
+    """Hex color of x in [0, 1] on the viridis ramp (values outside are clamped; 1024 levels)."""
+    return _viridis(round(min(1.0, max(0.0, x)) * 1023))
+
+
+@functools.lru_cache(maxsize=1024)
+def _viridis(level: int) -> str:
+    x = level / 1023 * (len(_VIRIDIS) - 1)
     i = min(int(x), len(_VIRIDIS) - 2)
     t = x - i
     r, g, b = (round(a + (c - a) * t) for a, c in zip(_VIRIDIS[i], _VIRIDIS[i + 1], strict=True))

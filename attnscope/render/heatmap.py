@@ -10,10 +10,12 @@ space are pooled and the title says how ("4096×4096 → 48×120, max-pooled").
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
@@ -24,6 +26,7 @@ from attnscope.render.colors import MASKED_COLOR, NONFINITE_COLOR, Scale, shade,
 LABEL_WIDTH = 7  # characters of token text per label
 CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
 MAX_MAGNIFY = 4  # largest cell size (columns) for short prompts
+DIM = Style(dim=True)
 
 
 def label(text: str, width: int) -> str:
@@ -136,11 +139,11 @@ class Heatmap:
         return viridis(scale(w))
 
     def _half_block_rows(self, w, a, re, pooled, scale, label_w, m: int = 1):
+        """Lines of half blocks, as segments (no Text spans: a long map has thousands of cells)."""
         n_rows = w.shape[0] * m  # half-lines
         for r in range(0, n_rows, 2):
             top, below = r // m, (r + 1) // m  # source rows of the upper and lower half
             lower = r + 1 < n_rows
-            line = Text()
             if label_w:
                 if m == 1:
                     text = f"{self._row_label(top, re, pooled):<{LABEL_WIDTH}}{' ' if pooled else '│'}"
@@ -151,13 +154,19 @@ class Heatmap:
                         f"{self.q_offset + int(re[top]):>4}"
                 else:
                     text, pos = "", ""
-                line.append(f"{pos:>4} {text} "[:label_w].ljust(label_w), style="dim")
-            for c in range(w.shape[1] * m):
-                j = c // m
+                yield Segment(f"{pos:>4} {text} "[:label_w].ljust(label_w), DIM)
+            run, run_colors = 0, None  # consecutive cells of the same colors become one segment
+            for j in range(w.shape[1]):
                 upper = self._cell_color(float(w[top, j]), bool(a[top, j]), scale, top, j)
                 under = self._cell_color(float(w[below, j]), bool(a[below, j]), scale, below, j) if lower else None
-                line.append("▀", Style(color=upper, bgcolor=under))
-            yield line
+                if (upper, under) != run_colors and run:
+                    yield Segment("▀" * run, _half_block_style(*run_colors))
+                    run = 0
+                run_colors = (upper, under)
+                run += m
+            if run:
+                yield Segment("▀" * run, _half_block_style(*run_colors))
+            yield Segment.line()
 
     def _shade_rows(self, w, a, re, pooled, scale, label_w):
         for i in range(w.shape[0]):
@@ -183,6 +192,11 @@ class Heatmap:
         else:
             bar.append(f"{''.join(shade(k / 4) for k in range(5))}  {scale.label()}   · masked   ! NaN/Inf")
         return bar
+
+
+@functools.lru_cache(maxsize=4096)
+def _half_block_style(upper: str, under: str | None) -> Style:
+    return Style(color=upper, bgcolor=under)
 
 
 class TopKeys:

@@ -276,8 +276,15 @@ class AttnScopeApp(App):
     def on_head_selected(self, message: HeadSelected) -> None:
         if self.result is None:
             return
-        self.query_one(HeatmapView).show(self.result, message.layer, message.head)
-        self._refresh_panes()
+        view = self.query_one(HeatmapView)
+        if (view.layer_idx, view.head_idx) != (message.layer, message.head) or view.result is not self.result:
+            view.show(self.result, message.layer, message.head)
+        if self.query_one(TabbedContent).active in ("mask", "diff"):
+            self._refresh_panes()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id in ("mask", "diff"):
+            self._refresh_panes()  # drawn when shown, for the selected layer and head
 
     def on_cursor_moved(self, message: CursorMoved) -> None:
         self.query_one("#details", Static).update(message.info)

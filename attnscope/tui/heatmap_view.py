@@ -14,6 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding
+from textual.strip import Strip
 from textual.widget import Widget
 
 from attnscope.pooling import pool2d
@@ -56,6 +57,9 @@ class HeatmapView(Widget, can_focus=True):
         self.origin = (0, 0)  # first query row / key column shown when zoomed
         self.cursor = (0, 0)  # in shown cells
         self._view: View | None = None
+        self._strips: list[Strip] = []
+        self._strips_key = None
+        self._generation = 0
 
     # ---- state -------------------------------------------------------------------------------
     def show(self, result, layer: int | None = None, head: int | None = None, keep_cursor: bool = False) -> None:
@@ -65,7 +69,7 @@ class HeatmapView(Widget, can_focus=True):
         if not keep_cursor:
             self.zoomed, self.origin, self.cursor = False, (0, 0), (0, 0)
         self._view = None
-        self.refresh()
+        self._changed()
         self._announce()
 
     def focus_position(self, position: int, key: int | None = None) -> None:
@@ -86,7 +90,7 @@ class HeatmapView(Widget, can_focus=True):
         k = key if key is not None else min(q + Sk - Sq, Sk - 1)
         j = int(np.searchsorted(view.col_edges, k, side="right") - 1)
         self.cursor = (max(0, min(i, len(view.row_edges) - 2)), max(0, min(j, len(view.col_edges) - 2)))
-        self.refresh()
+        self._changed()
         self._announce()
 
     def _capacity(self) -> tuple[int, int]:
@@ -119,7 +123,24 @@ class HeatmapView(Widget, can_focus=True):
         return view
 
     # ---- rendering ---------------------------------------------------------------------------
-    def render(self):
+    def render_line(self, y: int) -> Strip:
+        """Line API: the map is rendered once per change of state or size and kept as strips."""
+        key = (self.size, self._generation)
+        if key != self._strips_key:
+            console = self.app.console
+            options = console.options.update(width=self.size.width, height=self.size.height)
+            lines = console.render_lines(self.renderable(), options, style=self.rich_style, pad=True)
+            self._strips = [Strip(line, self.size.width) for line in lines]
+            self._strips_key = key
+        return self._strips[y] if y < len(self._strips) else Strip.blank(self.size.width, self.rich_style)
+
+    def _changed(self) -> None:
+        """The state changed: draw the map again on the next frame."""
+        self._generation += 1
+        self.refresh()
+
+    def renderable(self):
+        """The rich renderable of the current state (a heatmap, or the kv group's heatmaps)."""
         if self.result is None:
             return Text("waiting for the model …", style="dim")
         if self.group:
@@ -175,7 +196,7 @@ class HeatmapView(Widget, can_focus=True):
                 self._view = None
                 j = self.cursor[1]
         self.cursor = (max(0, min(rows - 1, i)), max(0, min(cols - 1, j)))
-        self.refresh()
+        self._changed()
         self._announce()
 
     def action_zoom_in(self) -> None:
@@ -193,19 +214,20 @@ class HeatmapView(Widget, can_focus=True):
     def action_zoom_out(self) -> None:
         if self.zoomed:
             self.zoomed, self.origin, self.cursor, self._view = False, (0, 0), (0, 0), None
-            self.refresh()
+            self._changed()
             self._announce()
 
     def action_toggle_log(self) -> None:
         self.log_scale = not self.log_scale
-        self.refresh()
+        self._changed()
 
     def action_toggle_group(self) -> None:
         self.group = not self.group
-        self.refresh()
+        self._changed()
 
     def on_resize(self) -> None:
         self._view = None
+        self._generation += 1
         if self.result is not None:
             view = self._current()
             rows, cols = view.weights.shape
