@@ -159,3 +159,17 @@ def test_pooled_heatmap_of_a_long_prompt_from_a_result():
     dense = result.attention(0, 1).numpy()
     re_, ce = heatmap.row_edges, heatmap.col_edges
     assert heatmap.weights[3, 5] == pytest.approx(dense[re_[3]:re_[4], ce[5]:ce[6]].max(), abs=1e-6)
+
+
+@pytest.mark.skipif(__import__("attnscope.model.loader", fromlist=["x"]).sample_models().get("tiny-code") is None,
+                    reason="the tiny-code sample model is not built")
+def test_run_output_snapshot(snapshot):
+    from typer.testing import CliRunner
+
+    from attnscope.cli import app
+
+    result = CliRunner().invoke(app, ["run", "-p", "def fibonacci(n):", "-n", "8", "--checks", "none",
+                                      "--device", "cpu", "--backend", "eager"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0, result.output
+    assert max(cell_len(line) for line in result.output.splitlines()) <= 100
+    assert result.output == snapshot
