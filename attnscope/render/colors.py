@@ -22,6 +22,11 @@ def viridis(x: float) -> str:
     return _viridis(round(min(1.0, max(0.0, x)) * 1023))
 
 
+def viridis_table() -> list[str]:
+    """The 1024 hex colors of the ramp, for vectorized lookups."""
+    return [_viridis(level) for level in range(1024)]
+
+
 @functools.lru_cache(maxsize=1024)
 def _viridis(level: int) -> str:
     x = level / 1023 * (len(_VIRIDIS) - 1)
@@ -51,6 +56,18 @@ class Scale:
                 return 0.0
             return (math.log10(x) - math.log10(self.low)) / (math.log10(self.top) - math.log10(self.low))
         return (x - self.low) / (self.top - self.low) if self.top > self.low else 0.0
+
+    def array(self, x):
+        """`__call__` over a numpy array: values in [0, 1] (non-finite values map to 0)."""
+        import numpy as np
+
+        x = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if self.log:
+            decades = math.log10(self.top) - math.log10(self.low)
+            out = (np.log10(np.maximum(x, self.low)) - math.log10(self.low)) / decades
+        else:
+            out = (x - self.low) / (self.top - self.low) if self.top > self.low else np.zeros_like(x)
+        return np.clip(out, 0.0, 1.0)
 
     def label(self) -> str:
         kind = "log" if self.log else "linear"

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from attnscope.pooling import pool2d
 from attnscope.render.axes import axis
-from attnscope.render.colors import MASKED_COLOR, NONFINITE_COLOR, Scale, shade, viridis
+from attnscope.render.colors import MASKED_COLOR, NONFINITE_COLOR, Scale, shade, viridis, viridis_table
 
 LABEL_WIDTH = 7  # characters of token text per label
 CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
@@ -129,17 +129,19 @@ class Heatmap:
             return ""
         return label(self.query_labels[int(re[i])], LABEL_WIDTH)
 
-    def _cell_color(self, w: float, allowed: bool, scale: Scale, i: int = -1, j: int = -1) -> str:
-        if self.cursor == (i, j):
-            return CURSOR_COLOR
-        if not np.isfinite(w):
-            return NONFINITE_COLOR
-        if not allowed:
-            return MASKED_COLOR
-        return viridis(scale(w))
+    def _colors(self, w, a, scale: Scale) -> list[list[str]]:
+        """The color of every cell, computed for the whole map at once."""
+        table = np.array(viridis_table(), dtype=object)
+        colors = table[np.round(scale.array(w) * 1023).astype(int)]
+        colors[~a] = MASKED_COLOR
+        colors[~np.isfinite(w)] = NONFINITE_COLOR
+        if self.cursor is not None and self.cursor[0] < w.shape[0] and self.cursor[1] < w.shape[1]:
+            colors[self.cursor] = CURSOR_COLOR
+        return colors.tolist()
 
     def _half_block_rows(self, w, a, re, pooled, scale, label_w, m: int = 1):
         """Lines of half blocks, as segments (no Text spans: a long map has thousands of cells)."""
+        colors = self._colors(w, a, scale)
         n_rows = w.shape[0] * m  # half-lines
         for r in range(0, n_rows, 2):
             top, below = r // m, (r + 1) // m  # source rows of the upper and lower half
@@ -156,9 +158,9 @@ class Heatmap:
                     text, pos = "", ""
                 yield Segment(f"{pos:>4} {text} "[:label_w].ljust(label_w), DIM)
             run, run_colors = 0, None  # consecutive cells of the same colors become one segment
+            upper_row, under_row = colors[top], colors[below] if lower else [None] * w.shape[1]
             for j in range(w.shape[1]):
-                upper = self._cell_color(float(w[top, j]), bool(a[top, j]), scale, top, j)
-                under = self._cell_color(float(w[below, j]), bool(a[below, j]), scale, below, j) if lower else None
+                upper, under = upper_row[j], under_row[j]
                 if (upper, under) != run_colors and run:
                     yield Segment("▀" * run, _half_block_style(*run_colors))
                     run = 0

@@ -16,6 +16,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
@@ -25,6 +26,21 @@ from attnscope.tui.messages import CheckFinished, CursorMoved, HeadSelected, Lay
 from attnscope.tui.navigator import Navigator
 
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
+
+
+class Details(Widget):
+    """The cell details under the heatmap: fixed height, so an update redraws it without a layout pass."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.info = ""
+
+    def show(self, info: str) -> None:
+        self.info = info
+        self.refresh()
+
+    def render(self) -> Text:
+        return Text(self.info)
 
 
 class Cancelled(Exception):
@@ -70,7 +86,7 @@ class AttnScopeApp(App):
                 with TabbedContent(id="tabs", initial="heatmap"):
                     with TabPane("Heatmap", id="heatmap"):
                         yield HeatmapView(id="heatmap-view")
-                        yield Static("", id="details")
+                        yield Details(id="details")
                     with TabPane("Mask", id="mask"):
                         with VerticalScroll(classes="pane-scroll"):
                             yield Static("", id="mask-view")
@@ -287,7 +303,7 @@ class AttnScopeApp(App):
             self._refresh_panes()  # drawn when shown, for the selected layer and head
 
     def on_cursor_moved(self, message: CursorMoved) -> None:
-        self.query_one("#details", Static).update(message.info)
+        self.query_one(Details).show(message.info)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if self.result is None:

@@ -81,7 +81,8 @@ class Navigator(Tree):
         for node in self.root.children:
             if node.data[1] != layer:
                 continue
-            node.expand()
+            if not node.is_expanded:
+                node.expand()
             for kv_node in node.children:
                 for leaf in kv_node.children:
                     if leaf.data[2] == head:
