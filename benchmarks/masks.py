@@ -9,10 +9,8 @@ often does. For the largest sizes it is timed on every 16th query row and scaled
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+from timing import timed
 
 from attnscope import masks
 
@@ -28,15 +26,6 @@ def loop_dense(q_len: int, k_len: int, row_step: int = 1) -> torch.Tensor:
         rows.append([(kv <= q) and (kv > q - 256) for kv in range(k_len)])
     out[::row_step] = torch.tensor(rows)
     return out
-
-
-def timed(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -11,21 +11,11 @@ backend and weights; logits are checked to agree before anything is timed.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import timed
 
 import attnscope
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
