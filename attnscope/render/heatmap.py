@@ -27,6 +27,9 @@ LABEL_WIDTH = 7  # characters of token text per label
 CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
 MAX_MAGNIFY = 4  # largest cell size (columns) for short prompts
 DIM = Style(dim=True)
+# color codes: 0..1023 the viridis ramp, then masked, NaN/Inf, cursor, and "no lower half"
+PALETTE = [*viridis_table(), MASKED_COLOR, NONFINITE_COLOR, CURSOR_COLOR]
+MASKED_CODE, NONFINITE_CODE, CURSOR_CODE, NO_COLOR_CODE = 1024, 1025, 1026, 1027
 
 
 def label(text: str, width: int) -> str:
@@ -129,15 +132,14 @@ class Heatmap:
             return ""
         return label(self.query_labels[int(re[i])], LABEL_WIDTH)
 
-    def _colors(self, w, a, scale: Scale) -> list[list[str]]:
-        """The color of every cell, computed for the whole map at once."""
-        table = np.array(viridis_table(), dtype=object)
-        colors = table[np.round(scale.array(w) * 1023).astype(int)]
-        colors[~a] = MASKED_COLOR
-        colors[~np.isfinite(w)] = NONFINITE_COLOR
+    def _colors(self, w, a, scale: Scale) -> np.ndarray:
+        """The color code of every cell (an index into `PALETTE`), for the whole map at once."""
+        codes = np.round(scale.array(w) * 1023).astype(np.int32)
+        codes[~a] = MASKED_CODE
+        codes[~np.isfinite(w)] = NONFINITE_CODE
         if self.cursor is not None and self.cursor[0] < w.shape[0] and self.cursor[1] < w.shape[1]:
-            colors[self.cursor] = CURSOR_COLOR
-        return colors.tolist()
+            codes[self.cursor] = CURSOR_CODE
+        return codes
 
     def _half_block_rows(self, w, a, re, pooled, scale, label_w, m: int = 1):
         """Lines of half blocks, as segments (no Text spans: a long map has thousands of cells)."""
@@ -157,17 +159,14 @@ class Heatmap:
                 else:
                     text, pos = "", ""
                 yield Segment(f"{pos:>4} {text} "[:label_w].ljust(label_w), DIM)
-            run, run_colors = 0, None  # consecutive cells of the same colors become one segment
-            upper_row, under_row = colors[top], colors[below] if lower else [None] * w.shape[1]
-            for j in range(w.shape[1]):
-                upper, under = upper_row[j], under_row[j]
-                if (upper, under) != run_colors and run:
-                    yield Segment("▀" * run, _half_block_style(*run_colors))
-                    run = 0
-                run_colors = (upper, under)
-                run += m
-            if run:
-                yield Segment("▀" * run, _half_block_style(*run_colors))
+            # consecutive cells of the same two colors become one segment
+            upper = colors[top]
+            under = colors[below] if lower else np.full_like(upper, NO_COLOR_CODE)
+            pair = upper * 4096 + under
+            starts = np.concatenate(([0], np.flatnonzero(pair[1:] != pair[:-1]) + 1))
+            ends = np.append(starts[1:], len(pair))
+            for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+                yield Segment("▀" * ((end - start) * m), _half_block_style(int(upper[start]), int(under[start])))
             yield Segment.line()
 
     def _shade_rows(self, w, a, re, pooled, scale, label_w):
@@ -196,9 +195,10 @@ class Heatmap:
         return bar
 
 
-@functools.lru_cache(maxsize=4096)
-def _half_block_style(upper: str, under: str | None) -> Style:
-    return Style(color=upper, bgcolor=under)
+@functools.lru_cache(maxsize=8192)
+def _half_block_style(upper: int, under: int) -> Style:
+    """The style of a half block from two color codes (upper half: foreground, lower: background)."""
+    return Style(color=PALETTE[upper], bgcolor=PALETTE[under] if under != NO_COLOR_CODE else None)
 
 
 class TopKeys:

@@ -164,6 +164,11 @@ class AttnScopeApp(App):
         except UserError as exc:
             self.post_message(RunFailed(str(exc), run_id))
 
+    @work(thread=True, exclusive=True, group="prewarm")
+    def prewarm_views(self, result) -> None:
+        """Every head's heatmap overview, computed off the event loop so that switching heads only draws."""
+        self.query_one(HeatmapView).prewarm(result)
+
     def on_layer_arrived(self, message: LayerArrived) -> None:
         if message.run_id != self.run_id:
             return
@@ -199,6 +204,7 @@ class AttnScopeApp(App):
         layer, head = min(layer, result.n_layers - 1), min(head, result.n_heads - 1)
         view.show(result, layer, head)
         nav.select_head(layer, head)
+        self.prewarm_views(result)
         self._fill_tokens()
         self._refresh_panes()
         failed = [c.name for c in result.checks if not c.passed]

@@ -60,6 +60,7 @@ class HeatmapView(Widget, can_focus=True):
         self._strips: list[Strip] = []
         self._strips_key = None
         self._generation = 0
+        self._overviews: dict = {}  # (result, layer, head, capacity) -> overview View
 
     # ---- state -------------------------------------------------------------------------------
     def show(self, result, layer: int | None = None, head: int | None = None, keep_cursor: bool = False) -> None:
@@ -100,27 +101,45 @@ class HeatmapView(Widget, can_focus=True):
         return (2 * lines if color else lines), width
 
     def _current(self) -> View:
-        if self._view is not None:
-            return self._view
-        rec = self.result.records[self.layer_idx]
+        if self._view is None:
+            self._view = self.compute_view(self.result, self.layer_idx, self.head_idx, self.zoomed, self.origin,
+                                           self._capacity())
+        return self._view
+
+    def compute_view(self, result, layer: int, head: int, zoomed: bool, origin: tuple[int, int],
+                     capacity: tuple[int, int]) -> View:
+        """The cells shown for a head: exact when they fit, else the pooled overview; the overviews
+        are kept (and computed ahead by `prewarm`), so switching heads does not recompute them."""
+        key = (id(result), layer, head, capacity)
+        if not zoomed and key in self._overviews:
+            return self._overviews[key]
+        rec = result.records[layer]
         Sq, Sk = rec.shape
-        rows, cols = self._capacity()
-        allowed = rec.allowed(self.head_idx).cpu().numpy()
-        if not self.zoomed and Sq <= rows and Sk <= cols:
-            self.zoomed = False
-            w = self.result.attention(self.layer_idx, self.head_idx).cpu().numpy()
-            view = View(w, allowed, np.arange(Sq + 1), np.arange(Sk + 1), True)
-        elif self.zoomed:
-            q0, k0 = self.origin
+        rows, cols = capacity
+        allowed = rec.allowed(head).cpu().numpy()
+        if zoomed:
+            q0, k0 = origin
             q1, k1 = min(Sq, q0 + rows), min(Sk, k0 + cols)
-            w = self.result.attention(self.layer_idx, self.head_idx, q=slice(q0, q1), k=slice(k0, k1)).cpu().numpy()
-            view = View(w, allowed[q0:q1, k0:k1], np.arange(q0, q1 + 1), np.arange(k0, k1 + 1), True)
+            w = result.attention(layer, head, q=slice(q0, q1), k=slice(k0, k1)).cpu().numpy()
+            return View(w, allowed[q0:q1, k0:k1], np.arange(q0, q1 + 1), np.arange(k0, k1 + 1), True)
+        if Sq <= rows and Sk <= cols:
+            w = result.attention(layer, head).cpu().numpy()
+            view = View(w, allowed, np.arange(Sq + 1), np.arange(Sk + 1), True)
         else:
-            w = self.result.attention_pooled(self.layer_idx, self.head_idx, rows, cols, "max")
+            w = result.attention_pooled(layer, head, rows, cols, "max")
             a, re, ce = pool2d(allowed, rows, cols, "any")
             view = View(w, a, re, ce, False)
-        self._view = view
+        if len(self._overviews) > 4 * 1024:
+            self._overviews.clear()
+        self._overviews[key] = view
         return view
+
+    def prewarm(self, result) -> None:
+        """Compute every head's overview for the current size (called from a worker thread)."""
+        capacity = self._capacity()
+        for layer in range(result.n_layers):
+            for head in range(result.n_heads):
+                self.compute_view(result, layer, head, False, (0, 0), capacity)
 
     # ---- rendering ---------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
