@@ -47,6 +47,7 @@ from torch import nn
 
 import attnscope
 from attnscope.model import ModelConfig, Transformer
+from attnscope.model.loader import hf_name
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "tiny-code"
@@ -259,17 +260,14 @@ def save_model(model: Transformer, tok: Tokenizer, out: Path) -> None:
     """Hugging Face layout: HF parameter names (``model.`` prefix), float16, tied lm_head omitted."""
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
-    hf_config = config.to_hf()
-    hf_config["torch_dtype"] = "float16"
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config.to_hf(dtype="float16"), indent=2) + "\n")
     generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     tensors = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
-        key = name if name == "lm_head.weight" else f"model.{name}"
-        tensors[key] = tensor.detach().to(torch.float16).contiguous().clone()
+        tensors[hf_name(name)] = tensor.detach().to(torch.float16).contiguous().clone()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "model.safetensors").chmod(0o644)  # safetensors creates it owner-only
     tok.save(str(out / "tokenizer.json"))

@@ -29,7 +29,6 @@ def attend(
         allowed = mask.dense(Sq, Sk, q.device)  # (B|1, Hq|1, Sq, Sk)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=True)
         empty_rows = ~allowed.any(dim=-1, keepdim=True)  # (B|1, Hq|1, Sq, 1)
-        if empty_rows.any():
-            out = out.masked_fill(empty_rows, 0.0)
+        out = out.masked_fill(empty_rows, 0.0)  # unconditionally: asking first would sync the device
     lse = log_sum_exp(q, k, mask, scale) if need_lse else None
     return out, lse

@@ -85,11 +85,7 @@ class Report:
         return next((c for c in self.checks if c.name == name), None)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False, default=_finite)
-
-
-def _finite(value: Any) -> Any:
-    raise TypeError(f"not JSON-serializable: {value!r}")
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
 def json_number(x: float) -> float | str:

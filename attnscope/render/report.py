@@ -94,7 +94,7 @@ def roles_table(report: Report) -> Table:
     return table
 
 
-def _worst(check: Check) -> str:
+def worst_figure(check: Check) -> str:
     f = check.figures
     for key in ("max_abs_diff", "max_weight_sum_error"):
         if key in f:
@@ -105,7 +105,7 @@ def _worst(check: Check) -> str:
     return ""
 
 
-def _where(check: Check) -> str:
+def where_text(check: Check) -> str:
     w = check.where or {}
     parts = [f"{k} {w[k]}" for k in ("layer", "head", "position", "stage") if w.get(k) is not None]
     return " · ".join(parts)
@@ -124,7 +124,7 @@ def checks_table(rows: list[tuple[str, Check]], title: str = "checks") -> Table:
     table.add_column("finding", overflow="fold", ratio=1)
     for run_label, check in rows:
         mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
-        cells = [mark, check.name, *([run_label] if labelled else []), _worst(check), _where(check),
+        cells = [mark, check.name, *([run_label] if labelled else []), worst_figure(check), where_text(check),
                  Text(check.message, style="" if check.passed else "red")]
         table.add_row(*cells)
     return table

@@ -227,11 +227,12 @@ class AttnScopeApp(App):
         self.query_one("#status", Static).update(Text.from_markup(text))
 
     def _add_check_row(self, check) -> None:
-        from attnscope.render.report import _where, _worst
+        from attnscope.render.report import where_text, worst_figure
 
         mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
         self.query_one("#checks-table", DataTable).add_row(
-            mark, check.name, _worst(check), _where(check), Text(check.message, style="" if check.passed else "red"),
+            mark, check.name, worst_figure(check), where_text(check),
+            Text(check.message, style="" if check.passed else "red"),
             key=check.name)
 
     def _fill_tokens(self) -> None:
