@@ -75,6 +75,13 @@ async def test_navigate_heads_and_move_the_cell_cursor(model_dir):
         nav.focus()
         await pilot.press("down")
         assert (view.layer_idx, view.head_idx) == (0, 1)
+        # the view changes inside the cursor move (no message round trip), so it is drawn in that frame
+        nav.action_cursor_down()  # onto the kv1 node: no head there, the view stays
+        assert (view.layer_idx, view.head_idx) == (0, 1) and nav.selected == (0, 1)
+        generation = view._generation
+        nav.action_cursor_down()  # what ↓ runs, with no pause after it
+        assert (view.layer_idx, view.head_idx) == (0, 2) and view._generation > generation
+        assert "head 2 (kv 1)" in "".join(segment.text for segment in view.render_line(0))
         view.focus()
         await pilot.press("down", "down", "right")
         assert view.cursor == (2, 1)

@@ -14,6 +14,7 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+from rich.color import Color
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
@@ -30,6 +31,7 @@ DIM = Style(dim=True)
 # color codes: 0..1023 the viridis ramp, then masked, NaN/Inf, cursor, and "no lower half"
 PALETTE = [*viridis_table(), MASKED_COLOR, NONFINITE_COLOR, CURSOR_COLOR]
 MASKED_CODE, NONFINITE_CODE, CURSOR_CODE, NO_COLOR_CODE = 1024, 1025, 1026, 1027
+_PALETTE_COLORS = [Color.parse(c) for c in PALETTE]
 
 
 def label(text: str, width: int) -> str:
@@ -95,9 +97,31 @@ class Heatmap:
         return w, a, re, ce, pooled, note
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for part in self._parts(console, options.max_width):
+            if isinstance(part, Text):
+                yield part
+            else:
+                yield from part
+                yield Segment.line()
+
+    def lines(self, console: Console, width: int, base: Style | None = None) -> list[list[Segment]]:
+        """The rendered lines (each at most `width` cells) on a `base` style (the pane's colors). The
+        lines of cells come out whole, without rich's splitting and cropping of a segment stream: the
+        TUI draws them straight into strips."""
+        options = console.options.update_width(width)
+        lines = []
+        for part in self._parts(console, width, base):
+            if isinstance(part, Text):
+                lines.extend(console.render_lines(part, options, style=base, pad=False))
+            else:
+                lines.append(part)
+        return lines
+
+    def _parts(self, console: Console, max_width: int, base: Style | None = None):
+        """Title, key axis, the cells and the colorbar: `Text`, or a line of cells as a list of segments."""
         color = console.color_system is not None
         label_w = self.label_width(color, self.compact)
-        width = max(8, options.max_width - label_w)
+        width = max(8, max_width - label_w)
         w, a, re, ce, pooled, note = self._grid(width, color)
         finite = w[np.isfinite(w) & a]
         scale = Scale(float(finite.max()) if finite.size else 1.0, self.log)
@@ -109,7 +133,7 @@ class Heatmap:
         if not self.compact:
             yield from self._key_axis(w.shape[1], ce, pooled, label_w, m)
         if color:
-            yield from self._half_block_rows(w, a, re, pooled, scale, label_w, m)
+            yield from self._half_block_rows(w, a, re, pooled, scale, label_w, m, base)
         else:
             yield from self._shade_rows(w, a, re, pooled, scale, label_w)
         if not self.compact:
@@ -141,9 +165,11 @@ class Heatmap:
             codes[self.cursor] = CURSOR_CODE
         return codes
 
-    def _half_block_rows(self, w, a, re, pooled, scale, label_w, m: int = 1):
-        """Lines of half blocks, as segments (no Text spans: a long map has thousands of cells)."""
+    def _half_block_rows(self, w, a, re, pooled, scale, label_w, m: int = 1, base: Style | None = None):
+        """Lines of half blocks, each a list of segments (no Text spans: a long map has thousands of cells).
+        Cells carry both their colors; `base` goes under the labels and under a last half line."""
         colors = self._colors(w, a, scale)
+        label_style = base + DIM if base else DIM
         n_rows = w.shape[0] * m  # half-lines
         for r in range(0, n_rows, 2):
             top, below = r // m, (r + 1) // m  # source rows of the upper and lower half
@@ -158,16 +184,20 @@ class Heatmap:
                         f"{self.q_offset + int(re[top]):>4}"
                 else:
                     text, pos = "", ""
-                yield Segment(f"{pos:>4} {text} "[:label_w].ljust(label_w), DIM)
+                line = [Segment(f"{pos:>4} {text} "[:label_w].ljust(label_w), label_style)]
+            else:
+                line = []
             # consecutive cells of the same two colors become one segment
             upper = colors[top]
             under = colors[below] if lower else np.full_like(upper, NO_COLOR_CODE)
             pair = upper * 4096 + under
             starts = np.concatenate(([0], np.flatnonzero(pair[1:] != pair[:-1]) + 1))
             ends = np.append(starts[1:], len(pair))
-            for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-                yield Segment("▀" * ((end - start) * m), _half_block_style(int(upper[start]), int(under[start])))
-            yield Segment.line()
+            cells = [Segment("▀" * ((end - start) * m), _half_block_style(int(upper[start]), int(under[start])))
+                     for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
+            if base and not lower:
+                cells = list(Segment.apply_style(cells, base))
+            yield line + cells
 
     def _shade_rows(self, w, a, re, pooled, scale, label_w):
         for i in range(w.shape[0]):
@@ -195,10 +225,10 @@ class Heatmap:
         return bar
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=65536)
 def _half_block_style(upper: int, under: int) -> Style:
     """The style of a half block from two color codes (upper half: foreground, lower: background)."""
-    return Style(color=PALETTE[upper], bgcolor=PALETTE[under] if under != NO_COLOR_CODE else None)
+    return Style(color=_PALETTE_COLORS[upper], bgcolor=_PALETTE_COLORS[under] if under != NO_COLOR_CODE else None)
 
 
 class TopKeys:

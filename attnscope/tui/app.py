@@ -8,6 +8,7 @@ stop it at the next layer or check) and starts a new run.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from rich.console import Group
@@ -22,7 +23,7 @@ from textual.worker import get_current_worker
 
 from attnscope.tui.heatmap_view import HeatmapView
 from attnscope.tui.help import HelpScreen
-from attnscope.tui.messages import CheckFinished, CursorMoved, HeadSelected, LayerArrived, RunFailed, RunFinished
+from attnscope.tui.messages import CheckFinished, CursorMoved, LayerArrived, RunFailed, RunFinished
 from attnscope.tui.navigator import Navigator
 
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
@@ -106,15 +107,20 @@ class AttnScopeApp(App):
         self.sub_title = f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}"
         self.query_one("#checks-table", DataTable).add_columns("", "check", "worst", "where", "finding")
         self.query_one("#tokens-table", DataTable).add_columns("pos", "id", "token", "")
+        self.watch(self.query_one(Navigator), "selected", self.head_selected, init=False)
         if self.initial_prompt:
             self.start_run(self.initial_prompt)
         else:
             self.query_one("#prompt", Input).focus()
             self.set_status("type a prompt and press enter")
 
+    def on_unmount(self) -> None:
+        gc.unfreeze()  # the interpreter's shutdown collects the last run as usual
+
     # ---- running -----------------------------------------------------------------------------
     def start_run(self, prompt) -> None:
         """Cancel whatever runs and analyze `prompt` (text or token ids)."""
+        gc.unfreeze()  # what the last run left is collectable again (see on_run_finished)
         self.run_id += 1
         self.result = None
         self.checks_seen = []
@@ -205,6 +211,10 @@ class AttnScopeApp(App):
         view.show(result, layer, head)
         nav.select_head(layer, head)
         self.prewarm_views(result)
+        # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the
+        # garbage collector's full passes off those ~400k objects, or browsing pauses for ~250 ms
+        # every twenty-odd head switches while it walks them.
+        gc.freeze()
         self._fill_tokens()
         self._refresh_panes()
         failed = [c.name for c in result.checks if not c.passed]
@@ -296,12 +306,14 @@ class AttnScopeApp(App):
         self.start_run(prompt)
         self.query_one(HeatmapView).focus()
 
-    def on_head_selected(self, message: HeadSelected) -> None:
-        if self.result is None:
+    def head_selected(self, selected: tuple[int, int] | None) -> None:
+        """The navigator's cursor is on another head: show it (called while the key is handled)."""
+        if self.result is None or selected is None:
             return
+        layer, head = selected
         view = self.query_one(HeatmapView)
-        if (view.layer_idx, view.head_idx) != (message.layer, message.head) or view.result is not self.result:
-            view.show(self.result, message.layer, message.head)
+        if (view.layer_idx, view.head_idx) != (layer, head) or view.result is not self.result:
+            view.show(self.result, layer, head)
         if self.query_one(TabbedContent).active in ("mask", "diff"):
             self._refresh_panes()
 

@@ -146,10 +146,13 @@ class HeatmapView(Widget, can_focus=True):
         """Line API: the map is rendered once per change of state or size and kept as strips."""
         key = (self.size, self._generation)
         if key != self._strips_key:
-            console = self.app.console
-            options = console.options.update(width=self.size.width, height=self.size.height)
-            lines = console.render_lines(self.renderable(), options, style=self.rich_style, pad=True)
-            self._strips = [Strip(line, self.size.width) for line in lines]
+            console, width, base = self.app.console, self.size.width, self.rich_style
+            renderable = self.renderable()
+            if isinstance(renderable, Heatmap):
+                lines = renderable.lines(console, width, base)  # the cells' lines come whole: no line splitting
+            else:
+                lines = console.render_lines(renderable, console.options.update_width(width), style=base, pad=False)
+            self._strips = [Strip(line).adjust_cell_length(width, base) for line in lines]
             self._strips_key = key
         return self._strips[y] if y < len(self._strips) else Strip.blank(self.size.width, self.rich_style)
 

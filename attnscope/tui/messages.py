@@ -45,9 +45,3 @@ class CursorMoved(Message):
     """The heatmap's cell cursor moved; `info` describes the cell for the details panel."""
 
     info: str
-
-
-@dataclass
-class HeadSelected(Message):
-    layer: int
-    head: int

@@ -4,10 +4,10 @@ sparkline of each layer's per-head entropy."""
 from __future__ import annotations
 
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widgets import Tree
 
 from attnscope.render.report import ROLE_SHORT, ROLE_STYLE
-from attnscope.tui.messages import HeadSelected
 
 SPARK = "▁▂▃▄▅▆▇█"
 GLYPHS = {"ok": ("●", "green"), "nan": ("✖", "bold red"), "tolerance": ("▲", "bold yellow"),
@@ -35,7 +35,14 @@ def sparkline(values: list[float]) -> str:
 
 
 class Navigator(Tree):
-    """Tree: layer → kv head → query heads. Selecting a head posts `HeadSelected`."""
+    """Tree: layer → kv head → query heads. `selected` is the (layer, head) under the cursor.
+
+    It is set from the cursor's watcher, so a watcher of `selected` (the app's) runs while the key
+    press is handled and the new heatmap is drawn in the same frame as the cursor; a message would
+    arrive after that frame and wait for the next one (17–33 ms later).
+    """
+
+    selected: reactive[tuple[int, int] | None] = reactive(None, init=False)
 
     DEFAULT_CSS = """
     Navigator { width: 30; }
@@ -48,6 +55,7 @@ class Navigator(Tree):
 
     def reset(self, label: str) -> None:
         self.clear()
+        self.selected = None
         self.root.set_label(label)
 
     def add_layer(self, layer: int, n_heads: int, n_kv: int, mask: str = "") -> None:
@@ -89,7 +97,8 @@ class Navigator(Tree):
                         self.move_cursor(leaf)
                         return
 
-    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted) -> None:
-        data = event.node.data
+    def watch_cursor_line(self, previous_line: int, line: int) -> None:
+        super().watch_cursor_line(previous_line, line)
+        data = self.cursor_node.data if self.cursor_node is not None else None
         if data and data[0] == "head":
-            self.post_message(HeadSelected(data[1], data[2]))
+            self.selected = (data[1], data[2])
