@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,6 +196,28 @@ def test_pooled_maps_match_the_dense_probabilities():
     assert abs(region - dense[4:12, 0:8]).max() < 1e-6
     group = result.attention_group(1, kv_head=1)
     assert group.shape == (2, 20, 20) and torch.allclose(group[1], result.attention(1, 3))
+
+
+def test_pooled_maps_of_rows_without_keys_and_with_nan():
+    """Max pooling takes the max of the log weights and exponentiates the cells: rows with no key
+    must still give 0 (not NaN), and a NaN in the scores must still reach its cell."""
+    from attnscope.backends import eager
+    from attnscope.inspect.capture import LayerRecord
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 8, 4), torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4)
+    spec = masks.causal() & masks.padding([5], "left", 8)  # rows 0-2 are padding: no key at all
+    q[0, 1, 6, 2] = float("nan")
+    out, lse = eager.attend(q, k, v, spec, 0.5)
+    record = LayerRecord(0, q, k, v, out, lse, spec, 0.5)
+    for head in (0, 1):
+        dense = record.probabilities(head).numpy()
+        for reduce, fold in (("max", np.max), ("mean", np.mean)):
+            pooled = record.pooled(head, 4, 4, reduce)
+            np.testing.assert_allclose(pooled, fold(dense.reshape(4, 2, 4, 2), axis=(1, 3)), atol=1e-6, rtol=0)
+        assert (dense[:3] == 0).all()
+    nan_row = record.pooled(1, 4, 4, "max")[3]  # rows 6-7: keys 0-2 are padding, the rest NaN
+    assert nan_row[0] == 0 and np.isnan(nan_row[1:]).all() and not np.isnan(record.pooled(0, 4, 4, "max")).any()
 
 
 # ---- the bundled broken variants of tiny-code ---------------------------------------------------

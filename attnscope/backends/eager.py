@@ -15,24 +15,28 @@ import torch
 from attnscope.backends import check_shapes, group_mask
 from attnscope.masks import MaskSpec
 
-MAX_SCORE_ELEMENTS = 1 << 24  # 64 MiB of float32 scores per chunk
+# 16 MiB of float32 scores per chunk. A chunk and its few temporaries stay below glibc's largest
+# mmap threshold (32 MiB), so freed chunks are reused instead of being unmapped and faulted in again
+# (at 64 MiB a 4096-token capture spent more time in page faults than in arithmetic, at a higher peak).
+MAX_SCORE_ELEMENTS = 1 << 22
 
 
 def masked_scores(
-    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, max_elements: int = MAX_SCORE_ELEMENTS
+    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, max_elements: int | None = None
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """Yield (rows, scores, allowed) chunks of query rows: scaled float32 scores ``[B, Hkv, G, rows, Sk]``
-    with -inf where masked, and the mask chunk ``[B|1, Hkv|1, G|1, rows, Sk]``."""
+    with -inf where masked, and the mask chunk ``[B|1, Hkv|1, G|1, rows, Sk]``; at most `max_elements`
+    (default `MAX_SCORE_ELEMENTS`) scores per chunk."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     allowed = group_mask(mask.dense(Sq, Sk, q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
     qg = q.float().view(B, Hkv, Hq // Hkv, Sq, D)  # (B, Hkv, G, Sq, D)
     kt = k.float().unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, Sk)
-    step = max(1, max_elements // max(1, B * Hq * Sk))
+    step = max(1, (max_elements or MAX_SCORE_ELEMENTS) // max(1, B * Hq * Sk))
     for start in range(0, Sq, step):
         rows = slice(start, min(Sq, start + step))
-        scores = (qg[..., rows, :] @ kt) * scale  # (B, Hkv, G, rows, Sk)
-        yield rows, scores.masked_fill(~allowed[..., rows, :], float("-inf")), allowed[..., rows, :]
+        scores = (qg[..., rows, :] @ kt).mul_(scale)  # (B, Hkv, G, rows, Sk), one buffer per chunk
+        yield rows, scores.masked_fill_(~allowed[..., rows, :], float("-inf")), allowed[..., rows, :]
 
 
 def _softmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,5 +87,10 @@ def probabilities(
 
 def weights_from_lse(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     """exp(scores - lse) for masked scores (-inf where masked); rows with lse = -inf give 0, not NaN."""
-    safe_lse = lse.float().masked_fill(lse == float("-inf"), 0.0)
-    return torch.exp(scores - safe_lse.unsqueeze(-1))
+    return torch.exp(scores - safe_lse(lse).unsqueeze(-1))
+
+
+def safe_lse(lse: torch.Tensor) -> torch.Tensor:
+    """Float32 lse with -inf (a row with no allowed key) replaced by 0: that row's masked scores then
+    give exp(-inf - 0) = 0 instead of exp(-inf - -inf) = NaN. NaN stays NaN."""
+    return lse.float().masked_fill(lse == float("-inf"), 0.0)

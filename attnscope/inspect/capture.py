@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attnscope.backends.eager import masked_scores, weights_from_lse
+from attnscope.backends.eager import masked_scores, safe_lse, weights_from_lse
 from attnscope.masks import MaskSpec
 from attnscope.pooling import pool_edges
 
-STATS_CHUNK_ELEMENTS = 1 << 23  # float32 scores computed at once when summarizing a layer
+STATS_CHUNK_ELEMENTS = 1 << 21  # float32 scores at once when summarizing a layer (several temporaries each)
 
 
 @dataclass
@@ -66,11 +66,17 @@ class LayerRecord:
     def probabilities(self, head: int, rows: slice = slice(None), cols: slice = slice(None),
                       batch: int = 0) -> torch.Tensor:
         """Float32 attention weights of one query head, ``[rows, cols]`` of ``[Sq, Sk]``."""
-        q = self.q[batch, head, rows].float()  # (rows, D)
+        return self.log_weights(head, rows, cols, batch).exp_()
+
+    def log_weights(self, head: int, rows: slice = slice(None), cols: slice = slice(None),
+                    batch: int = 0) -> torch.Tensor:
+        """Float32 log attention weights q·k·scale − lse of one query head, ``[rows, cols]``; -inf
+        where masked (and for every key of a row that has none)."""
+        q = self.q[batch, head, rows].float() * self.scale  # (rows, D)
         k = self.k[batch, head // self.n_groups, cols].float()  # (cols, D)
-        scores = (q @ k.T) * self.scale  # (rows, cols)
-        scores = scores.masked_fill(~self.allowed(head, batch)[rows, cols], float("-inf"))
-        return weights_from_lse(scores, self.lse[batch, head, rows])
+        lse = safe_lse(self.lse[batch, head, rows])  # (rows,)
+        scores = torch.addmm(-lse[:, None], q, k.T)  # (rows, cols): the product and the lse in one pass
+        return torch.where(self.allowed(head, batch)[rows, cols], scores, float("-inf"))
 
     def weights_at(self, head: int, offset: int, batch: int = 0) -> torch.Tensor:
         """Float32 ``[Sq]``: each query row's weight on the key `offset` positions before it (0: itself);
@@ -104,15 +110,21 @@ class LayerRecord:
         lengths = torch.as_tensor(np.diff(ce), device=self.q.device)
         allowed = self.allowed(head, batch)[q0:q1, k0:k1]  # (Sq', Sk')
         for i in range(len(re) - 1):
-            # only the keys that some row of the band may see are computed (causal: half the matrix)
-            seen = allowed[re[i]:re[i + 1]].any(dim=0).nonzero().flatten()
-            column = torch.zeros(k1 - k0, device=self.q.device)  # (Sk',) per-key max or sum over the band
+            # only the keys that some row of the band may see are computed (causal: half the matrix);
+            # a uint8 max finds them ~15× faster than a bool any()
+            seen = allowed[re[i]:re[i + 1]].view(torch.uint8).amax(dim=0).nonzero().flatten()
+            # (Sk',) per key over the band: the largest log weight (exp is monotonic, so only the
+            # cells are exponentiated), or the sum of the weights
+            column = torch.full((k1 - k0,), float("-inf") if reduce == "max" else 0.0, device=self.q.device)
             if seen.numel():
                 lo, hi = int(seen[0]), int(seen[-1]) + 1
-                band = self.probabilities(head, slice(q0 + re[i], q0 + re[i + 1]), slice(k0 + lo, k0 + hi), batch)
-                column[lo:hi] = band.amax(dim=0) if reduce == "max" else band.sum(dim=0)
+                band = slice(q0 + re[i], q0 + re[i + 1]), slice(k0 + lo, k0 + hi)
+                if reduce == "max":
+                    column[lo:hi] = self.log_weights(head, *band, batch).amax(dim=0)
+                else:
+                    column[lo:hi] = self.probabilities(head, *band, batch).sum(dim=0)
             if reduce == "max":
-                cells = torch.segment_reduce(column, "max", lengths=lengths)
+                cells = torch.segment_reduce(column, "max", lengths=lengths).exp()
             else:
                 cells = torch.segment_reduce(column, "sum", lengths=lengths) / (lengths * (re[i + 1] - re[i]))
             out[i] = cells.cpu().numpy()
