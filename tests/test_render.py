@@ -155,7 +155,8 @@ def test_pooled_heatmap_of_a_long_prompt_from_a_result():
     heatmap = head_heatmap(result, 0, 1, width=80, max_lines=16, title="long")
     assert "600×600 → 32×" in render(heatmap, 80, color=True)  # two query rows per line
     assert "600×600 → 16×" in render(heatmap, 80)  # one row per line without color
-    assert heatmap.weights.shape[0] == 32 and heatmap.weights.shape[1] <= 80
+    assert heatmap.weights.shape[0] == 32 and heatmap.weights.shape[1] == 75  # labels: 5 columns of positions
+    assert max(cell_len(line) for line in ANSI.sub("", render(heatmap, 80, color=True)).splitlines()) <= 80
     dense = result.attention(0, 1).numpy()
     re_, ce = heatmap.row_edges, heatmap.col_edges
     assert heatmap.weights[3, 5] == pytest.approx(dense[re_[3]:re_[4], ce[5]:ce[6]].max(), abs=1e-6)

@@ -76,9 +76,12 @@ class Heatmap:
         self.cursor = cursor
 
     @staticmethod
-    def label_width(color: bool, compact: bool = False) -> int:
-        """Columns taken by the row labels left of the cells."""
-        return 0 if compact else 5 + (2 * LABEL_WIDTH + 2 if color else LABEL_WIDTH + 1)
+    def label_width(color: bool, compact: bool = False, tokens: bool = True) -> int:
+        """Columns taken by the row labels left of the cells: the position, and the query tokens
+        unless the map has none (a pooled map, whose rows span many tokens, gives them to cells)."""
+        if compact:
+            return 0
+        return 5 + ((2 * LABEL_WIDTH + 2 if color else LABEL_WIDTH + 1) if tokens else 0)
 
     def _grid(self, width: int, color: bool):
         """Pool (if needed) to the space: returns weights, allowed, row edges, col edges, note."""
@@ -120,7 +123,7 @@ class Heatmap:
     def _parts(self, console: Console, max_width: int, base: Style | None = None):
         """Title, key axis, the cells and the colorbar: `Text`, or a line of cells as a list of segments."""
         color = console.color_system is not None
-        label_w = self.label_width(color, self.compact)
+        label_w = self.label_width(color, self.compact, tokens=bool(self.query_labels))
         width = max(8, max_width - label_w)
         w, a, re, ce, pooled, note = self._grid(width, color)
         finite = w[np.isfinite(w) & a]
@@ -201,8 +204,7 @@ class Heatmap:
 
     def _shade_rows(self, w, a, re, pooled, scale, label_w):
         for i in range(w.shape[0]):
-            line = Text(f"{self.q_offset + int(re[i]):>4} {self._row_label(i, re, pooled):<{LABEL_WIDTH}} "
-                        if label_w else "")
+            line = Text(f"{self.q_offset + int(re[i]):>4} {self._row_label(i, re, pooled):<{LABEL_WIDTH}} "[:label_w])
             for j in range(w.shape[1]):
                 x = float(w[i, j])
                 if self.cursor == (i, j):
@@ -219,7 +221,8 @@ class Heatmap:
             bar.append(f" {scale.label()}  ")
             bar.append("█", Style(color=MASKED_COLOR)).append(" masked ")
             bar.append("█", Style(color=NONFINITE_COLOR)).append(" NaN/Inf ")
-            bar.append("▀=left label", style="dim")
+            if self.query_labels:  # which of the two labels left of a line goes with the upper half
+                bar.append("▀=left label", style="dim")
         else:
             bar.append(f"{''.join(shade(k / 4) for k in range(5))}  {scale.label()}   · masked   ! NaN/Inf")
         return bar
@@ -260,12 +263,13 @@ def head_heatmap(result, layer: int, head: int, *, width: int = 120, max_lines: 
     Sq, Sk = rec.shape
     labels = result.token_texts(result.batch_ids[batch])
     q_offset = Sk - Sq
-    rows, cols = 2 * max_lines, max(8, width - (0 if compact else 5 + 2 * LABEL_WIDTH + 2))
+    rows, cols = 2 * max_lines, max(8, width - Heatmap.label_width(True, compact))
     allowed = rec.allowed(head, batch).cpu().numpy()
     if Sq <= rows and Sk <= cols:
         weights = result.attention(layer, head, batch=batch).cpu().numpy()
         return Heatmap(weights, allowed, labels[q_offset:], labels, q_offset, title, log, compact=compact,
                        max_lines=max_lines)
+    cols = max(8, width - Heatmap.label_width(True, compact, tokens=False))  # no token labels: wider cells
     weights = result.attention_pooled(layer, head, rows, cols, "max", batch=batch)
     pooled_allowed, re, ce = pool2d(allowed, rows, cols, "any")
     return Heatmap(weights, pooled_allowed, (), (), q_offset, title, log, source_shape=(Sq, Sk), row_edges=re,

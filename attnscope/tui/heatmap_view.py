@@ -82,7 +82,7 @@ class HeatmapView(Widget, can_focus=True):
         view = self._current()
         if not view.exact:
             self.zoomed = True
-        rows, cols = self._capacity()
+        (rows, cols), _ = self._capacity()
         if self.zoomed:
             self.origin = (max(0, min(q - rows // 2, Sq - rows)), max(0, min((key or q) - cols // 2, Sk - cols)))
         self._view = None
@@ -94,11 +94,18 @@ class HeatmapView(Widget, can_focus=True):
         self._changed()
         self._announce()
 
-    def _capacity(self) -> tuple[int, int]:
+    def _capacity(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(rows, columns) of cells that fit: of an exact map, with token labels left of it and up to
+        four lines of key tokens under its axis, and of a pooled overview, with positions only."""
         color = self.app.console.color_system is not None
-        lines = max(4, self.size.height - 8)
-        width = max(8, self.size.width - Heatmap.label_width(color) - 1)
-        return (2 * lines if color else lines), width
+        per_line = 2 if color else 1
+        return tuple((per_line * self._map_lines(exact),
+                      max(8, self.size.width - Heatmap.label_width(color, tokens=exact) - 1))
+                     for exact in (True, False))
+
+    def _map_lines(self, exact: bool) -> int:
+        """Lines of cells: the pane less the title (two lines when it wraps), axis, key tokens, colorbar."""
+        return max(4, self.size.height - (8 if exact else 5))
 
     def _current(self) -> View:
         if self._view is None:
@@ -107,7 +114,7 @@ class HeatmapView(Widget, can_focus=True):
         return self._view
 
     def compute_view(self, result, layer: int, head: int, zoomed: bool, origin: tuple[int, int],
-                     capacity: tuple[int, int]) -> View:
+                     capacity: tuple[tuple[int, int], tuple[int, int]]) -> View:
         """The cells shown for a head: exact when they fit, else the pooled overview; the overviews
         are kept (and computed ahead by `prewarm`), so switching heads does not recompute them."""
         key = (id(result), layer, head, capacity)
@@ -115,7 +122,7 @@ class HeatmapView(Widget, can_focus=True):
             return self._overviews[key]
         rec = result.records[layer]
         Sq, Sk = rec.shape
-        rows, cols = capacity
+        (rows, cols), (pooled_rows, pooled_cols) = capacity
         allowed = rec.allowed(head).cpu().numpy()
         if zoomed:
             q0, k0 = origin
@@ -126,8 +133,8 @@ class HeatmapView(Widget, can_focus=True):
             w = result.attention(layer, head).cpu().numpy()
             view = View(w, allowed, np.arange(Sq + 1), np.arange(Sk + 1), True)
         else:
-            w = result.attention_pooled(layer, head, rows, cols, "max")
-            a, re, ce = pool2d(allowed, rows, cols, "any")
+            w = result.attention_pooled(layer, head, pooled_rows, pooled_cols, "max")
+            a, re, ce = pool2d(allowed, pooled_rows, pooled_cols, "any")
             view = View(w, a, re, ce, False)
         if len(self._overviews) > 4 * 1024:
             self._overviews.clear()
@@ -172,7 +179,7 @@ class HeatmapView(Widget, can_focus=True):
         Sq, Sk = rec.shape
         labels = self.result.tokens
         past = Sk - Sq
-        mode = "zoomed, exact cells" if self.zoomed else ("exact" if view.exact else "overview, max-pooled")
+        mode = "zoomed, exact cells" if self.zoomed else ("exact" if view.exact else "overview")
         kv = self.head_idx // rec.n_groups
         title = f"layer {self.layer_idx} · head {self.head_idx} (kv {kv}) · {rec.mask!r} · {mode}"
         q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
@@ -181,7 +188,7 @@ class HeatmapView(Widget, can_focus=True):
                        self.log_scale, source_shape=(Sq, Sk) if not view.exact else None,
                        row_edges=None if view.exact else view.row_edges,
                        col_edges=None if view.exact else view.col_edges, cursor=self.cursor,
-                       max_lines=max(4, self.size.height - 8))
+                       max_lines=self._map_lines(view.exact))
 
     def _render_group(self):
         rec = self.result.records[self.layer_idx]
