@@ -91,6 +91,14 @@ async def test_navigate_heads_and_move_the_cell_cursor(model_dir):
         assert "masked" in app.query_one("#details").info
         await pilot.press("l", "g")
         assert view.log_scale and view.group
+        await pilot.press("]")  # from the heatmap pane: the next head ...
+        assert (view.layer_idx, view.head_idx) == (0, 3) and nav.selected == (0, 3)
+        await pilot.press("]")  # ... on into the next layer
+        assert (view.layer_idx, view.head_idx) == (1, 0)
+        await pilot.press("}", "}")
+        assert (view.layer_idx, view.head_idx) == (0, 0)  # the same head, layers wrap around
+        await pilot.press("[")
+        assert (view.layer_idx, view.head_idx) == (2, 3)
 
 
 @needs_tokenizer

@@ -57,6 +57,10 @@ class AttnScopeApp(App):
         Binding("s", "screenshot", "SVG"),
         Binding("n", "next_token", "next token"),
         Binding("ctrl+r", "rerun", "rerun"),
+        Binding("right_square_bracket", "step_head(1)", "next head"),
+        Binding("left_square_bracket", "step_head(-1)", "previous head", show=False),
+        Binding("right_curly_bracket", "step_layer(1)", "next layer", show=False),
+        Binding("left_curly_bracket", "step_layer(-1)", "previous layer", show=False),
         *(Binding(str(i + 1), f"tab('{name}')", name, show=False) for i, name in enumerate(TABS)),
     ]
 
@@ -351,6 +355,21 @@ class AttnScopeApp(App):
         self.query_one(TabbedContent).active = name
         if name == "heatmap":
             self.query_one(HeatmapView).focus()
+
+    def action_step_head(self, step: int) -> None:
+        """The next (or previous) head, on into the next layer, from any pane."""
+        if self.result is None:
+            return
+        view, n = self.query_one(HeatmapView), self.result.n_heads
+        index = (view.layer_idx * n + view.head_idx + step) % (self.result.n_layers * n)
+        self.query_one(Navigator).select_head(*divmod(index, n))
+
+    def action_step_layer(self, step: int) -> None:
+        """The same head of the next (or previous) layer."""
+        if self.result is None:
+            return
+        view = self.query_one(HeatmapView)
+        self.query_one(Navigator).select_head((view.layer_idx + step) % self.result.n_layers, view.head_idx)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

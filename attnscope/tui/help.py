@@ -12,6 +12,8 @@ KEYS = """\
 [b]attnscope tui[/b] — keys
 
   [b]↑ ↓[/b] in the navigator   choose a layer / head
+  [b][ ][/b]                   previous / next head (from any pane)
+  [b]{ }[/b]                   the same head one layer up / down
   [b]tab / shift+tab[/b]       move focus: navigator → prompt → tabs → view
   [b]1 … 5[/b]                 Heatmap, Mask, Checks, Diff, Tokens tab
 

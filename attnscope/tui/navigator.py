@@ -91,6 +91,7 @@ class Navigator(Tree):
                 continue
             if not node.is_expanded:
                 node.expand()
+                _ = self._tree_lines  # Tree numbers the lines lazily: number them now, or the cursor misses
             for kv_node in node.children:
                 for leaf in kv_node.children:
                     if leaf.data[2] == head:
