@@ -216,6 +216,8 @@ def test_pooled_maps_of_rows_without_keys_and_with_nan():
             pooled = record.pooled(head, 4, 4, reduce)
             np.testing.assert_allclose(pooled, fold(dense.reshape(4, 2, 4, 2), axis=(1, 3)), atol=1e-6, rtol=0)
         assert (dense[:3] == 0).all()
+    assert not record.pooled(0, 4, 4, "max", q=slice(3, 3)).any()  # an empty region has no weights
+    assert not record.pooled(0, 4, 4, "mean", k=slice(2, 2)).any()
     nan_row = record.pooled(1, 4, 4, "max")[3]  # rows 6-7: keys 0-2 are padding, the rest NaN
     assert nan_row[0] == 0 and np.isnan(nan_row[1:]).all() and not np.isnan(record.pooled(0, 4, 4, "max")).any()
 

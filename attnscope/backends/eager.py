@@ -81,8 +81,18 @@ def probabilities(
     q ``[..., Sq, D]``, k ``[..., Sk, D]``, lse ``[..., Sq]`` and allowed (bool, broadcastable to
     ``[..., Sq, Sk]``) of one head or a stack of heads.
     """
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (..., Sq, Sk)
-    return weights_from_lse(scores.masked_fill(~allowed, float("-inf")), lse)
+    return log_weights(q, k, lse, allowed, scale).exp_()
+
+
+def log_weights(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Log attention weights q·k·scale - lse in float32, -inf where not `allowed` (and for every key
+    of a row with lse = -inf); shapes as in `probabilities`. Max-pooling these and exponentiating the
+    cells gives the max-pooled weights without exponentiating every score."""
+    scores = (q.float() * scale) @ k.float().transpose(-1, -2)  # (..., Sq, Sk)
+    scores = scores.sub_(safe_lse(lse).unsqueeze(-1))
+    return torch.where(allowed, scores, float("-inf"))
 
 
 def weights_from_lse(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:

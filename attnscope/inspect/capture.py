@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attnscope.backends.eager import masked_scores, safe_lse, weights_from_lse
+from attnscope.backends import eager
+from attnscope.backends.eager import masked_scores, weights_from_lse
 from attnscope.masks import MaskSpec
 from attnscope.pooling import pool_edges
 
@@ -72,11 +73,8 @@ class LayerRecord:
                     batch: int = 0) -> torch.Tensor:
         """Float32 log attention weights q·k·scale − lse of one query head, ``[rows, cols]``; -inf
         where masked (and for every key of a row that has none)."""
-        q = self.q[batch, head, rows].float() * self.scale  # (rows, D)
-        k = self.k[batch, head // self.n_groups, cols].float()  # (cols, D)
-        lse = safe_lse(self.lse[batch, head, rows])  # (rows,)
-        scores = torch.addmm(-lse[:, None], q, k.T)  # (rows, cols): the product and the lse in one pass
-        return torch.where(self.allowed(head, batch)[rows, cols], scores, float("-inf"))
+        return eager.log_weights(self.q[batch, head, rows], self.k[batch, head // self.n_groups, cols],
+                                 self.lse[batch, head, rows], self.allowed(head, batch)[rows, cols], self.scale)
 
     def weights_at(self, head: int, offset: int, batch: int = 0) -> torch.Tensor:
         """Float32 ``[Sq]``: each query row's weight on the key `offset` positions before it (0: itself);
@@ -106,29 +104,32 @@ class LayerRecord:
         q0, q1, _ = q.indices(self.shape[0])
         k0, k1, _ = k.indices(self.shape[1])
         re, ce = pool_edges(q1 - q0, rows), pool_edges(k1 - k0, cols)
-        out = np.zeros((len(re) - 1, len(ce) - 1), dtype=np.float32)
+        if q1 <= q0 or k1 <= k0:  # an empty region: no weights
+            return np.zeros((len(re) - 1, len(ce) - 1), dtype=np.float32)
         lengths = torch.as_tensor(np.diff(ce), device=self.q.device)
         allowed = self.allowed(head, batch)[q0:q1, k0:k1]  # (Sq', Sk')
-        for i in range(len(re) - 1):
-            # only the keys that some row of the band may see are computed (causal: half the matrix);
-            # a uint8 max finds them ~15× faster than a bool any()
-            seen = allowed[re[i]:re[i + 1]].view(torch.uint8).amax(dim=0).nonzero().flatten()
+        # only the keys that some row of a band may see are computed (causal: half the matrix): the
+        # first and last of them for every band, read back in one transfer (a uint8 max finds them
+        # ~15× faster than a bool any())
+        seen = torch.stack([allowed[re[i]:re[i + 1]].view(torch.uint8).amax(dim=0) for i in range(len(re) - 1)])
+        n_keys = seen.shape[1]
+        spans = torch.stack([seen.amax(dim=1), seen.argmax(dim=1), n_keys - seen.flip(1).argmax(dim=1)], 1).tolist()
+        cells = []
+        for i, (any_seen, lo, hi) in enumerate(spans):
             # (Sk',) per key over the band: the largest log weight (exp is monotonic, so only the
             # cells are exponentiated), or the sum of the weights
-            column = torch.full((k1 - k0,), float("-inf") if reduce == "max" else 0.0, device=self.q.device)
-            if seen.numel():
-                lo, hi = int(seen[0]), int(seen[-1]) + 1
+            column = torch.full((n_keys,), float("-inf") if reduce == "max" else 0.0, device=self.q.device)
+            if any_seen:
                 band = slice(q0 + re[i], q0 + re[i + 1]), slice(k0 + lo, k0 + hi)
                 if reduce == "max":
                     column[lo:hi] = self.log_weights(head, *band, batch).amax(dim=0)
                 else:
                     column[lo:hi] = self.probabilities(head, *band, batch).sum(dim=0)
             if reduce == "max":
-                cells = torch.segment_reduce(column, "max", lengths=lengths).exp()
+                cells.append(torch.segment_reduce(column, "max", lengths=lengths).exp())
             else:
-                cells = torch.segment_reduce(column, "sum", lengths=lengths) / (lengths * (re[i + 1] - re[i]))
-            out[i] = cells.cpu().numpy()
-        return out
+                cells.append(torch.segment_reduce(column, "sum", lengths=lengths) / (lengths * (re[i + 1] - re[i])))
+        return torch.stack(cells).cpu().numpy()
 
     @property
     def rows(self) -> RowStats:
