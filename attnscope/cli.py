@@ -180,7 +180,7 @@ def run(
         from rich.text import Text
 
         from attnscope.render.heatmap import TopKeys, head_heatmap
-        from attnscope.render.report import run_report
+        from attnscope.render.tables import run_report
         from attnscope.scope import Scope
 
         loaded = _load(model, dtype, device, allow_pickle)
@@ -196,7 +196,7 @@ def run(
         if heads == "all":
             parts.append(_small_multiples(result, report, layer, console.width, scale == "log"))
         else:
-            title = f"layer {layer} · head {head} (kv {head // rec.n_groups}) · {rec.mask!r}{why}"
+            title = f"layer {layer} · head {head} (kv {head // rec.group_size}) · {rec.mask!r}{why}"
             parts.append(head_heatmap(result, layer, head, width=console.width, log=scale == "log", title=title))
         if query is not None:
             row = result.attention(layer, head, q=slice(query, query + 1))[0].cpu().numpy()
@@ -252,7 +252,7 @@ def _pick_head(result, report, layer: int | None, head: int | None):
 
 
 def _parse_checks(text: str) -> tuple[str, ...]:
-    from attnscope.inspect.checks import CHECK_NAMES
+    from attnscope.inspector.checks import CHECK_NAMES
 
     if text.strip() == "all":
         return CHECK_NAMES
@@ -304,7 +304,7 @@ def check(
     _check_output_path(junit_path, "--junit")
     check_names = _parse_checks(checks)
     prompt_list = _read_prompts(prompt, prompts_file)
-    from attnscope.render.report import checks_table
+    from attnscope.render.tables import checks_table
 
     runs = []  # (prompt, backend, report)
     err = _console(stderr=True)
@@ -503,8 +503,8 @@ def heads(
     """Score every head (induction, previous-token, sink, local, broad) and name its role."""
     _check_output_path(json_path, "--json")
     with user_errors():
-        from attnscope.inspect.heads import REPEAT_LENGTH, repeated_sequence
-        from attnscope.render.report import roles_table
+        from attnscope.inspector.heads import REPEAT_LENGTH, repeated_sequence
+        from attnscope.render.tables import roles_table
         from attnscope.scope import Scope
 
         loaded = _load(model, dtype, device, allow_pickle)

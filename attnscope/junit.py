@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
-from attnscope.inspect.report import Check
+from attnscope.inspector.report import Check
 
 
 def junit_xml(runs: list[tuple[str, str, list[Check]]]) -> str:

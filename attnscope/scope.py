@@ -19,9 +19,9 @@ import torch
 from attnscope import masks
 from attnscope.backends import get_backend
 from attnscope.errors import UserError
-from attnscope.inspect.capture import Capture, LayerRecord
-from attnscope.inspect.checks import CHECK_NAMES, run_checks
-from attnscope.inspect.report import Check, HeadStats, LayerReport, Report, Token, json_number
+from attnscope.inspector.capture import Capture, LayerRecord
+from attnscope.inspector.checks import CHECK_NAMES, run_checks
+from attnscope.inspector.report import Check, HeadStats, LayerReport, Report, Token, json_number
 from attnscope.model.loader import LoadedModel
 
 Prompt = str | Sequence[int]
@@ -69,7 +69,7 @@ class Scope:
             atol, rtol: override the dtype's default tolerances of the comparing checks.
             on_layer, on_check: called as each layer's record arrives and as each check finishes (for
                 live views); an exception raised there stops the run.
-            roles: also score every head's role (`attnscope.inspect.heads`; one more forward pass).
+            roles: also score every head's role (`attnscope.inspector.heads`; one more forward pass).
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
@@ -117,7 +117,7 @@ class Scope:
                         new_ids.tolist(), capture.layers(), batched)
         result.checks, result.diffs = run_checks(result, checks, atol, rtol, on_check=on_check)
         if roles:
-            from attnscope.inspect.heads import head_roles
+            from attnscope.inspector.heads import head_roles
 
             result.roles = head_roles(self, result=result)
         return result
@@ -202,7 +202,7 @@ class Result:
 
         Sq, Sk = rec.shape
         probs = kernels.attention_probs(
-            rec.q[batch, head], rec.k[batch, head // rec.n_groups], rec.lse[batch, head], scale=rec.scale,
+            rec.q[batch, head], rec.k[batch, head // rec.group_size], rec.lse[batch, head], scale=rec.scale,
             causal=True, window=kernels.mask_window(rec.mask), q_offset=Sk - Sq, rows=q, cols=k,
             pool=(rows, cols), reduce=reduce)
         return probs.cpu().numpy()
@@ -212,7 +212,7 @@ class Result:
         rec = self.check_place(layer)
         if not 0 <= kv_head < rec.k.shape[1]:
             raise UserError(f"kv head {kv_head} is out of range (0..{rec.k.shape[1] - 1})")
-        heads = range(kv_head * rec.n_groups, (kv_head + 1) * rec.n_groups)
+        heads = range(kv_head * rec.group_size, (kv_head + 1) * rec.group_size)
         maps = torch.stack([rec.probabilities(h, batch=batch) for h in heads])
         return maps.sum(0) if reduce == "sum" else maps
 
@@ -240,7 +240,7 @@ class Result:
                 return found + [name for name, o in over.items() if o[h]]
 
             out.append([
-                HeadStats(head=h, kv_head=h // rec.n_groups, entropy=json_number(entropy[h]),
+                HeadStats(head=h, kv_head=h // rec.group_size, entropy=json_number(entropy[h]),
                           max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
                           nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
                           **{name: json_number(d[h]) for name, d in diffs.items()}, flags=flags(h),

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from attnscope.inspect.report import Check
+from attnscope.inspector.report import Check
 from attnscope.scope import Result, Scope
 
 
@@ -26,7 +26,7 @@ def _run(model, prompt, backend: str, check: str, **tolerances) -> Check:
 
 def assert_no_nan(result: Result) -> None:
     """No NaN/Inf in any layer's scores, weights, outputs, residual stream, or in the logits."""
-    from attnscope.inspect.checks import nan_check
+    from attnscope.inspector.checks import nan_check
 
     _assert(nan_check(result))
 

@@ -29,7 +29,7 @@ What it does, top to bottom:
    ``sample_models/tiny-induction/``: ``config.json``, ``generation_config.json``,
    ``model.safetensors`` (float32), ``tokenizer.json``, ``tokenizer_config.json`` and a ``README.md``
    model card with this run's figures: the copying accuracy on fresh sequences and the role of every
-   head from `attnscope.inspect.heads.head_roles`. The script exits with status 1 if the copying
+   head from `attnscope.inspector.heads.head_roles`. The script exits with status 1 if the copying
    accuracy is below 95% or if `head_roles` does not find a previous-token head in layer 0 and an
    induction head in layer 1.
 
@@ -55,7 +55,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from torch import nn
 
 import attnscope
-from attnscope.inspect.heads import REPEAT_LENGTH, THRESHOLDS, head_roles
+from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, head_roles
 from attnscope.model import ModelConfig, Transformer
 from attnscope.model.loader import hf_name
 
@@ -254,7 +254,7 @@ def circuit_scores(model: Transformer) -> tuple[float, float]:
 def offset_weights(model, max_offset: int = 3) -> list[list[float]]:
     """Layer 0, per head: mean weight on the key `offset` positions back (0..max_offset), then on BOS,
     over the rows of `head_roles`' repeated sequence that have such a key."""
-    from attnscope.inspect.heads import repeated_sequence
+    from attnscope.inspector.heads import repeated_sequence
 
     result = attnscope.Scope(model).run(repeated_sequence(VOCAB_SIZE, REPEAT_LENGTH, BOS))
     rec = result.records[0]
@@ -413,7 +413,7 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
         "## Head roles",
         "",
-        "Scores of every head from `attnscope.inspect.heads.head_roles("
+        "Scores of every head from `attnscope.inspector.heads.head_roles("
         "attnscope.Scope(attnscope.load_model(\"tiny-induction\")))`: on `<bos>` + a random string of "
         f"{REPEAT_LENGTH} tokens repeated twice (seed 0), the mean weight on the previous token, on the token "
         "after the current token's earlier occurrence (induction, second copy only), on `<bos>` (sink), on the "

@@ -14,7 +14,7 @@ import attnscope
 from attnscope import masks
 from attnscope.backends import register_backend
 from attnscope.backends.eager import attend as eager_attend
-from attnscope.inspect.checks import CHECK_NAMES
+from attnscope.inspector.checks import CHECK_NAMES
 from attnscope.model import KVCache, ModelConfig, Transformer
 from attnscope.model.loader import LoadedModel
 from attnscope.testing import assert_backend_matches, assert_causal, assert_incremental_matches_full, assert_no_nan
@@ -202,7 +202,7 @@ def test_pooled_maps_of_rows_without_keys_and_with_nan():
     """Max pooling takes the max of the log weights and exponentiates the cells: rows with no key
     must still give 0 (not NaN), and a NaN in the scores must still reach its cell."""
     from attnscope.backends import eager
-    from attnscope.inspect.capture import LayerRecord
+    from attnscope.inspector.capture import LayerRecord
 
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 2, 8, 4), torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4)

@@ -92,7 +92,7 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
     assert report["passed"] is True and {c["name"] for c in report["checks"]} == {
         "nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality"}
     assert head["role_scores"] is not None and set(head["role_scores"]) == {
-        "induction", "previous_token", "sink", "local", "uniform"}
+        "induction", "previous_token", "sink", "local", "broad"}
 
 
 @needs_tiny

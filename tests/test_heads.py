@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import attnscope
 from attnscope.cli import app
-from attnscope.inspect.heads import REPEAT_LENGTH, THRESHOLDS, head_roles, pick_role, repeated_sequence
+from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, head_roles, pick_role, repeated_sequence
 from attnscope.model import ModelConfig, Transformer
 from attnscope.model.loader import LoadedModel, sample_models
 
@@ -59,11 +59,11 @@ def test_scores_match_dense_probabilities():
 
 
 def test_role_choice():
-    scores = {"induction": 0.9, "previous_token": 0.1, "sink": 0.1, "local": 0.2, "uniform": 0.1}
+    scores = {"induction": 0.9, "previous_token": 0.1, "sink": 0.1, "local": 0.2, "broad": 0.1}
     assert pick_role(scores) == "induction"
-    assert pick_role({"induction": 0.0, "previous_token": 0.9, "sink": 0.0, "local": 0.95, "uniform": 0.1}) \
+    assert pick_role({"induction": 0.0, "previous_token": 0.9, "sink": 0.0, "local": 0.95, "broad": 0.1}) \
         == "previous_token"
-    assert pick_role({"induction": 0.1, "previous_token": 0.1, "sink": 0.3, "local": 0.3, "uniform": 0.5}) is None
+    assert pick_role({"induction": 0.1, "previous_token": 0.1, "sink": 0.3, "local": 0.3, "broad": 0.5}) is None
 
 
 @pytest.mark.skipif(INDUCTION is None, reason="the tiny-induction sample model is not built")

@@ -83,4 +83,4 @@ def test_configs_read_from_hf(zoo):
     assert tied.config.rope_scaling == {"rope_type": "linear", "factor": 2.0}
     llama3 = zoo.loaded("llama-llama3-rope").config
     assert llama3.rope_scaling["rope_type"] == "llama3"
-    assert llama3.n_groups == 2
+    assert llama3.group_size == 2

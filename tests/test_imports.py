@@ -1,5 +1,5 @@
 """Import boundaries: `import attnscope` imports no torch (so ``attnscope --help`` is fast), and the
-core (model, masks, backends, inspect, scope) works without rich, textual or typer, and without
+core (model, masks, backends, inspector, scope) works without rich, textual or typer, and without
 importing triton."""
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ CORE_MODULES = [
     "attnscope.model.llama",
     "attnscope.model.loader",
     "attnscope.model.tokenizer",
-    "attnscope.inspect",
-    "attnscope.inspect.capture",
-    "attnscope.inspect.report",
+    "attnscope.inspector",
+    "attnscope.inspector.capture",
+    "attnscope.inspector.report",
     "attnscope.scope",
 ]
 

@@ -13,7 +13,7 @@ from conftest import SEQ_LEN
 
 import attnscope
 from attnscope.backends import get_backend
-from attnscope.inspect.capture import Capture
+from attnscope.inspector.capture import Capture
 from attnscope.model.loader import sample_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -28,7 +28,7 @@ from attnscope.backends import get_backend
 from attnscope.backends.eager import attend as eager_attend
 from attnscope.backends.eager import probabilities
 from attnscope.errors import BackendUnavailable
-from attnscope.inspect.capture import LayerRecord
+from attnscope.inspector.capture import LayerRecord
 from attnscope.model import ModelConfig, Transformer
 from attnscope.model.loader import LoadedModel
 

@@ -75,8 +75,8 @@ class ModelConfig:
                 raise ConfigError("a layer uses sliding_attention but config.json sets no sliding_window")
 
     @property
-    def n_groups(self) -> int:
-        """Query heads per kv head: query head h reads kv head h // n_groups."""
+    def group_size(self) -> int:
+        """Query heads per kv head: query head h reads kv head h // group_size."""
         return self.num_attention_heads // self.num_key_value_heads
 
     @classmethod

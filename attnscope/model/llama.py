@@ -23,7 +23,7 @@ from attnscope.model.config import ModelConfig
 
 
 class Recorder(Protocol):
-    """What the inspector sees of a forward pass (see `attnscope.inspect.capture.Capture`)."""
+    """What the inspector sees of a forward pass (see `attnscope.inspector.capture.Capture`)."""
 
     def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float) -> None:
         """Each attention call: post-RoPE q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (cache included),

@@ -138,7 +138,7 @@ class AttnScopeApp(App):
     @work(thread=True, exclusive=True, group="run")
     def run_model(self, prompt, run_id: int) -> None:
         from attnscope.errors import UserError
-        from attnscope.inspect.checks import CHECK_NAMES
+        from attnscope.inspector.checks import CHECK_NAMES
         from attnscope.model.loader import load_model
         from attnscope.scope import Scope
 
@@ -241,7 +241,7 @@ class AttnScopeApp(App):
         self.query_one("#status", Static).update(Text.from_markup(text))
 
     def _add_check_row(self, check) -> None:
-        from attnscope.render.report import where_text, worst_figure
+        from attnscope.render.tables import where_text, worst_figure
 
         mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
         self.query_one("#checks-table", DataTable).add_row(

@@ -180,7 +180,7 @@ class HeatmapView(Widget, can_focus=True):
         labels = self.result.tokens
         past = Sk - Sq
         mode = "zoomed, exact cells" if self.zoomed else ("exact" if view.exact else "overview")
-        kv = self.head_idx // rec.n_groups
+        kv = self.head_idx // rec.group_size
         title = f"layer {self.layer_idx} · head {self.head_idx} (kv {kv}) · {rec.mask!r} · {mode}"
         q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
         k_labels = [labels[int(c)] for c in view.col_edges[:-1]] if view.exact else ()
@@ -192,9 +192,9 @@ class HeatmapView(Widget, can_focus=True):
 
     def _render_group(self):
         rec = self.result.records[self.layer_idx]
-        kv = self.head_idx // rec.n_groups
+        kv = self.head_idx // rec.group_size
         grid = Table.grid(padding=(0, 2))
-        heads = range(kv * rec.n_groups, (kv + 1) * rec.n_groups)
+        heads = range(kv * rec.group_size, (kv + 1) * rec.group_size)
         per_row = max(1, self.size.width // 34)
         for _ in range(min(per_row, len(heads))):
             grid.add_column()
@@ -203,7 +203,7 @@ class HeatmapView(Widget, can_focus=True):
                  for h in heads]
         for i in range(0, len(cells), per_row):
             grid.add_row(*cells[i:i + per_row])
-        return Group(Text(f"layer {self.layer_idx} · kv head {kv}: its {rec.n_groups} query heads (g to leave)",
+        return Group(Text(f"layer {self.layer_idx} · kv head {kv}: its {rec.group_size} query heads (g to leave)",
                           style="bold"), grid)
 
     # ---- actions -----------------------------------------------------------------------------
@@ -278,7 +278,7 @@ class HeatmapView(Widget, can_focus=True):
         weight = float(view.weights[i, j])
         if q1 - q0 == 1 and k1 - k0 == 1:
             q = rec.q[0, self.head_idx, q0].float()
-            k = rec.k[0, self.head_idx // rec.n_groups, k0].float()
+            k = rec.k[0, self.head_idx // rec.group_size, k0].float()
             score = float(q @ k) * rec.scale
             state = "allowed" if view.allowed[i, j] else "masked"
             return (f"query {past + q0} {label(tokens[past + q0], 20)!s}  →  key {k0} {label(tokens[k0], 20)!s}\n"

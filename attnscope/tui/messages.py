@@ -18,7 +18,7 @@ class LayerArrived(Message):
 
 @dataclass
 class CheckFinished(Message):
-    """A check finished; `check` is an `attnscope.inspect.report.Check`."""
+    """A check finished; `check` is an `attnscope.inspector.report.Check`."""
 
     check: object
     run_id: int

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widgets import Tree
 
-from attnscope.render.report import ROLE_SHORT, ROLE_STYLE
+from attnscope.render.tables import ROLE_SHORT, ROLE_STYLE
 
 SPARK = "▁▂▃▄▅▆▇█"
 GLYPHS = {"ok": ("●", "green"), "nan": ("✖", "bold red"), "tolerance": ("▲", "bold yellow"),

@@ -8,7 +8,7 @@ For every head, scores in [0, 1] (means over query rows):
   occurrence: the copying circuit's signature;
 - ``sink``: weight on the first token (BOS; the attention sink);
 - ``local``: weight on the query itself and the three keys before it;
-- ``uniform``: entropy over the allowed keys divided by its maximum, ln(number of keys): 1 is
+- ``broad``: entropy over the allowed keys divided by its maximum, ln(number of keys): 1 is
   perfectly broad attention.
 
 A head's role is the highest-scoring one whose score passes its threshold (`THRESHOLDS`); a head
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-ROLES = ("induction", "previous_token", "sink", "local", "uniform")
-THRESHOLDS = {"induction": 0.4, "previous_token": 0.5, "sink": 0.6, "local": 0.8, "uniform": 0.9}
+ROLES = ("induction", "previous_token", "sink", "local", "broad")
+THRESHOLDS = {"induction": 0.4, "previous_token": 0.5, "sink": 0.6, "local": 0.8, "broad": 0.9}
 REPEAT_LENGTH = 48  # length of the random sequence that is repeated for the induction score
 
 
@@ -60,7 +60,7 @@ def head_roles(scope, prompt=None, seed: int = 0, result=None) -> list[list[Head
 
     Args:
         scope: an `attnscope.Scope` (model + backend).
-        prompt: text or ids for the previous-token, sink, local and uniform scores (default: the
+        prompt: text or ids for the previous-token, sink, local and broad scores (default: the
             repeated random sequence, which also gives the induction score).
         seed: seed of the random sequence.
         result: a `Result` of `scope` to score instead of running `prompt` again.
@@ -88,10 +88,10 @@ def head_roles(scope, prompt=None, seed: int = 0, result=None) -> list[list[Head
             # query at t in the 2nd copy attends to t - n + 1: the token after t's earlier occurrence
             induction = rep_rec.weights_at(h, n - 1)[start:]
             entropy = rows.entropy[0, h]
-            uniform = (entropy[1:] / torch.log(keys[1:])).clamp(0, 1)
+            broad = (entropy[1:] / torch.log(keys[1:])).clamp(0, 1)
             scores = {"induction": _mean(induction), "previous_token": _mean(prev),
                       "sink": _mean(rows.first_token_mass[0, h, 1:]), "local": _mean(local[1:]),
-                      "uniform": _mean(uniform[3:])}
-            layer_roles.append(HeadRole(layer, h, h // rec.n_groups, scores, pick_role(scores)))
+                      "broad": _mean(broad[3:])}
+            layer_roles.append(HeadRole(layer, h, h // rec.group_size, scores, pick_role(scores)))
         out.append(layer_roles)
     return out

@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from attnscope.inspect.report import Check, Report
+from attnscope.inspector.report import Check, Report
 from attnscope.render.heatmap import label
 
 MAX_TOKENS_SHOWN = 96  # longer prompts show their first and last tokens
@@ -71,9 +71,9 @@ def head_table(report: Report) -> Table:
 
 
 ROLE_SHORT = {"induction": "induct", "previous_token": "prev", "sink": "sink", "local": "local",
-              "uniform": "broad"}
+              "broad": "broad"}
 ROLE_STYLE = {"induction": "bold magenta", "previous_token": "bold cyan", "sink": "yellow", "local": "green",
-              "uniform": "dim"}
+              "broad": "dim"}
 
 
 def roles_table(report: Report) -> Table:
@@ -87,7 +87,7 @@ def roles_table(report: Report) -> Table:
         for h in layer.heads:
             s = h.role_scores or {}
             cells = [f"{s.get(k, float('nan')):.2f}" for k in ("induction", "previous_token", "sink", "local",
-                                                                  "uniform")]
+                                                                  "broad")]
             table.add_row(str(layer.index), str(h.head), str(h.kv_head), *cells,
                           Text(h.role or "–", style=ROLE_STYLE.get(h.role, "dim")),
                           end_section=h.head == len(layer.heads) - 1)

@@ -33,7 +33,7 @@ class HeadStats:
     full_vs_incremental: float | str | None = None  # max |Δ| of the attention output (None: not checked)
     backend_vs_reference: float | str | None = None  # max |Δ| against eager float32 (None: not checked)
     flags: list[str] = field(default_factory=list)  # checks that found a problem in this head
-    role: str | None = None  # induction, previous_token, sink, local, uniform (None: no clear role)
+    role: str | None = None  # induction, previous_token, sink, local, broad (None: no clear role)
     role_scores: dict[str, float] | None = None  # None when roles were not scored
 
 

@@ -51,7 +51,7 @@ class LayerRecord:
     _rows: RowStats | None = None
 
     @property
-    def n_groups(self) -> int:
+    def group_size(self) -> int:
         return self.q.shape[1] // self.k.shape[1]
 
     @property
@@ -73,7 +73,7 @@ class LayerRecord:
                     batch: int = 0) -> torch.Tensor:
         """Float32 log attention weights q·k·scale − lse of one query head, ``[rows, cols]``; -inf
         where masked (and for every key of a row that has none)."""
-        return eager.log_weights(self.q[batch, head, rows], self.k[batch, head // self.n_groups, cols],
+        return eager.log_weights(self.q[batch, head, rows], self.k[batch, head // self.group_size, cols],
                                  self.lse[batch, head, rows], self.allowed(head, batch)[rows, cols], self.scale)
 
     def weights_at(self, head: int, offset: int, batch: int = 0) -> torch.Tensor:
@@ -83,7 +83,7 @@ class LayerRecord:
         past = Sk - Sq
         keys = torch.arange(past, Sk, device=self.q.device) - offset  # (Sq,) absolute key index
         valid = keys >= 0
-        k = self.k[batch, head // self.n_groups, keys.clamp(min=0)].float()  # (Sq, D)
+        k = self.k[batch, head // self.group_size, keys.clamp(min=0)].float()  # (Sq, D)
         scores = (self.q[batch, head].float() * k).sum(-1) * self.scale  # (Sq,)
         allowed = self.allowed(head, batch)[torch.arange(Sq, device=self.q.device), keys.clamp(min=0)]
         scores = scores.masked_fill(~(valid & allowed), float("-inf"))

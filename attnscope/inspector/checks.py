@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from attnscope.backends import get_backend
-from attnscope.inspect.capture import Capture, LayerRecord
-from attnscope.inspect.report import Check, json_number
+from attnscope.inspector.capture import Capture, LayerRecord
+from attnscope.inspector.report import Check, json_number
 
 if TYPE_CHECKING:
     from attnscope.scope import Result
