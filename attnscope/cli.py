@@ -199,7 +199,7 @@ def run(
             title = f"layer {layer} · head {head} (kv {head // rec.group_size}) · {rec.mask!r}{why}"
             parts.append(head_heatmap(result, layer, head, width=console.width, log=scale == "log", title=title))
         if query is not None:
-            row = result.attention(layer, head, q=slice(query, query + 1))[0].cpu().numpy()
+            row = result.attention(layer, head, queries=slice(query, query + 1))[0].cpu().numpy()
             allowed = rec.allowed(head)[query].cpu().numpy()
             parts += [Text(), TopKeys(row, result.tokens, query, result.tokens[query], allowed=allowed)]
         _emit(console, parts, svg, html, title=f"attnscope run · {loaded.name}")

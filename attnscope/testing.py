@@ -28,7 +28,7 @@ def assert_no_nan(result: Result) -> None:
     """No NaN/Inf in any layer's scores, weights, outputs, residual stream, or in the logits."""
     from attnscope.inspector.checks import nan_check
 
-    _assert(nan_check(result))
+    _assert(nan_check(result.run))
 
 
 def assert_incremental_matches_full(model, prompt, backend: str = "eager", atol: float | None = None,

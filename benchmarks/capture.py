@@ -25,6 +25,7 @@ import sys
 SCENARIO = r"""
 import json, resource, sys, time, torch
 import attnscope
+from attnscope.backends import get_backend
 from attnscope.model.loader import resolve_model_dir
 kind, model_name, T, all_checks = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 def rss_mb():
@@ -40,18 +41,18 @@ if kind == "hf":
         out = net(ids, output_attentions=True)
     extra["attention_bytes"] = sum(a.numel() * a.element_size() for a in out.attentions)
 else:
-    model = attnscope.load_model(model_name, backend="sdpa")
+    model = attnscope.load_model(model_name)
     base = rss_mb(); start = time.perf_counter()
     if kind == "plain":
         with torch.inference_mode():
-            model.net(ids)
+            model.net(ids, attend=get_backend("sdpa"))
     else:
         checks = "all" if all_checks else ("nan", "masked_rows", "backend_vs_reference")
         result = attnscope.Scope(model, backend="sdpa").run(ids[0].tolist(), checks=checks)
         result.head_stats()
         extra["passed"] = result.passed
         t0 = time.perf_counter()
-        result.attention_pooled(1, 3, rows=64, cols=128, reduce="max")
+        result.attention_pooled(1, 3, height=64, width=128, reduce="max")
         extra["heatmap_s"] = time.perf_counter() - t0
 wall = time.perf_counter() - start
 print(json.dumps({"base_mb": base, "peak_mb": rss_mb(), "wall_s": wall, **extra}))

@@ -16,6 +16,7 @@ import torch
 from timing import timed
 
 import attnscope
+from attnscope.backends import get_backend
 
 
 def main() -> None:
@@ -27,7 +28,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    model = attnscope.load_model(args.model, device=args.device, backend=args.backend)
+    model = attnscope.load_model(args.model, device=args.device)
+    attend = get_backend(args.backend)
     net = model.net
     gen = torch.Generator().manual_seed(0)
     print(f"model {model.name} · backend {args.backend} · device {args.device} · "
@@ -38,11 +40,11 @@ def main() -> None:
             ids = torch.randint(0, model.config.vocab_size, (1, T), generator=gen, device=args.device)
 
             def full(ids=ids, T=T):
-                return net(ids, net.new_cache(1, T))
+                return net(ids, net.new_cache(1, T), attend=attend)
 
             def incremental(ids=ids, T=T):
                 cache = net.new_cache(1, T)
-                return torch.cat([net(ids[:, i:i + 1], cache) for i in range(T)], dim=1)
+                return torch.cat([net(ids[:, i:i + 1], cache, attend=attend) for i in range(T)], dim=1)
 
             diff = (full() - incremental()).abs().max().item()
             assert diff < 1e-4, f"full and incremental logits differ by {diff}"

@@ -187,12 +187,12 @@ def test_tolerance_overrides_and_testing_helpers():
 def test_pooled_maps_match_the_dense_probabilities():
     _, result = run(random_model(), "sdpa", checks=())
     dense = result.attention(1, 3).numpy()
-    pooled = result.attention_pooled(1, 3, rows=5, cols=4, reduce="max")
+    pooled = result.attention_pooled(1, 3, height=5, width=4, reduce="max")
     assert pooled.shape == (5, 4)
     assert abs(pooled - dense.reshape(5, 4, 4, 5).max(axis=(1, 3))).max() < 1e-6
-    mean = result.attention_pooled(1, 3, rows=5, cols=4, reduce="mean")
+    mean = result.attention_pooled(1, 3, height=5, width=4, reduce="mean")
     assert abs(mean - dense.reshape(5, 4, 4, 5).mean(axis=(1, 3))).max() < 1e-6
-    region = result.attention_pooled(1, 3, rows=100, cols=100, q=slice(4, 12), k=slice(0, 8))
+    region = result.attention_pooled(1, 3, height=100, width=100, queries=slice(4, 12), keys=slice(0, 8))
     assert abs(region - dense[4:12, 0:8]).max() < 1e-6
     group = result.attention_group(1, kv_head=1)
     assert group.shape == (2, 20, 20) and torch.allclose(group[1], result.attention(1, 3))
@@ -216,8 +216,8 @@ def test_pooled_maps_of_rows_without_keys_and_with_nan():
             pooled = record.pooled(head, 4, 4, reduce)
             np.testing.assert_allclose(pooled, fold(dense.reshape(4, 2, 4, 2), axis=(1, 3)), atol=1e-6, rtol=0)
         assert (dense[:3] == 0).all()
-    assert not record.pooled(0, 4, 4, "max", q=slice(3, 3)).any()  # an empty region has no weights
-    assert not record.pooled(0, 4, 4, "mean", k=slice(2, 2)).any()
+    assert not record.pooled(0, 4, 4, "max", queries=slice(3, 3)).any()  # an empty region has no weights
+    assert not record.pooled(0, 4, 4, "mean", keys=slice(2, 2)).any()
     nan_row = record.pooled(1, 4, 4, "max")[3]  # rows 6-7: keys 0-2 are padding, the rest NaN
     assert nan_row[0] == 0 and np.isnan(nan_row[1:]).all() and not np.isnan(record.pooled(0, 4, 4, "max")).any()
 

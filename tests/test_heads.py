@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import attnscope
 from attnscope.cli import app
-from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, head_roles, pick_role, repeated_sequence
+from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, pick_role, repeated_sequence
 from attnscope.model import ModelConfig, Transformer
 from attnscope.model.loader import LoadedModel, sample_models
 
@@ -33,7 +33,7 @@ def random_model(std: float) -> LoadedModel:
 
 @pytest.mark.parametrize("std", [0.02, 0.2])
 def test_a_random_model_claims_no_induction_head(std):
-    roles = head_roles(attnscope.Scope(random_model(std)))
+    roles = attnscope.Scope(random_model(std)).head_roles()
     assert all(r.role != "induction" for layer in roles for r in layer)
     assert all(r.scores["induction"] < THRESHOLDS["induction"] / 2 for layer in roles for r in layer)
 
@@ -41,7 +41,7 @@ def test_a_random_model_claims_no_induction_head(std):
 def test_scores_match_dense_probabilities():
     scope = attnscope.Scope(random_model(0.2))
     result = scope.run(list(range(5, 40)))
-    roles = head_roles(scope, result=result)
+    roles = scope.head_roles(list(range(5, 40)))
     rep = scope.run(repeated_sequence(64, REPEAT_LENGTH, bos=0))  # what the induction score is measured on
     for layer in range(2):
         for head in range(4):
@@ -73,7 +73,7 @@ def test_tiny_induction_heads_are_found_as_documented():
                   re.findall(r"layer (\d+) head (\d+): (induction|previous_token)", card)}
     assert any(role == "induction" for *_, role in documented)
     assert any(role == "previous_token" for *_, role in documented)
-    roles = head_roles(attnscope.Scope(attnscope.load_model("tiny-induction")))
+    roles = attnscope.Scope(attnscope.load_model("tiny-induction")).head_roles()
     found = {(r.layer, r.head, r.role) for layer in roles for r in layer}
     assert documented <= found
     assert any(r.role == "previous_token" for r in roles[0])

@@ -59,7 +59,7 @@ def test_attention_regions_are_slices_of_the_full_matrix(zoo):
     ids = tiny.ids(SEQ_LEN)
     result = attnscope.Scope(zoo.loaded(tiny.name)).run(ids[0].tolist())
     full = result.attention(1, 3)
-    region = result.attention(1, 3, q=slice(10, 30), k=slice(5, 25))
+    region = result.attention(1, 3, queries=slice(10, 30), keys=slice(5, 25))
     torch.testing.assert_close(region, full[10:30, 5:25], atol=1e-6, rtol=0)
 
 

@@ -156,12 +156,7 @@ def test_generate_equals_argmax_of_full_forwards(tiny, zoo, backend):
     net = zoo.loaded(tiny.name).net
     ids = tiny.ids(12, seed=5)
     expected = greedy_without_cache(net, ids, 8)
-    previous = net.backend
-    net.backend = backend
-    try:
-        got = net.generate(ids, max_new_tokens=8)
-    finally:
-        net.backend = previous
+    got = net.generate(ids, max_new_tokens=8, attend=get_backend(backend))
     assert got.shape == (1, 8)
     assert torch.equal(got, expected)
 

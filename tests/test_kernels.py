@@ -307,8 +307,8 @@ def test_scope_with_triton_backend_passes_every_check(sliding_window):
     # the inspector's pooled maps come from the probability kernel with this backend
     reference = attnscope.Scope(model, backend="eager").run(PROMPT)
     for reduce in ("max", "mean"):
-        pooled = result.attention_pooled(1, 3, rows=5, cols=7, reduce=reduce)
-        np.testing.assert_allclose(pooled, reference.attention_pooled(1, 3, rows=5, cols=7, reduce=reduce),
+        pooled = result.attention_pooled(1, 3, height=5, width=7, reduce=reduce)
+        np.testing.assert_allclose(pooled, reference.attention_pooled(1, 3, height=5, width=7, reduce=reduce),
                                    atol=1e-5)
 
 
@@ -366,7 +366,7 @@ def test_attention_probs_pooled_matches_eager_pooling(pool, rows, cols, reduce):
     record = LayerRecord(0, q, k, v, out, lse, spec, D**-0.5)
     pooled = kernels.attention_probs(q[0, 3], k[0, 1], lse[0, 3], window=9, pool=pool, reduce=reduce,
                                      rows=rows, cols=cols)
-    ref = record.pooled(3, *pool, reduce, q=rows, k=cols)
+    ref = record.pooled(3, *pool, reduce, queries=rows, keys=cols)
     assert pooled.shape == ref.shape
     np.testing.assert_allclose(pooled.cpu().numpy(), ref, atol=1e-5, rtol=0)
     if pool == (5, 7):

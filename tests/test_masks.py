@@ -200,11 +200,11 @@ def test_fully_masked_rows_give_zero_and_minus_inf(backend, dtype, spec):
 
 # ---- the cache, and padded batches end to end -------------------------------------------------
 
-def tiny_model(backend: str = "eager", **overrides) -> LoadedModel:
+def tiny_model(**overrides) -> LoadedModel:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **overrides)
-    net = Transformer(config, backend=backend).eval()
+    net = Transformer(config).eval()
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return LoadedModel(net, None, "random", Path("."))
@@ -226,7 +226,7 @@ def test_generation_hits_the_mask_cache(backend):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_padded_batch_rows_equal_their_single_runs(side, backend):
-    model = tiny_model(backend)
+    model = tiny_model()
     scope = attnscope.Scope(model, backend=backend)
     prompts = [list(range(3, 23)), list(range(40, 48)), list(range(60, 73))]
     batch = scope.run(prompts, max_new_tokens=6, padding_side=side)

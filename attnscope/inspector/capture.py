@@ -48,7 +48,7 @@ class LayerRecord:
     mask: MaskSpec
     scale: float
     residual_nonfinite: torch.Tensor | None = None  # [B, Sq] NaN/Inf count of the block's output
-    _rows: RowStats | None = None
+    _stats: RowStats | None = None
 
     @property
     def group_size(self) -> int:
@@ -64,17 +64,24 @@ class LayerRecord:
         dense = self.mask.dense(*self.shape, self.q.device)  # (B|1, Hq|1, Sq, Sk)
         return dense[min(batch, dense.shape[0] - 1), min(head, dense.shape[1] - 1)]
 
-    def probabilities(self, head: int, rows: slice = slice(None), cols: slice = slice(None),
+    def probabilities(self, head: int, queries: slice = slice(None), keys: slice = slice(None),
                       batch: int = 0) -> torch.Tensor:
-        """Float32 attention weights of one query head, ``[rows, cols]`` of ``[Sq, Sk]``."""
-        return self.log_weights(head, rows, cols, batch).exp_()
+        """Float32 attention weights of one query head, ``[queries, keys]`` of ``[Sq, Sk]``."""
+        return self.log_weights(head, queries, keys, batch).exp_()
 
-    def log_weights(self, head: int, rows: slice = slice(None), cols: slice = slice(None),
+    def log_weights(self, head: int, queries: slice = slice(None), keys: slice = slice(None),
                     batch: int = 0) -> torch.Tensor:
-        """Float32 log attention weights q·k·scale − lse of one query head, ``[rows, cols]``; -inf
+        """Float32 log attention weights q·k·scale − lse of one query head, ``[queries, keys]``; -inf
         where masked (and for every key of a row that has none)."""
-        return eager.log_weights(self.q[batch, head, rows], self.k[batch, head // self.group_size, cols],
-                                 self.lse[batch, head, rows], self.allowed(head, batch)[rows, cols], self.scale)
+        return eager.log_weights(self.q[batch, head, queries], self.k[batch, head // self.group_size, keys],
+                                 self.lse[batch, head, queries], self.allowed(head, batch)[queries, keys],
+                                 self.scale)
+
+    def score(self, head: int, query: int, key: int, batch: int = 0) -> float:
+        """The raw scaled score q·k·scale of one cell (before the mask and the softmax)."""
+        q = self.q[batch, head, query].float()
+        k = self.k[batch, head // self.group_size, key].float()
+        return float(q @ k) * self.scale
 
     def weights_at(self, head: int, offset: int, batch: int = 0) -> torch.Tensor:
         """Float32 ``[Sq]``: each query row's weight on the key `offset` positions before it (0: itself);
@@ -89,21 +96,21 @@ class LayerRecord:
         scores = scores.masked_fill(~(valid & allowed), float("-inf"))
         return weights_from_lse(scores[:, None], self.lse[batch, head])[:, 0]
 
-    def pooled(self, head: int, rows: int, cols: int, reduce: str = "max", batch: int = 0,
-               q: slice = slice(None), k: slice = slice(None)) -> np.ndarray:
-        """A ``rows × cols`` pooled map of one head's weights (of the region q × k), computed one band
-        of query rows at a time: the full matrix is never materialized.
+    def pooled(self, head: int, height: int, width: int, reduce: str = "max", batch: int = 0,
+               queries: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
+        """A ``height × width`` pooled map of one head's weights (of the region queries × keys),
+        computed one band of query rows at a time: the full matrix is never materialized.
 
         Args:
             head: query head.
-            rows, cols: the grid size (at most; a smaller matrix is not upsampled).
+            height, width: the grid size in cells (at most; a smaller matrix is not upsampled).
             reduce: "max" or "mean" over each cell's region.
         """
         if reduce not in ("max", "mean"):
             raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
-        q0, q1, _ = q.indices(self.shape[0])
-        k0, k1, _ = k.indices(self.shape[1])
-        re, ce = pool_edges(q1 - q0, rows), pool_edges(k1 - k0, cols)
+        q0, q1, _ = queries.indices(self.shape[0])
+        k0, k1, _ = keys.indices(self.shape[1])
+        re, ce = pool_edges(q1 - q0, height), pool_edges(k1 - k0, width)
         if q1 <= q0 or k1 <= k0:  # an empty region: no weights
             return np.zeros((len(re) - 1, len(ce) - 1), dtype=np.float32)
         lengths = torch.as_tensor(np.diff(ce), device=self.q.device)
@@ -132,11 +139,11 @@ class LayerRecord:
         return torch.stack(cells).cpu().numpy()
 
     @property
-    def rows(self) -> RowStats:
+    def stats(self) -> RowStats:
         """Per-row statistics, computed once from q, k and lse (chunked) and kept."""
-        if self._rows is None:
-            self._rows = self._row_stats()
-        return self._rows
+        if self._stats is None:
+            self._stats = self._row_stats()
+        return self._stats
 
     def _row_stats(self) -> RowStats:
         B, Hq, Sq, _ = self.q.shape
@@ -147,18 +154,18 @@ class LayerRecord:
                ("entropy", "max_weight", "first_token_mass", "weight_sum", "nonfinite_scores", "nonfinite_weights")}
         argmax = torch.zeros(shape, dtype=torch.long, device=self.q.device)
         allowed_any = torch.zeros(shape, dtype=torch.bool, device=self.q.device)
-        for rows, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS):
+        for chunk, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS):
             bad = (torch.isnan(scores) | torch.isposinf(scores) | (torch.isneginf(scores) & allowed)).sum(-1)
-            p = weights_from_lse(scores, lse[..., rows])  # (B, Hkv, G, rows, Sk)
+            p = weights_from_lse(scores, lse[..., chunk])  # (B, Hkv, G, chunk, Sk)
             plogp = torch.where(p > 0, p * torch.log(p), torch.zeros((), device=p.device))
-            acc["entropy"][..., rows] = -plogp.sum(-1)
-            acc["max_weight"][..., rows] = p.amax(-1)
-            argmax[..., rows] = p.argmax(-1)
-            acc["first_token_mass"][..., rows] = p[..., 0]
-            acc["weight_sum"][..., rows] = p.sum(-1)
-            acc["nonfinite_scores"][..., rows] = bad.float()
-            acc["nonfinite_weights"][..., rows] = ((~torch.isfinite(p)) & allowed).sum(-1).float()
-            allowed_any[..., rows] = allowed.any(-1)
+            acc["entropy"][..., chunk] = -plogp.sum(-1)
+            acc["max_weight"][..., chunk] = p.amax(-1)
+            argmax[..., chunk] = p.argmax(-1)
+            acc["first_token_mass"][..., chunk] = p[..., 0]
+            acc["weight_sum"][..., chunk] = p.sum(-1)
+            acc["nonfinite_scores"][..., chunk] = bad.float()
+            acc["nonfinite_weights"][..., chunk] = ((~torch.isfinite(p)) & allowed).sum(-1).float()
+            allowed_any[..., chunk] = allowed.any(-1)
         flat = {name: t.view(B, Hq, Sq) for name, t in acc.items()}
         return RowStats(
             entropy=flat["entropy"], max_weight=flat["max_weight"], argmax=argmax.view(B, Hq, Sq),

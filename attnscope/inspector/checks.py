@@ -23,17 +23,16 @@ used as given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from attnscope.backends import get_backend
-from attnscope.inspector.capture import Capture, LayerRecord
+from attnscope.errors import UserError
+from attnscope.inspector.capture import LayerRecord
 from attnscope.inspector.report import Check, json_number
-
-if TYPE_CHECKING:
-    from attnscope.scope import Result
+from attnscope.inspector.run import Run
 
 CHECK_NAMES = ("nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality")
 STAGES = ("scores", "weights", "output", "residual")
@@ -124,12 +123,12 @@ def _first_failing(diffs: list[Diff]) -> tuple[int, tuple[int, int, int]] | None
 # ---- the checks ------------------------------------------------------------------------------
 
 
-def nan_check(result: Result) -> Check:
+def nan_check(run: Run) -> Check:
     """NaN/Inf anywhere in the forward pass, localized to the first layer, stage, head and position."""
     counts = dict.fromkeys((*STAGES, "logits"), 0)
     first = None
-    for rec in result.records:
-        stats = rec.rows
+    for rec in run.records:
+        stats = rec.stats
         per_stage = {"scores": stats.nonfinite_scores, "weights": stats.nonfinite_weights,
                      "output": stats.nonfinite_output}
         for stage in STAGES:
@@ -146,10 +145,10 @@ def nan_check(result: Result) -> Check:
                 i = int(torch.argmin(s * bad.shape[1] + h))
                 first = {"layer": rec.layer, "stage": stage, "head": None if stage == "residual" else int(h[i]),
                          "position": int(s[i]), "batch": int(b[i])}
-    logits_bad = ~torch.isfinite(result.logits)
+    logits_bad = ~torch.isfinite(run.logits)  # (B, T, vocab)
     counts["logits"] = int(logits_bad.sum())
     if first is None and counts["logits"]:
-        pos = logits_bad.reshape(-1, logits_bad.shape[-2], logits_bad.shape[-1]).any(-1).nonzero()[0]
+        pos = logits_bad.any(-1).nonzero()[0]
         first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}
     passed = first is None
     message = "no NaN or Inf" if passed else (
@@ -158,13 +157,13 @@ def nan_check(result: Result) -> Check:
     return Check("nan", passed, {"nonfinite_counts": counts}, first, message)
 
 
-def masked_rows_check(result: Result) -> Check:
+def masked_rows_check(run: Run) -> Check:
     """Query rows of real tokens with no allowed key; rows whose weights do not sum to 1."""
-    real = result.real  # (B, T) bool
+    real = run.inputs.real  # (B, T) bool
     empty, off = [], []
     worst = 0.0
-    for rec in result.records:
-        stats = rec.rows
+    for rec in run.records:
+        stats = rec.stats
         rows_real = real[:, None, -stats.fully_masked.shape[2]:].expand_as(stats.fully_masked)
         e = stats.fully_masked & rows_real
         dev = (stats.weight_sum - 1).abs()
@@ -177,7 +176,7 @@ def masked_rows_check(result: Result) -> Check:
                 kind.append({"layer": rec.layer, "head": h, "position": s, "batch": b})
     where = (empty or off or [None])[0]
     passed = not empty and not off
-    padding_rows = sum(int((rec.rows.fully_masked & ~real[:, None, :]).sum()) for rec in result.records)
+    padding_rows = sum(int((rec.stats.fully_masked & ~real[:, None, :]).sum()) for rec in run.records)
     message = "every real query row has keys and weights summing to 1" if passed else (
         f"{len(empty)} real query row(s) with no allowed key" if empty else
         f"{len(off)} row(s) whose weights do not sum to 1 (worst |sum - 1| = {worst:.3g})")
@@ -187,24 +186,13 @@ def masked_rows_check(result: Result) -> Check:
     return Check("masked_rows", passed, figures, where and {**where, "stage": "weights"}, message)
 
 
-def full_vs_incremental_check(result: Result, tol: Tolerance) -> tuple[Check, list[Diff]]:
+def full_vs_incremental_check(run: Run, tol: Tolerance) -> tuple[Check, list[Diff]]:
     """The prompt token by token through the KV cache against the parallel forward."""
-    net = result.scope.model.net
-    ids, pad_mask, positions = result.inputs
-    B, T = ids.shape
-    capture = Capture(append=True)
-    previous, net.backend = net.backend, result.scope.backend
-    try:
-        with torch.inference_mode():
-            cache = net.new_cache(B, T)
-            steps = [net(ids[:, t:t + 1], cache, recorder=capture, mask=pad_mask,
-                         positions=None if positions is None else positions[:, t:t + 1]) for t in range(T)]
-    finally:
-        net.backend = previous
-    logits_inc = torch.cat(steps, dim=1).float()  # (B, T, vocab)
-    diffs = _layer_diffs(capture.layers(), result.records, tol, rows=result.real)
-    logits_full = result.logits if result.batched else result.logits[None]
-    logits_diff = diff(logits_inc[:, None], logits_full[:, None], tol, rows=result.real)
+    with torch.inference_mode():
+        records, logits_inc = run.incremental()  # logits (B, T, vocab)
+    real = run.inputs.real
+    diffs = _layer_diffs(records, run.records, tol, rows=real)
+    logits_diff = diff(logits_inc[:, None], run.logits[:, None], tol, rows=real)
     figures = _figures(_merge(diffs), tol)
     figures["logits_max_abs_diff"] = json_number(float(logits_diff.max_abs.max()))
     figures["per_layer_max_abs_diff"] = [json_number(float(d.max_abs.max())) for d in diffs]
@@ -222,48 +210,42 @@ def full_vs_incremental_check(result: Result, tol: Tolerance) -> tuple[Check, li
     return Check("full_vs_incremental", where is None, figures, where, message), diffs
 
 
-def backend_vs_reference_check(result: Result, tol: Tolerance) -> tuple[Check, list[Diff]]:
+def backend_vs_reference_check(run: Run, tol: Tolerance) -> tuple[Check, list[Diff]]:
     """The backend's output against eager float32 on the same q, k, v, layer by layer."""
     eager = get_backend("eager")
     diffs = []
-    for rec in result.records:
+    for rec in run.records:
         ref, _ = eager(rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False)
-        diffs.append(diff(rec.out, ref, tol, rows=result.real[:, -rec.q.shape[2]:]))
+        diffs.append(diff(rec.out, ref, tol, rows=run.inputs.real[:, -rec.q.shape[2]:]))
     figures = _figures(_merge(diffs), tol)
     figures["per_layer_max_abs_diff"] = [json_number(float(d.max_abs.max())) for d in diffs]
     failing = _first_failing(diffs)
     if failing is None:
         return Check("backend_vs_reference", True, figures, None,
-                     f"{result.scope.backend} matches the eager float32 reference"), diffs
+                     f"{run.backend} matches the eager float32 reference"), diffs
     layer, (b, h, s) = failing
     where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output"}
     return Check("backend_vs_reference", False, figures, where,
-                 f"{result.scope.backend} differs from eager at layer {layer}, head {h}, position {s} "
+                 f"{run.backend} differs from eager at layer {layer}, head {h}, position {s} "
                  f"(max |Δ| {float(diffs[layer].max_abs.max()):.3g})"), diffs
 
 
-def causality_check(result: Result, tol: Tolerance, cut_points: list[int] | None = None) -> Check:
+def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = None) -> Check:
     """Change the tokens after position p; outputs at positions <= p must not change."""
-    ids, pad_mask, positions = result.inputs
-    B, T = ids.shape
-    vocab = result.scope.model.config.vocab_size
+    ids = run.inputs.ids
+    T = ids.shape[1]
+    vocab = run.model.layout.vocab_size
     if cut_points is None:
         cut_points = sorted({p for p in (T // 4, T // 2, (3 * T) // 4) if 0 <= p < T - 1})
-    exact = result.scope.backend == "eager" and result.scope.model.dtype == torch.float32
+    exact = run.exact
     tol = EXACT if exact else tol
-    net = result.scope.model.net
     worst, first = 0.0, None
     for p in cut_points:
         changed = ids.clone()
         changed[:, p + 1:] = (ids[:, p + 1:] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
-        capture = Capture()
-        previous, net.backend = net.backend, result.scope.backend
-        try:
-            with torch.inference_mode():
-                net(changed, net.new_cache(B, T), recorder=capture, mask=pad_mask, positions=positions)
-        finally:
-            net.backend = previous
-        diffs = _layer_diffs(capture.layers(), result.records, tol, rows=result.real, upto=p + 1)
+        with torch.inference_mode():
+            records = run.rerun(changed)
+        diffs = _layer_diffs(records, run.records, tol, rows=run.inputs.real, upto=p + 1)
         worst = max(worst, max(float(d.max_abs.max()) for d in diffs))
         failing = _first_failing(diffs)
         if failing is not None and (first is None or failing[0] < first["layer"]):
@@ -284,30 +266,42 @@ def _merge(diffs: list[Diff]) -> Diff:
                 torch.zeros(0, dtype=torch.bool))
 
 
-def run_checks(result: Result, names=CHECK_NAMES, atol: float | None = None, rtol: float | None = None,
-               on_check=None):
-    """Run the named checks on a result. Returns (checks, per-layer diffs by check name).
-    `on_check(check)` is called as each one finishes."""
+def parse_checks(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The check names of a selection: "all", "none" (or None), "nan,causality", or a sequence of names."""
+    if spec is None:
+        return ()
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text in ("all", "none"):
+            return CHECK_NAMES if text == "all" else ()
+        spec = text.split(",")
+    names = tuple(dict.fromkeys(str(n).strip() for n in spec if str(n).strip()))
     unknown = [n for n in names if n not in CHECK_NAMES]
     if unknown:
-        from attnscope.errors import UserError
+        raise UserError(f"unknown check {unknown[0]!r} (choose from: {', '.join(CHECK_NAMES)}, all, none)")
+    return names
 
-        raise UserError(f"unknown check {unknown[0]!r} (choose from: {', '.join(CHECK_NAMES)})")
-    tol = Tolerance.for_dtype(result.scope.model.dtype, atol, rtol)
+
+def run_checks(run: Run, names: Sequence[str] = CHECK_NAMES, atol: float | None = None, rtol: float | None = None,
+               on_check=None) -> tuple[list[Check], dict[str, list[Diff]]]:
+    """Run the named checks on a run. Returns (checks, per-layer diffs by check name).
+    `on_check(check)` is called as each one finishes."""
+    names = parse_checks(names)
+    tol = Tolerance.for_dtype(run.model.dtype, atol, rtol)
     checks, diffs = [], {}
     for name in names:
         if name == "nan":
-            checks.append(nan_check(result))
+            checks.append(nan_check(run))
         elif name == "masked_rows":
-            checks.append(masked_rows_check(result))
+            checks.append(masked_rows_check(run))
         elif name == "full_vs_incremental":
-            check, diffs[name] = full_vs_incremental_check(result, tol)
+            check, diffs[name] = full_vs_incremental_check(run, tol)
             checks.append(check)
         elif name == "backend_vs_reference":
-            check, diffs[name] = backend_vs_reference_check(result, tol)
+            check, diffs[name] = backend_vs_reference_check(run, tol)
             checks.append(check)
         elif name == "causality":
-            checks.append(causality_check(result, tol))
+            checks.append(causality_check(run, tol))
         if on_check is not None:
             on_check(checks[-1])
     return checks, diffs

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from attnscope.inspector.run import Run
+
 ROLES = ("induction", "previous_token", "sink", "local", "broad")
 THRESHOLDS = {"induction": 0.4, "previous_token": 0.5, "sink": 0.6, "local": 0.8, "broad": 0.9}
 REPEAT_LENGTH = 48  # length of the random sequence that is repeated for the induction score
@@ -55,30 +57,22 @@ def pick_role(scores: dict[str, float]) -> str | None:
     return max(passing, key=passing.get) if passing else None
 
 
-def head_roles(scope, prompt=None, seed: int = 0, result=None) -> list[list[HeadRole]]:
-    """Score every head of `scope`'s model and name its role.
+def head_roles(run: Run, probe: Run) -> list[list[HeadRole]]:
+    """Score every head and name its role.
 
     Args:
-        scope: an `attnscope.Scope` (model + backend).
-        prompt: text or ids for the previous-token, sink, local and broad scores (default: the
-            repeated random sequence, which also gives the induction score).
-        seed: seed of the random sequence.
-        result: a `Result` of `scope` to score instead of running `prompt` again.
+        run: the forward whose rows give the previous-token, sink, local and broad scores (row 0).
+        probe: the forward of `repeated_sequence` (row 0), which gives the induction score; it may
+            be `run` itself.
 
     Returns:
         Per layer, per query head, a `HeadRole`.
     """
-    config = scope.model.config
-    bos = config.bos_token_id if isinstance(config.bos_token_id, int) else None
-    rep = repeated_sequence(config.vocab_size, REPEAT_LENGTH, bos, seed)
-    rep_result = scope.run(rep)
-    if result is None:
-        result = scope.run(prompt) if prompt is not None else rep_result
     n = REPEAT_LENGTH
-    start = len(rep) - n  # first query of the second copy
+    start = probe.inputs.shape[1] - n  # first query of the second copy
     out = []
-    for layer, (rec, rep_rec) in enumerate(zip(result.records, rep_result.records, strict=True)):
-        rows = rec.rows
+    for layer, (rec, rep_rec) in enumerate(zip(run.records, probe.records, strict=True)):
+        stats = rec.stats
         T = rec.shape[0]
         keys = torch.arange(1, T + 1, device=rec.q.device).float()  # allowed keys per causal row
         layer_roles = []
@@ -87,10 +81,10 @@ def head_roles(scope, prompt=None, seed: int = 0, result=None) -> list[list[Head
             local = sum(rec.weights_at(h, off) for off in range(4))
             # query at t in the 2nd copy attends to t - n + 1: the token after t's earlier occurrence
             induction = rep_rec.weights_at(h, n - 1)[start:]
-            entropy = rows.entropy[0, h]
+            entropy = stats.entropy[0, h]
             broad = (entropy[1:] / torch.log(keys[1:])).clamp(0, 1)
             scores = {"induction": _mean(induction), "previous_token": _mean(prev),
-                      "sink": _mean(rows.first_token_mass[0, h, 1:]), "local": _mean(local[1:]),
+                      "sink": _mean(stats.first_token_mass[0, h, 1:]), "local": _mean(local[1:]),
                       "broad": _mean(broad[3:])}
             layer_roles.append(HeadRole(layer, h, h // rec.group_size, scores, pick_role(scores)))
         out.append(layer_roles)

@@ -2,7 +2,7 @@
 
 The report is the single source that the CLI, the TUI and CI read. Top-level keys: ``schema,
 model, backend, reference, device, dtype, prompt, tokens, continuation, masks, layers, checks,
-passed``.
+passed``. `head_stats` and `build_report` make it from a `Run` and what the checks found.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from attnscope import masks
+from attnscope.inspector.run import Run
 
 SCHEMA = "attnscope.report/1"
 
@@ -86,6 +89,75 @@ class Report:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[HeadStats]]:
+    """Per layer, per query head: means over the real query rows of entropy, max weight and
+    first-token mass; non-finite and fully-masked counts; the checks' largest differences
+    (`diffs`: check name -> per-layer `Diff`); the role when `roles` were scored."""
+    real = run.inputs.real[batch]  # (T,)
+    n = max(1, int(real.sum()))
+    out = []
+    for layer, rec in enumerate(run.records):
+        s = rec.stats
+
+        def mean(t, real=real):
+            return t[batch].masked_fill(~real, 0).sum(-1).div(n).tolist()  # (Hq,)
+
+        entropy, max_w, sink = mean(s.entropy), mean(s.max_weight), mean(s.first_token_mass)
+        bad = (s.nonfinite_scores + s.nonfinite_weights + s.nonfinite_output)[batch].sum(-1).tolist()
+        empty = (s.fully_masked[batch] & real).sum(-1).tolist()
+        worst = {name: d[layer].max_abs.tolist() for name, d in diffs.items()}
+        over = {name: d[layer].bad_rows[batch].any(-1).tolist() for name, d in diffs.items()}
+
+        def flags(h, bad=bad, empty=empty, over=over):
+            found = ["nan"] if bad[h] else []
+            found += ["masked_rows"] if empty[h] else []
+            return found + [name for name, o in over.items() if o[h]]
+
+        def role(h, layer=layer):
+            if roles is None:
+                return {}
+            r = roles[layer][h]
+            return {"role": r.role, "role_scores": {k: json_number(round(v, 4)) for k, v in r.scores.items()}}
+
+        out.append([
+            HeadStats(head=h, kv_head=h // rec.group_size, entropy=json_number(entropy[h]),
+                      max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
+                      nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
+                      **{name: json_number(d[h]) for name, d in worst.items()}, flags=flags(h), **role(h))
+            for h in range(rec.q.shape[1])
+        ])
+    return out
+
+
+def build_report(run: Run, prompt, continuation: list[int], checks: list[Check], diffs: dict, roles=None,
+                 batch: int = 0) -> Report:
+    """The `Report` of row `batch` of a run: `prompt` as given (text or ids), the greedy
+    `continuation` ids, the `checks` that ran and their `diffs`, the head `roles` if scored."""
+    model, layout = run.model, run.model.layout
+    ids = run.inputs.ids[batch].tolist()
+    tokens = [Token(i, t, s) for i, (t, s) in enumerate(zip(ids, run.token_texts(ids), strict=True))]
+    new = [Token(len(ids) + i, t, s) for i, (t, s) in enumerate(zip(continuation, run.token_texts(continuation),
+                                                                     strict=True))]
+    layers = [LayerReport(rec.layer, repr(rec.mask), heads)
+              for rec, heads in zip(run.records, head_stats(run, diffs, roles, batch), strict=True)]
+    return Report(
+        model={"name": model.name, "path": str(model.path), "model_type": layout.model_type,
+               "layers": layout.n_layers, "heads": layout.n_heads, "kv_heads": layout.n_kv_heads,
+               "head_dim": layout.head_dim, "vocab_size": layout.vocab_size},
+        backend=run.backend,
+        reference="eager",
+        device=str(model.device),
+        dtype=str(model.dtype).removeprefix("torch."),
+        prompt=prompt if isinstance(prompt, str) else [int(i) for i in prompt],
+        tokens=tokens,
+        continuation=new,
+        masks=[layer.mask for layer in layers],
+        layers=layers,
+        checks=list(checks),
+        mask_cache=masks.cache_stats(),
+    )
 
 
 def json_number(x: float) -> float | str:

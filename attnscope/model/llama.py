@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnscope.backends import AttendFn, get_backend
+from attnscope.backends import AttendFn
+from attnscope.backends.eager import attend as eager_attend
 from attnscope.masks import MaskSpec, causal, sliding_window
 from attnscope.model.config import ModelConfig
 
@@ -188,10 +189,11 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The causal LM. ``forward(ids)`` runs all positions in parallel (one attention call per layer);
-    with a `KVCache` it appends the new tokens to the cache, which is how incremental decoding runs."""
+    """The causal LM. ``forward(ids, attend=...)`` runs all positions in parallel (one attention call
+    per layer, through the attention function given; the eager reference by default); with a
+    `KVCache` it appends the new tokens to the cache, which is how incremental decoding runs."""
 
-    def __init__(self, config: ModelConfig, backend: str = "eager"):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -201,16 +203,6 @@ class Transformer(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary_emb = RotaryEmbedding(config)
-        self.backend = backend
-
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @backend.setter
-    def backend(self, name: str) -> None:
-        self._attend = get_backend(name)
-        self._backend = name
 
     @property
     def masks(self) -> list[MaskSpec]:
@@ -236,7 +228,7 @@ class Transformer(nn.Module):
             ids: token ids of the new tokens.
             cache: a KV cache; the new tokens follow the `cache.length` tokens it holds.
             recorder: sees every attention call and the residual stream after each block.
-            attend: an attention function to use instead of the model's backend.
+            attend: the attention function of every layer (`attnscope.backends`; default: eager).
             mask: a spec combined (``&``) with every layer's own mask, e.g. ``padding(lengths)``.
             positions: rotary positions ``[B, T]`` of padded rows (default: the token indices).
         """
@@ -246,7 +238,7 @@ class Transformer(nn.Module):
             positions = torch.arange(past, past + T, device=ids.device)  # (T,) absolute positions
         x = self.embed_tokens(ids)  # (B, T, hidden)
         rope = self.rotary_emb(positions, x.dtype)  # cos, sin: (T, D) or (B, 1, T, D)
-        attend = attend or self._attend
+        attend = attend or eager_attend
         for i, block in enumerate(self.layers):
             layer_mask = block.self_attn.mask if mask is None else block.self_attn.mask & mask
             x = block(x, rope, attend, cache, recorder, layer_mask)  # (B, T, hidden)
@@ -257,10 +249,11 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))  # (B, T, vocab)
 
     @torch.inference_mode()
-    def generate(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None) -> torch.Tensor:
+    def generate(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None,
+                 attend: AttendFn | None = None) -> torch.Tensor:
         """Greedy continuation ``[B, <= max_new_tokens]`` of ids ``[B, T]``, decoded with the KV cache."""
         cache = self.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
-        return self.decode(self(ids, cache), cache, max_new_tokens, eos_token_id)
+        return self.decode(self(ids, cache, attend=attend), cache, max_new_tokens, eos_token_id, attend=attend)
 
     @torch.inference_mode()
     def decode(
@@ -269,6 +262,7 @@ class Transformer(nn.Module):
         cache: KVCache,
         max_new_tokens: int,
         eos_token_id=None,
+        attend: AttendFn | None = None,
         mask: MaskSpec | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -284,5 +278,5 @@ class Transformer(nn.Module):
                 break
             if step + 1 < max_new_tokens:
                 pos = None if positions is None else positions[:, -1:] + step + 1  # (B, 1)
-                logits = self(next_ids, cache, mask=mask, positions=pos)  # (B, 1, vocab)
+                logits = self(next_ids, cache, attend=attend, mask=mask, positions=pos)  # (B, 1, vocab)
         return torch.cat(new, dim=1) if new else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)

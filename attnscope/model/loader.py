@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from attnscope.backends import AttendFn
+from attnscope.engine import Layout
 from attnscope.errors import ConfigError, LoadError, UserError
+from attnscope.masks import MaskSpec
 from attnscope.model.config import ModelConfig
-from attnscope.model.llama import Transformer
+from attnscope.model.llama import KVCache, Transformer
 from attnscope.model.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "tiny-code"
@@ -188,7 +191,8 @@ def load_state_dict(model: Transformer, files: list[Path], progress: Progress | 
 
 
 class LoadedModel:
-    """A model ready to run: the network, its tokenizer (or None), and where it came from."""
+    """The native engine (`attnscope.engine.Engine`): our Llama-family network, its tokenizer (or
+    None), and where it came from."""
 
     def __init__(self, net: Transformer, tokenizer: Tokenizer | None, name: str, path: Path):
         self.net = net
@@ -208,6 +212,31 @@ class LoadedModel:
     def device(self) -> torch.device:
         return self.net.embed_tokens.weight.device
 
+    @property
+    def layout(self) -> Layout:
+        c = self.config
+        eos = c.eos_token_id if isinstance(c.eos_token_id, list) else [] if c.eos_token_id is None else [c.eos_token_id]
+        return Layout(model_type=c.model_type, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
+                      n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, vocab_size=c.vocab_size,
+                      max_positions=c.max_position_embeddings,
+                      bos_token_id=c.bos_token_id if isinstance(c.bos_token_id, int) else None,
+                      eos_token_ids=tuple(eos))
+
+    def layer_masks(self) -> list[MaskSpec]:
+        return self.net.masks
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return self.net.new_cache(batch, max_len)
+
+    def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache | None = None, recorder=None,
+                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(ids, cache, recorder=recorder, attend=attend, mask=mask, positions=positions)
+
+    def decode(self, logits: torch.Tensor, cache: KVCache, attend: AttendFn, max_new_tokens: int, *,
+               mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net.decode(logits, cache, max_new_tokens, list(self.layout.eos_token_ids) or None,
+                               attend=attend, mask=mask, positions=positions)
+
     def __repr__(self) -> str:
         c = self.config
         return (f"LoadedModel({self.name!r}, {c.model_type}, layers={c.num_hidden_layers}, "
@@ -220,7 +249,6 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     *,
-    backend: str = "eager",
     allow_pickle: bool = False,
     progress: Progress | None = None,
 ) -> LoadedModel:
@@ -230,7 +258,6 @@ def load_model(
         name_or_path: a bundled sample model (``attnscope models``) or a directory.
         dtype: torch dtype or its name: float32, float16, bfloat16.
         device: cpu, cuda, cuda:N.
-        backend: attention backend of the model (eager, sdpa, triton).
         allow_pickle: accept ``pytorch_model.bin`` checkpoints (read with weights_only=True).
         progress: called as progress(done, total, description) while weights load.
 
@@ -243,7 +270,7 @@ def load_model(
     config = read_config(path)
     files = _weight_files(path, allow_pickle)
     with torch.device("meta"):
-        net = Transformer(config, backend=backend).to(torch_dtype)
+        net = Transformer(config).to(torch_dtype)
     load_state_dict(net, files, progress)
     net = net.to(dev).eval()
     tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None

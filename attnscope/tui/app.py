@@ -153,7 +153,7 @@ class AttnScopeApp(App):
                 self.loaded = load_model(self.model_name, dtype=self.dtype, device=self.device,
                                          allow_pickle=self.allow_pickle)
             alive()
-            n_layers = self.loaded.config.num_hidden_layers
+            n_layers = self.loaded.layout.n_layers
             scope = Scope(self.loaded, backend=self.backend)
 
             def on_layer(layer: int) -> None:
@@ -184,7 +184,7 @@ class AttnScopeApp(App):
             return
         config = self.loaded.config
         nav = self.query_one(Navigator)
-        mask = self.loaded.net.layers[message.layer].self_attn.mask
+        mask = self.loaded.layer_masks()[message.layer]
         nav.add_layer(message.layer, config.num_attention_heads, config.num_key_value_heads, repr(mask))
         progress = self.query_one("#progress", ProgressBar)
         progress.update(total=message.n_layers + 5, progress=message.layer + 1)
@@ -390,7 +390,7 @@ class AttnScopeApp(App):
             return
         next_id = int(self.result.logits[-1].argmax())
         ids = [*self.result.ids, next_id]
-        if len(ids) > self.loaded.config.max_position_embeddings:
+        if len(ids) > self.loaded.layout.max_positions:
             self.notify("the model has no more positions", severity="warning")
             return
         self.start_run(ids)

@@ -127,7 +127,7 @@ class HeatmapView(Widget, can_focus=True):
         if zoomed:
             q0, k0 = origin
             q1, k1 = min(Sq, q0 + rows), min(Sk, k0 + cols)
-            w = result.attention(layer, head, q=slice(q0, q1), k=slice(k0, k1)).cpu().numpy()
+            w = result.attention(layer, head, queries=slice(q0, q1), keys=slice(k0, k1)).cpu().numpy()
             return View(w, allowed[q0:q1, k0:k1], np.arange(q0, q1 + 1), np.arange(k0, k1 + 1), True)
         if Sq <= rows and Sk <= cols:
             w = result.attention(layer, head).cpu().numpy()

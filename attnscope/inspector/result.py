@@ -1,0 +1,159 @@
+"""What one `Scope.run` produced: the run itself, the continuation, the checks' findings, and views.
+
+`Result` is data (the `Run`, the prompt, the continuation, the checks, their per-layer diffs, the
+head roles) plus views of it: token texts, attention probabilities of any region recomputed from
+q, k and lse, pooled maps, a kv group's maps, and the `Report`. For a batch of prompts the views
+take ``batch=`` (the row) and ``.logits`` is ``[B, T, vocab]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from attnscope.errors import UserError
+from attnscope.inspector.capture import LayerRecord
+from attnscope.inspector.checks import Diff
+from attnscope.inspector.heads import HeadRole
+from attnscope.inspector.report import Check, HeadStats, Report, build_report, head_stats
+from attnscope.inspector.run import Run
+
+
+@dataclass
+class Result:
+    run: Run
+    prompt: object  # as given: text or ids, or a list of those for a batch
+    batched: bool
+    continuation_ids_by_row: list[list[int]]
+    checks: list[Check] = field(default_factory=list)
+    diffs: dict[str, list[Diff]] = field(default_factory=dict)  # check name -> per-layer Diff
+    roles: list[list[HeadRole]] | None = None  # per layer, per head, when run with roles=True
+
+    # ---- data ----------------------------------------------------------------------------------
+    @property
+    def records(self) -> list[LayerRecord]:
+        return self.run.records
+
+    @property
+    def backend(self) -> str:
+        return self.run.backend
+
+    @property
+    def real(self) -> torch.Tensor:
+        """[B, T] bool: True for the rows' real tokens, False for padding."""
+        return self.run.inputs.real
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """Float32 ``[T, vocab]`` (``[B, T, vocab]`` for a batch)."""
+        return self.run.logits if self.batched else self.run.logits[0]
+
+    @functools.cached_property
+    def batch_ids(self) -> list[list[int]]:
+        """Per row, the padded token ids."""
+        return self.run.inputs.ids.tolist()
+
+    @property
+    def ids(self) -> list[int]:
+        """Token ids of the prompt (row 0 of a batch, padding included)."""
+        return self.batch_ids[0]
+
+    @functools.cached_property
+    def tokens(self) -> list[str]:
+        """The prompt's tokens as text (row 0 of a batch; `token_texts(result.batch_ids[b])` for others)."""
+        return self.token_texts(self.ids)
+
+    @property
+    def continuation_ids(self) -> list[int]:
+        return self.continuation_ids_by_row[0]
+
+    @property
+    def continuation(self) -> str:
+        tok = self.run.model.tokenizer
+        return tok.decode(self.continuation_ids) if tok else " ".join(map(str, self.continuation_ids))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.records)
+
+    @property
+    def n_heads(self) -> int:
+        return self.run.model.layout.n_heads
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        return self.run.token_texts(ids)
+
+    # ---- views ---------------------------------------------------------------------------------
+    def check_place(self, layer: int, head: int | None = None) -> LayerRecord:
+        """The record of `layer`; a UserError naming the valid range when layer or head is outside it."""
+        if not 0 <= layer < self.n_layers:
+            raise UserError(f"layer {layer} is out of range (the model has {self.n_layers} layers: "
+                            f"0..{self.n_layers - 1})")
+        if head is not None and not 0 <= head < self.n_heads:
+            raise UserError(f"head {head} is out of range (each layer has {self.n_heads} heads: "
+                            f"0..{self.n_heads - 1})")
+        return self.records[layer]
+
+    def check_region(self, rec: LayerRecord, queries: slice, keys: slice, batch: int) -> None:
+        """A UserError when a region or a batch row is outside the record (an empty view would hide it)."""
+        B = rec.q.shape[0]
+        if not 0 <= batch < B:
+            raise UserError(f"batch row {batch} is out of range (0..{B - 1})")
+        for what, sl, n in (("query", queries, rec.shape[0]), ("key", keys, rec.shape[1])):
+            if sl.step not in (None, 1):
+                raise UserError(f"{what} slice {sl} must have step 1")
+            start, stop, _ = sl.indices(n)
+            if (sl.start is not None and not -n <= sl.start < n) or (sl.stop is not None and sl.stop > n) \
+                    or start >= stop:
+                raise UserError(f"{what} slice {sl.start}:{sl.stop} is empty or out of range (0..{n})")
+
+    def attention(self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None),
+                  batch: int = 0) -> torch.Tensor:
+        """Float32 attention probabilities ``[queries, keys]`` of query head `head` in `layer`."""
+        rec = self.check_place(layer, head)
+        self.check_region(rec, queries, keys, batch)
+        return rec.probabilities(head, queries, keys, batch=batch)
+
+    def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
+                         batch: int = 0, queries: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
+        """A height × width pooled map (numpy float32) of one head, computed tile by tile: for
+        screens and long prompts, never materializing the full matrix. With the triton backend
+        the map comes from the probability kernel (`attnscope.kernels.attention_probs`)."""
+        rec = self.check_place(layer, head)
+        self.check_region(rec, queries, keys, batch)
+        if self.backend != "triton":
+            return rec.pooled(head, height, width, reduce, batch, queries, keys)
+        from attnscope import kernels
+
+        Sq, Sk = rec.shape
+        probs = kernels.attention_probs(
+            rec.q[batch, head], rec.k[batch, head // rec.group_size], rec.lse[batch, head], scale=rec.scale,
+            causal=True, window=kernels.mask_window(rec.mask), q_offset=Sk - Sq, rows=queries, cols=keys,
+            pool=(height, width), reduce=reduce)
+        return probs.cpu().numpy()
+
+    def attention_group(self, layer: int, kv_head: int, batch: int = 0, reduce: str | None = None) -> torch.Tensor:
+        """The query heads that read `kv_head`: stacked ``[G, q, k]``, or summed with reduce="sum"."""
+        rec = self.check_place(layer)
+        if not 0 <= kv_head < rec.k.shape[1]:
+            raise UserError(f"kv head {kv_head} is out of range (0..{rec.k.shape[1] - 1})")
+        heads = range(kv_head * rec.group_size, (kv_head + 1) * rec.group_size)
+        maps = torch.stack([rec.probabilities(h, batch=batch) for h in heads])
+        return maps.sum(0) if reduce == "sum" else maps
+
+    def head_stats(self, batch: int = 0) -> list[list[HeadStats]]:
+        """Per layer, per query head statistics (see `attnscope.inspector.report.head_stats`)."""
+        return head_stats(self.run, self.diffs, self.roles, batch)
+
+    def report(self, batch: int = 0) -> Report:
+        """The JSON-serializable `Report` of one row (row 0 by default)."""
+        prompt = self.prompt[batch] if self.batched else self.prompt
+        return build_report(self.run, prompt, self.continuation_ids_by_row[batch], self.checks, self.diffs,
+                            self.roles, batch)

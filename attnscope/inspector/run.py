@@ -1,0 +1,110 @@
+"""A run is a value: the inputs of one forward pass, the attention function that ran, and its records.
+
+`Inputs` is what went into the model: token ids of one padded batch, which of them are real tokens,
+the padding mask and the rotary positions of padded rows. `Run` is what the checks receive: the
+engine, the backend's name and its attend function (resolved once, by `attnscope.Scope`), the
+inputs, every layer's `LayerRecord` and the logits. A check that needs another forward pass (token
+by token, or with changed tokens) asks the run's engine for it with the run's own attend function:
+no code swaps a backend on a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from attnscope import masks
+from attnscope.backends import AttendFn
+from attnscope.engine import Engine
+from attnscope.inspector.capture import Capture, LayerRecord
+
+
+@dataclass(frozen=True)
+class Inputs:
+    ids: torch.Tensor  # [B, T] token ids; padding is id 0
+    real: torch.Tensor  # [B, T] bool: True for the rows' real tokens, False for padding
+    padding: masks.MaskSpec | None  # combined with every layer's mask; None when nothing is padded
+    positions: torch.Tensor | None  # [B, T] rotary positions of padded rows (each counts from 0); None: 0..T-1
+
+    @classmethod
+    def pad(cls, encoded: Sequence[Sequence[int]], side: str, device) -> Inputs:
+        """One batch of token-id sequences of any lengths, padded on `side` ("left" or "right")."""
+        total = max(len(r) for r in encoded)
+        ids = torch.zeros(len(encoded), total, dtype=torch.long, device=device)  # (B, T)
+        real = torch.zeros(len(encoded), total, dtype=torch.bool, device=device)  # (B, T)
+        for b, row in enumerate(encoded):
+            cols = slice(total - len(row), total) if side == "left" else slice(0, len(row))
+            ids[b, cols] = torch.tensor(list(row), device=device)
+            real[b, cols] = True
+        if bool(real.all()):
+            return cls(ids, real, None, None)
+        positions = (real.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        return cls(ids, real, masks.padding([len(r) for r in encoded], side, total), positions)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, T)."""
+        return tuple(self.ids.shape)
+
+    def last(self) -> torch.Tensor:
+        """[B] index of each row's last real token."""
+        T = self.ids.shape[1]
+        return T - 1 - self.real.flip(-1).long().argmax(-1)
+
+    def step(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Ids and positions ``[B, 1]`` of token `t` alone (incremental decoding)."""
+        return self.ids[:, t:t + 1], None if self.positions is None else self.positions[:, t:t + 1]
+
+
+@dataclass
+class Run:
+    """One forward pass of `inputs` through `model` with `attend`, and what it recorded."""
+
+    model: Engine
+    backend: str  # the name `attend` was resolved from
+    attend: AttendFn
+    inputs: Inputs
+    records: list[LayerRecord]
+    logits: torch.Tensor  # [B, T, vocab] float32
+
+    @classmethod
+    def forward(cls, model: Engine, backend: str, attend: AttendFn, inputs: Inputs, *, cache=None,
+                on_layer=None) -> Run:
+        """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer."""
+        capture = Capture(on_layer=on_layer)
+        logits = model.forward(inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding,
+                               positions=inputs.positions)  # (B, T, vocab)
+        return cls(model, backend, attend, inputs, capture.layers(), logits.float())
+
+    def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
+        """The records of the same forward on other token ids ``[B, T]`` (same padding and positions)."""
+        capture = Capture()
+        B, T = ids.shape
+        self.model.forward(ids, self.attend, cache=self.model.new_cache(B, T), recorder=capture,
+                           mask=self.inputs.padding, positions=self.inputs.positions)
+        return capture.layers()
+
+    def incremental(self) -> tuple[list[LayerRecord], torch.Tensor]:
+        """The same tokens one at a time through the model's KV cache: the records joined over the
+        steps, and the logits ``[B, T, vocab]`` float32."""
+        B, T = self.inputs.shape
+        capture = Capture(append=True)
+        cache = self.model.new_cache(B, T)
+        steps = []
+        for t in range(T):
+            ids, positions = self.inputs.step(t)
+            steps.append(self.model.forward(ids, self.attend, cache=cache, recorder=capture,
+                                            mask=self.inputs.padding, positions=positions))
+        return capture.layers(), torch.cat(steps, dim=1).float()
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each token's text (token ids as strings when the model has no tokenizer)."""
+        tok = self.model.tokenizer
+        return tok.token_texts(list(ids)) if tok else [str(i) for i in ids]
+
+    @property
+    def exact(self) -> bool:
+        """Whether reruns must agree bit for bit: the eager reference in float32 is deterministic."""
+        return self.backend == "eager" and self.model.dtype == torch.float32
