@@ -179,22 +179,28 @@ def run(
     with user_errors():
         from rich.text import Text
 
-        from attnscope.render.heatmap import TopKeys, head_heatmap
-        from attnscope.render.tables import run_report
+        from attnscope.inspector.report import pick_head
+        from attnscope.render.heatmap import TopKeys, head_heatmap, small_multiples
+        from attnscope.render.tables import number_text, run_report
         from attnscope.scope import Scope
 
         loaded = _load(model, dtype, device, allow_pickle)
         result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
                                                     atol=atol, rtol=rtol, roles=True)
         report = result.report()
-        layer, head, why = _pick_head(result, report, layer, head)
+        layer, head, why = pick_head(report, layer, head)
         if query is not None and not 0 <= query < len(result.ids):
             raise fail(f"--query {query} is out of range (the prompt has {len(result.ids)} tokens: "
                        f"0..{len(result.ids) - 1})")
         rec = result.records[layer]
         parts = [run_report(report), Text()]
         if heads == "all":
-            parts.append(_small_multiples(result, report, layer, console.width, scale == "log"))
+            stats = report.layers[layer].heads
+            parts.append(small_multiples(result, layer, range(result.n_heads), width=console.width, cell_width=28,
+                                         max_lines=8, log=scale == "log",
+                                         title=f"layer {layer} · every head · {report.layers[layer].mask}",
+                                         label=lambda h: f"h{h}·kv{stats[h].kv_head} H="
+                                                         + number_text(stats[h].entropy, ".2f")))
         else:
             title = f"layer {layer} · head {head} (kv {head // rec.group_size}) · {rec.mask!r}{why}"
             parts.append(head_heatmap(result, layer, head, width=console.width, log=scale == "log", title=title))
@@ -208,61 +214,16 @@ def run(
     raise typer.Exit(EXIT_OK if report.passed else EXIT_FAILED)
 
 
-def _small_multiples(result, report, layer: int, width: int, log: bool):
-    """Every head of a layer as a small heatmap, in a grid that fills the width."""
-    from rich.table import Table
-
-    from attnscope.render.heatmap import head_heatmap
-
-    per_row = max(1, width // 30)
-    grid = Table.grid(padding=(0, 2))
-    for _ in range(per_row):
-        grid.add_column()
-    cells = []
-    for h, stats in enumerate(report.layers[layer].heads):
-        entropy = f"{stats.entropy:.2f}" if isinstance(stats.entropy, float) else stats.entropy
-        cells.append(head_heatmap(result, layer, h, width=28, max_lines=8, log=log, compact=True,
-                                  title=f"h{h}·kv{stats.kv_head} H={entropy}"))
-    for i in range(0, len(cells), per_row):
-        grid.add_row(*cells[i:i + per_row])
-    from rich.console import Group
-    from rich.text import Text
-
-    return Group(Text(f"layer {layer} · every head · {report.layers[layer].mask}", style="bold"), grid)
-
-
-def _pick_head(result, report, layer: int | None, head: int | None):
-    """The (layer, head) to draw: as asked, or the most structured head (lowest mean entropy)."""
-    from attnscope.errors import UserError
-
-    n_layers, n_heads = result.n_layers, result.n_heads
-    if layer is not None and not 0 <= layer < n_layers:
-        raise UserError(f"--layer {layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
-    if head is not None and not 0 <= head < n_heads:
-        raise UserError(f"--head {head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
-    if layer is not None and head is not None:
-        return layer, head, ""
-    candidates = [(h.entropy, lr.index, h.head) for lr in report.layers for h in lr.heads
-                  if (layer is None or lr.index == layer) and (head is None or h.head == head)
-                  and isinstance(h.entropy, float)]
-    if not candidates:
-        return layer or 0, head or 0, ""
-    _, best_layer, best_head = min(candidates)
-    return best_layer, best_head, " · lowest mean entropy"
-
-
 def _parse_checks(text: str) -> tuple[str, ...]:
-    from attnscope.inspector.checks import CHECK_NAMES
+    from attnscope.errors import UserError
+    from attnscope.inspector.checks import parse_checks
 
-    if text.strip() == "all":
-        return CHECK_NAMES
-    if text.strip() == "none":
-        return ()
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in CHECK_NAMES]
-    if unknown or not names:
-        raise fail(f"unknown check {unknown[0] if unknown else text!r} (choose from: {', '.join(CHECK_NAMES)}, "
-                   "all, none)")
+    try:
+        names = parse_checks(text)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if not names and text.strip() != "none":
+        raise fail(f"unknown check {text!r} (give names, 'all' or 'none')")
     return names
 
 
@@ -392,32 +353,16 @@ def mask(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the grid.")] = False,
 ) -> None:
     """Show the mask that a combination of mask parts gives (causal unless --prefix)."""
-    import json
-
     k_len = q_len if k_len is None else k_len
     if q_len < 0 or k_len < 0:
         raise fail(f"sizes must be non-negative, got --q-len {q_len} --k-len {k_len}")
     if q_len > k_len:
         raise fail(f"--q-len {q_len} > --k-len {k_len}: queries are the last q-len of the k-len positions")
-    if window is not None and window < 1:
-        raise fail(f"--window must be >= 1, got {window}")
-    if side not in ("left", "right"):
-        raise fail(f"--side must be left or right, got {side!r}")
-    if not 0 <= pad <= k_len:
-        raise fail(f"--padding {pad} must be within 0..{k_len} (the sequence has {k_len} positions)")
-    if chunk is not None and chunk < 1:
-        raise fail(f"--chunk must be >= 1, got {chunk}")
-    if prefix is not None and not 0 <= prefix <= k_len:
-        raise fail(f"--prefix {prefix} must be within 0..{k_len}")
-    doc_ids = None
-    if documents is not None:
-        try:
-            doc_ids = [int(x) for x in documents.split(",")]
-        except ValueError:
-            raise fail(f"--documents must be comma-separated integers, got {documents!r}") from None
-        if len(doc_ids) != k_len:
-            raise fail(f"--documents has {len(doc_ids)} ids for {k_len} positions (--k-len)")
-    block_size = None
+    doc_ids = block_size = None
+    try:
+        doc_ids = None if documents is None else [int(x) for x in documents.split(",")]
+    except ValueError:
+        raise fail(f"--documents must be comma-separated integers, got {documents!r}") from None
     if block is not None:
         try:
             block_size = tuple(int(x) for x in block.lower().split("x"))
@@ -426,42 +371,20 @@ def mask(
             raise fail(f"--block must look like 4x4 (positive sizes), got {block!r}") from None
 
     from attnscope import masks
-    from attnscope.render.maskgrid import MaskGrid, TileMap
 
-    spec = masks.prefix_lm(prefix) if prefix is not None else masks.causal()
-    if window is not None:
-        spec = spec & masks.sliding_window(window)
-    if pad:
-        spec = spec & masks.padding([k_len - pad], side, total=k_len)
-    if doc_ids is not None:
-        spec = spec & masks.document(doc_ids)
-    if chunk is not None:
-        spec = spec & masks.chunked(chunk)
-    allowed = spec.dense(q_len, k_len)[0, 0]  # (Sq, Sk)
-    empty_rows = (~allowed.any(-1)).nonzero().flatten()
-    tiles = spec.blocks(q_len, k_len, *block_size) if block_size else None
+    try:
+        spec = masks.from_parts(k_len, window=window, padding_count=pad, side=side, prefix=prefix,
+                                documents=doc_ids, chunk=chunk)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     if as_json:
-        summary = {"spec": repr(spec), "q_len": q_len, "k_len": k_len, "past": k_len - q_len,
-                   "allowed": int(allowed.sum()), "masked": int((~allowed).sum()),
-                   "density": float(allowed.float().mean()) if allowed.numel() else 0.0,
-                   "fully_masked_rows": [int(i) + k_len - q_len for i in empty_rows]}
-        if tiles is not None:
-            states = tiles.states[0, 0]
-            summary["blocks"] = {"block_m": block_size[0], "block_n": block_size[1],
-                                 "shape": list(states.shape), "full": int((states == masks.FULL).sum()),
-                                 "partial": int((states == masks.PARTIAL).sum()),
-                                 "empty": int((states == masks.EMPTY).sum()), "sparsity": tiles.sparsity}
-        typer.echo(json.dumps(summary, indent=2))
+        import json
+
+        typer.echo(json.dumps(masks.summary(spec, q_len, k_len, block_size), indent=2))
         return
-    console = _console()
-    past = k_len - q_len
-    console.print(MaskGrid(allowed.numpy(), q_offset=past, title=f"{spec!r} · q {q_len} × k {k_len}"
-                           + (f" · past {past} (rows are absolute positions)" if past else "")))
-    if len(empty_rows):
-        console.print(f"{len(empty_rows)} row(s) with no allowed key: positions "
-                      + ", ".join(str(int(i) + past) for i in empty_rows[:20]), style="red")
-    if tiles is not None:
-        console.print(TileMap(tiles.states[0, 0].numpy(), *block_size, tiles.sparsity))
+    from attnscope.render.maskgrid import mask_view
+
+    _console().print(mask_view(spec, q_len, k_len, block=block_size))
 
 
 @app.command()

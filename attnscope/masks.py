@@ -432,3 +432,56 @@ def chunked(size: int) -> MaskSpec:
 def custom(tensor: torch.Tensor, name: str = "custom") -> MaskSpec:
     """An explicit boolean mask ``[Nq, Nk]`` or ``[B, H, Nq, Nk]`` (True = may attend)."""
     return Custom(tensor, name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a mask from named parts (what `attnscope mask` draws), and its summary
+
+
+def from_parts(k_len: int, *, window: int | None = None, padding_count: int = 0, side: str = "right",
+               prefix: int | None = None, documents: list[int] | None = None,
+               chunk: int | None = None) -> MaskSpec:
+    """The spec of a sequence of `k_len` positions: causal (or prefix-LM over the first `prefix`),
+    & a sliding `window`, & `padding_count` padding positions on `side`, & `documents` (one id per
+    position), & chunks of `chunk` positions. Raises ValueError naming a part that does not fit."""
+    if window is not None and window < 1:
+        raise ValueError(f"--window must be >= 1, got {window}")
+    if side not in ("left", "right"):
+        raise ValueError(f"--side must be left or right, got {side!r}")
+    if not 0 <= padding_count <= k_len:
+        raise ValueError(f"--padding {padding_count} must be within 0..{k_len} (the sequence has {k_len} positions)")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"--chunk must be >= 1, got {chunk}")
+    if prefix is not None and not 0 <= prefix <= k_len:
+        raise ValueError(f"--prefix {prefix} must be within 0..{k_len}")
+    if documents is not None and len(documents) != k_len:
+        raise ValueError(f"--documents has {len(documents)} ids for {k_len} positions (--k-len)")
+    spec = prefix_lm(prefix) if prefix is not None else causal()
+    if window is not None:
+        spec = spec & sliding_window(window)
+    if padding_count:
+        spec = spec & padding([k_len - padding_count], side, total=k_len)
+    if documents is not None:
+        spec = spec & document(documents)
+    if chunk is not None:
+        spec = spec & chunked(chunk)
+    return spec
+
+
+def summary(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | None = None) -> dict:
+    """What a script wants to know of a mask: its spec, shape, allowed and masked counts, density,
+    the absolute positions of rows with no allowed key and, with `block`, the tile counts."""
+    allowed = spec.dense(q_len, k_len)[0, 0]  # (Sq, Sk)
+    past = k_len - q_len
+    empty = spec.fully_masked_rows(q_len, k_len)[0, 0].nonzero().flatten()
+    out = {"spec": repr(spec), "q_len": q_len, "k_len": k_len, "past": past,
+           "allowed": int(allowed.sum()), "masked": int((~allowed).sum()),
+           "density": float(allowed.float().mean()) if allowed.numel() else 0.0,
+           "fully_masked_rows": [int(i) + past for i in empty]}
+    if block is not None:
+        tiles = spec.blocks(q_len, k_len, *block)
+        states = tiles.states[0, 0]
+        out["blocks"] = {"block_m": block[0], "block_n": block[1], "shape": list(states.shape),
+                         "full": int((states == FULL).sum()), "partial": int((states == PARTIAL).sum()),
+                         "empty": int((states == EMPTY).sum()), "sparsity": tiles.sparsity}
+    return out

@@ -4,11 +4,27 @@ importing triton."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Layers, lowest first: a module imports only from its own layer or below (at module level and in
+# functions alike); the package faces (`attnscope/__init__.py`, `attnscope.kernels`' lazy entry)
+# are the exceptions. The front ends (render, tui, cli) sit on top of the headless core.
+LAYERS = [
+    ("attnscope.errors", "attnscope.pooling", "attnscope.masks"),
+    ("attnscope.backends", "attnscope.kernels"),
+    ("attnscope.engine", "attnscope.model"),
+    ("attnscope.inspector",),
+    ("attnscope.scope", "attnscope.testing", "attnscope.junit"),
+    ("attnscope.render",),
+    ("attnscope.tui", "attnscope.cli", "attnscope.__main__"),
+]
 
 
 def run_python(code: str) -> dict:
@@ -45,6 +61,9 @@ CORE_MODULES = [
     "attnscope.inspector",
     "attnscope.inspector.capture",
     "attnscope.inspector.report",
+    "attnscope.inspector.run",
+    "attnscope.inspector.result",
+    "attnscope.engine",
     "attnscope.scope",
 ]
 
@@ -75,3 +94,77 @@ def test_core_works_without_ui_libraries(tmp_path):
                                       if sys.modules.get(m) is not None]}}))
     """)
     assert out == {"rows": 10, "layers": 2, "loaded": []}
+
+
+def _module_files() -> dict[str, Path]:
+    files = {}
+    for root, package in ((ROOT / "attnscope", "attnscope"), (ROOT / "kernels", "attnscope.kernels")):
+        for f in root.rglob("*.py"):
+            parts = [package, *f.relative_to(root).with_suffix("").parts]
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            files[name] = f
+    return files
+
+
+def _imports(name: str, file: Path, known: set[str]) -> list[tuple[str, bool]]:
+    """(imported attnscope module, at module level?) of one file; a TYPE_CHECKING import counts as one
+    at module level (the modules still depend on each other)."""
+    tree = ast.parse(file.read_text())
+    package = name if file.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+
+    def visit(node, top: bool):
+        for child in ast.iter_child_nodes(node):
+            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            targets = []
+            if isinstance(child, ast.Import):
+                targets = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parent = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*parent, base]).rstrip(".")
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
+                           for a in child.names]
+            for t in targets:
+                while t and t not in known:
+                    t = t.rpartition(".")[0]
+                if t.startswith("attnscope") and t != name:
+                    found.append((t, top))
+            visit(child, inner)
+
+    visit(tree, True)
+    return found
+
+
+def _layer(module: str) -> int:
+    for i, layer in enumerate(LAYERS):
+        if any(module == m or module.startswith(m + ".") for m in layer):
+            return i
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def test_import_graph_has_no_cycle_and_no_upward_import():
+    files = _module_files()
+    known = set(files)
+    graph = {name: _imports(name, f, known) for name, f in files.items()}
+    faces = {"attnscope", "attnscope.kernels"}  # package faces import lazily what they offer
+    upward = [(m, t) for m, deps in graph.items() if m not in faces for t, _ in deps
+              if t not in faces and _layer(t) > _layer(m)]
+    assert not upward, f"imports from a lower layer to a higher one: {upward}"
+    # cycles among module-level imports (a package imports its own __init__ first: not an edge)
+    edges = {m: {t for t, top in deps if top and not m.startswith(t + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def walk(m, path):
+        state[m] = 1
+        for t in edges.get(m, ()):
+            if state.get(t) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join([*path, m, t])}")
+            if t not in state:
+                walk(t, [*path, m])
+        state[m] = 2
+
+    for m in edges:
+        if m not in state:
+            walk(m, [])

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attnscope import masks
+from attnscope.errors import UserError
 from attnscope.inspector.run import Run
 
 SCHEMA = "attnscope.report/1"
@@ -158,6 +159,26 @@ def build_report(run: Run, prompt, continuation: list[int], checks: list[Check],
         checks=list(checks),
         mask_cache=masks.cache_stats(),
     )
+
+
+def pick_head(report: Report, layer: int | None = None, head: int | None = None) -> tuple[int, int, str]:
+    """The (layer, head) to draw and why: as asked, or the most structured head (the lowest mean
+    entropy among heads with finite statistics), within `layer` or `head` when one is given. A
+    UserError when the layer or head is out of range."""
+    n_layers, n_heads = len(report.layers), len(report.layers[0].heads) if report.layers else 0
+    if layer is not None and not 0 <= layer < n_layers:
+        raise UserError(f"--layer {layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
+    if head is not None and not 0 <= head < n_heads:
+        raise UserError(f"--head {head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
+    if layer is not None and head is not None:
+        return layer, head, ""
+    candidates = [(h.entropy, lr.index, h.head) for lr in report.layers for h in lr.heads
+                  if (layer is None or lr.index == layer) and (head is None or h.head == head)
+                  and isinstance(h.entropy, float) and not h.nonfinite]
+    if not candidates:
+        return layer or 0, head or 0, ""
+    _, best_layer, best_head = min(candidates)
+    return best_layer, best_head, " · lowest mean entropy"
 
 
 def json_number(x: float) -> float | str:

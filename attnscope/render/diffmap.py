@@ -5,7 +5,7 @@ per query position for one head."""
 from __future__ import annotations
 
 import numpy as np
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.style import Style
 from rich.text import Text
 
@@ -85,3 +85,24 @@ class PositionDiff:
                 line.append("✗" if over else shade(scale(x)))
         yield line
         yield Text("      " + axis(edges, pooled.shape[1]), style="dim")
+
+
+def diff_panel(result, layer: int, head: int) -> Group | Text:
+    """What the comparing checks found, for the TUI's Diff tab: per check, the layer × head map of
+    the largest differences and the selected head's differences per position."""
+    parts = []
+    for name, title in (("full_vs_incremental", "full vs incremental (KV cache)"),
+                        ("backend_vs_reference", f"{result.backend} vs eager float32")):
+        diffs = result.diffs.get(name)
+        if not diffs:
+            continue
+        values = np.stack([d.max_abs.cpu().numpy() for d in diffs])
+        over = np.stack([d.bad_rows[0].any(-1).cpu().numpy() for d in diffs])
+        tol = next(c for c in result.checks if c.name == name).figures["tolerance"]
+        parts += [DiffMap(values, over, title=f"{title} · max |Δ| per layer × head · tolerance atol "
+                          f"{tol['atol']:.0e} rtol {tol['rtol']:.0e}"), Text()]
+        row = diffs[layer].row_max
+        if row is not None:
+            parts += [PositionDiff(row[0, head].cpu().numpy(), tol["atol"],
+                                   title=f"{title} · L{layer} h{head} per position"), Text()]
+    return Group(*parts) if parts else Text("no diffs")

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from rich.color import Color
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.segment import Segment
 from rich.style import Style
+from rich.table import Table
 from rich.text import Text
 
 from attnscope.pooling import pool2d
@@ -255,22 +257,78 @@ class TopKeys:
             yield line
 
 
+@dataclass
+class HeadMap:
+    """The cells shown for one head: exact probabilities, or a pooled map of the whole matrix."""
+
+    weights: np.ndarray  # [rows, cols] shown cells
+    allowed: np.ndarray  # [rows, cols] bool (pooled: any key of the cell's region allowed)
+    row_edges: np.ndarray  # query-row index (of Sq) where each shown row starts; len rows + 1
+    col_edges: np.ndarray  # key index where each shown column starts; len cols + 1
+    exact: bool
+
+
+def head_map(result, layer: int, head: int, exact_cells: tuple[int, int], pooled_cells: tuple[int, int],
+             batch: int = 0, origin: tuple[int, int] | None = None) -> HeadMap:
+    """Exact cells when the matrix fits `exact_cells` (rows, cols), else the max-pooled map of
+    `pooled_cells`, computed by the inspector band by band (the full matrix is never built). With
+    `origin` (first query row, first key), the exact window of `exact_cells` there (a zoom)."""
+    rec = result.check_place(layer, head)
+    Sq, Sk = rec.shape
+    (rows, cols), (pooled_rows, pooled_cols) = exact_cells, pooled_cells
+    allowed = rec.allowed(head, batch).cpu().numpy()
+    if origin is not None:
+        q0, k0 = origin
+        q1, k1 = min(Sq, q0 + rows), min(Sk, k0 + cols)
+        w = result.attention(layer, head, queries=slice(q0, q1), keys=slice(k0, k1), batch=batch).cpu().numpy()
+        return HeadMap(w, allowed[q0:q1, k0:k1], np.arange(q0, q1 + 1), np.arange(k0, k1 + 1), True)
+    if Sq <= rows and Sk <= cols:
+        w = result.attention(layer, head, batch=batch).cpu().numpy()
+        return HeadMap(w, allowed, np.arange(Sq + 1), np.arange(Sk + 1), True)
+    w = result.attention_pooled(layer, head, pooled_rows, pooled_cols, "max", batch=batch)
+    a, re, ce = pool2d(allowed, pooled_rows, pooled_cols, "any")
+    return HeadMap(w, a, re, ce, False)
+
+
+def map_heatmap(result, layer: int, head: int, view: HeadMap, *, title: str = "", log: bool = False,
+                compact: bool = False, max_lines: int = 32, cursor: tuple[int, int] | None = None,
+                batch: int = 0) -> Heatmap:
+    """The `Heatmap` of a `HeadMap`: token labels on exact cells, positions on pooled ones."""
+    Sq, Sk = result.records[layer].shape
+    past = Sk - Sq
+    labels = result.token_texts(result.batch_ids[batch]) if batch else result.tokens
+    q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
+    k_labels = [labels[int(c)] for c in view.col_edges[:-1]] if view.exact else ()
+    pooled = not view.exact
+    return Heatmap(view.weights, view.allowed, q_labels, k_labels, past + int(view.row_edges[0]), title, log,
+                   source_shape=(Sq, Sk) if pooled else None, row_edges=view.row_edges if pooled else None,
+                   col_edges=view.col_edges if pooled else None, reduce="max", max_lines=max_lines,
+                   compact=compact, cursor=cursor)
+
+
 def head_heatmap(result, layer: int, head: int, *, width: int = 120, max_lines: int = 32, log: bool = False,
                  title: str = "", compact: bool = False, batch: int = 0) -> Heatmap:
     """The heatmap of one head of a `Result`: exact when it fits `width` × 2·`max_lines` cells, else
     max-pooled by the inspector tile by tile (the full matrix is never built)."""
-    rec = result.check_place(layer, head)
-    Sq, Sk = rec.shape
-    labels = result.token_texts(result.batch_ids[batch])
-    q_offset = Sk - Sq
-    rows, cols = 2 * max_lines, max(8, width - Heatmap.label_width(True, compact))
-    allowed = rec.allowed(head, batch).cpu().numpy()
-    if Sq <= rows and Sk <= cols:
-        weights = result.attention(layer, head, batch=batch).cpu().numpy()
-        return Heatmap(weights, allowed, labels[q_offset:], labels, q_offset, title, log, compact=compact,
-                       max_lines=max_lines)
-    cols = max(8, width - Heatmap.label_width(True, compact, tokens=False))  # no token labels: wider cells
-    weights = result.attention_pooled(layer, head, rows, cols, "max", batch=batch)
-    pooled_allowed, re, ce = pool2d(allowed, rows, cols, "any")
-    return Heatmap(weights, pooled_allowed, (), (), q_offset, title, log, source_shape=(Sq, Sk), row_edges=re,
-                   col_edges=ce, reduce="max", max_lines=max_lines, compact=compact)
+    rows = 2 * max_lines
+    exact = (rows, max(8, width - Heatmap.label_width(True, compact)))
+    pooled = (rows, max(8, width - Heatmap.label_width(True, compact, tokens=False)))  # no labels: wider cells
+    view = head_map(result, layer, head, exact, pooled, batch)
+    return map_heatmap(result, layer, head, view, title=title, log=log, compact=compact, max_lines=max_lines,
+                       batch=batch)
+
+
+def small_multiples(result, layer: int, heads, *, width: int, cell_width: int, max_lines: int, log: bool = False,
+                    title: str = "", label=None) -> Group:
+    """Several heads of one layer as small heatmaps in a grid that fills `width` (``run --heads all``,
+    the TUI's GQA group); `label(head)` titles each."""
+    per_row = max(1, width // (cell_width + 2))
+    grid = Table.grid(padding=(0, 2))
+    heads = list(heads)
+    for _ in range(min(per_row, len(heads))):
+        grid.add_column()
+    cells = [head_heatmap(result, layer, h, width=cell_width, max_lines=max_lines, log=log, compact=True,
+                          title=label(h) if label else f"h{h}") for h in heads]
+    for i in range(0, len(cells), per_row):
+        grid.add_row(*cells[i:i + per_row])
+    return Group(Text(title, style="bold"), grid)

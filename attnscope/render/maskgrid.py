@@ -7,7 +7,7 @@ whether its region is fully allowed, partly allowed or fully masked), as torch's
 from __future__ import annotations
 
 import numpy as np
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.text import Text
 
 from attnscope.pooling import pool2d
@@ -84,3 +84,31 @@ class TileMap:
                 glyph = ALLOWED if full[i, j] == 1 else MASKED if empty[i, j] == 1 else PARTLY
                 line.append(glyph * 2, style=STYLES[glyph])
             yield line
+
+
+def mask_view(spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0,
+              title: str | None = None) -> Group:
+    """A mask as drawn by ``attnscope mask`` and the TUI's Mask tab: the grid (rows labelled with
+    absolute positions when there is a past), the rows that have no key, and the tile map."""
+    past = k_len - q_len
+    allowed = spec.dense(q_len, k_len)
+    allowed = allowed[0, min(head, allowed.shape[1] - 1)]  # (Sq, Sk)
+    empty = (~allowed.any(-1)).nonzero().flatten().tolist()
+    if title is None:
+        title = f"{spec!r} · q {q_len} × k {k_len}" + (f" · past {past} (rows are absolute positions)" if past else "")
+    parts = [MaskGrid(allowed.cpu().numpy(), q_offset=past, title=title)]
+    if empty:
+        parts.append(Text(f"{len(empty)} row(s) with no allowed key: positions "
+                          + ", ".join(str(i + past) for i in empty[:20]), style="red"))
+    if block is not None:
+        tiles = spec.blocks(q_len, k_len, *block)
+        states = tiles.states[0, min(head, tiles.states.shape[1] - 1)]
+        parts.append(TileMap(states.cpu().numpy(), *block, tiles.sparsity))
+    return Group(*parts)
+
+
+def layer_mask_panel(record, layer: int, head: int) -> Group:
+    """The TUI's Mask tab: a layer's mask spec, its grid for one head and the 16×16 tile map."""
+    Sq, Sk = record.shape
+    return Group(Text(f"layer {layer} · mask spec: {record.mask!r}", style="bold"), Text(),
+                 mask_view(record.mask, Sq, Sk, block=(16, 16), head=head, title=f"head {head}"))

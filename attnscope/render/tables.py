@@ -130,7 +130,7 @@ def checks_table(rows: list[tuple[str, Check]], title: str = "checks") -> Table:
     return table
 
 
-def _num(value, fmt: str) -> str:
+def number_text(value, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, float) else str(value)
 
 
@@ -154,13 +154,14 @@ def layer_table(report: Report) -> Table:
             if not values:
                 return Text("–", style="dim")
             worst = max(values, key=lambda v: float("inf") if isinstance(v, str) else v)
-            return Text(_num(worst, ".1e"), style="bold red" if check in flagged else "")
+            return Text(number_text(worst, ".1e"), style="bold red" if check in flagged else "")
 
         nan = sum(h.nonfinite for h in heads)
         table.add_row(
             str(layer.index), layer.mask,
             f"{min(ent):.2f}–{max(ent):.2f}" if ent else "nan",
-            _num(max((h.first_token_mass for h in heads), key=lambda v: v if isinstance(v, float) else 0), ".2f"),
+            number_text(max((h.first_token_mass for h in heads), key=lambda v: v if isinstance(v, float) else 0),
+                        ".2f"),
             f"{sum(h.max_weight for h in heads if isinstance(h.max_weight, float)) / len(heads):.2f}",
             Text(str(nan), style="bold red" if nan else ""),
             delta("full_vs_incremental", "full_vs_incremental"),

@@ -11,13 +11,11 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from rich.console import Group
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widget import Widget
+from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
@@ -25,23 +23,9 @@ from attnscope.tui.heatmap_view import HeatmapView
 from attnscope.tui.help import HelpScreen
 from attnscope.tui.messages import CheckFinished, CursorMoved, LayerArrived, RunFailed, RunFinished
 from attnscope.tui.navigator import Navigator
+from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, TokensPane
 
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
-
-
-class Details(Widget):
-    """The cell details under the heatmap: fixed height, so an update redraws it without a layout pass."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.info = ""
-
-    def show(self, info: str) -> None:
-        self.info = info
-        self.refresh()
-
-    def render(self) -> Text:
-        return Text(self.info)
 
 
 class Cancelled(Exception):
@@ -93,15 +77,13 @@ class AttnScopeApp(App):
                         yield HeatmapView(id="heatmap-view")
                         yield Details(id="details")
                     with TabPane("Mask", id="mask"):
-                        with VerticalScroll(classes="pane-scroll"):
-                            yield Static("", id="mask-view")
+                        yield MaskPane(id="mask-view", classes="pane-scroll")
                     with TabPane("Checks", id="checks"):
-                        yield DataTable(id="checks-table", cursor_type="row", zebra_stripes=True)
+                        yield ChecksPane(id="checks-table", cursor_type="row", zebra_stripes=True)
                     with TabPane("Diff", id="diff"):
-                        with VerticalScroll(classes="pane-scroll"):
-                            yield Static("", id="diff-view")
+                        yield DiffPane(id="diff-view", classes="pane-scroll")
                     with TabPane("Tokens", id="tokens"):
-                        yield DataTable(id="tokens-table", cursor_type="row", zebra_stripes=True)
+                        yield TokensPane(id="tokens-table", cursor_type="row", zebra_stripes=True)
                 with Horizontal(id="status-row"):
                     yield Static("", id="status")
                     yield ProgressBar(id="progress", show_eta=False)
@@ -109,8 +91,6 @@ class AttnScopeApp(App):
 
     def on_mount(self) -> None:
         self.sub_title = f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}"
-        self.query_one("#checks-table", DataTable).add_columns("", "check", "worst", "where", "finding")
-        self.query_one("#tokens-table", DataTable).add_columns("pos", "id", "token", "")
         self.watch(self.query_one(Navigator), "selected", self.head_selected, init=False)
         if self.initial_prompt:
             self.start_run(self.initial_prompt)
@@ -130,7 +110,7 @@ class AttnScopeApp(App):
         self.checks_seen = []
         self.query_one("#error", Static).remove_class("shown")
         self.query_one(Navigator).reset(self.model_name)
-        self.query_one("#checks-table", DataTable).clear()
+        self.query_one(ChecksPane).clear()
         self.query_one("#progress", ProgressBar).update(total=None, progress=0)
         self.set_status("loading the model …" if self.loaded is None else "running …")
         self.run_model(prompt, self.run_id)
@@ -182,10 +162,9 @@ class AttnScopeApp(App):
     def on_layer_arrived(self, message: LayerArrived) -> None:
         if message.run_id != self.run_id:
             return
-        config = self.loaded.config
-        nav = self.query_one(Navigator)
+        layout = self.loaded.layout
         mask = self.loaded.layer_masks()[message.layer]
-        nav.add_layer(message.layer, config.num_attention_heads, config.num_key_value_heads, repr(mask))
+        self.query_one(Navigator).add_layer(message.layer, layout.n_heads, layout.n_kv_heads, repr(mask))
         progress = self.query_one("#progress", ProgressBar)
         progress.update(total=message.n_layers + 5, progress=message.layer + 1)
         self.set_status(f"forward: layer {message.layer + 1}/{message.n_layers} captured")
@@ -197,7 +176,7 @@ class AttnScopeApp(App):
         self.query_one("#progress", ProgressBar).advance(1)
         mark = "✓" if message.check.passed else "✗"
         self.set_status(f"checks {len(self.checks_seen)}/5: {message.check.name} {mark}")
-        self._add_check_row(message.check)
+        self.query_one(ChecksPane).add_check(message.check)
 
     def on_run_finished(self, message: RunFinished) -> None:
         if message.run_id != self.run_id:
@@ -214,13 +193,15 @@ class AttnScopeApp(App):
         layer, head = min(layer, result.n_layers - 1), min(head, result.n_heads - 1)
         view.show(result, layer, head)
         nav.select_head(layer, head)
+        self.query_one(ChecksPane).show(result.checks)
+        for pane in (self.query_one(MaskPane), self.query_one(DiffPane), self.query_one(TokensPane)):
+            pane.result = result
+        self._select_panes(layer, head)
         self.prewarm_views(result)
         # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the
         # garbage collector's full passes off those ~400k objects, or browsing pauses for ~250 ms
         # every twenty-odd head switches while it walks them.
         gc.freeze()
-        self._fill_tokens()
-        self._refresh_panes()
         failed = [c.name for c in result.checks if not c.passed]
         progress = self.query_one("#progress", ProgressBar)
         progress.update(total=progress.total or 1, progress=progress.total or 1)
@@ -240,66 +221,9 @@ class AttnScopeApp(App):
     def set_status(self, text: str) -> None:
         self.query_one("#status", Static).update(Text.from_markup(text))
 
-    def _add_check_row(self, check) -> None:
-        from attnscope.render.tables import where_text, worst_figure
-
-        mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
-        self.query_one("#checks-table", DataTable).add_row(
-            mark, check.name, worst_figure(check), where_text(check),
-            Text(check.message, style="" if check.passed else "red"),
-            key=check.name)
-
-    def _fill_tokens(self) -> None:
-        table = self.query_one("#tokens-table", DataTable)
-        table.clear()
-        result = self.result
-        for pos, (tid, text) in enumerate(zip(result.ids, result.tokens, strict=True)):
-            table.add_row(str(pos), str(tid), repr(text), "", key=f"q{pos}")
-        cont = result.continuation_ids
-        for i, (tid, text) in enumerate(zip(cont, result.token_texts(cont), strict=True)):
-            table.add_row(str(len(result.ids) + i), str(tid), repr(text), Text("continuation (n adds it)",
-                                                                               style="dim"), key=f"c{i}")
-
-    def _refresh_panes(self) -> None:
-        """Mask and Diff panes for the selected layer and head."""
-        if self.result is None:
-            return
-        from attnscope.render.diffmap import DiffMap, PositionDiff
-        from attnscope.render.maskgrid import MaskGrid, TileMap
-
-        view = self.query_one(HeatmapView)
-        rec = self.result.records[view.layer_idx]
-        Sq, Sk = rec.shape
-        allowed = rec.allowed(view.head_idx)
-        tiles = rec.mask.blocks(Sq, Sk, 16, 16)
-        b_states = tiles.states[0, min(view.head_idx, tiles.states.shape[1] - 1)]
-        empty = (~allowed.any(-1)).nonzero().flatten().tolist()
-        parts = [Text(f"layer {view.layer_idx} · mask spec: {rec.mask!r}", style="bold"),
-                 Text(f"rows with no allowed key: {empty[:20] or 'none'}"), Text(),
-                 MaskGrid(allowed.cpu().numpy(), q_offset=Sk - Sq, title=f"head {view.head_idx}"), Text(),
-                 TileMap(b_states.cpu().numpy(), 16, 16, tiles.sparsity)]
-        self.query_one("#mask-view", Static).update(Group(*parts))
-
-        import numpy as np
-
-        diff_parts = []
-        for name, title in (("full_vs_incremental", "full vs incremental (KV cache)"),
-                            ("backend_vs_reference", f"{self.backend} vs eager float32")):
-            diffs = self.result.diffs.get(name)
-            if not diffs:
-                continue
-            values = np.stack([d.max_abs.cpu().numpy() for d in diffs])
-            over = np.stack([d.bad_rows[0].any(-1).cpu().numpy() for d in diffs])
-            check = next(c for c in self.result.checks if c.name == name)
-            tol = check.figures["tolerance"]
-            diff_parts += [DiffMap(values, over, title=f"{title} · max |Δ| per layer × head · tolerance atol "
-                                   f"{tol['atol']:.0e} rtol {tol['rtol']:.0e}"), Text()]
-            row = diffs[view.layer_idx].row_max
-            if row is not None:
-                diff_parts += [PositionDiff(row[0, view.head_idx].cpu().numpy(), tol["atol"],
-                                            title=f"{title} · L{view.layer_idx} h{view.head_idx} per position"),
-                               Text()]
-        self.query_one("#diff-view", Static).update(Group(*diff_parts) if diff_parts else Text("no diffs"))
+    def _select_panes(self, layer: int, head: int) -> None:
+        for pane in (self.query_one(MaskPane), self.query_one(DiffPane)):
+            pane.selection = (layer, head)
 
     # ---- events ------------------------------------------------------------------------------
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -318,15 +242,10 @@ class AttnScopeApp(App):
         view = self.query_one(HeatmapView)
         if (view.layer_idx, view.head_idx) != (layer, head) or view.result is not self.result:
             view.show(self.result, layer, head)
-        if self.query_one(TabbedContent).active in ("mask", "diff"):
-            self._refresh_panes()
-
-    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id in ("mask", "diff"):
-            self._refresh_panes()  # drawn when shown, for the selected layer and head
+        self._select_panes(layer, head)
 
     def on_cursor_moved(self, message: CursorMoved) -> None:
-        self.query_one(Details).show(message.info)
+        self.query_one(Details).info = message.info
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if self.result is None:
@@ -345,7 +264,6 @@ class AttnScopeApp(App):
             self.action_tab("heatmap")
             if where.get("position") is not None:
                 view.focus_position(where["position"])
-            self._refresh_panes()
         elif event.data_table.id == "tokens-table" and key.startswith("q"):
             self.action_tab("heatmap")
             view.focus_position(int(key[1:]))
