@@ -78,9 +78,8 @@ async def test_navigate_heads_and_move_the_cell_cursor(model_dir):
         # the view changes inside the cursor move (no message round trip), so it is drawn in that frame
         nav.action_cursor_down()  # onto the kv1 node: no head there, the view stays
         assert (view.layer_idx, view.head_idx) == (0, 1) and nav.selected == (0, 1)
-        generation = view._generation
-        nav.action_cursor_down()  # what ↓ runs, with no pause after it
-        assert (view.layer_idx, view.head_idx) == (0, 2) and view._generation > generation
+        nav.action_cursor_down()  # what ↓ runs, with no pause after it: the next frame draws head 2
+        assert (view.layer_idx, view.head_idx) == (0, 2)
         assert "head 2 (kv 1)" in "".join(segment.text for segment in view.render_line(0))
         view.focus()
         await pilot.press("down", "down", "right")
@@ -108,12 +107,12 @@ async def test_zoom_into_a_long_prompt_and_back(model_dir):
         await wait_for(pilot, finished(app))
         view = app.query_one(HeatmapView)
         view.focus()
-        assert not view._current().exact  # 180 tokens do not fit: pooled overview
+        assert not view.current().exact  # 180 tokens do not fit: pooled overview
         await pilot.press("down", "down", "right", "plus")
-        assert view.zoomed and view._current().exact
+        assert view.zoomed and view.current().exact
         assert "query" in app.query_one("#details").info
         await pilot.press("minus")
-        assert not view.zoomed and not view._current().exact
+        assert not view.zoomed and not view.current().exact
 
 
 @needs_tokenizer
@@ -126,7 +125,7 @@ async def test_next_token_grows_the_heatmap_by_one_row(model_dir):
         await pilot.press("n")
         await wait_for(pilot, lambda: app.result is not None and len(app.result.ids) == before + 1)
         assert app.result.ids[-1] == expected_next
-        assert app.query_one(HeatmapView)._current().weights.shape[0] == before + 1
+        assert app.query_one(HeatmapView).current().weights.shape[0] == before + 1
 
 
 async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
@@ -167,12 +166,17 @@ async def test_resize_to_80x24_and_bad_model_path(model_dir, tmp_path):
     app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, finished(app))
+        view = app.query_one(HeatmapView)
         for size in ((80, 24), (60, 16), (200, 50), (80, 24)):
             await pilot.resize_terminal(*size)
-            await pilot.pause()
-        for tab in "12345":
+            await wait_for(pilot, lambda size=size: app.size == size and view.size.width < size[0])
+            shown = view.current()
+            assert view.cursor[0] < shown.weights.shape[0] and view.cursor[1] < shown.weights.shape[1]
+            lines = ["".join(s.text for s in view.render_line(y)) for y in range(view.size.height)]
+            assert all(len(line) <= view.size.width for line in lines) and "layer" in lines[0]
+        for tab, pane in zip("12345", ("heatmap", "mask", "checks", "diff", "tokens"), strict=True):
             await pilot.press(tab)
-            await pilot.pause()
+            await wait_for(pilot, lambda pane=pane: app.query_one(TabbedContent).active == pane)
     broken = AttnScopeApp(model=str(tmp_path / "missing"), prompt="x", device="cpu")
     async with broken.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: broken.query_one("#error").has_class("shown"))

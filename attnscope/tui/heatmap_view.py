@@ -7,28 +7,14 @@ posts `CursorMoved` with the cell's query token, key token, weight, raw scaled s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding
 from textual.strip import Strip
 from textual.widget import Widget
 
-from attnscope.pooling import pool2d
-from attnscope.render.heatmap import Heatmap, head_heatmap, label
+from attnscope.render.heatmap import HeadMap, Heatmap, head_map, label, map_heatmap, small_multiples
 from attnscope.tui.messages import CursorMoved
-
-
-@dataclass
-class View:
-    weights: np.ndarray  # [rows, cols] shown cells
-    allowed: np.ndarray
-    row_edges: np.ndarray  # absolute query-row index (of Sq) where each shown row starts; len rows + 1
-    col_edges: np.ndarray
-    exact: bool
 
 
 class HeatmapView(Widget, can_focus=True):
@@ -56,11 +42,11 @@ class HeatmapView(Widget, can_focus=True):
         self.zoomed = False
         self.origin = (0, 0)  # first query row / key column shown when zoomed
         self.cursor = (0, 0)  # in shown cells
-        self._view: View | None = None
+        self._view: HeadMap | None = None
         self._strips: list[Strip] = []
         self._strips_key = None
         self._generation = 0
-        self._overviews: dict = {}  # (result, layer, head, capacity) -> overview View
+        self._overviews: dict = {}  # (result, layer, head, capacity) -> overview HeadMap
 
     # ---- state -------------------------------------------------------------------------------
     def show(self, result, layer: int | None = None, head: int | None = None, keep_cursor: bool = False) -> None:
@@ -79,14 +65,14 @@ class HeatmapView(Widget, can_focus=True):
             return
         Sq, Sk = self.result.records[self.layer_idx].shape
         q = position - (Sk - Sq)
-        view = self._current()
+        view = self.current()
         if not view.exact:
             self.zoomed = True
         (rows, cols), _ = self._capacity()
         if self.zoomed:
             self.origin = (max(0, min(q - rows // 2, Sq - rows)), max(0, min((key or q) - cols // 2, Sk - cols)))
         self._view = None
-        view = self._current()
+        view = self.current()
         i = int(np.searchsorted(view.row_edges, q, side="right") - 1)
         k = key if key is not None else min(q + Sk - Sq, Sk - 1)
         j = int(np.searchsorted(view.col_edges, k, side="right") - 1)
@@ -107,39 +93,25 @@ class HeatmapView(Widget, can_focus=True):
         """Lines of cells: the pane less the title (two lines when it wraps), axis, key tokens, colorbar."""
         return max(4, self.size.height - (8 if exact else 5))
 
-    def _current(self) -> View:
+    def current(self) -> HeadMap:
+        """The cells shown now."""
         if self._view is None:
             self._view = self.compute_view(self.result, self.layer_idx, self.head_idx, self.zoomed, self.origin,
                                            self._capacity())
         return self._view
 
     def compute_view(self, result, layer: int, head: int, zoomed: bool, origin: tuple[int, int],
-                     capacity: tuple[tuple[int, int], tuple[int, int]]) -> View:
-        """The cells shown for a head: exact when they fit, else the pooled overview; the overviews
-        are kept (and computed ahead by `prewarm`), so switching heads does not recompute them."""
+                     capacity: tuple[tuple[int, int], tuple[int, int]]) -> HeadMap:
+        """The cells shown for a head (`attnscope.render.heatmap.head_map`); the overviews are kept
+        (and computed ahead by `prewarm`), so switching heads does not recompute them."""
         key = (id(result), layer, head, capacity)
-        if not zoomed and key in self._overviews:
-            return self._overviews[key]
-        rec = result.records[layer]
-        Sq, Sk = rec.shape
-        (rows, cols), (pooled_rows, pooled_cols) = capacity
-        allowed = rec.allowed(head).cpu().numpy()
         if zoomed:
-            q0, k0 = origin
-            q1, k1 = min(Sq, q0 + rows), min(Sk, k0 + cols)
-            w = result.attention(layer, head, queries=slice(q0, q1), keys=slice(k0, k1)).cpu().numpy()
-            return View(w, allowed[q0:q1, k0:k1], np.arange(q0, q1 + 1), np.arange(k0, k1 + 1), True)
-        if Sq <= rows and Sk <= cols:
-            w = result.attention(layer, head).cpu().numpy()
-            view = View(w, allowed, np.arange(Sq + 1), np.arange(Sk + 1), True)
-        else:
-            w = result.attention_pooled(layer, head, pooled_rows, pooled_cols, "max")
-            a, re, ce = pool2d(allowed, pooled_rows, pooled_cols, "any")
-            view = View(w, a, re, ce, False)
-        if len(self._overviews) > 4 * 1024:
-            self._overviews.clear()
-        self._overviews[key] = view
-        return view
+            return head_map(result, layer, head, *capacity, origin=origin)
+        if key not in self._overviews:
+            if len(self._overviews) > 4 * 1024:
+                self._overviews.clear()
+            self._overviews[key] = head_map(result, layer, head, *capacity)
+        return self._overviews[key]
 
     def prewarm(self, result) -> None:
         """Compute every head's overview for the current size (called from a worker thread)."""
@@ -174,43 +146,29 @@ class HeatmapView(Widget, can_focus=True):
             return Text("waiting for the model …", style="dim")
         if self.group:
             return self._render_group()
-        view = self._current()
+        view = self.current()
         rec = self.result.records[self.layer_idx]
-        Sq, Sk = rec.shape
-        labels = self.result.tokens
-        past = Sk - Sq
         mode = "zoomed, exact cells" if self.zoomed else ("exact" if view.exact else "overview")
-        kv = self.head_idx // rec.group_size
-        title = f"layer {self.layer_idx} · head {self.head_idx} (kv {kv}) · {rec.mask!r} · {mode}"
-        q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
-        k_labels = [labels[int(c)] for c in view.col_edges[:-1]] if view.exact else ()
-        return Heatmap(view.weights, view.allowed, q_labels, k_labels, past + int(view.row_edges[0]), title,
-                       self.log_scale, source_shape=(Sq, Sk) if not view.exact else None,
-                       row_edges=None if view.exact else view.row_edges,
-                       col_edges=None if view.exact else view.col_edges, cursor=self.cursor,
-                       max_lines=self._map_lines(view.exact))
+        title = (f"layer {self.layer_idx} · head {self.head_idx} (kv {self.head_idx // rec.group_size}) · "
+                 f"{rec.mask!r} · {mode}")
+        return map_heatmap(self.result, self.layer_idx, self.head_idx, view, title=title, log=self.log_scale,
+                           cursor=self.cursor, max_lines=self._map_lines(view.exact))
 
     def _render_group(self):
-        rec = self.result.records[self.layer_idx]
-        kv = self.head_idx // rec.group_size
-        grid = Table.grid(padding=(0, 2))
-        heads = range(kv * rec.group_size, (kv + 1) * rec.group_size)
-        per_row = max(1, self.size.width // 34)
-        for _ in range(min(per_row, len(heads))):
-            grid.add_column()
-        cells = [head_heatmap(self.result, self.layer_idx, h, width=32, max_lines=max(4, (self.size.height - 6) // 2),
-                              log=self.log_scale, compact=True, title=f"h{h}" + (" ◀" if h == self.head_idx else ""))
-                 for h in heads]
-        for i in range(0, len(cells), per_row):
-            grid.add_row(*cells[i:i + per_row])
-        return Group(Text(f"layer {self.layer_idx} · kv head {kv}: its {rec.group_size} query heads (g to leave)",
-                          style="bold"), grid)
+        group_size = self.result.records[self.layer_idx].group_size
+        kv = self.head_idx // group_size
+        return small_multiples(self.result, self.layer_idx, range(kv * group_size, (kv + 1) * group_size),
+                               width=self.size.width, cell_width=32, max_lines=max(4, (self.size.height - 6) // 2),
+                               log=self.log_scale,
+                               title=f"layer {self.layer_idx} · kv head {kv}: its {group_size} query heads "
+                                     "(g to leave)",
+                               label=lambda h: f"h{h}" + (" ◀" if h == self.head_idx else ""))
 
     # ---- actions -----------------------------------------------------------------------------
     def action_move(self, di: int, dj: int) -> None:
         if self.result is None:
             return
-        view = self._current()
+        view = self.current()
         rows, cols = view.weights.shape
         i, j = self.cursor[0] + di, self.cursor[1] + dj
         if self.zoomed:
@@ -231,7 +189,7 @@ class HeatmapView(Widget, can_focus=True):
     def action_zoom_in(self) -> None:
         if self.result is None or self.zoomed:
             return
-        view = self._current()
+        view = self.current()
         if view.exact:
             self.app.notify("the whole map is already shown cell by cell")
             return
@@ -258,7 +216,7 @@ class HeatmapView(Widget, can_focus=True):
         self._view = None
         self._generation += 1
         if self.result is not None:
-            view = self._current()
+            view = self.current()
             rows, cols = view.weights.shape
             self.cursor = (min(self.cursor[0], rows - 1), min(self.cursor[1], cols - 1))
 
@@ -267,7 +225,7 @@ class HeatmapView(Widget, can_focus=True):
         """What the details panel shows for the cell under the cursor."""
         if self.result is None:
             return ""
-        view = self._current()
+        view = self.current()
         rec = self.result.records[self.layer_idx]
         Sq, Sk = rec.shape
         past = Sk - Sq
@@ -277,9 +235,7 @@ class HeatmapView(Widget, can_focus=True):
         tokens = self.result.tokens
         weight = float(view.weights[i, j])
         if q1 - q0 == 1 and k1 - k0 == 1:
-            q = rec.q[0, self.head_idx, q0].float()
-            k = rec.k[0, self.head_idx // rec.group_size, k0].float()
-            score = float(q @ k) * rec.scale
+            score = rec.score(self.head_idx, q0, k0)
             state = "allowed" if view.allowed[i, j] else "masked"
             return (f"query {past + q0} {label(tokens[past + q0], 20)!s}  →  key {k0} {label(tokens[k0], 20)!s}\n"
                     f"weight {weight:.6f}   scaled score q·k·scale {score:+.4f}   mask: {state}")
