@@ -90,6 +90,12 @@ class Result:
     def token_texts(self, ids: list[int]) -> list[str]:
         return self.run.token_texts(ids)
 
+    def first_failure(self) -> tuple[int, int] | None:
+        """(layer, head) where the first failing check that names a head is worst, or None."""
+        where = next((c.where for c in self.checks if not c.passed and c.where and c.where.get("head") is not None),
+                     None)
+        return (min(where["layer"], self.n_layers - 1), min(where["head"], self.n_heads - 1)) if where else None
+
     # ---- views ---------------------------------------------------------------------------------
     def check_place(self, layer: int, head: int | None = None) -> LayerRecord:
         """The record of `layer`; a UserError naming the valid range when layer or head is outside it."""

@@ -11,19 +11,18 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from attnscope.tui.heatmap_view import HeatmapView
 from attnscope.tui.help import HelpScreen
 from attnscope.tui.messages import CheckFinished, CursorMoved, LayerArrived, RunFailed, RunFinished
 from attnscope.tui.navigator import Navigator
-from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, TokensPane
+from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, StatusLine, TokensPane
 
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
 
@@ -52,14 +51,10 @@ class AttnScopeApp(App):
                  dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False):
         super().__init__()
         self.model_name, self.backend, self.dtype, self.device = model, backend, dtype, device
-        self.allow_pickle = allow_pickle
-        self.initial_prompt = prompt
-        self.max_new_tokens = max_new_tokens
-        self.loaded = None
-        self.result = None
-        self.run_id = 0
-        self.ids: list[int] | None = None  # the token ids being analyzed (grows with `n`)
-        self.checks_seen: list = []
+        self.allow_pickle, self.initial_prompt, self.max_new_tokens = allow_pickle, prompt, max_new_tokens
+        self.loaded = None  # the engine, loaded by the first run
+        self.result = None  # the finished run shown, or None while one runs
+        self.run_id = self.checks_done = 0
 
     # ---- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -69,8 +64,7 @@ class AttnScopeApp(App):
                 yield Navigator(id="nav")
             with Vertical(id="main"):
                 text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
-                yield Input(value=text, placeholder="type a prompt and press enter",
-                            id="prompt")
+                yield Input(value=text, placeholder="type a prompt and press enter", id="prompt")
                 yield Static("", id="error")
                 with TabbedContent(id="tabs", initial="heatmap"):
                     with TabPane("Heatmap", id="heatmap"):
@@ -84,9 +78,7 @@ class AttnScopeApp(App):
                         yield DiffPane(id="diff-view", classes="pane-scroll")
                     with TabPane("Tokens", id="tokens"):
                         yield TokensPane(id="tokens-table", cursor_type="row", zebra_stripes=True)
-                with Horizontal(id="status-row"):
-                    yield Static("", id="status")
-                    yield ProgressBar(id="progress", show_eta=False)
+                yield StatusLine(id="status-row")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -96,7 +88,7 @@ class AttnScopeApp(App):
             self.start_run(self.initial_prompt)
         else:
             self.query_one("#prompt", Input).focus()
-            self.set_status("type a prompt and press enter")
+            self.query_one(StatusLine).say("type a prompt and press enter")
 
     def on_unmount(self) -> None:
         gc.unfreeze()  # the interpreter's shutdown collects the last run as usual
@@ -106,13 +98,11 @@ class AttnScopeApp(App):
         """Cancel whatever runs and analyze `prompt` (text or token ids)."""
         gc.unfreeze()  # what the last run left is collectable again (see on_run_finished)
         self.run_id += 1
-        self.result = None
-        self.checks_seen = []
+        self.result, self.checks_done = None, 0
         self.query_one("#error", Static).remove_class("shown")
         self.query_one(Navigator).reset(self.model_name)
         self.query_one(ChecksPane).clear()
-        self.query_one("#progress", ProgressBar).update(total=None, progress=0)
-        self.set_status("loading the model …" if self.loaded is None else "running …")
+        self.query_one(StatusLine).start(loading=self.loaded is None)
         self.run_model(prompt, self.run_id)
 
     @work(thread=True, exclusive=True, group="run")
@@ -124,31 +114,25 @@ class AttnScopeApp(App):
 
         worker = get_current_worker()
 
-        def alive() -> None:
+        def post(message) -> None:  # the callbacks of a superseded run stop it
             if worker.is_cancelled:
                 raise Cancelled
+            if message is not None:
+                self.post_message(message)
 
         try:
             if self.loaded is None:
                 self.loaded = load_model(self.model_name, dtype=self.dtype, device=self.device,
                                          allow_pickle=self.allow_pickle)
-            alive()
+            post(None)
             n_layers = self.loaded.layout.n_layers
-            scope = Scope(self.loaded, backend=self.backend)
-
-            def on_layer(layer: int) -> None:
-                alive()
-                self.post_message(LayerArrived(layer, n_layers, run_id))
-
-            def on_check(check) -> None:
-                alive()
-                self.post_message(CheckFinished(check, run_id))
-
-            result = scope.run(prompt, max_new_tokens=self.max_new_tokens, checks=CHECK_NAMES,
-                               on_layer=on_layer, on_check=on_check, roles=True)
-            alive()
+            result = Scope(self.loaded, backend=self.backend).run(
+                prompt, max_new_tokens=self.max_new_tokens, checks=CHECK_NAMES, roles=True,
+                on_layer=lambda layer: post(LayerArrived(layer, n_layers, run_id)),
+                on_check=lambda check: post(CheckFinished(check, run_id)))
+            post(None)
             result.report()  # statistics computed here, off the event loop
-            self.post_message(RunFinished(result, run_id))
+            post(RunFinished(result, run_id))
         except Cancelled:
             return
         except UserError as exc:
@@ -160,110 +144,83 @@ class AttnScopeApp(App):
         self.query_one(HeatmapView).prewarm(result)
 
     def on_layer_arrived(self, message: LayerArrived) -> None:
-        if message.run_id != self.run_id:
-            return
-        layout = self.loaded.layout
-        mask = self.loaded.layer_masks()[message.layer]
-        self.query_one(Navigator).add_layer(message.layer, layout.n_heads, layout.n_kv_heads, repr(mask))
-        progress = self.query_one("#progress", ProgressBar)
-        progress.update(total=message.n_layers + 5, progress=message.layer + 1)
-        self.set_status(f"forward: layer {message.layer + 1}/{message.n_layers} captured")
+        if message.run_id == self.run_id:
+            layout = self.loaded.layout
+            mask = self.loaded.layer_masks()[message.layer]
+            self.query_one(Navigator).add_layer(message.layer, layout.n_heads, layout.n_kv_heads, repr(mask))
+            self.query_one(StatusLine).captured(message.layer, message.n_layers, 5)
 
     def on_check_finished(self, message: CheckFinished) -> None:
-        if message.run_id != self.run_id:
-            return
-        self.checks_seen.append(message.check)
-        self.query_one("#progress", ProgressBar).advance(1)
-        mark = "✓" if message.check.passed else "✗"
-        self.set_status(f"checks {len(self.checks_seen)}/5: {message.check.name} {mark}")
-        self.query_one(ChecksPane).add_check(message.check)
+        if message.run_id == self.run_id:
+            self.checks_done += 1
+            self.query_one(StatusLine).check(message.check, self.checks_done, 5)
+            self.query_one(ChecksPane).add_check(message.check)
 
     def on_run_finished(self, message: RunFinished) -> None:
         if message.run_id != self.run_id:
             return
         result = self.result = message.result
-        self.ids = list(result.ids)
-        report = result.report()
-        nav = self.query_one(Navigator)
-        nav.update_report(report)
         view = self.query_one(HeatmapView)
-        first = next((c.where for c in result.checks if not c.passed and c.where and c.where.get("head") is not None),
-                     None)
-        layer, head = (first["layer"], first["head"]) if first else (view.layer_idx, view.head_idx)
-        layer, head = min(layer, result.n_layers - 1), min(head, result.n_heads - 1)
-        view.show(result, layer, head)
-        nav.select_head(layer, head)
+        self.query_one(Navigator).update_report(result.report())
         self.query_one(ChecksPane).show(result.checks)
         for pane in (self.query_one(MaskPane), self.query_one(DiffPane), self.query_one(TokensPane)):
             pane.result = result
-        self._select_panes(layer, head)
+        layer, head = result.first_failure() or (min(view.layer_idx, result.n_layers - 1),
+                                                 min(view.head_idx, result.n_heads - 1))
+        self.show_head(layer, head)
         self.prewarm_views(result)
         # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the
         # garbage collector's full passes off those ~400k objects, or browsing pauses for ~250 ms
         # every twenty-odd head switches while it walks them.
         gc.freeze()
-        failed = [c.name for c in result.checks if not c.passed]
-        progress = self.query_one("#progress", ProgressBar)
-        progress.update(total=progress.total or 1, progress=progress.total or 1)
-        self.set_status(f"{len(result.ids)} tokens · {result.n_layers} layers · checks: "
-                        + (f"[red]{', '.join(failed)} failed[/red]" if failed else "[green]all passed[/green]"))
+        self.query_one(StatusLine).finished(result)
 
     def on_run_failed(self, message: RunFailed) -> None:
-        if message.run_id != self.run_id:
-            return
-        error = self.query_one("#error", Static)
-        error.update(f"error: {message.error}")
-        error.add_class("shown")
-        self.set_status("[red]stopped: fix the model or the prompt and press enter[/red]")
-        self.query_one("#progress", ProgressBar).update(total=1, progress=0)
+        if message.run_id == self.run_id:
+            (error := self.query_one("#error", Static)).update(f"error: {message.error}")
+            error.add_class("shown")
+            self.query_one(StatusLine).failed()
 
-    # ---- panes -------------------------------------------------------------------------------
-    def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(Text.from_markup(text))
-
-    def _select_panes(self, layer: int, head: int) -> None:
-        for pane in (self.query_one(MaskPane), self.query_one(DiffPane)):
-            pane.selection = (layer, head)
-
-    # ---- events ------------------------------------------------------------------------------
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        prompt = event.value
-        if not prompt.strip():
-            self.notify("the prompt is empty", severity="warning")
-            return
-        self.start_run(prompt)
-        self.query_one(HeatmapView).focus()
+    # ---- selection ---------------------------------------------------------------------------
+    def show_head(self, layer: int, head: int, position: int | None = None) -> None:
+        """Show a head everywhere (heatmap, navigator, Mask and Diff tabs), the cursor on `position`."""
+        view = self.query_one(HeatmapView)
+        view.show(self.result, layer, head)
+        self.query_one(Navigator).select_head(layer, head)
+        if position is not None:
+            view.focus_position(position)
 
     def head_selected(self, selected: tuple[int, int] | None) -> None:
         """The navigator's cursor is on another head: show it (called while the key is handled)."""
         if self.result is None or selected is None:
             return
-        layer, head = selected
         view = self.query_one(HeatmapView)
-        if (view.layer_idx, view.head_idx) != (layer, head) or view.result is not self.result:
-            view.show(self.result, layer, head)
-        self._select_panes(layer, head)
+        if (view.layer_idx, view.head_idx) != selected or view.result is not self.result:
+            view.show(self.result, *selected)
+        for pane in (self.query_one(MaskPane), self.query_one(DiffPane)):
+            pane.selection = selected
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if not event.value.strip():
+            return self.notify("the prompt is empty", severity="warning")
+        self.start_run(event.value)
+        self.query_one(HeatmapView).focus()
 
     def on_cursor_moved(self, message: CursorMoved) -> None:
         self.query_one(Details).info = message.info
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a check jumps to where it is worst; on a prompt token, to its query row."""
         if self.result is None:
             return
-        key = event.row_key.value
-        view = self.query_one(HeatmapView)
+        key, view = event.row_key.value, self.query_one(HeatmapView)
         if event.data_table.id == "checks-table":
-            check = next((c for c in self.result.checks if c.name == key), None)
-            where = (check.where or {}) if check else {}
+            where = next(((c.where or {}) for c in self.result.checks if c.name == key), {})
             if where.get("layer") is None:
-                self.notify(f"{key}: nothing to jump to", timeout=3)
-                return
-            head = where.get("head") if where.get("head") is not None else view.head_idx
-            view.show(self.result, where["layer"], head)
-            self.query_one(Navigator).select_head(where["layer"], head)
+                return self.notify(f"{key}: nothing to jump to", timeout=3)
             self.action_tab("heatmap")
-            if where.get("position") is not None:
-                view.focus_position(where["position"])
+            head = where.get("head") if where.get("head") is not None else view.head_idx
+            self.show_head(where["layer"], head, where.get("position"))
         elif event.data_table.id == "tokens-table" and key.startswith("q"):
             self.action_tab("heatmap")
             view.focus_position(int(key[1:]))
@@ -276,25 +233,22 @@ class AttnScopeApp(App):
 
     def action_step_head(self, step: int) -> None:
         """The next (or previous) head, on into the next layer, from any pane."""
-        if self.result is None:
-            return
-        view, n = self.query_one(HeatmapView), self.result.n_heads
-        index = (view.layer_idx * n + view.head_idx + step) % (self.result.n_layers * n)
-        self.query_one(Navigator).select_head(*divmod(index, n))
+        if self.result is not None:
+            view, n = self.query_one(HeatmapView), self.result.n_heads
+            index = (view.layer_idx * n + view.head_idx + step) % (self.result.n_layers * n)
+            self.query_one(Navigator).select_head(*divmod(index, n))
 
     def action_step_layer(self, step: int) -> None:
         """The same head of the next (or previous) layer."""
-        if self.result is None:
-            return
-        view = self.query_one(HeatmapView)
-        self.query_one(Navigator).select_head((view.layer_idx + step) % self.result.n_layers, view.head_idx)
+        if self.result is not None:
+            view = self.query_one(HeatmapView)
+            self.query_one(Navigator).select_head((view.layer_idx + step) % self.result.n_layers, view.head_idx)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
     def action_screenshot(self) -> None:
-        path = self.save_screenshot(path=str(Path.cwd()))
-        self.notify(f"saved {path}")
+        self.notify(f"saved {self.save_screenshot(path=str(Path.cwd()))}")
 
     def action_rerun(self) -> None:
         prompt = self.query_one("#prompt", Input).value
@@ -305,10 +259,7 @@ class AttnScopeApp(App):
         """Append the greedy next token to the analyzed sequence and run again."""
         if self.result is None:
             self.notify("wait for the run to finish", timeout=2)
-            return
-        next_id = int(self.result.logits[-1].argmax())
-        ids = [*self.result.ids, next_id]
-        if len(ids) > self.loaded.layout.max_positions:
+        elif len(self.result.ids) + 1 > self.loaded.layout.max_positions:
             self.notify("the model has no more positions", severity="warning")
-            return
-        self.start_run(ids)
+        else:
+            self.start_run([*self.result.ids, int(self.result.logits[-1].argmax())])

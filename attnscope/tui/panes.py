@@ -5,17 +5,17 @@
 - `ChecksPane`: one row per finding (rows arrive live with `add_check`); enter on a row is the app's
   jump to the finding's place.
 - `TokensPane`: the prompt's tokens and the continuation; enter on a prompt token selects its row.
-- `Details`: the cell under the heatmap's cursor.
+- `Details`: the cell under the heatmap's cursor; `StatusLine`: progress of the run.
 """
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, ProgressBar, Static
 
 
 class Lazy:
@@ -116,3 +116,37 @@ class Details(Widget):
 
     def render(self) -> Text:
         return Text(self.info)
+
+
+class StatusLine(Horizontal):
+    """What the app is doing, and a progress bar over the forward's layers and the checks."""
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="status")
+        yield ProgressBar(id="progress", show_eta=False)
+
+    def say(self, markup: str) -> None:
+        self.query_one("#status", Static).update(Text.from_markup(markup))
+
+    def start(self, loading: bool) -> None:
+        self.query_one(ProgressBar).update(total=None, progress=0)
+        self.say("loading the model …" if loading else "running …")
+
+    def captured(self, layer: int, n_layers: int, n_checks: int) -> None:
+        self.query_one(ProgressBar).update(total=n_layers + n_checks, progress=layer + 1)
+        self.say(f"forward: layer {layer + 1}/{n_layers} captured")
+
+    def check(self, check, done: int, total: int) -> None:
+        self.query_one(ProgressBar).advance(1)
+        self.say(f"checks {done}/{total}: {check.name} {'✓' if check.passed else '✗'}")
+
+    def finished(self, result) -> None:
+        bar = self.query_one(ProgressBar)
+        bar.update(total=bar.total or 1, progress=bar.total or 1)
+        failed = [c.name for c in result.checks if not c.passed]
+        self.say(f"{len(result.ids)} tokens · {result.n_layers} layers · checks: "
+                 + (f"[red]{', '.join(failed)} failed[/red]" if failed else "[green]all passed[/green]"))
+
+    def failed(self) -> None:
+        self.query_one(ProgressBar).update(total=1, progress=0)
+        self.say("[red]stopped: fix the model or the prompt and press enter[/red]")
