@@ -7,7 +7,6 @@ Importing this module imports neither torch nor the core: each command imports w
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -56,12 +55,6 @@ def user_errors():
         raise fail(str(exc)) from None
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
 def _resolve_device(device: str) -> str:
     if device == "auto":
         import torch
@@ -73,69 +66,16 @@ def _resolve_device(device: str) -> str:
 def _load(model: str, dtype: str, device: str, allow_pickle: bool):
     """Load a model, with a spinner on stderr when it is a terminal."""
     from attnscope.model.loader import load_model
+    from attnscope.render.console import load_with_spinner
 
-    err = _console(stderr=True)
-    if not err.is_terminal:
-        return load_model(model, dtype=dtype, device=_resolve_device(device), allow_pickle=allow_pickle)
-    with err.status(f"loading {model} …") as status:
-        def progress(done: int, total: int, what: str) -> None:
-            status.update(f"loading {model}: {what} ({done}/{total} files)")
-
-        return load_model(model, dtype=dtype, device=_resolve_device(device), allow_pickle=allow_pickle,
-                          progress=progress)
-
-
-def _check_output_path(path: Path | None, flag: str) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise fail(f"{flag} {path}: directory {path.parent} does not exist")
-    if path is not None and path.is_dir():
-        raise fail(f"{flag} {path}: is a directory")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a failure leaves nothing half-written."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    return load_with_spinner(lambda progress: load_model(model, dtype=dtype, device=_resolve_device(device),
+                                                         allow_pickle=allow_pickle, progress=progress), model)
 
 
 ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "
                                       "always or never.")]
 SvgOpt = Annotated[Path | None, typer.Option("--svg", help="Also save what is printed as SVG here.")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also save what is printed as HTML here.")]
-
-
-def _output_console(color: str):
-    """The stdout console for --color auto|always|never (auto: rich's detection, NO_COLOR honoured)."""
-    from rich.console import Console
-
-    if color not in ("auto", "always", "never"):
-        raise fail(f"--color must be auto, always or never, got {color!r}")
-    if color == "always":
-        return Console(highlight=False, force_terminal=True, color_system="truecolor")
-    if color == "never":
-        return Console(highlight=False, no_color=True, color_system=None)
-    return Console(highlight=False)
-
-
-def _emit(console, renderables, svg: Path | None = None, html: Path | None = None, title: str = "attnscope"):
-    """Print the renderables; with --svg/--html also render them, in color at the same width, to files."""
-    for r in renderables:
-        console.print(r)
-    if svg is None and html is None:
-        return
-    import io
-
-    from rich.console import Console
-
-    recorder = Console(record=True, width=console.width, file=io.StringIO(), force_terminal=True,
-                       color_system="truecolor", highlight=False)
-    for r in renderables:
-        recorder.print(r)
-    if svg is not None:
-        _write_atomic(svg, recorder.export_svg(title=title, clear=False))
-    if html is not None:
-        _write_atomic(html, recorder.export_html(clear=False))
 
 
 @app.command()
@@ -166,8 +106,7 @@ def run(
 ) -> None:
     """Run a prompt and show tokens, continuation, per-layer and per-head attention statistics,
     checks and a heatmap."""
-    for path, flag in ((json_path, "--json"), (svg, "--svg"), (html, "--html")):
-        _check_output_path(path, flag)
+    _check_outputs(("--json", json_path), ("--svg", svg), ("--html", html))
     if max_new_tokens < 0:
         raise fail(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     if scale not in ("linear", "log"):
@@ -175,15 +114,14 @@ def run(
     if heads not in (None, "all"):
         raise fail(f"--heads takes 'all', got {heads!r}")
     check_names = _parse_checks(checks)
-    console = _output_console(color)
     with user_errors():
-        from rich.text import Text
-
         from attnscope.inspector.report import pick_head
-        from attnscope.render.heatmap import TopKeys, head_heatmap, small_multiples
-        from attnscope.render.tables import number_text, run_report
+        from attnscope.output import write_atomic
+        from attnscope.render.console import emit, output_console
+        from attnscope.render.run_view import run_view
         from attnscope.scope import Scope
 
+        console = output_console(color)
         loaded = _load(model, dtype, device, allow_pickle)
         result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
                                                     atol=atol, rtol=rtol, roles=True)
@@ -192,26 +130,20 @@ def run(
         if query is not None and not 0 <= query < len(result.ids):
             raise fail(f"--query {query} is out of range (the prompt has {len(result.ids)} tokens: "
                        f"0..{len(result.ids) - 1})")
-        rec = result.records[layer]
-        parts = [run_report(report), Text()]
-        if heads == "all":
-            stats = report.layers[layer].heads
-            parts.append(small_multiples(result, layer, range(result.n_heads), width=console.width, cell_width=28,
-                                         max_lines=8, log=scale == "log",
-                                         title=f"layer {layer} · every head · {report.layers[layer].mask}",
-                                         label=lambda h: f"h{h}·kv{stats[h].kv_head} H="
-                                                         + number_text(stats[h].entropy, ".2f")))
-        else:
-            title = f"layer {layer} · head {head} (kv {head // rec.group_size}) · {rec.mask!r}{why}"
-            parts.append(head_heatmap(result, layer, head, width=console.width, log=scale == "log", title=title))
-        if query is not None:
-            row = result.attention(layer, head, queries=slice(query, query + 1))[0].cpu().numpy()
-            allowed = rec.allowed(head)[query].cpu().numpy()
-            parts += [Text(), TopKeys(row, result.tokens, query, result.tokens[query], allowed=allowed)]
-        _emit(console, parts, svg, html, title=f"attnscope run · {loaded.name}")
+        parts = run_view(result, report, layer, head, why, width=console.width, every_head=heads == "all",
+                         log=scale == "log", query=query)
+        emit(console, parts, svg, html, title=f"attnscope run · {loaded.name}")
         if json_path is not None:
-            _write_atomic(json_path, report.to_json())
+            write_atomic(json_path, report.to_json())
     raise typer.Exit(EXIT_OK if report.passed else EXIT_FAILED)
+
+
+def _check_outputs(*flags: tuple[str, Path | None]) -> None:
+    from attnscope.output import check_output_path
+
+    with user_errors():
+        for flag, path in flags:
+            check_output_path(path, flag)
 
 
 def _parse_checks(text: str) -> tuple[str, ...]:
@@ -261,16 +193,16 @@ def check(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
-    _check_output_path(json_path, "--json")
-    _check_output_path(junit_path, "--junit")
+    _check_outputs(("--json", json_path), ("--junit", junit_path))
     check_names = _parse_checks(checks)
     prompt_list = _read_prompts(prompt, prompts_file)
-    from attnscope.render.tables import checks_table
-
     runs = []  # (prompt, backend, report)
-    err = _console(stderr=True)
     with user_errors():
         from attnscope.backends import get_backend
+        from attnscope.inspector.report import report_set
+        from attnscope.output import write_atomic
+        from attnscope.render.console import console, progress_bar
+        from attnscope.render.tables import checks_table
         from attnscope.scope import Scope
 
         for name in backend:
@@ -280,59 +212,31 @@ def check(
         for prompt_text in prompt_list:  # validate every prompt before running anything
             scopes[0].encode(prompt_text)
         total = len(prompt_list) * len(scopes)
-        with _progress(err, total) as advance:
+        with progress_bar(total) as advance:
             for prompt_text in prompt_list:
                 for scope in scopes:
                     advance(f"{scope.backend}: {prompt_text[:40]!r}")
                     result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
                     runs.append((prompt_text, scope.backend, result.report()))
     rows = [(f"{b} · {_short(p)}", c) for p, b, r in runs for c in r.checks]
-    console = _console()
-    console.print(checks_table(rows, title=f"attnscope check · {loaded.name} · {dtype} · {len(prompt_list)} "
-                               f"prompt(s) × {len(scopes)} backend(s)"))
+    out = console()
+    out.print(checks_table(rows, title=f"attnscope check · {loaded.name} · {dtype} · {len(prompt_list)} "
+                           f"prompt(s) × {len(scopes)} backend(s)"))
     passed = all(r.passed for _, _, r in runs)
     n_failed = sum(not c.passed for _, c in rows)
-    console.print(f"{len(rows) - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
+    out.print(f"{len(rows) - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
     if json_path is not None:
-        import json
-
-        if len(runs) == 1:
-            text = runs[0][2].to_json()
-        else:
-            text = json.dumps({"schema": "attnscope.report-set/1", "passed": passed,
-                               "reports": [r.to_dict() for _, _, r in runs]}, indent=2)
-        _write_atomic(json_path, text)
+        write_atomic(json_path, report_set([r for _, _, r in runs]))
     if junit_path is not None:
         from attnscope.junit import junit_xml
 
-        _write_atomic(junit_path, junit_xml([(p, b, r.checks) for p, b, r in runs]))
+        write_atomic(junit_path, junit_xml([(p, b, r.checks) for p, b, r in runs]))
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
 def _short(text: str, width: int = 24) -> str:
     text = text.replace("\n", "⏎")
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-@contextlib.contextmanager
-def _progress(console, total: int):
-    """A progress bar on stderr when it is a terminal; yields advance(description)."""
-    if not console.is_terminal or total <= 1:
-        yield lambda description: None
-        return
-    from rich.progress import Progress
-
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("checking", total=total)
-        started = [False]
-
-        def advance(description: str) -> None:
-            if started[0]:
-                progress.advance(task)
-            started[0] = True
-            progress.update(task, description=description)
-
-        yield advance
 
 
 @app.command()
@@ -382,9 +286,10 @@ def mask(
 
         typer.echo(json.dumps(masks.summary(spec, q_len, k_len, block_size), indent=2))
         return
+    from attnscope.render.console import console
     from attnscope.render.maskgrid import mask_view
 
-    _console().print(mask_view(spec, q_len, k_len, block=block_size))
+    console().print(mask_view(spec, q_len, k_len, block=block_size))
 
 
 @app.command()
@@ -424,52 +329,32 @@ def heads(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Score every head (induction, previous-token, sink, local, broad) and name its role."""
-    _check_output_path(json_path, "--json")
+    _check_outputs(("--json", json_path))
     with user_errors():
-        from attnscope.inspector.heads import REPEAT_LENGTH, repeated_sequence
+        from attnscope.inspector.heads import REPEAT_LENGTH
+        from attnscope.output import write_atomic
+        from attnscope.render.console import console
         from attnscope.render.tables import roles_table
         from attnscope.scope import Scope
 
         loaded = _load(model, dtype, device, allow_pickle)
         scope = Scope(loaded, backend=backend)
-        config = loaded.config
-        bos = config.bos_token_id if isinstance(config.bos_token_id, int) else None
-        text = prompt if prompt is not None else repeated_sequence(config.vocab_size, REPEAT_LENGTH, bos)
-        result = scope.run(text, roles=True)
-        report = result.report()
-        console = _console()
+        report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True).report()
         source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
-        console.print(f"[bold]{loaded.name}[/bold] · scores on {source}; induction on a repeated random sequence")
-        console.print(roles_table(report))
+        out = console()
+        out.print(f"[bold]{loaded.name}[/bold] · scores on {source}; induction on a repeated random sequence")
+        out.print(roles_table(report))
         if json_path is not None:
-            _write_atomic(json_path, report.to_json())
+            write_atomic(json_path, report.to_json())
 
 
 @app.command()
 def models() -> None:
     """List the bundled sample models."""
-    from rich.table import Table
+    from attnscope.render.console import console
+    from attnscope.render.tables import models_table
 
-    from attnscope.model.loader import DEFAULT_MODEL, sample_models
-
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("name", "size", "description"):
-        table.add_column(col)
-    for name, path in sample_models().items():
-        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-        label = f"{name} (default)" if name == DEFAULT_MODEL else name
-        table.add_row(label, f"{size / 1e6:.1f} MB", _card_summary(path))
-    _console().print(table)
-
-
-def _card_summary(path: Path) -> str:
-    """The first line after the title of a model card README.md."""
-    card = path / "README.md"
-    if not card.is_file():
-        return ""
-    lines = [ln.strip() for ln in card.read_text().splitlines()]
-    body = [ln for ln in lines if ln and not ln.startswith("#") and ln != "---"]
-    return body[0] if body else ""
+    console().print(models_table())
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ LAYERS = [
     ("attnscope.backends", "attnscope.kernels"),
     ("attnscope.engine", "attnscope.model"),
     ("attnscope.inspector",),
-    ("attnscope.scope", "attnscope.testing", "attnscope.junit"),
+    ("attnscope.scope", "attnscope.testing", "attnscope.junit", "attnscope.output"),
     ("attnscope.render",),
     ("attnscope.tui", "attnscope.cli", "attnscope.__main__"),
 ]

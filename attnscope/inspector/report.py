@@ -161,6 +161,14 @@ def build_report(run: Run, prompt, continuation: list[int], checks: list[Check],
     )
 
 
+def report_set(reports: list[Report]) -> str:
+    """The JSON of several runs' reports (``attnscope.report-set/1``); one report is written as itself."""
+    if len(reports) == 1:
+        return reports[0].to_json()
+    return json.dumps({"schema": "attnscope.report-set/1", "passed": all(r.passed for r in reports),
+                       "reports": [r.to_dict() for r in reports]}, indent=2, allow_nan=False)
+
+
 def pick_head(report: Report, layer: int | None = None, head: int | None = None) -> tuple[int, int, str]:
     """The (layer, head) to draw and why: as asked, or the most structured head (the lowest mean
     entropy among heads with finite statistics), within `layer` or `head` when one is given. A

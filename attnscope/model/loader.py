@@ -45,6 +45,16 @@ def sample_models() -> dict[str, Path]:
     return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
 
 
+def model_card_summary(path: Path) -> str:
+    """The first line after the title of a model's card (its README.md), or ""."""
+    card = path / "README.md"
+    if not card.is_file():
+        return ""
+    lines = [ln.strip() for ln in card.read_text().splitlines()]
+    body = [ln for ln in lines if ln and not ln.startswith("#") and ln != "---"]
+    return body[0] if body else ""
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPES.values():

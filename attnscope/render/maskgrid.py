@@ -93,7 +93,8 @@ def mask_view(spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = N
     past = k_len - q_len
     allowed = spec.dense(q_len, k_len)
     allowed = allowed[0, min(head, allowed.shape[1] - 1)]  # (Sq, Sk)
-    empty = (~allowed.any(-1)).nonzero().flatten().tolist()
+    rows = spec.fully_masked_rows(q_len, k_len)
+    empty = rows[0, min(head, rows.shape[1] - 1)].nonzero().flatten().tolist()
     if title is None:
         title = f"{spec!r} · q {q_len} × k {k_len}" + (f" · past {past} (rows are absolute positions)" if past else "")
     parts = [MaskGrid(allowed.cpu().numpy(), q_offset=past, title=title)]

@@ -176,3 +176,17 @@ def run_report(report: Report) -> Group:
     if report.checks:
         parts += [Text(), checks_table([("", c) for c in report.checks])]
     return Group(*parts)
+
+
+def models_table() -> Table:
+    """The bundled sample models: name (the default marked), size on disk, the card's first line."""
+    from attnscope.model.loader import DEFAULT_MODEL, model_card_summary, sample_models
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("name", "size", "description"):
+        table.add_column(col)
+    for name, path in sample_models().items():
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        table.add_row(f"{name} (default)" if name == DEFAULT_MODEL else name, f"{size / 1e6:.1f} MB",
+                      model_card_summary(path))
+    return table

@@ -251,8 +251,7 @@ class AttnScopeApp(App):
         self.notify(f"saved {self.save_screenshot(path=str(Path.cwd()))}")
 
     def action_rerun(self) -> None:
-        prompt = self.query_one("#prompt", Input).value
-        if prompt.strip():
+        if (prompt := self.query_one("#prompt", Input).value).strip():
             self.start_run(prompt)
 
     def action_next_token(self) -> None:
