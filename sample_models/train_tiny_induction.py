@@ -299,7 +299,7 @@ def roles_table(roles) -> tuple[list[str], list[str]]:
         for h in layer:
             s = h.scores
             rows.append(f"| {h.layer} | {h.head} | {h.kv_head} | {s['previous_token']:.2f} | {s['induction']:.2f} | "
-                        f"{s['sink']:.2f} | {s['local']:.2f} | {s['uniform']:.2f} | {h.role or '-'} |")
+                        f"{s['sink']:.2f} | {s['local']:.2f} | {s['broad']:.2f} | {h.role or '-'} |")
             if h.role:
                 named.append(f"layer {h.layer} head {h.head}: {h.role}")
     return rows, named
@@ -417,11 +417,11 @@ def write_model_card(out: Path, info: dict) -> None:
         "attnscope.Scope(attnscope.load_model(\"tiny-induction\")))`: on `<bos>` + a random string of "
         f"{REPEAT_LENGTH} tokens repeated twice (seed 0), the mean weight on the previous token, on the token "
         "after the current token's earlier occurrence (induction, second copy only), on `<bos>` (sink), on the "
-        "last four tokens (local), and the normalized entropy (uniform). A head's role is its highest score "
+        "last four tokens (local), and the normalized entropy (broad). A head's role is its highest score "
         "over its threshold ("
         + ", ".join(f"{r} {t:g}" for r, t in THRESHOLDS.items()) + ").",
         "",
-        "| layer | head | kv head | previous_token | induction | sink | local | uniform | role |",
+        "| layer | head | kv head | previous_token | induction | sink | local | broad | role |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
