@@ -29,9 +29,7 @@ seeds are fixed and nothing is downloaded. Options: ``--out``, ``--steps``, ``--
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -41,13 +39,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from torch import nn
 
 import attnscope
 from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import hf_name
+from attnscope.sample_models import training
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "tiny-code"
@@ -73,11 +69,9 @@ TOKENIZER_CONFIG = {
 # training
 SEQ_LEN = 256  # tokens per window (BOS included)
 BATCH = 32
-LR = 3e-3
-MIN_LR = 3e-4  # end of the cosine decay
-WARMUP = 60
-WEIGHT_DECAY = 0.1
-GRAD_CLIP = 1.0
+# The bundled weights' hyperparameters: any change here changes the weights. tiny-induction's differ
+# (see its recipe): beta2 0.95 and weight decay 0.1 are the usual language-model pretraining values.
+HP = training.Hyperparameters(lr=3e-3, min_lr=3e-4, warmup=60, weight_decay=0.1, betas=(0.9, 0.95), grad_clip=1.0)
 DEFAULT_STEPS = 800  # ~0.6 s per step with bf16 autocast on 2 idle cores: ~8 minutes of training
 EVAL_EVERY = 100
 EVAL_WINDOWS = 64  # validation windows, fixed for the whole run
@@ -88,22 +82,16 @@ SAMPLE_NEW_TOKENS = 48
 
 
 def model_config() -> ModelConfig:
-    return ModelConfig(
-        model_type="llama",
-        vocab_size=VOCAB_SIZE,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+    return training.llama_config(vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512,
+                                 num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+                                 max_position_embeddings=4096, bos_token_id=0, eos_token_id=0)
+
+
+# What `training.save_model` writes here and not in tiny-induction: float16 weights (the default sample
+# model ships in the package, so half the size counts; the card gives the float16 validation loss), and an
+# EOS token in generation_config.json (BOS and EOS are both <|endoftext|>; code has an end, a copied string
+# has not).
+SAVED_DTYPE = torch.float16
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -193,42 +181,6 @@ def sample_windows(stream: torch.Tensor, starts: torch.Tensor, n: int, gen: torc
 # ------------------------------------------------------------------------------------------- model
 
 
-def init_weights(model: Transformer) -> None:
-    """Normal(0, 0.02) for embeddings and projections, residual outputs scaled down by sqrt(2 L)
-    (GPT-2), RMSNorm weights at 1."""
-    n_layers = model.config.num_hidden_layers
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            std = 0.02
-            if name.endswith(("o_proj", "down_proj")):
-                std /= math.sqrt(2 * n_layers)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-    if model.config.tie_word_embeddings:  # lm_head shares the embedding; keep the embedding's init
-        nn.init.normal_(model.embed_tokens.weight, mean=0.0, std=0.02)
-    for module in model.modules():
-        if type(module).__name__ == "RMSNorm":
-            nn.init.ones_(module.weight)
-
-
-def lr_at(step: int, steps: int) -> float:
-    """Linear warmup to LR, then cosine decay to MIN_LR."""
-    if step < WARMUP:
-        return LR * (step + 1) / WARMUP
-    progress = (step - WARMUP) / max(1, steps - WARMUP)
-    return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: Transformer) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (projections, embedding), none on norm weights."""
-    params = {id(p): p for p in model.parameters()}.values()  # tied weights once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.95), eps=1e-8)
-
-
 def bf16_supported() -> bool:
     """Whether this CPU has native bfloat16 matmuls (AVX512-BF16 / AMX), where autocast pays off."""
     try:
@@ -237,41 +189,24 @@ def bf16_supported() -> bool:
         return False
 
 
-def lm_loss(model: Transformer, windows: torch.Tensor, autocast: bool) -> torch.Tensor:
+def lm_loss(model: Transformer, windows: torch.Tensor, autocast: bool,
+            backend: str = training.TRAIN_BACKEND) -> torch.Tensor:
+    """Mean next-token cross-entropy over windows ``[B, T + 1]``, matmuls in bfloat16 with `autocast`."""
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with ctx:
-        logits = model(windows[:, :-1])  # (B, T, vocab)
+        logits = training.forward(model, windows[:, :-1], backend)  # (B, T, vocab)
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, windows: torch.Tensor, autocast: bool, batch: int = BATCH) -> float:
+def evaluate(model: Transformer, windows: torch.Tensor, autocast: bool, batch: int = BATCH,
+             backend: str = training.TRAIN_BACKEND) -> float:
+    """Mean loss over `windows`, in batches of `batch`."""
     model.eval()
-    losses = [lm_loss(model, windows[i : i + batch], autocast).item() * len(windows[i : i + batch])
+    losses = [lm_loss(model, windows[i : i + batch], autocast, backend).item() * len(windows[i : i + batch])
               for i in range(0, len(windows), batch)]
     model.train()
     return sum(losses) / len(windows)
-
-
-# -------------------------------------------------------------------------------------------- saving
-
-
-def save_model(model: Transformer, tok: Tokenizer, out: Path) -> None:
-    """Hugging Face layout: HF parameter names (``model.`` prefix), float16, tied lm_head omitted."""
-    out.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    (out / "config.json").write_text(json.dumps(config.to_hf(dtype="float16"), indent=2) + "\n")
-    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        tensors[hf_name(name)] = tensor.detach().to(torch.float16).contiguous().clone()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "model.safetensors").chmod(0o644)  # safetensors creates it owner-only
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------- model card
@@ -302,6 +237,7 @@ def attention_entropy(model, text: str, max_tokens: int = 256) -> list[dict]:
 def write_model_card(out: Path, info: dict) -> None:
     c = info["config"]
     n_params = info["n_params"]
+    saved = training.dtype_name(SAVED_DTYPE)
     lines = [
         "# tiny-code",
         "",
@@ -329,7 +265,7 @@ def write_model_card(out: Path, info: dict) -> None:
         f"(trained on {SEQ_LEN}) |",
         f"| norm | RMSNorm, eps {c['rms_norm_eps']:g} |",
         f"| BOS / EOS | `{SPECIAL}`, id 0; the tokenizer prepends it |",
-        "| weights | `model.safetensors`, float16 |",
+        f"| weights | `model.safetensors`, {saved} |",
         "",
         "## Data",
         "",
@@ -345,15 +281,16 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
         "## Training",
         "",
-        f"{info['steps']} steps of AdamW (betas 0.9/0.95, weight decay {WEIGHT_DECAY} on matrices), "
+        f"{info['steps']} steps of AdamW (betas {HP.betas[0]:g}/{HP.betas[1]:g}, weight decay {HP.weight_decay:g} "
+        "on matrices), "
         f"batch {BATCH} windows of {SEQ_LEN} tokens ({BATCH * SEQ_LEN:,} tokens per step, "
         f"{info['steps'] * BATCH * SEQ_LEN / 1e6:.1f}M tokens in all, "
-        f"{info['steps'] * BATCH * SEQ_LEN / info['train_tokens']:.1f} epochs), learning rate {LR:g} "
-        f"with {WARMUP} warmup steps and cosine decay to {MIN_LR:g}, gradient clipping at {GRAD_CLIP}, "
+        f"{info['steps'] * BATCH * SEQ_LEN / info['train_tokens']:.1f} epochs), learning rate {HP.lr:g} "
+        f"with {HP.warmup} warmup steps and cosine decay to {HP.min_lr:g}, gradient clipping at {HP.grad_clip}, "
         f"seed {info['seed']}. Every window begins with BOS: {DOC_START_PROB:.0%} start at the beginning of "
         "a file, the rest are BOS followed by text from a random offset. "
         f"Matmuls ran in {'bfloat16 (autocast; float32 master weights)' if info['autocast'] else 'float32'}; "
-        "weights are stored as float16.",
+        f"weights are stored as {saved}.",
         "",
         f"Time: {info['train_seconds']:.0f} s of training ({info['train_seconds'] / info['steps']:.2f} s per step), "
         f"{info['total_seconds']:.0f} s for the whole script, on {info['cpu']} with "
@@ -365,7 +302,7 @@ def write_model_card(out: Path, info: dict) -> None:
         f"Validation loss is measured on {EVAL_WINDOWS} fixed windows of the held-out files "
         f"({EVAL_WINDOWS * SEQ_LEN:,} predicted tokens). "
         f"Final train loss {info['final_train_loss']:.3f}, validation loss {info['final_val_loss']:.3f} nats per "
-        f"token (perplexity {math.exp(info['final_val_loss']):.1f}); the saved float16 weights give validation "
+        f"token (perplexity {math.exp(info['final_val_loss']):.1f}); the saved {saved} weights give validation "
         f"loss {info['saved_val_loss']:.3f} in float32. Uniform guessing is ln {VOCAB_SIZE} = "
         f"{math.log(VOCAB_SIZE):.3f}.",
         "",
@@ -423,34 +360,18 @@ def write_model_card(out: Path, info: dict) -> None:
     (out / "README.md").write_text("\n".join(lines))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ---------------------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    parser.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto",
-                        help="bfloat16 autocast for matmuls; auto: on where the CPU has native bf16")
-    args = parser.parse_args(argv)
+    cli = training.parser(__doc__.splitlines()[0], DEFAULT_OUT, DEFAULT_STEPS)
+    cli.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto",
+                     help="bfloat16 autocast for matmuls; auto: on where the CPU has native bf16")
+    args = cli.parse_args(argv)
 
-    t_start = time.perf_counter()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
+    run = training.Run(args.seed, args.threads)
     autocast = args.autocast == "bf16" or (args.autocast == "auto" and bf16_supported())
-    log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+    log = run.log
 
     # 1. data
     root, train_files, val_files = collect_files()
@@ -469,31 +390,26 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3. model and training
     config = model_config()
-    model = Transformer(config, backend="sdpa")
-    init_weights(model)
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    model = training.build_model(config)
+    n_params = training.count_parameters(model)
     log(f"model: {n_params:,} parameters; autocast bf16: {autocast}; {args.steps} steps of batch {BATCH}x{SEQ_LEN}")
-    optimizer = make_optimizer(model)
+    optimizer = HP.optimizer(model)
     gen = torch.Generator().manual_seed(args.seed)
     val_windows = sample_windows(val_stream, val_starts, EVAL_WINDOWS, torch.Generator().manual_seed(args.seed + 1))
 
-    history, recent, loads = [], [], []  # loads: 1-minute load average, to tell a busy machine
+    def batch_loss() -> torch.Tensor:
+        return lm_loss(model, sample_windows(train_stream, train_starts, BATCH, gen), autocast)
+
+    history, recent = [], []
     model.train()
     t_train = time.perf_counter()
     for step in range(args.steps):
-        lr = lr_at(step, args.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = lm_loss(model, sample_windows(train_stream, train_starts, BATCH, gen), autocast)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
-        recent.append(loss.item())
+        loss, lr = training.train_step(model, optimizer, HP, step, args.steps, batch_loss)
+        recent.append(loss)
         if step % 10 == 0:
-            loads.append(os.getloadavg()[0])
+            run.sample_load()
             elapsed = time.perf_counter() - t_train
-            log(f"step {step:4d}  loss {loss.item():.3f}  lr {lr:.2e}  {elapsed / (step + 1):.2f} s/step")
+            log(f"step {step:4d}  loss {loss:.3f}  lr {lr:.2e}  {elapsed / (step + 1):.2f} s/step")
         if (step + 1) % EVAL_EVERY == 0 or step + 1 == args.steps:
             val_loss = evaluate(model, val_windows, autocast)
             history.append({"step": step + 1, "train_loss": sum(recent) / len(recent), "val_loss": val_loss, "lr": lr})
@@ -504,10 +420,11 @@ def main(argv: list[str] | None = None) -> None:
     # 4. save, then reload the saved weights with attnscope for the figures of the model card
     model.eval()
     out = args.out.resolve()
-    save_model(model, tok, out)
+    training.save_model(model, tok, out, dtype=SAVED_DTYPE, tokenizer_config=TOKENIZER_CONFIG,
+                        generation={"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id})
     log(f"saved to {out}")
-    shipped = attnscope.load_model(out, dtype="float32")
-    saved_val_loss = evaluate(shipped.net, val_windows, autocast=False)
+    shipped = training.load_saved(out)
+    saved_val_loss = evaluate(shipped.net, val_windows, autocast=False, backend=training.SAVED_BACKEND)
     scope = attnscope.Scope(shipped, backend="eager")
     samples = [(p, scope.run(p, max_new_tokens=SAMPLE_NEW_TOKENS).continuation) for p in SAMPLE_PROMPTS]
     for prompt, continuation in samples:
@@ -533,9 +450,9 @@ def main(argv: list[str] | None = None) -> None:
         "autocast": autocast,
         "train_seconds": train_seconds,
         "train_minutes": train_seconds / 60,
-        "total_seconds": time.perf_counter() - t_start,
-        "cpu": cpu_name(),
-        "load": sum(loads) / len(loads),
+        "total_seconds": run.elapsed(),
+        "cpu": training.cpu_name(),
+        "load": run.mean_load(),
         "final_train_loss": history[-1]["train_loss"],
         "final_val_loss": history[-1]["val_loss"],
         "saved_val_loss": saved_val_loss,
@@ -544,8 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         "attention": attention,
         "attention_file": attention_file.relative_to(root).as_posix(),
     })
-    size = sum(f.stat().st_size for f in out.iterdir())
-    log(f"done: {out} ({size / 2**20:.1f} MiB)")
+    log(f"done: {out} ({training.dir_size(out) / 2**20:.1f} MiB)")
 
 
 if __name__ == "__main__":

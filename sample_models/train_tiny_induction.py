@@ -39,25 +39,20 @@ builds. Options: ``--out``, ``--steps``, ``--seed``, ``--threads``, ``--help``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
-import platform
 import string
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from torch import nn
 
 import attnscope
-from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, head_roles
+from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, repeated_sequence
 from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import hf_name
+from attnscope.model.loader import LoadedModel
+from attnscope.sample_models import training
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "tiny-induction"
@@ -84,11 +79,10 @@ SEQ_LEN = 1 + 2 * MAX_LEN  # BOS + R + R, padded: 121 tokens
 
 # training
 BATCH = 32
-LR = 3e-3
-MIN_LR = 1e-4
-WARMUP = 100
-WEIGHT_DECAY = 0.01
-GRAD_CLIP = 1.0
+# The bundled weights' hyperparameters: any change here changes the weights. They are not tiny-code's:
+# beta2 0.98 (there 0.95), weight decay 0.01 (there 0.1), 100 warmup steps (there 60) and a cosine down
+# to 1e-4 (there 3e-4).
+HP = training.Hyperparameters(lr=3e-3, min_lr=1e-4, warmup=100, weight_decay=0.01, betas=(0.9, 0.98), grad_clip=1.0)
 DEFAULT_STEPS = 1500  # ~60 ms per step on 2 idle cores
 REQUIRED_ACCURACY = 0.95  # on fresh sequences, or the script fails
 EVAL_EVERY = 100
@@ -97,22 +91,17 @@ TEST_SEQUENCES = 2048  # fresh sequences for the accuracy reported in the model 
 
 
 def model_config() -> ModelConfig:
-    return ModelConfig(
-        model_type="llama",
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        bos_token_id=BOS,
-        eos_token_id=None,
-    )
+    return training.llama_config(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                 max_position_embeddings=256, bos_token_id=BOS, eos_token_id=None)
+
+
+# What `training.save_model` writes here and not in tiny-code: float32 weights (the model is small enough
+# that size does not matter, and the saved weights are exactly the trained ones), and a
+# generation_config.json without an EOS token (a copied string has no end of its own) but with the pad
+# token and greedy decoding.
+SAVED_DTYPE = torch.float32
+GENERATION = {"bos_token_id": BOS, "pad_token_id": PAD, "do_sample": False}
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -136,13 +125,14 @@ def make_batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
 
 def copy_loss(model: Transformer, ids: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the next-token predictions of the predictable tokens."""
-    logits = model(ids[:, :-1])  # (B, T - 1, vocab): position t predicts token t + 1
+    logits = training.forward(model, ids[:, :-1])  # (B, T - 1, vocab): position t predicts token t + 1
     targets = ids[:, 1:].masked_fill(~copy[:, 1:], -100)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, ids: torch.Tensor, copy: torch.Tensor, batch: int = 256) -> dict:
+def evaluate(model: Transformer, ids: torch.Tensor, copy: torch.Tensor, batch: int = 256,
+             backend: str = training.TRAIN_BACKEND) -> dict:
     """Greedy next-token prediction of the predictable tokens: per sequence, how many are right
     (``right [n]``) out of how many (``total [n]``), and the summed cross-entropy (``loss_sum``)."""
     was_training = model.training
@@ -150,7 +140,7 @@ def evaluate(model: Transformer, ids: torch.Tensor, copy: torch.Tensor, batch: i
     right, total, loss_sum = [], [], 0.0
     for i in range(0, len(ids), batch):
         x, m = ids[i : i + batch], copy[i : i + batch, 1:]
-        logits = model(x[:, :-1])  # (b, T - 1, vocab)
+        logits = training.forward(model, x[:, :-1], backend)  # (b, T - 1, vocab)
         target = x[:, 1:]
         right.append(((logits.argmax(-1) == target) & m).sum(1))
         total.append(m.sum(1))
@@ -187,75 +177,18 @@ def build_tokenizer() -> Tokenizer:
     return tok
 
 
-# ------------------------------------------------------------------------------------------- model
-
-
-def init_weights(model: Transformer) -> None:
-    """Normal(0, 0.02) for embeddings and projections, residual outputs scaled down by sqrt(2 L)."""
-    n_layers = model.config.num_hidden_layers
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            std = 0.02
-            if name.endswith(("o_proj", "down_proj")):
-                std /= math.sqrt(2 * n_layers)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-    if model.config.tie_word_embeddings:  # lm_head shares the embedding: keep the embedding's init
-        nn.init.normal_(model.embed_tokens.weight, mean=0.0, std=0.02)
-
-
-def lr_at(step: int, steps: int) -> float:
-    """Linear warmup to LR, then cosine decay to MIN_LR at `steps`."""
-    if step < WARMUP:
-        return LR * (step + 1) / WARMUP
-    progress = min(1.0, (step - WARMUP) / max(1, steps - WARMUP))
-    return MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: Transformer) -> torch.optim.AdamW:
-    params = {id(p): p for p in model.parameters()}.values()  # the tied embedding once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.98), eps=1e-8)
-
-
-# -------------------------------------------------------------------------------------------- saving
-
-
-def save_model(model: Transformer, tok: Tokenizer, out: Path) -> None:
-    """Hugging Face layout: HF parameter names, float32, tied lm_head omitted."""
-    out.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    (out / "config.json").write_text(json.dumps(config.to_hf(), indent=2) + "\n")
-    generation = {"bos_token_id": BOS, "pad_token_id": PAD, "do_sample": False}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        tensors[hf_name(name)] = tensor.detach().to(torch.float32).contiguous().clone()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "model.safetensors").chmod(0o644)  # safetensors creates it owner-only
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
-
-
 # ------------------------------------------------------------------------------------- measurements
 
 
 def circuit_scores(model: Transformer) -> tuple[float, float]:
     """(best previous-token score in layer 0, best induction score in layer 1) of `head_roles`."""
-    from attnscope.model.loader import LoadedModel
-
-    roles = head_roles(attnscope.Scope(LoadedModel(model, None, "training", DEFAULT_OUT)))
+    roles = training.head_roles_of(LoadedModel(model, None, "training", DEFAULT_OUT))
     return max(h.scores["previous_token"] for h in roles[0]), max(h.scores["induction"] for h in roles[1])
 
 
 def offset_weights(model, max_offset: int = 3) -> list[list[float]]:
     """Layer 0, per head: mean weight on the key `offset` positions back (0..max_offset), then on BOS,
     over the rows of `head_roles`' repeated sequence that have such a key."""
-    from attnscope.inspector.heads import repeated_sequence
-
     result = attnscope.Scope(model).run(repeated_sequence(VOCAB_SIZE, REPEAT_LENGTH, BOS))
     rec = result.records[0]
     return [[float(rec.weights_at(h, d)[d:].mean()) for d in range(max_offset + 1)]
@@ -299,20 +232,10 @@ def roles_table(roles) -> tuple[list[str], list[str]]:
         for h in layer:
             s = h.scores
             rows.append(f"| {h.layer} | {h.head} | {h.kv_head} | {s['previous_token']:.2f} | {s['induction']:.2f} | "
-                        f"{s['sink']:.2f} | {s['local']:.2f} | {s['uniform']:.2f} | {h.role or '-'} |")
+                        f"{s['sink']:.2f} | {s['local']:.2f} | {s['broad']:.2f} | {h.role or '-'} |")
             if h.role:
                 named.append(f"layer {h.layer} head {h.head}: {h.role}")
     return rows, named
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ----------------------------------------------------------------------------------------- model card
@@ -349,7 +272,7 @@ def write_model_card(out: Path, info: dict) -> None:
         f"(trained on {SEQ_LEN}) |",
         f"| norm | RMSNorm, eps {c['rms_norm_eps']:g} |",
         "| BOS | `<bos>`, id 0; the tokenizer prepends it |",
-        "| weights | `model.safetensors`, float32 |",
+        f"| weights | `model.safetensors`, {training.dtype_name(SAVED_DTYPE)} |",
         "",
         "## Data",
         "",
@@ -363,9 +286,10 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
         "## Training",
         "",
-        f"{info['steps']} steps of AdamW (betas 0.9/0.98, weight decay {WEIGHT_DECAY} on matrices), batch "
-        f"{BATCH} sequences, learning rate {LR:g} with {WARMUP} warmup steps and cosine decay to {MIN_LR:g} "
-        f"over the {info['steps']} steps, gradient clipping at {GRAD_CLIP}, seed {info['seed']}, float32; "
+        f"{info['steps']} steps of AdamW (betas {HP.betas[0]:g}/{HP.betas[1]:g}, weight decay {HP.weight_decay:g} "
+        f"on matrices), batch {BATCH} sequences, learning rate {HP.lr:g} with {HP.warmup} warmup steps and cosine "
+        f"decay to {HP.min_lr:g} over the {info['steps']} steps, gradient clipping at {HP.grad_clip}, "
+        f"seed {info['seed']}, float32; "
         f"{info['steps'] * BATCH:,} sequences in all. The validation copying accuracy ({EVAL_SEQUENCES} fixed "
         f"sequences, every {EVAL_EVERY} steps) first passed 95% at step {info['first_95']}: the phase change "
         "where the previous-token and induction heads appear together (best layer-0 previous_token and best "
@@ -417,11 +341,11 @@ def write_model_card(out: Path, info: dict) -> None:
         "attnscope.Scope(attnscope.load_model(\"tiny-induction\")))`: on `<bos>` + a random string of "
         f"{REPEAT_LENGTH} tokens repeated twice (seed 0), the mean weight on the previous token, on the token "
         "after the current token's earlier occurrence (induction, second copy only), on `<bos>` (sink), on the "
-        "last four tokens (local), and the normalized entropy (uniform). A head's role is its highest score "
+        "last four tokens (local), and the normalized entropy (broad). A head's role is its highest score "
         "over its threshold ("
         + ", ".join(f"{r} {t:g}" for r, t in THRESHOLDS.items()) + ").",
         "",
-        "| layer | head | kv head | previous_token | induction | sink | local | uniform | role |",
+        "| layer | head | kv head | previous_token | induction | sink | local | broad | role |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
@@ -459,43 +383,31 @@ def write_model_card(out: Path, info: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = training.parser(__doc__.splitlines()[0], DEFAULT_OUT, DEFAULT_STEPS).parse_args(argv)
 
-    t_start = time.perf_counter()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+    run = training.Run(args.seed, args.threads)
+    log = run.log
 
     tok = build_tokenizer()
     config = model_config()
-    model = Transformer(config, backend="sdpa")
-    init_weights(model)
-    n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    model = training.build_model(config)
+    n_params = training.count_parameters(model)
     log(f"model: {n_params:,} parameters; {args.steps} steps of batch {BATCH}x{SEQ_LEN}")
-    optimizer = make_optimizer(model)
+    optimizer = HP.optimizer(model)
     gen = torch.Generator().manual_seed(args.seed)
     val_ids, val_copy = make_batch(EVAL_SEQUENCES, torch.Generator().manual_seed(args.seed + 1))
 
-    history, recent, loads = [], [], []
+    def batch_loss() -> torch.Tensor:
+        return copy_loss(model, *make_batch(BATCH, gen))
+
+    history, recent = [], []
     model.train()
     t_train = time.perf_counter()
     for step in range(args.steps):
-        lr = lr_at(step, args.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = copy_loss(model, *make_batch(BATCH, gen))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        optimizer.step()
-        recent.append(loss.item())
+        loss, lr = training.train_step(model, optimizer, HP, step, args.steps, batch_loss)
+        recent.append(loss)
         if (step + 1) % EVAL_EVERY == 0 or step + 1 == args.steps:
-            loads.append(os.getloadavg()[0])
+            run.sample_load()
             acc = copy_accuracy(model, val_ids, val_copy)
             prev, induction = circuit_scores(model)
             history.append({"step": step + 1, "train_loss": sum(recent) / len(recent), "val_acc": acc, "lr": lr,
@@ -509,11 +421,11 @@ def main(argv: list[str] | None = None) -> None:
     # save, then measure the saved weights through attnscope, as a user would load them
     model.eval()
     out = args.out.resolve()
-    save_model(model, tok, out)
+    training.save_model(model, tok, out, dtype=SAVED_DTYPE, generation=GENERATION, tokenizer_config=TOKENIZER_CONFIG)
     log(f"saved to {out}")
-    shipped = attnscope.load_model(out, dtype="float32")
+    shipped = training.load_saved(out)
     test_ids, test_copy = make_batch(TEST_SEQUENCES, torch.Generator().manual_seed(args.seed + 2))
-    test = evaluate(shipped.net, test_ids, test_copy)
+    test = evaluate(shipped.net, test_ids, test_copy, backend=training.SAVED_BACKEND)
     test_tokens = int(test["total"].sum())
     test_acc = int(test["right"].sum()) / test_tokens
     test_loss = test["loss_sum"] / test_tokens
@@ -522,15 +434,14 @@ def main(argv: list[str] | None = None) -> None:
     log(f"copying accuracy on {TEST_SEQUENCES} fresh sequences: {test_acc:.2%} (loss {test_loss:.4f}); "
         + ", ".join(f"|R| {s}: {a:.2%}" for s, a, _ in by_length)
         + f"; copying by the last token alone {baselines[0]:.2%}, by the last two {baselines[1]:.2%}")
-    scope = attnscope.Scope(shipped)
-    roles = head_roles(scope)
+    roles = training.head_roles_of(shipped)
     for layer in roles:
         for h in layer:
             log(f"layer {h.layer} head {h.head}: {h.role or '-':15s} "
                 + " ".join(f"{k} {v:.2f}" for k, v in h.scores.items()))
     offsets = offset_weights(shipped)
     demo_prompt = "abcdefgh abcd"
-    demo_continuation = scope.run(demo_prompt, max_new_tokens=4).continuation
+    demo_continuation = attnscope.Scope(shipped).run(demo_prompt, max_new_tokens=4).continuation
     log(f"demo {demo_prompt!r} -> {demo_continuation!r}")
 
     write_model_card(out, {
@@ -541,9 +452,9 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "threads": torch.get_num_threads(),
         "train_seconds": train_seconds,
-        "total_seconds": time.perf_counter() - t_start,
-        "cpu": cpu_name(),
-        "load": sum(loads) / max(1, len(loads)),
+        "total_seconds": run.elapsed(),
+        "cpu": training.cpu_name(),
+        "load": run.mean_load(),
         "log": history,
         "test_acc": test_acc,
         "test_loss": test_loss,
@@ -555,8 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         "demo_prompt": demo_prompt,
         "demo_continuation": demo_continuation,
     })
-    size = sum(f.stat().st_size for f in out.iterdir())
-    log(f"done: {out} ({size / 2**20:.2f} MiB)")
+    log(f"done: {out} ({training.dir_size(out) / 2**20:.2f} MiB)")
 
     problems = []
     if test_acc < REQUIRED_ACCURACY:
