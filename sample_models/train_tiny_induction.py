@@ -29,7 +29,7 @@ What it does, top to bottom:
    ``sample_models/tiny-induction/``: ``config.json``, ``generation_config.json``,
    ``model.safetensors`` (float32), ``tokenizer.json``, ``tokenizer_config.json`` and a ``README.md``
    model card with this run's figures: the copying accuracy on fresh sequences and the role of every
-   head from `attnscope.inspector.heads.head_roles`. The script exits with status 1 if the copying
+   head from `attnscope.Scope.head_roles`. The script exits with status 1 if the copying
    accuracy is below 95% or if `head_roles` does not find a previous-token head in layer 0 and an
    induction head in layer 1.
 
@@ -192,7 +192,7 @@ def offset_weights(model, max_offset: int = 3) -> list[list[float]]:
     result = attnscope.Scope(model).run(repeated_sequence(VOCAB_SIZE, REPEAT_LENGTH, BOS))
     rec = result.records[0]
     return [[float(rec.weights_at(h, d)[d:].mean()) for d in range(max_offset + 1)]
-            + [float(rec.rows.first_token_mass[0, h, 1:].mean())] for h in range(rec.q.shape[1])]
+            + [float(rec.stats.first_token_mass[0, h, 1:].mean())] for h in range(rec.q.shape[1])]
 
 
 def ngram_copy_accuracy(ids: torch.Tensor, copy: torch.Tensor, n: int) -> float:
@@ -337,8 +337,8 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
         "## Head roles",
         "",
-        "Scores of every head from `attnscope.inspector.heads.head_roles("
-        "attnscope.Scope(attnscope.load_model(\"tiny-induction\")))`: on `<bos>` + a random string of "
+        "Scores of every head from `attnscope.Scope("
+        "attnscope.load_model(\"tiny-induction\")).head_roles()`: on `<bos>` + a random string of "
         f"{REPEAT_LENGTH} tokens repeated twice (seed 0), the mean weight on the previous token, on the token "
         "after the current token's earlier occurrence (induction, second copy only), on `<bos>` (sink), on the "
         "last four tokens (local), and the normalized entropy (broad). A head's role is its highest score "

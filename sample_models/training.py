@@ -32,7 +32,7 @@ from torch import nn
 
 import attnscope
 from attnscope.backends import get_backend
-from attnscope.inspector.heads import HeadRole, head_roles
+from attnscope.inspector.heads import HeadRole
 from attnscope.model import ModelConfig, Transformer
 from attnscope.model.llama import RMSNorm
 from attnscope.model.loader import LoadedModel, hf_name
@@ -40,12 +40,12 @@ from attnscope.model.loader import LoadedModel, hf_name
 # ------------------------------------------------------------------------------- attnscope's model API
 
 TRAIN_BACKEND = "sdpa"  # attention backend of training and of the in-training evaluations
-SAVED_BACKEND = "eager"  # the backend `attnscope.load_model` gives the saved model by default
+SAVED_BACKEND = "eager"  # the reference backend, which the saved model's card figures are measured with
 
 
 def build_model(config: ModelConfig) -> Transformer:
     """A fresh network for `config`, initialized by `init_weights`."""
-    model = Transformer(config, backend=TRAIN_BACKEND)
+    model = Transformer(config)
     init_weights(model)
     return model
 
@@ -56,8 +56,8 @@ def forward(model: Transformer, ids: torch.Tensor, backend: str = TRAIN_BACKEND)
 
 
 def head_roles_of(model: LoadedModel) -> list[list[HeadRole]]:
-    """Per layer, per query head, the scores and role of `attnscope.inspector.heads.head_roles`."""
-    return head_roles(attnscope.Scope(model))
+    """Per layer, per query head, the scores and role of `attnscope.Scope.head_roles`."""
+    return attnscope.Scope(model).head_roles()
 
 
 def load_saved(out: Path) -> LoadedModel:
