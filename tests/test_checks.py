@@ -9,28 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import random_model
 
 import attnscope
 from attnscope import masks
 from attnscope.backends import register_backend
 from attnscope.backends.eager import attend as eager_attend
 from attnscope.inspector.checks import CHECK_NAMES
-from attnscope.model import KVCache, ModelConfig, Transformer
+from attnscope.model import KVCache
 from attnscope.model.loader import LoadedModel
 from attnscope.testing import assert_backend_matches, assert_causal, assert_incremental_matches_full, assert_no_nan
 
 PROMPT = [(7 * i + 3) % 90 + 1 for i in range(20)]  # 20 tokens: causality cuts at 5, 10, 15
-
-
-def random_model(dtype=torch.float32, layers: int = 4) -> LoadedModel:
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    net = Transformer(config).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.2)
-    return LoadedModel(net.to(dtype), None, "random", Path("."))
+MODEL_ARGS = dict(layers=4, vocab=96, hidden=64, max_positions=128)  # D = 16, GQA 4/2
 
 
 def run(model, backend="eager", checks="all", prompt=PROMPT, **kw):
@@ -63,7 +54,7 @@ register_backend("test-wrong-lse", wrong_lse_attend)
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_a_correct_model_passes_every_check(backend):
-    found, result = run(random_model(), backend)
+    found, result = run(random_model(**MODEL_ARGS), backend)
     assert set(found) == set(CHECK_NAMES)
     assert all(c.passed for c in found.values()), {n: c.message for n, c in found.items()}
     assert found["causality"].figures["bit_exact"] is (backend == "eager")
@@ -71,14 +62,14 @@ def test_a_correct_model_passes_every_check(backend):
 
 
 def test_padded_batch_passes_every_check():
-    result = attnscope.Scope(random_model(), backend="sdpa").run([PROMPT, PROMPT[:9]], checks="all")
+    result = attnscope.Scope(random_model(**MODEL_ARGS), backend="sdpa").run([PROMPT, PROMPT[:9]], checks="all")
     assert all(c.passed for c in result.checks), [c.message for c in result.checks]
     masked = next(c for c in result.checks if c.name == "masked_rows")
     assert masked.figures["padding_rows_fully_masked"] > 0  # left padding rows, reported, not failed
 
 
 def test_off_by_one_causal_backend_is_caught_at_layer_0():
-    found, _ = run(random_model(), "test-off-by-one")
+    found, _ = run(random_model(**MODEL_ARGS), "test-off-by-one")
     for name in ("causality", "backend_vs_reference", "full_vs_incremental"):
         assert not found[name].passed, name
         assert found[name].where["layer"] == 0, (name, found[name].where)
@@ -98,7 +89,7 @@ class DroppingCache(KVCache):
 
 
 def test_kv_cache_that_drops_a_token_is_caught_at_its_layer(monkeypatch):
-    model = random_model()
+    model = random_model(**MODEL_ARGS)
     net = model.net
     monkeypatch.setattr(net, "new_cache", lambda batch, max_len: DroppingCache(
         net.config, batch, max_len, torch.float32, "cpu"))
@@ -112,7 +103,7 @@ def test_kv_cache_that_drops_a_token_is_caught_at_its_layer(monkeypatch):
 
 
 def test_nan_in_k_projection_is_localized():
-    model = random_model()
+    model = random_model(**MODEL_ARGS)
     with torch.no_grad():
         model.net.layers[1].self_attn.k_proj.weight[16 + 3, 5] = float("nan")  # kv head 1 (head_dim 16)
     found, result = run(model, "sdpa")
@@ -127,7 +118,7 @@ def test_nan_in_k_projection_is_localized():
 
 
 def test_mask_that_leaks_one_future_token_names_the_layer():
-    model = random_model()
+    model = random_model(**MODEL_ARGS)
     leak = torch.ones(20, 20, dtype=torch.bool).tril()
     leak[5, 6] = True  # position 5 sees position 6
     model.net.layers[1].self_attn.mask = masks.custom(leak, "causal+leak(5→6)")
@@ -141,14 +132,14 @@ def test_mask_that_leaks_one_future_token_names_the_layer():
 
 
 def test_wrong_lse_makes_weights_not_sum_to_one():
-    found, _ = run(random_model(), "test-wrong-lse", checks=("masked_rows",))
+    found, _ = run(random_model(**MODEL_ARGS), "test-wrong-lse", checks=("masked_rows",))
     check = found["masked_rows"]
     assert not check.passed and check.where["layer"] == 0
     assert check.figures["max_weight_sum_error"] == pytest.approx(1 - torch.exp(torch.tensor(-0.1)).item(), abs=1e-4)
 
 
 def test_row_with_no_key_is_reported():
-    model = random_model()
+    model = random_model(**MODEL_ARGS)
     blocked = torch.ones(20, 20, dtype=torch.bool).tril()
     blocked[3] = False
     model.net.layers[2].self_attn.mask = masks.custom(blocked, "causal-without-row-3")
@@ -161,7 +152,7 @@ def test_row_with_no_key_is_reported():
 
 
 def test_float16_overflow_is_localized_to_its_layer():
-    model = random_model()
+    model = random_model(**MODEL_ARGS)
     with torch.no_grad():
         model.net.layers[2].post_attention_layernorm.weight.fill_(3e3)
     found32, _ = run(model, checks=("nan",))
@@ -174,7 +165,7 @@ def test_float16_overflow_is_localized_to_its_layer():
 
 
 def test_tolerance_overrides_and_testing_helpers():
-    model = random_model()
+    model = random_model(**MODEL_ARGS)
     assert_incremental_matches_full(model, PROMPT, backend="sdpa")
     assert_backend_matches(model, PROMPT, "sdpa")
     with pytest.raises(AssertionError, match="test-off-by-one differs from eager at layer 0"):
@@ -185,7 +176,7 @@ def test_tolerance_overrides_and_testing_helpers():
 
 
 def test_pooled_maps_match_the_dense_probabilities():
-    _, result = run(random_model(), "sdpa", checks=())
+    _, result = run(random_model(**MODEL_ARGS), "sdpa", checks=())
     dense = result.attention(1, 3).numpy()
     pooled = result.attention_pooled(1, 3, height=5, width=4, reduce="max")
     assert pooled.shape == (5, 4)

@@ -5,41 +5,30 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from models import random_model
 from typer.testing import CliRunner
 
 import attnscope
 from attnscope.cli import app
 from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, pick_role, repeated_sequence
-from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import LoadedModel, sample_models
+from attnscope.model.loader import sample_models
 
 INDUCTION = sample_models().get("tiny-induction")
-
-
-def random_model(std: float) -> LoadedModel:
-    torch.manual_seed(1)
-    config = ModelConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, bos_token_id=0)
-    net = Transformer(config).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * std)
-    return LoadedModel(net, None, "random", Path("."))
+MODEL_ARGS = dict(layers=2, vocab=64, hidden=64, max_positions=256, seed=1, bos_token_id=0)
 
 
 @pytest.mark.parametrize("std", [0.02, 0.2])
 def test_a_random_model_claims_no_induction_head(std):
-    roles = attnscope.Scope(random_model(std)).head_roles()
+    roles = attnscope.Scope(random_model(**MODEL_ARGS, std=std)).head_roles()
     assert all(r.role != "induction" for layer in roles for r in layer)
     assert all(r.scores["induction"] < THRESHOLDS["induction"] / 2 for layer in roles for r in layer)
 
 
 def test_scores_match_dense_probabilities():
-    scope = attnscope.Scope(random_model(0.2))
+    scope = attnscope.Scope(random_model(**MODEL_ARGS, std=0.2))
     result = scope.run(list(range(5, 40)))
     roles = scope.head_roles(list(range(5, 40)))
     rep = scope.run(repeated_sequence(64, REPEAT_LENGTH, bos=0))  # what the induction score is measured on

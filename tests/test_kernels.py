@@ -15,12 +15,12 @@ import importlib
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from models import random_model
 
 import attnscope
 from attnscope import kernels, masks
@@ -29,8 +29,6 @@ from attnscope.backends.eager import attend as eager_attend
 from attnscope.backends.eager import probabilities
 from attnscope.errors import BackendUnavailable
 from attnscope.inspector.capture import LayerRecord
-from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import LoadedModel
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
@@ -280,27 +278,14 @@ def test_backend_refuses_masks_it_cannot_express(spec):
 
 
 PROMPT = [(7 * i + 3) % 90 + 1 for i in range(20)]
-
-
-def random_model(layers: int = 2, sliding_window: int | None = None) -> LoadedModel:
-    """A small random Llama-style model (D = 16, GQA 4/2), one sliding layer when asked."""
-    torch.manual_seed(0)
-    extra = {}
-    if sliding_window:
-        layer_types = ["sliding_attention"] + ["full_attention"] * (layers - 1)
-        extra = dict(sliding_window=sliding_window, layer_types=layer_types)
-    config = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **extra)
-    net = Transformer(config).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.2)
-    return LoadedModel(net.to(DEVICE), None, "random", Path("."))
+MODEL_ARGS = dict(layers=2, vocab=96, hidden=64, max_positions=128, device=DEVICE)  # D = 16, GQA 4/2
 
 
 @pytest.mark.parametrize("sliding_window", [None, 6])
 def test_scope_with_triton_backend_passes_every_check(sliding_window):
-    model = random_model(sliding_window=sliding_window)
+    sliding = {} if sliding_window is None else dict(  # the first layer slides
+        sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"])
+    model = random_model(**MODEL_ARGS, **sliding)
     result = attnscope.Scope(model, backend="triton").run(PROMPT, checks="all")
     assert all(c.passed for c in result.checks), {c.name: c.message for c in result.checks}
     assert len(result.checks) == 5
@@ -325,7 +310,7 @@ def test_check_command_with_the_triton_backend_on_the_default_model():
 
 def test_scope_with_triton_backend_refuses_a_padded_batch():
     with pytest.raises(BackendUnavailable, match=r"not causal & padding\(left\)"):
-        attnscope.Scope(random_model(), backend="triton").run([PROMPT, PROMPT[:9]])
+        attnscope.Scope(random_model(**MODEL_ARGS), backend="triton").run([PROMPT, PROMPT[:9]])
 
 
 # ----------------------------------------------------------------------------------------------

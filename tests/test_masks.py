@@ -1,17 +1,19 @@
-"""Mask specs against references we did not write: HF transformers' masking_utils mask functions,
-torch FlexAttention's create_mask and torch's causal_lower_right; properties with hypothesis; the
-dense-mask cache; fully-masked rows in every backend; padded batches end to end; `attnscope mask`."""
+"""Mask specs: dense and additive views against references we did not write (HF transformers'
+masking_utils mask functions, torch FlexAttention's create_mask and torch's causal_lower_right);
+composition, repr and validation; properties with hypothesis; the dense-mask cache; what the backends
+do with rows whose every key is masked; padded batches end to end; `attnscope mask`."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import random_model
 from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import create_mask
 from transformers import masking_utils as hf
@@ -21,11 +23,18 @@ import attnscope
 from attnscope import masks
 from attnscope.backends import get_backend
 from attnscope.cli import app
-from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import LoadedModel
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIZES = [(1, 1), (1, 9), (5, 5), (7, 20), (16, 16), (3, 40), (0, 6)]
+# (q_len, k_len): decode (q=1), square prefill, chunked prefill with a cache in front
+GRID = [(1, 1), (1, 9), (1, 64), (3, 3), (4, 11), (8, 8), (7, 32), (16, 16), (20, 27)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# the random model of the cache and padded-batch tests: every parameter, the norms too, drawn from N(0, 0.3)
+TINY_MODEL = dict(layers=3, vocab=96, hidden=64, intermediate=96, max_positions=256, std=0.3, norm=None)
 
+
+# ---- helpers ---------------------------------------------------------------------------------
 
 def flex_dense(fn, q_len: int, k_len: int, batch: int = 1) -> torch.Tensor:
     """FlexAttention's materialization of an absolute-position predicate, bottom-right aligned."""
@@ -35,12 +44,41 @@ def flex_dense(fn, q_len: int, k_len: int, batch: int = 1) -> torch.Tensor:
     return create_mask(lambda b, h, q, kv: fn(b, h, q + past, kv), batch, 1, q_len, k_len, device="cpu")
 
 
+def dense2d(spec: masks.MaskSpec, q_len: int, k_len: int) -> torch.Tensor:
+    allowed = spec.dense(q_len, k_len)
+    assert allowed.dtype == torch.bool
+    assert allowed.dim() == 4 and allowed.shape[-2:] == (q_len, k_len)
+    assert allowed.shape[:2] == (1, 1)
+    return allowed[0, 0]
+
+
+def absolute_positions(q_len: int, k_len: int):
+    """Query rows are the last q_len of k_len positions (bottom-right alignment)."""
+    q_idx = torch.arange(k_len - q_len, k_len).view(q_len, 1)
+    kv_idx = torch.arange(k_len).view(1, k_len)
+    return q_idx, kv_idx
+
+
+# ---- dense masks against torch's and HF's ----------------------------------------------------
+
 @pytest.mark.parametrize("q_len, k_len", SIZES)
 def test_causal_matches_torch_lower_right_and_hf(q_len, k_len):
     ours = masks.causal().dense(q_len, k_len)[0, 0]
     if q_len:
         assert torch.equal(ours, causal_lower_right(q_len, k_len)._materialize("cpu"))
     assert torch.equal(ours, flex_dense(hf.causal_mask_function, q_len, k_len)[0, 0])
+
+
+@pytest.mark.parametrize(("q_len", "k_len"), GRID)
+def test_causal_is_torch_causal_lower_right(q_len, k_len):
+    expected = causal_lower_right(q_len, k_len)._materialize()
+    got = dense2d(masks.causal(), q_len, k_len)
+    assert torch.equal(got, expected)
+    assert torch.equal(got, torch.ones(q_len, k_len, dtype=torch.bool).tril(k_len - q_len))
+
+
+def test_causal_decode_row_sees_everything():
+    assert dense2d(masks.causal(), 1, 17).all()
 
 
 @pytest.mark.parametrize("q_len, k_len", SIZES)
@@ -50,6 +88,17 @@ def test_sliding_window_matches_hf(q_len, k_len, window):
     ref = flex_dense(hf.sliding_window_causal_mask_function(window), q_len, k_len)
     assert torch.equal(ours, ref)
     assert torch.equal((masks.causal() & masks.sliding_window(window)).dense(q_len, k_len), ref)
+
+
+@pytest.mark.parametrize(("q_len", "k_len"), GRID)
+@pytest.mark.parametrize("window", [1, 2, 3, 8, 100])
+def test_sliding_window_is_hf_sliding_window_causal(q_len, k_len, window):
+    expected = flex_dense(hf.sliding_window_causal_mask_function(window), q_len, k_len)[0, 0]
+    assert torch.equal(dense2d(masks.sliding_window(window), q_len, k_len), expected)
+    assert torch.equal(dense2d(masks.causal() & masks.sliding_window(window), q_len, k_len), expected)
+    # every row sees exactly min(window, position + 1) keys
+    q_idx, _ = absolute_positions(q_len, k_len)
+    assert torch.equal(expected.sum(-1), torch.clamp(q_idx[:, 0] + 1, max=window))
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -109,6 +158,70 @@ def test_custom_tensor_is_bottom_right_aligned():
         spec.dense(7, 7)
 
 
+# ---- composition, repr, values, validation ---------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(
+    k_len=st.integers(1, 40),
+    data=st.data(),
+    w1=st.integers(1, 12),
+    w2=st.integers(1, 12),
+)
+def test_composition_is_elementwise(k_len, data, w1, w2):
+    q_len = data.draw(st.integers(1, k_len))
+    a, b, c = masks.causal(), masks.sliding_window(w1), masks.sliding_window(w2)
+    da, db, dc = (dense2d(s, q_len, k_len) for s in (a, b, c))
+    assert torch.equal(dense2d(a & b, q_len, k_len), da & db)
+    assert torch.equal(dense2d(b | c, q_len, k_len), db | dc)
+    assert torch.equal(dense2d((b | c) & a, q_len, k_len), (db | dc) & da)
+    assert torch.equal(dense2d(b & (c | a), q_len, k_len), db & (dc | da))
+
+
+def test_repr_is_readable():
+    spec = masks.causal() & masks.sliding_window(4096) & masks.padding([3, 4], "left")
+    assert repr(spec) == "causal & sliding_window(4096) & padding(left)"
+    assert repr((masks.causal() | masks.prefix_lm(4)) & masks.chunked(8)) == "(causal | prefix_lm(4)) & chunked(8)"
+
+
+def test_repr():
+    assert repr(masks.causal()) == "causal"
+    assert repr(masks.sliding_window(8)) == "sliding_window(8)"
+    assert repr(masks.causal() & masks.sliding_window(8)) == "causal & sliding_window(8)"
+    assert repr(masks.causal() | masks.sliding_window(8)) == "causal | sliding_window(8)"
+    # an | inside an & needs parentheses to keep its meaning
+    either = masks.causal() | masks.sliding_window(4)
+    assert repr(either & masks.sliding_window(8)) == "(causal | sliding_window(4)) & sliding_window(8)"
+    assert repr(masks.sliding_window(8) & either) == "sliding_window(8) & (causal | sliding_window(4))"
+
+
+def test_specs_are_values():
+    assert masks.causal() == masks.causal() and hash(masks.causal()) == hash(masks.causal())
+    assert masks.sliding_window(8) == masks.sliding_window(8) != masks.sliding_window(9)
+    assert masks.causal() & masks.sliding_window(8) == masks.causal() & masks.sliding_window(8)
+    both = masks.causal() & masks.sliding_window(8)
+    assert len({both, masks.causal() & masks.sliding_window(8), masks.causal()}) == 2
+
+
+@dataclass(frozen=True)
+class ForbidRows(masks.MaskSpec):
+    """Causal, except that queries at positions that are multiples of `every` may attend to nothing."""
+
+    every: int
+
+    def predicate(self, b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx % self.every != 0)
+
+    def __repr__(self) -> str:
+        return f"forbid_rows({self.every})"
+
+
+def test_custom_spec_composes():
+    spec = ForbidRows(3) & masks.sliding_window(4)
+    assert repr(spec) == "forbid_rows(3) & sliding_window(4)"
+    rows = spec.fully_masked_rows(6, 10)[0, 0]
+    assert rows.tolist() == [False, False, True, False, False, True]  # positions 4..9: 6 and 9
+
+
 def test_sizes_are_validated():
     with pytest.raises(ValueError, match="cannot be more queries than keys"):
         masks.causal().dense(5, 4)
@@ -119,13 +232,42 @@ def test_sizes_are_validated():
         masks.sliding_window(0)
 
 
-def test_repr_is_readable():
-    spec = masks.causal() & masks.sliding_window(4096) & masks.padding([3, 4], "left")
-    assert repr(spec) == "causal & sliding_window(4096) & padding(left)"
-    assert repr((masks.causal() | masks.prefix_lm(4)) & masks.chunked(8)) == "(causal | prefix_lm(4)) & chunked(8)"
+@pytest.mark.parametrize("window", [0, -3])
+def test_sliding_window_must_be_positive(window):
+    with pytest.raises(ValueError, match="window"):
+        masks.sliding_window(window)
 
 
-# ---- properties -----------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", [masks.causal(), masks.sliding_window(3), masks.causal() & masks.sliding_window(8)],
+                         ids=repr)
+def test_q_longer_than_k_raises(spec):
+    with pytest.raises(ValueError, match="q_len"):
+        spec.dense(5, 3)
+    with pytest.raises(ValueError, match="q_len"):
+        spec.additive(2, 1, torch.float16)
+
+
+# ---- the additive form -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("q_len", "k_len"), [(1, 9), (8, 8), (7, 32)])
+def test_additive_form(dtype, q_len, k_len):
+    spec = masks.causal() & masks.sliding_window(3)
+    add = spec.additive(q_len, k_len, dtype)
+    allowed = spec.dense(q_len, k_len)
+    assert add.dtype == dtype
+    assert add.shape[-2:] == (q_len, k_len)
+    assert not torch.isnan(add).any() and not torch.isinf(add).any()
+    allowed = torch.broadcast_to(allowed, add.shape)
+    assert (add[allowed] == 0).all()
+    assert (add[~allowed] == torch.finfo(dtype).min).all()
+    assert (~allowed).any()
+    # added to scores of that dtype, a fully-masked row still gives a finite softmax
+    scores = torch.zeros(add.shape, dtype=dtype) + add
+    assert torch.isfinite(torch.softmax(scores.float(), -1)).all()
+
+
+# ---- properties ------------------------------------------------------------------------------
 
 parts = st.one_of(
     st.just(masks.causal()),
@@ -165,7 +307,7 @@ def test_block_states_agree_with_dense(spec, shape, bm, bn):
 
 
 @settings(max_examples=40, deadline=None)
-@given(specs, shapes, st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+@given(specs, shapes, st.sampled_from(DTYPES))
 def test_additive_is_finite_and_matches_dense(spec, shape, dtype):
     add = spec.additive(*shape, dtype=dtype)
     assert add.dtype == dtype and torch.isfinite(add).all()
@@ -174,10 +316,36 @@ def test_additive_is_finite_and_matches_dense(spec, shape, dtype):
     assert (add[~allowed.expand_as(add)] == torch.finfo(dtype).min).all()
 
 
+# ---- the dense-mask cache --------------------------------------------------------------------
+
+def test_dense_is_cached():
+    spec = masks.causal() & masks.sliding_window(5)
+    first = spec.dense(13, 31)
+    before = masks.cache_stats()
+    again = (masks.causal() & masks.sliding_window(5)).dense(13, 31)  # an equal spec hits the same entry
+    after = masks.cache_stats()
+    assert after["hits"] > before["hits"] and after["misses"] == before["misses"]
+    assert torch.equal(again, first)
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_generation_hits_the_mask_cache(backend):
+    model = random_model(**TINY_MODEL, sliding_window=16,
+                         layer_types=["full_attention", "sliding_attention", "full_attention"])
+    scope = attnscope.Scope(model, backend=backend)
+    scope.run(list(range(1, 11)), max_new_tokens=1)  # warm: the prefill's masks
+    before = masks.cache_stats()
+    scope.run(list(range(1, 11)), max_new_tokens=64)
+    after = masks.cache_stats()
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    assert hits + misses >= 64
+    assert hits / (hits + misses) >= 0.9, (hits, misses)
+
+
 # ---- fully-masked rows in the backends -------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("spec", [
     masks.causal() & masks.padding([3, 6], "left", total=6),
     masks.causal() & masks.document([0, 0, 1, 1, 2, 2]) & masks.custom(
@@ -198,35 +366,48 @@ def test_fully_masked_rows_give_zero_and_minus_inf(backend, dtype, spec):
     assert torch.allclose(out.float(), ref, atol=tol, rtol=tol)
 
 
-# ---- the cache, and padded batches end to end -------------------------------------------------
-
-def tiny_model(**overrides) -> LoadedModel:
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **overrides)
-    net = Transformer(config).eval()
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.3)
-    return LoadedModel(net, None, "random", Path("."))
+def reference_attention(q, k, v, allowed, scale):
+    """float64 attention with K/V repeated per query head; a fully-masked row gives out 0, lse -inf."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.double().repeat_interleave(groups, dim=1)
+    v = v.double().repeat_interleave(groups, dim=1)
+    scores = (q.double() @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    probs = torch.exp(scores - lse.unsqueeze(-1)).nan_to_num(0.0)
+    return probs @ v, lse
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
-def test_generation_hits_the_mask_cache(backend):
-    model = tiny_model(sliding_window=16, layer_types=["full_attention", "sliding_attention", "full_attention"])
-    scope = attnscope.Scope(model, backend=backend)
-    scope.run(list(range(1, 11)), max_new_tokens=1)  # warm: the prefill's masks
-    before = masks.cache_stats()
-    scope.run(list(range(1, 11)), max_new_tokens=64)
-    after = masks.cache_stats()
-    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
-    assert hits + misses >= 64
-    assert hits / (hits + misses) >= 0.9, (hits, misses)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("q_len", "k_len"), [(12, 12), (5, 12), (1, 9), (1, 10)])
+@pytest.mark.parametrize("spec", [ForbidRows(3), ForbidRows(3) & masks.sliding_window(4), ForbidRows(1)], ids=repr)
+def test_fully_masked_rows_match_a_float64_reference(backend, dtype, q_len, k_len, spec):
+    gen = torch.Generator().manual_seed(q_len * 100 + k_len)
+    B, Hq, Hkv, D = 2, 4, 2, 16
+    q = torch.randn(B, Hq, q_len, D, generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, k_len, D, generator=gen).to(dtype)
+    v = torch.randn(B, Hkv, k_len, D, generator=gen).to(dtype)
+    empty = spec.fully_masked_rows(q_len, k_len)[0, 0]  # (Sq,)
+    assert empty.any() or (q_len, k_len) == (1, 9)  # position 8 is the one row that is not forbidden
+    out, lse = get_backend(backend)(q, k, v, spec, D**-0.5)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert lse.shape == (B, Hq, q_len) and lse.dtype == torch.float32
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert (out[:, :, empty] == 0).all()
+    assert (lse[:, :, empty] == float("-inf")).all()
+    assert torch.isfinite(lse[:, :, ~empty]).all()
+    ref_out, ref_lse = reference_attention(q, k, v, spec.dense(q_len, k_len), D**-0.5)
+    tol = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=0)
+    torch.testing.assert_close(lse[:, :, ~empty].double(), ref_lse[:, :, ~empty], atol=tol, rtol=0)
 
+
+# ---- padded batches end to end ---------------------------------------------------------------
 
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_padded_batch_rows_equal_their_single_runs(side, backend):
-    model = tiny_model()
+    model = random_model(**TINY_MODEL)
     scope = attnscope.Scope(model, backend=backend)
     prompts = [list(range(3, 23)), list(range(40, 48)), list(range(60, 73))]
     batch = scope.run(prompts, max_new_tokens=6, padding_side=side)
@@ -242,7 +423,7 @@ def test_padded_batch_rows_equal_their_single_runs(side, backend):
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_full_equals_incremental(side):
-    model = tiny_model()
+    model = random_model(**TINY_MODEL)
     net = model.net
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [0, 0, 0, 0, 12, 13, 14]])
     if side == "right":
@@ -258,7 +439,7 @@ def test_padded_batch_full_equals_incremental(side):
     assert torch.allclose(full[real], inc[real], atol=1e-5)
 
 
-# ---- attnscope mask ---------------------------------------------------------------------------
+# ---- attnscope mask --------------------------------------------------------------------------
 
 runner = CliRunner()
 

@@ -67,11 +67,34 @@ def test_short_maps_are_magnified_into_square_cells():
     assert rows[0].split()[1] == "<s>" and rows[1].split() == [rows[1].strip()]  # label once per query row
 
 
+def cell_rows(text: str) -> dict[int, str]:
+    """The cells of each query row of a heatmap rendered without color, by query position (the legend
+    prints "!" too, so a NaN has to be looked for in the cells)."""
+    width = Heatmap.label_width(color=False)  # position and token label left of the cells
+    return {int(line[:4]): line[width:] for line in text.splitlines() if line[:4].strip().isdigit()}
+
+
 def test_heatmap_log_scale_and_nan():
     w, a = causal_weights(6)
+    clean = Heatmap(w.copy(), a, TOKENS[:6], TOKENS[:6], log=True)
     w[4, 2] = np.nan
-    text = render(Heatmap(w, a, TOKENS[:6], TOKENS[:6], log=True))
-    assert "log " in text and "!" in text
+    heatmap = Heatmap(w, a, TOKENS[:6], TOKENS[:6], log=True)
+    text = render(heatmap)
+    assert "log " in text
+    rows, clean_rows = cell_rows(text), cell_rows(render(clean))
+    assert sorted(rows) == sorted(clean_rows) == list(range(6))
+    assert not any("!" in cells for cells in clean_rows.values())
+    # the NaN cell (query 4, key 2) is drawn "!", every other cell as without the NaN
+    assert rows[4][2] == "!"
+    assert rows == {**clean_rows, 4: clean_rows[4][:2] + "!" + clean_rows[4][3:]}
+    # in color the NaN cell is red; the legend's red swatch is not on a line of cells
+    red = "2;255;32;32"  # NONFINITE_COLOR #ff2020 as a truecolor fore- or background
+    colored = render(heatmap, color=True)
+    cell_lines = [line for line in colored.splitlines() if "▀" in line and "masked" not in ANSI.sub("", line)]
+    red_lines = [line for line in cell_lines if red in line]
+    assert red_lines and ANSI.sub("", red_lines[0]).startswith("   4 ")
+    assert not any(red in line for line in render(clean, color=True).splitlines()
+                   if "▀" in line and "masked" not in ANSI.sub("", line))
 
 
 def test_long_maps_are_pooled_and_say_so():

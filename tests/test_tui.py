@@ -5,46 +5,26 @@ snapshots of each tab on the default model (tests/__snapshots__/test_tui/)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from models import random_model, save_hf_dir
 from textual.widgets import DataTable, Static, TabbedContent
 
-from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import hf_name, sample_models
+from attnscope.model.loader import sample_models
 from attnscope.tui.app import AttnScopeApp
 from attnscope.tui.heatmap_view import HeatmapView
 from attnscope.tui.navigator import Navigator
 
 TINY = sample_models().get("tiny-code")
-
-
-def save_model(path: Path, nan_layer: int | None = None) -> Path:
-    """A small random model in HF layout, with the tiny-code tokenizer when present (else token ids)."""
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    net = Transformer(config)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.ones_like(p) if "norm" in name else torch.randn_like(p) * 0.2)
-        if nan_layer is not None:
-            net.layers[nan_layer].self_attn.k_proj.weight[0, 0] = float("nan")
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(config.to_hf()))
-    save_file({hf_name(k): v.contiguous() for k, v in net.state_dict().items()}, str(path / "model.safetensors"))
-    if TINY is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            (path / name).write_bytes((TINY / name).read_bytes())
-    return path
+# a small random model, saved in HF layout with the tiny-code tokenizer when present (else token ids)
+MODEL_ARGS = dict(layers=3, vocab=1024, hidden=64, max_positions=512)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    return save_model(tmp_path_factory.mktemp("tui") / "random")
+    return save_hf_dir(random_model(**MODEL_ARGS), tmp_path_factory.mktemp("tui") / "random", tokenizer_from=TINY)
 
 
 needs_tokenizer = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
@@ -129,7 +109,10 @@ async def test_next_token_grows_the_heatmap_by_one_row(model_dir):
 
 
 async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
-    path = save_model(tmp_path / "nan", nan_layer=1)
+    model = random_model(**MODEL_ARGS)
+    with torch.no_grad():
+        model.net.layers[1].self_attn.k_proj.weight[0, 0] = float("nan")
+    path = save_hf_dir(model, tmp_path / "nan", tokenizer_from=TINY)
     app = AttnScopeApp(model=str(path), prompt=list(range(1, 25)), device="cpu")
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, finished(app))
