@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from attnscope.errors import ConfigError, LoadError, UserError
-from attnscope.model.config import ModelConfig
+from attnscope.model.config import ModelConfig, read_json
 from attnscope.model.llama import Transformer
 from attnscope.model.tokenizer import Tokenizer
 
@@ -89,13 +89,15 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 
 
 def read_config(path: Path) -> ModelConfig:
-    try:
-        raw = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise LoadError(f"{path / 'config.json'}: malformed JSON ({exc})") from None
+    """The checked config of model directory `path`; errors name ``config.json`` and the key."""
+    file = path / "config.json"
+    raw = read_json(file)
     if not isinstance(raw, dict):
-        raise LoadError(f"{path / 'config.json'}: expected a JSON object")
-    return ModelConfig.from_hf(raw)
+        raise LoadError(f"{file}: expected a JSON object, got a {type(raw).__name__}")
+    try:
+        return ModelConfig.from_hf(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
