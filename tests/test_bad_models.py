@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import VOCAB
 from test_cli import assert_user_error
 from test_loader import edit_config
@@ -17,7 +19,9 @@ from typer.testing import CliRunner
 import attnscope
 from attnscope.cli import app
 from attnscope.errors import ConfigError, LoadError, UserError
+from attnscope.model import memory
 from attnscope.model.config import MAX_LAYERS, ModelConfig
+from attnscope.model.llama import Transformer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -147,3 +151,70 @@ def test_bad_config_field_through_the_cli(model_copy):
     path = model_copy()
     edit_config(path, num_key_value_heads="2")
     assert_user_error(cli_run(path), "config.json", "num_key_value_heads", "'2'")
+
+
+# --- sizes, before anything is allocated ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "llama-linear-bias-tied", "qwen2", "qwen3"])
+def test_parameter_count_matches_the_model(zoo, name):
+    config = zoo.loaded(name).config
+    with torch.device("meta"):
+        net = Transformer(config)
+    assert memory.parameter_count(config) == sum(p.numel() for p in net.parameters())
+
+
+@pytest.fixture
+def memory_of_64_gib(monkeypatch):
+    """A fixed memory size, so that a machine with more RAM than the model needs cannot make the
+    refusal tests build it."""
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 64 << 30)
+
+
+@pytest.mark.usefixtures("memory_of_64_gib")
+def test_a_million_layers_are_refused_before_allocation(model_copy):
+    import time
+
+    path = model_copy()
+    edit_config(path, num_hidden_layers=1_000_000, layer_types=None)
+    start = time.perf_counter()
+    raises(path, ConfigError, "1,000,000 layers", "parameters", "float32", "GiB in float32",
+           "64 GiB of memory available")
+    assert time.perf_counter() - start < 10, "the size check must come before building the model"
+
+
+def test_a_model_larger_than_the_memory_is_refused(zoo, monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 100 << 10)
+    config = zoo.loaded("llama-gqa").config
+    need = memory.model_bytes(config, torch.float32)
+    assert need > 100 << 10
+    msg = raises(zoo["llama-gqa"].path, ConfigError, f"{memory.parameter_count(config):,} parameters",
+                 memory.format_bytes(need), "100 KiB of memory available")
+    assert "float32" in msg
+    # in float16 the same model needs less
+    assert memory.model_bytes(config, torch.float16) < need
+
+
+def test_available_memory_is_read():
+    free = memory.available_memory()
+    if sys.platform.startswith("linux"):
+        assert isinstance(free, int) and free > 0
+
+
+def test_kv_cache_check(zoo):
+    config = ModelConfig(num_hidden_layers=2, max_position_embeddings=10**12)
+    per_position = 2 * 2 * config.num_key_value_heads * config.head_dim * 4
+    assert memory.kv_cache_bytes(config, 3, 10, torch.float32) == 3 * 10 * per_position
+    memory.check_kv_cache_fits(config, 1, 1024, torch.float32)  # fits anywhere
+    with pytest.raises(UserError) as info:
+        memory.check_kv_cache_fits(config, 1, 10**12, torch.float32, "cpu")
+    msg = str(info.value)
+    assert "KV cache" in msg and "1,000,000,000,000 positions" in msg and "memory available" in msg
+    assert "2 layers × 2 kv heads × head_dim 32 × 4 bytes" in msg and "\n" not in msg
+
+
+@pytest.mark.usefixtures("memory_of_64_gib")
+def test_huge_layer_count_through_the_cli(model_copy):
+    path = model_copy()
+    edit_config(path, num_hidden_layers=1_000_000, layer_types=None)
+    assert_user_error(cli_run(path), "1,000,000 layers", "64 GiB of memory available")

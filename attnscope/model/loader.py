@@ -20,6 +20,7 @@ import torch
 from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.model.config import ModelConfig, read_json
 from attnscope.model.llama import Transformer
+from attnscope.model.memory import check_model_fits
 from attnscope.model.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "tiny-code"
@@ -243,6 +244,7 @@ def load_model(
     dev = resolve_device(device)
     path = resolve_model_dir(name_or_path)
     config = read_config(path)
+    check_model_fits(config, torch_dtype, dev)  # from the config alone, before anything is allocated
     files = _weight_files(path, allow_pickle)
     with torch.device("meta"):
         net = Transformer(config, backend=backend).to(torch_dtype)
