@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import VOCAB
+from safetensors.torch import load_file
 from test_cli import assert_user_error
-from test_loader import edit_config
+from test_loader import edit_config, edit_tensors
 from typer.testing import CliRunner
 
 import attnscope
@@ -218,3 +222,145 @@ def test_huge_layer_count_through_the_cli(model_copy):
     path = model_copy()
     edit_config(path, num_hidden_layers=1_000_000, layer_types=None)
     assert_user_error(cli_run(path), "1,000,000 layers", "64 GiB of memory available")
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.uint8])
+def test_integer_and_bool_tensors_are_refused(model_copy, dtype):
+    key = "model.norm.weight"
+    path = model_copy()
+    edit_tensors(path, lambda t: t.__setitem__(key, torch.ones(64, dtype=dtype)))
+    raises(path, LoadError, repr(key), "dtype", "floating-point")
+
+
+def test_integer_tensor_in_a_pickle_is_refused(model_copy, zoo):
+    path = model_copy()
+    (path / "model.safetensors").unlink()
+    state = dict(zoo["llama-gqa"].hf.state_dict())
+    state["model.norm.weight"] = torch.ones(64, dtype=torch.int32)
+    torch.save(state, path / "pytorch_model.bin")
+    raises(path, LoadError, "'model.norm.weight'", "int32", allow_pickle=True)
+
+
+def test_integer_tensor_through_the_cli(model_copy):
+    path = model_copy()
+    edit_tensors(path, lambda t: t.__setitem__("model.norm.weight", torch.ones(64, dtype=torch.int64)))
+    assert_user_error(cli_run(path), "model.norm.weight", "I64")
+
+
+@pytest.fixture
+def sharded(zoo, tmp_path):
+    path = tmp_path / "sharded"
+    zoo["llama-gqa"].hf.save_pretrained(path, max_shard_size="100KB")
+    return path
+
+
+def edit_index(path: Path, edit) -> None:
+    file = path / "model.safetensors.index.json"
+    index = json.loads(file.read_text())
+    edit(index)
+    file.write_text(json.dumps(index))
+
+
+def rename_shard(index: dict, new: str) -> None:
+    old = next(iter(index["weight_map"].values()))
+    index["weight_map"] = {k: new if v == old else v for k, v in index["weight_map"].items()}
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
+def test_shards_must_lie_inside_the_model_directory(sharded, tmp_path, where):
+    first = sorted(sharded.glob("model-*.safetensors"))[0]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(first, outside / first.name)
+    if where == "symlink":
+        first.unlink()
+        first.symlink_to(outside / first.name)
+        name = first.name
+    else:
+        name = str(outside / first.name) if where == "absolute" else f"../elsewhere/{first.name}"
+        edit_index(sharded, lambda index: rename_shard(index, name))
+    raises(sharded, LoadError, "model.safetensors.index.json", repr(name))
+
+
+def test_shards_linked_into_a_hub_cache_blobs_directory_load(zoo, tmp_path):
+    """The Hugging Face hub cache keeps files in blobs/ and links them from snapshots/<revision>/."""
+    repo = tmp_path / "models--tiny--llama"
+    snapshot = repo / "snapshots" / "0123abc"
+    zoo["llama-gqa"].hf.save_pretrained(snapshot, max_shard_size="100KB")
+    (repo / "blobs").mkdir()
+    for shard in snapshot.glob("model-*.safetensors"):
+        shard.rename(repo / "blobs" / shard.name)
+        shard.symlink_to(Path("../..") / "blobs" / shard.name)
+    assert attnscope.load_model(snapshot).config.num_hidden_layers == 2
+
+
+@pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"model.norm.weight": 5}, {}, None],
+                         ids=["list", "non-string", "empty", "null"])
+def test_malformed_weight_map(sharded, weight_map):
+    edit_index(sharded, lambda index: index.__setitem__("weight_map", weight_map))
+    raises(sharded, LoadError, "model.safetensors.index.json", "weight_map")
+
+
+def test_index_naming_pickled_shards_needs_allow_pickle(zoo, tmp_path):
+    path = tmp_path / "pickled-shards"
+    zoo["llama-gqa"].hf.save_pretrained(path, max_shard_size="100KB")
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    for shard in sorted(path.glob("model-*.safetensors")):
+        torch.save(load_file(str(shard)), shard.with_suffix(".bin"))
+        shard.unlink()
+    index["weight_map"] = {k: v.replace(".safetensors", ".bin") for k, v in index["weight_map"].items()}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    raises(path, LoadError, ".bin", "--allow-pickle")
+    assert attnscope.load_model(path, allow_pickle=True).config.num_hidden_layers == 2
+
+
+def test_pickle_index_needs_allow_pickle(sharded):
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    for shard in sorted(sharded.glob("model-*.safetensors")):
+        torch.save(load_file(str(shard)), shard.with_name(shard.name.replace("model", "pytorch_model")
+                                                          .replace(".safetensors", ".bin")))
+        shard.unlink()
+    index["weight_map"] = {k: v.replace("model", "pytorch_model").replace(".safetensors", ".bin")
+                           for k, v in index["weight_map"].items()}
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    (sharded / "model.safetensors.index.json").unlink()
+    raises(sharded, LoadError, "pytorch_model", "--allow-pickle")
+    assert attnscope.load_model(sharded, allow_pickle=True).config.num_hidden_layers == 2
+
+
+def pickled(path: Path, state, **save) -> Path:
+    (path / "model.safetensors").unlink()
+    torch.save(state, path / "pytorch_model.bin", **save)
+    return path
+
+
+@pytest.mark.parametrize(("protocol", "fragment"), [(2, "GLOBAL posix.system"), (4, "Unsupported operand")])
+def test_pickle_error_is_one_line_without_torch_advice_or_warnings(model_copy, protocol, fragment):
+    # protocol 4 makes torch warn ("Detected pickle protocol 4") before it refuses the file
+    state = {"model.norm.weight": torch.ones(64), "evil": os.system}
+    path = pickled(model_copy(), state, pickle_protocol=protocol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        msg = raises(path, LoadError, "pytorch_model.bin", "weights_only", fragment, allow_pickle=True)
+    assert not [w for w in caught if issubclass(w.category, UserWarning)], [str(w.message) for w in caught]
+    assert "PyTorch 2.6" not in msg and "file an issue" not in msg and "documentation" not in msg
+    result = cli_run(path, "x", "--allow-pickle")
+    assert_user_error(result, "weights_only", fragment)
+    assert "Warning" not in result.stderr
+
+
+@pytest.mark.parametrize(("content", "fragment"), [(b"", "empty or truncated"), (b"garbage" * 4, "Unsupported")])
+def test_unreadable_pickle(model_copy, content, fragment):
+    path = model_copy()
+    (path / "model.safetensors").unlink()
+    (path / "pytorch_model.bin").write_bytes(content)
+    raises(path, LoadError, "pytorch_model.bin", fragment, allow_pickle=True)
+
+
+@pytest.mark.parametrize(("state", "fragment"), [([torch.ones(2)], "dict of tensors"),
+                                                  ({"model.norm.weight": 5}, "'model.norm.weight' is not a tensor")])
+def test_pickle_that_is_not_a_state_dict(model_copy, state, fragment):
+    raises(pickled(model_copy(), state), LoadError, fragment, allow_pickle=True)
