@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import VOCAB
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from test_cli import assert_user_error
-from test_loader import edit_config, edit_tensors
+from test_loader import edit_config, edit_tensors, write_word_tokenizer
 from typer.testing import CliRunner
 
 import attnscope
@@ -364,3 +366,170 @@ def test_unreadable_pickle(model_copy, content, fragment):
                                                   ({"model.norm.weight": 5}, "'model.norm.weight' is not a tensor")])
 def test_pickle_that_is_not_a_state_dict(model_copy, state, fragment):
     raises(pickled(model_copy(), state), LoadError, fragment, allow_pickle=True)
+
+
+# --- tokenizer files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        ('["<s>"]', ["tokenizer_config.json", "JSON object", "list"]),
+        ('{"bos_token": 7, "add_bos_token": true}', ["bos_token must be a string", "7"]),
+        ('{"bos_token": {"content": ["w1"]}}', ["bos_token must be a string", "['w1']"]),
+        ('{"bos_token": "w7", "add_bos_token": "yes"}', ["add_bos_token", "'yes'"]),
+        ('{"bos_token": "<s>", "add_bos_token": true}', ["add_bos_token is true", "'<s>'"]),
+        ('{"add_bos_token": true}', ["add_bos_token is true", "no bos_token"]),
+    ],
+)
+def test_bad_tokenizer_config(model_copy, content, fragments):
+    path = model_copy()
+    write_word_tokenizer(path, 50)
+    (path / "tokenizer_config.json").write_text(content)
+    raises(path, LoadError, *fragments)
+
+
+def test_tokenizer_config_not_utf8(model_copy):
+    path = model_copy()
+    write_word_tokenizer(path, 50)
+    (path / "tokenizer_config.json").write_bytes(b'{"bos_token": "\xe9"}')
+    raises(path, LoadError, "tokenizer_config.json", "not UTF-8")
+
+
+def write_tokenizer_without_unk(path: Path, kind: str) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    if kind == "wordlevel":
+        tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(50)}))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    else:
+        tok = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2, " ": 3}, merges=[("a", "b")]))
+    tok.save(str(path / "tokenizer.json"))
+
+
+@pytest.mark.parametrize(("kind", "prompt", "fragment"), [("wordlevel", "w1 zz w2", "Missing [UNK]"),
+                                                          ("bpe", "ab xab", "cannot encode 'x' (character 3")])
+def test_tokenizer_that_cannot_encode_the_prompt(model_copy, kind, prompt, fragment):
+    path = model_copy()
+    write_tokenizer_without_unk(path, kind)
+    scope = attnscope.Scope(attnscope.load_model(path))
+    with pytest.raises(LoadError) as info:
+        scope.run(prompt)
+    assert "tokenizer.json" in str(info.value) and fragment in str(info.value)
+    assert "\n" not in str(info.value)
+    assert scope.model.tokenizer.encode("ab ab" if kind == "bpe" else "w1 w2")  # what it knows still encodes
+    assert_user_error(cli_run(path, prompt), "cannot encode")
+
+
+def test_tokenizer_keeps_what_the_normalizer_removes(model_copy):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    path = model_copy()
+    tok = Tokenizer(models.WordLevel({"a": 0, "b": 1}))
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path / "tokenizer.json"))
+    assert attnscope.load_model(path).tokenizer.encode("a\u0301 b") == [0, 1]
+
+
+# --- random config.json dicts: a UserError or a model, within a fixed memory budget ---------------
+
+BUDGET = 16 << 20  # bytes the size check lets a random config have
+
+ints = st.sampled_from([-(2**63), -1, 0, 1, 2, 3, 4, 8, 16, 32, 64, 100, 128, 10**6, 2**31, 2**63, 10**30])
+weird = st.one_of(
+    st.booleans(), st.none(), ints, st.sampled_from([0.0, -1.0, 1e-6, 0.5, 64.0, 1e308, math.nan, math.inf, -math.inf]),
+    st.sampled_from(["", "4", "silu", "llama", "full_attention", "nan"]), st.lists(ints, max_size=3),
+    st.dictionaries(st.sampled_from(["rope_type", "type", "factor", "rope_theta"]), ints, max_size=2),
+)
+rope = st.fixed_dictionaries(
+    {"rope_type": st.sampled_from(["default", "linear", "llama3", "yarn", 3, None])},
+    optional={key: st.one_of(st.sampled_from([1.0, 4.0, 8.0, 64, 0, -2.0, math.nan, "2"]), weird)
+              for key in ("rope_theta", "factor", "low_freq_factor", "high_freq_factor",
+                          "original_max_position_embeddings", "partial_rotary_factor")},
+)
+KEYS = {
+    "model_type": st.sampled_from(["llama", "mistral", "qwen2", "qwen3", "gpt2", 7]),
+    "vocab_size": ints, "hidden_size": ints, "intermediate_size": ints, "num_hidden_layers": ints,
+    "num_attention_heads": ints, "num_key_value_heads": ints, "head_dim": ints,
+    "max_position_embeddings": ints, "sliding_window": ints, "max_window_layers": ints,
+    "bos_token_id": ints, "eos_token_id": st.one_of(ints, st.lists(ints, max_size=3)),
+    "rms_norm_eps": weird, "rope_theta": weird, "hidden_act": weird, "attention_bias": weird, "mlp_bias": weird,
+    "tie_word_embeddings": weird, "use_sliding_window": weird, "partial_rotary_factor": weird,
+    "rope_parameters": st.one_of(rope, weird), "rope_scaling": st.one_of(rope, weird),
+    "layer_types": st.one_of(st.lists(st.sampled_from(["full_attention", "sliding_attention", "x"]), max_size=3),
+                             weird),
+}
+BASE = {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+@st.composite
+def configs(draw):
+    """The test model's config with one to six keys replaced by anything (or, one time in ten, removed)."""
+    cfg = dict(BASE)
+    for key in draw(st.lists(st.sampled_from(sorted(KEYS)), min_size=1, max_size=6, unique=True)):
+        if draw(st.integers(0, 9)):
+            cfg[key] = draw(KEYS[key])
+        else:
+            cfg.pop(key, None)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def random_model_dir(zoo, tmp_path_factory):
+    path = tmp_path_factory.mktemp("random-config") / "model"
+    shutil.copytree(zoo["llama-gqa"].path, path)
+    return path
+
+
+@pytest.fixture
+def budget(monkeypatch):
+    """Available memory is BUDGET; returns the sizes of the models built (a list that grows) and
+    checks on the way out that the process's peak memory grew by less than PEAK_GROWTH."""
+    import resource
+
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": BUDGET)
+    built: list[int] = []
+    real_init = Transformer.__init__
+
+    def counting_init(self, config, *args, **kwargs):
+        built.append(memory.model_bytes(config, torch.float32))
+        real_init(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(Transformer, "__init__", counting_init)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    yield built
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak < PEAK_GROWTH
+
+
+PEAK_GROWTH = 256 << 20
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="measures the peak memory with getrusage (Linux units)")
+@settings(max_examples=100, deadline=5000, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(cfg=configs())
+def test_random_config_loads_or_raises_a_user_error(random_model_dir, budget, cfg):
+    (random_model_dir / "config.json").write_text(json.dumps(cfg))
+    try:
+        model = attnscope.load_model(random_model_dir)
+    except UserError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert model.config.num_hidden_layers >= 1
+    # nothing beyond the budget was ever built, whatever config.json said
+    assert all(size <= BUDGET for size in budget), budget
+
+
+def test_random_configs_reach_the_model(random_model_dir, monkeypatch):
+    """The strategy's base config is a valid one: the test above exercises loading, not only parsing."""
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": BUDGET)
+    (random_model_dir / "config.json").write_text(json.dumps(BASE))
+    assert attnscope.load_model(random_model_dir).config.num_key_value_heads == 2
+
+
+def test_huge_configs_never_reach_the_model_builder():
+    config = ModelConfig.from_hf({**BASE, "num_hidden_layers": MAX_LAYERS, "hidden_size": 2**31})
+    with pytest.raises(ConfigError, match="memory available"):
+        memory.check_model_fits(config, torch.float16)

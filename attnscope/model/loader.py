@@ -341,14 +341,14 @@ def load_model(
     path = resolve_model_dir(name_or_path)
     config = read_config(path)
     check_model_fits(config, torch_dtype, dev)  # from the config alone, before anything is allocated
-    files = _weight_files(path, allow_pickle)
-    with torch.device("meta"):
-        net = Transformer(config, backend=backend).to(torch_dtype)
-    load_state_dict(net, files, progress)
-    net = net.to(dev).eval()
     tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
         )
+    files = _weight_files(path, allow_pickle)
+    with torch.device("meta"):
+        net = Transformer(config, backend=backend).to(torch_dtype)
+    load_state_dict(net, files, progress)
+    net = net.to(dev).eval()
     return LoadedModel(net, tokenizer, path.name, path)
