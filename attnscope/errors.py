@@ -4,7 +4,11 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """Bad input from a user: a path, a file, a flag, a prompt. The message is shown as is."""
+    """Bad input from a user: a path, a file, a flag, a prompt. The message is shown as is, on one
+    line: line breaks in it (from a library's message it quotes) become spaces."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))
 
 
 class ConfigError(UserError):

@@ -11,7 +11,6 @@ Every problem a user can cause is a `LoadError` / `ConfigError` with one clear s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +20,9 @@ from attnscope.backends import AttendFn
 from attnscope.engine import Layout
 from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.masks import MaskSpec
-from attnscope.model.config import ModelConfig
+from attnscope.model.config import ModelConfig, read_json, show
 from attnscope.model.llama import KVCache, Transformer
+from attnscope.model.memory import check_kv_cache_fits, check_model_fits
 from attnscope.model.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "tiny-code"
@@ -102,58 +102,147 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 
 
 def read_config(path: Path) -> ModelConfig:
-    try:
-        raw = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise LoadError(f"{path / 'config.json'}: malformed JSON ({exc})") from None
+    """The checked config of model directory `path`; errors name ``config.json`` and the key."""
+    file = path / "config.json"
+    raw = read_json(file)
     if not isinstance(raw, dict):
-        raise LoadError(f"{path / 'config.json'}: expected a JSON object")
-    return ModelConfig.from_hf(raw)
+        raise LoadError(f"{file}: expected a JSON object, got a {type(raw).__name__}")
+    try:
+        return ModelConfig.from_hf(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+# dtypes a checkpoint may hold, as safetensors names them; weights are cast to the model's dtype
+FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _pickle_refused(path: Path, file: str) -> LoadError:
+    return LoadError(
+        f"{path} has pickled weights ({file}); unpickling can run arbitrary code, so attnscope loads "
+        "safetensors only. Convert the checkpoint, or pass --allow-pickle to load it with "
+        "torch.load(weights_only=True)"
+    )
+
+
+def _shards(path: Path, index: Path, allow_pickle: bool) -> list[Path]:
+    """The files named by a sharded checkpoint's index, each checked to lie inside `path`."""
+    content = read_json(index)
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise LoadError(f"{index}: malformed index (expected a JSON object whose weight_map maps tensor "
+                        "names to file names)")
+    if not weight_map:
+        raise LoadError(f"{index}: the weight_map names no tensors")
+    roots = [path.resolve()]
+    if path.absolute().parent.name == "snapshots":  # a Hugging Face hub cache links files to its blobs/
+        roots.append((path.absolute().parent.parent / "blobs").resolve())
+    files = []
+    for name in dict.fromkeys(weight_map.values()):
+        shard = Path(name)
+        if shard.is_absolute() or ".." in shard.parts or not name:
+            raise LoadError(f"{index} names shard {name!r}, which is not a file name inside {path}")
+        file = path / shard
+        try:
+            target = file.resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            raise LoadError(f"{index} names shard {name!r}, a link that cannot be resolved") from None
+        if not any(target.is_relative_to(root) for root in roots):
+            raise LoadError(f"{index} names shard {name!r}, a link that leads outside {path}")
+        if not file.is_file():
+            raise LoadError(f"{index} lists shard {name}, which is missing")
+        if file.suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise _pickle_refused(path, name)
+        files.append(file)
+    return files
 
 
 def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return _shards(path, index, allow_pickle)
     pickle_index = path / "pytorch_model.bin.index.json"
-    for idx in (index, pickle_index):
-        if idx.is_file():
-            if idx is pickle_index and not allow_pickle:
-                break
-            try:
-                weight_map = json.loads(idx.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise LoadError(f"{idx}: malformed index (expected a JSON object with weight_map)") from None
-            files = [path / name for name in dict.fromkeys(weight_map.values())]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise LoadError(f"{idx} lists shard {missing[0]}, which is missing")
-            return files
     pickled = sorted(path.glob("pytorch_model*.bin"))
-    if pickled and not allow_pickle:
-        raise LoadError(
-            f"{path} has only pickled weights ({pickled[0].name}); unpickling can run arbitrary code, so "
-            "attnscope loads safetensors only. Convert the checkpoint, or pass --allow-pickle to load "
-            "it with torch.load(weights_only=True)"
-        )
+    if (pickled or pickle_index.is_file()) and not allow_pickle:
+        raise _pickle_refused(path, pickled[0].name if pickled else pickle_index.name)
+    if pickle_index.is_file():
+        return _shards(path, pickle_index, allow_pickle)
     if pickled:
         return pickled
     raise LoadError(f"{path} has no weights (expected model.safetensors or model.safetensors.index.json)")
 
 
-def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".bin":
-        try:
-            return torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise LoadError(f"{file}: cannot be read with torch.load(weights_only=True) ({exc})") from None
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _torch_load_message(exc: Exception) -> str:
+    """The part of a torch.load error that says what is wrong with the file, without torch's advice
+    about weights_only (which a user of --allow-pickle must not follow)."""
+    if isinstance(exc, EOFError):
+        return "the file is empty or truncated"
+    paragraphs = [" ".join(p.split()) for p in str(exc).split("\n\n") if p.strip()]
+    advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    core = [p for p in paragraphs if not p.startswith(advice)]
+    return "; ".join(core) or (paragraphs[0] if paragraphs else type(exc).__name__)
+
+
+def _torch_load(file: Path) -> dict[str, torch.Tensor]:
+    import warnings
 
     try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise LoadError(f"{file}: not a valid safetensors file ({exc})") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says what matters
+            warnings.simplefilter("ignore")
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LoadError(f"{file}: refused by torch.load(weights_only=True): {_torch_load_message(exc)}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise LoadError(f"{file}: expected a dict of tensors by name, got a {type(state).__name__}")
+    return state
+
+
+class _Tensors:
+    """The tensors of one weight file: names, shapes and dtypes first (from the safetensors header,
+    before any data is read), then each tensor on demand."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        if file.suffix in PICKLE_SUFFIXES:
+            self._state = _torch_load(file)
+            self._open = None
+            return
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            self._open = safe_open(str(file), framework="pt")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise LoadError(f"{file}: not a valid safetensors file ({exc})") from None
+        self._state = None
+
+    def keys(self) -> list[str]:
+        return list(self._state if self._state is not None else self._open.keys())
+
+    def describe(self, key: str) -> tuple[tuple[int, ...], str]:
+        """(shape, dtype name) of tensor `key`; the dtype as safetensors names it (F32, I64, ...)."""
+        if self._state is not None:
+            value = self._state[key]
+            if not isinstance(value, torch.Tensor):
+                raise LoadError(f"{self.file.name}: entry {key!r} is not a tensor but {show(value)}")
+            names = {v: k for k, v in FLOAT_DTYPES.items()}
+            return tuple(value.shape), names.get(value.dtype, str(value.dtype).removeprefix("torch."))
+        info = self._open.get_slice(key)
+        return tuple(info.get_shape()), info.get_dtype()
+
+    def get(self, key: str) -> torch.Tensor:
+        if self._state is not None:
+            return self._state.pop(key)
+        from safetensors import SafetensorError
+
+        try:
+            return self._open.get_tensor(key)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise LoadError(f"{self.file}: tensor {key!r} cannot be read ({exc})") from None
 
 
 def checkpoint_key(hf_key: str) -> str:
@@ -167,24 +256,35 @@ def hf_name(key: str) -> str:
 
 
 def load_state_dict(model: Transformer, files: list[Path], progress: Progress | None = None) -> None:
-    """Load weights into `model` (on the meta device), checking names and shapes."""
+    """Load weights into `model` (on the meta device), checking names, shapes and dtypes of every
+    tensor of a file before reading its data; each tensor is cast to the model's dtype as it is read."""
     expected = {name: p for name, p in model.state_dict(keep_vars=True).items()}
+    dtype = model.embed_tokens.weight.dtype
     state: dict[str, torch.Tensor] = {}
     for i, file in enumerate(files):
         if progress:
             progress(i, len(files), f"reading {file.name}")
-        for hf_key, tensor in _read_tensors(file).items():
+        tensors = _Tensors(file)
+        wanted = []
+        for hf_key in tensors.keys():
             key = checkpoint_key(hf_key)
             if key.endswith("rotary_emb.inv_freq"):
                 continue  # older checkpoints store it; it is recomputed from the config
             if key not in expected:
                 raise LoadError(f"{file.name}: unexpected tensor {hf_key!r} for this config")
-            if tuple(tensor.shape) != tuple(expected[key].shape):
+            shape, kind = tensors.describe(hf_key)
+            if kind not in FLOAT_DTYPES:
                 raise LoadError(
-                    f"{file.name}: tensor {hf_key!r} has shape {tuple(tensor.shape)}, "
-                    f"the config needs {tuple(expected[key].shape)}"
+                    f"{file.name}: tensor {hf_key!r} has dtype {kind}; attnscope loads floating-point "
+                    "weights only (F32, F16, BF16, F64), not quantized or integer ones"
                 )
-            state[key] = tensor
+            if shape != tuple(expected[key].shape):
+                raise LoadError(
+                    f"{file.name}: tensor {hf_key!r} has shape {shape}, the config needs {tuple(expected[key].shape)}"
+                )
+            wanted.append((hf_key, key))
+        for hf_key, key in wanted:
+            state[key] = tensors.get(hf_key).to(dtype)
     if model.config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state.get("embed_tokens.weight"))
         state.setdefault("embed_tokens.weight", state.get("lm_head.weight"))
@@ -192,8 +292,7 @@ def load_state_dict(model: Transformer, files: list[Path], progress: Progress | 
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise LoadError(f"the weights lack tensor {hf_name(missing[0])!r}{more}")
-    dtype = model.embed_tokens.weight.dtype
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    model.load_state_dict(state, assign=True)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     if progress:
@@ -236,6 +335,7 @@ class LoadedModel:
         return self.net.masks
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        check_kv_cache_fits(self.config, batch, max_len, self.dtype, self.device)  # before allocating it
         return self.net.new_cache(batch, max_len)
 
     def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache | None = None, recorder=None,
@@ -278,14 +378,15 @@ def load_model(
     dev = resolve_device(device)
     path = resolve_model_dir(name_or_path)
     config = read_config(path)
-    files = _weight_files(path, allow_pickle)
-    with torch.device("meta"):
-        net = Transformer(config).to(torch_dtype)
-    load_state_dict(net, files, progress)
-    net = net.to(dev).eval()
+    check_model_fits(config, torch_dtype, dev)  # from the config alone, before anything is allocated
     tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
         )
+    files = _weight_files(path, allow_pickle)
+    with torch.device("meta"):
+        net = Transformer(config).to(torch_dtype)
+    load_state_dict(net, files, progress)
+    net = net.to(dev).eval()
     return LoadedModel(net, tokenizer, path.name, path)
