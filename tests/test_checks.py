@@ -15,6 +15,7 @@ import attnscope
 from attnscope import masks
 from attnscope.backends import register_backend
 from attnscope.backends.eager import attend as eager_attend
+from attnscope.errors import UserError
 from attnscope.inspector.checks import CHECK_NAMES
 from attnscope.model import KVCache
 from attnscope.model.loader import LoadedModel
@@ -187,6 +188,47 @@ def test_pooled_maps_match_the_dense_probabilities():
     assert abs(region - dense[4:12, 0:8]).max() < 1e-6
     group = result.attention_group(1, kv_head=1)
     assert group.shape == (2, 20, 20) and torch.allclose(group[1], result.attention(1, 3))
+
+
+def test_regions_outside_the_prompt_are_an_error():
+    """An empty view would hide a wrong slice: regions must lie inside the 20-token prompt."""
+    _, result = run(random_model(**MODEL_ARGS), "sdpa", checks=())
+    assert result.attention(1, 3, queries=slice(4, 8), keys=slice(0, 20)).shape == (4, 20)
+    for region in (dict(queries=slice(100, 120)), dict(keys=slice(0, 21)), dict(queries=slice(5, 5)),
+                   dict(queries=slice(0, 8, 2))):
+        with pytest.raises(UserError, match="slice"):
+            result.attention(1, 3, **region)
+        with pytest.raises(UserError, match="slice"):
+            result.attention_pooled(1, 3, 4, 4, **region)
+    with pytest.raises(UserError, match="batch row 1"):
+        result.attention(1, 3, batch=1)
+
+
+@pytest.mark.parametrize(("spec", "names"), [
+    ("nan", ("nan",)), ("nan,causality", ("nan", "causality")), (" nan , masked_rows ", ("nan", "masked_rows")),
+    ("none", ()), (None, ()), ((), ()), ("all", CHECK_NAMES), (["causality"], ("causality",)),
+])
+def test_checks_are_selected_as_the_cli_selects_them(spec, names):
+    found, _ = run(random_model(**MODEL_ARGS), "eager", checks=spec)
+    assert tuple(found) == names
+
+
+def test_an_unknown_check_is_refused_before_any_work():
+    with pytest.raises(UserError, match="unknown check 'nope'"):
+        run(random_model(**MODEL_ARGS), "eager", checks="nan,nope")
+
+
+def test_the_most_structured_head_ignores_heads_with_non_finite_values():
+    from attnscope.inspector.report import pick_head
+
+    model = random_model(**MODEL_ARGS)
+    report = attnscope.Scope(model).run(PROMPT).report()
+    layer, head, why = pick_head(report)
+    assert why and report.layers[layer].heads[head].entropy == min(
+        h.entropy for lr in report.layers for h in lr.heads)
+    report.layers[layer].heads[head].nonfinite = 3  # that head now has NaN/Inf: never "most structured"
+    assert pick_head(report)[:2] != (layer, head)
+    assert pick_head(report, layer, head) == (layer, head, "")  # asked for explicitly, it is drawn
 
 
 def test_pooled_maps_of_rows_without_keys_and_with_nan():

@@ -162,7 +162,6 @@ class AttnScopeApp(App):
         result = self.result = message.result
         view = self.query_one(HeatmapView)
         self.query_one(Navigator).update_report(result.report())
-        self.query_one(ChecksPane).show(result.checks)
         for pane in (self.query_one(MaskPane), self.query_one(DiffPane), self.query_one(TokensPane)):
             pane.result = result
         layer, head = result.first_failure() or (min(view.layer_idx, result.n_layers - 1),

@@ -82,12 +82,6 @@ class ChecksPane(DataTable):
         self.add_row(mark, check.name, worst_figure(check), where_text(check),
                      Text(check.message, style="" if check.passed else "red"), key=check.name)
 
-    def show(self, checks) -> None:
-        """Every finding of a finished run (the final figures, whatever arrived live)."""
-        self.clear()
-        for check in checks:
-            self.add_check(check)
-
 
 class TokensPane(DataTable):
     """pos, id, token text; the continuation below the prompt. Row keys: q<pos> / c<i>."""
