@@ -21,3 +21,7 @@ class LoadError(UserError):
 
 class BackendUnavailable(UserError):
     """An attention backend that cannot run on this machine."""
+
+
+class UnsupportedFeature(UserError):
+    """A model feature (logit soft-capping, attention sinks, ...) that the chosen backend does not implement."""

@@ -123,3 +123,60 @@ def test_shape_validation(backend):
         attend(q[0], k, v, causal(), 1.0)
     with pytest.raises(TypeError, match="MaskSpec"):
         attend(q, k, v, torch.ones(6, 6, dtype=torch.bool), 1.0)
+
+
+# --- optional features: logit soft-capping (Gemma 2) and attention sinks (gpt-oss) ----------------------
+
+def _hf_eager(module_name, q, k, v, allowed, scale, **features):
+    """transformers' own eager attention of that architecture: output [B, Hq, Sq, D], weights."""
+    modeling = pytest.importorskip(f"transformers.models.{module_name}.modeling_{module_name}")
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.head_dim = q.shape[1] // k.shape[1], q.shape[-1]
+    if "sinks" in features:
+        module.sinks = features.pop("sinks")
+    bias = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    out, weights = modeling.eager_attention_forward(module, q, k, v, bias, scaling=scale, **features)
+    return out.transpose(1, 2), weights
+
+
+@pytest.mark.parametrize("B, Hq, Hkv, Sq, Sk", CASES)
+def test_eager_softcap_matches_gemma2(B, Hq, Hkv, Sq, Sk):
+    q, k, v = qkv(B, Hq, Hkv, Sq, Sk, 16)
+    q = q * 4  # scores well beyond the cap
+    spec = causal()
+    allowed = spec.dense(Sq, Sk).expand(B, Hq, Sq, Sk)
+    want_out, want_w = _hf_eager("gemma2", q, k, v, allowed, 0.25, softcap=5.0)
+    out, lse = eager.attend(q, k, v, spec, 0.25, softcap=5.0)
+    torch.testing.assert_close(out, want_out, atol=2e-5, rtol=0)
+    plain, _ = eager.attend(q, k, v, spec, 0.25)
+    assert (plain - out).abs().max() > 1e-2  # the cap changes the output: the test can fail
+    kr = k.repeat_interleave(Hq // Hkv, dim=1)
+    got_w = probabilities(q, kr, lse, allowed, 0.25, softcap=5.0)
+    torch.testing.assert_close(got_w, want_w, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B, Hq, Hkv, Sq, Sk", CASES)
+def test_sinks_match_gpt_oss(backend, B, Hq, Hkv, Sq, Sk):
+    q, k, v = qkv(B, Hq, Hkv, Sq, Sk, 16)
+    sinks = torch.linspace(-1.0, 3.0, Hq)
+    spec = causal() & sliding_window(4)
+    allowed = spec.dense(Sq, Sk).expand(B, Hq, Sq, Sk)
+    want_out, want_w = _hf_eager("gpt_oss", q, k, v, allowed, 0.25, sinks=sinks)
+    out, lse = get_backend(backend)(q, k, v, spec, 0.25, sinks=sinks)
+    torch.testing.assert_close(out, want_out, atol=2e-5, rtol=0)
+    kr = k.repeat_interleave(Hq // Hkv, dim=1)
+    got_w = probabilities(q, kr, lse, allowed, 0.25)
+    torch.testing.assert_close(got_w, want_w, atol=1e-5, rtol=0)
+    assert bool((got_w.sum(-1) < 1 - 1e-3).all())  # every sink takes mass: without it the sums would be 1
+
+
+def test_a_backend_without_a_feature_is_refused_by_name():
+    from attnscope.backends import require_features, supports
+    from attnscope.errors import UnsupportedFeature
+
+    sdpa = get_backend("sdpa")
+    assert supports(eager.attend, "softcap") and supports(sdpa, "sinks") and not supports(sdpa, "softcap")
+    assert require_features(sdpa, {"softcap": None, "sinks": None}, "layer 0") == {}
+    with pytest.raises(UnsupportedFeature, match="layer 3 uses attention logit soft-capping, which backend 'sdpa'"):
+        require_features(sdpa, {"softcap": 30.0}, "layer 3")

@@ -11,6 +11,17 @@ probability can be recomputed later as ``exp(q·k·scale - lse)``. Query head h 
 ``h // (Hq // Hkv)``. A row whose every key is masked gives out = 0 and lse = -inf, never NaN.
 With ``need_lse=False`` a backend may skip the lse and return None in its place.
 
+Two optional features, passed only when a layer uses them (models of the ``hf`` engine do):
+
+- ``softcap=c`` (float): logit soft-capping, scores become ``c * tanh(score / c)`` after the scale
+  and before the mask (Gemma 2);
+- ``sinks=s`` (float ``[Hq]``): one learned sink logit per query head that joins each row's softmax
+  and takes probability mass but has no value (gpt-oss). The lse includes it, so the weights
+  recomputed from the lse are the model's own and sum to less than 1.
+
+A backend implements a feature by accepting its keyword; the caller refuses a backend that does
+not (`require_features`), naming the feature: it is never silently computed without it.
+
 - ``eager``: float32, explicit scores and softmax; the reference.
 - ``sdpa``: torch ``scaled_dot_product_attention`` with ``enable_gqa``.
 - ``triton``: the kernels of ``attnscope.kernels`` (needs Triton; see that package).
@@ -18,16 +29,18 @@ With ``need_lse=False`` a backend may skip the lse and return None in its place.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 
-from attnscope.errors import BackendUnavailable, UserError
+from attnscope.errors import BackendUnavailable, UnsupportedFeature, UserError
 from attnscope.masks import MaskSpec
 
 AttendFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 BACKEND_NAMES = ("eager", "sdpa", "triton")
+FEATURES = {"softcap": "attention logit soft-capping", "sinks": "attention sinks"}
 _REGISTERED: dict[str, AttendFn] = {}
 
 
@@ -64,6 +77,37 @@ def get_backend(name: str) -> AttendFn:
     else:
         raise UserError(f"unknown backend {name!r} (choose from: {', '.join(available_backends())})")
     return attend
+
+
+def backend_name(attend: AttendFn) -> str:
+    """The name `attend` is known by (a built-in or registered backend), else its function name."""
+    for name in available_backends():
+        try:
+            if get_backend(name) is attend:
+                return name
+        except UserError:
+            continue
+    return getattr(attend, "__name__", repr(attend))
+
+
+def supports(attend: AttendFn, feature: str) -> bool:
+    """Whether `attend` accepts the keyword of `feature` (see the module docstring)."""
+    try:
+        params = inspect.signature(attend).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == feature or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def require_features(attend: AttendFn, features: dict, where: str) -> dict:
+    """The features of `features` that are set (not None), after checking that `attend` implements
+    each; raises `UnsupportedFeature` naming the feature, the backend and `where` it is used."""
+    used = {name: value for name, value in features.items() if value is not None}
+    for name in used:
+        if not supports(attend, name):
+            raise UnsupportedFeature(f"{where} uses {FEATURES[name]}, which backend {backend_name(attend)!r} "
+                                     f"does not implement (use --backend eager)")
+    return used
 
 
 def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> None:

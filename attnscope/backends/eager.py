@@ -22,11 +22,12 @@ MAX_SCORE_ELEMENTS = 1 << 22
 
 
 def masked_scores(
-    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, max_elements: int | None = None
+    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, max_elements: int | None = None,
+    softcap: float | None = None,
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Yield (rows, scores, allowed) chunks of query rows: scaled float32 scores ``[B, Hkv, G, rows, Sk]``
-    with -inf where masked, and the mask chunk ``[B|1, Hkv|1, G|1, rows, Sk]``; at most `max_elements`
-    (default `MAX_SCORE_ELEMENTS`) scores per chunk."""
+    """Yield (rows, scores, allowed) chunks of query rows: scaled (and soft-capped) float32 scores
+    ``[B, Hkv, G, rows, Sk]`` with -inf where masked, and the mask chunk ``[B|1, Hkv|1, G|1, rows, Sk]``;
+    at most `max_elements` (default `MAX_SCORE_ELEMENTS`) scores per chunk."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     allowed = group_mask(mask.dense(Sq, Sk, q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
@@ -35,62 +36,78 @@ def masked_scores(
     step = max(1, (max_elements or MAX_SCORE_ELEMENTS) // max(1, B * Hq * Sk))
     for start in range(0, Sq, step):
         rows = slice(start, min(Sq, start + step))
-        scores = (qg[..., rows, :] @ kt).mul_(scale)  # (B, Hkv, G, rows, Sk), one buffer per chunk
+        scores = cap((qg[..., rows, :] @ kt).mul_(scale), softcap)  # (B, Hkv, G, rows, Sk), one buffer
         yield rows, scores.masked_fill_(~allowed[..., rows, :], float("-inf")), allowed[..., rows, :]
 
 
-def _softmax(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights, lse) of masked scores. A fully-masked row has lse = -inf and weights 0, not NaN:
-    subtracting 0 instead of -inf keeps it at exp(-inf) = 0 rather than exp(-inf - -inf) = NaN.
-    NaN scores still propagate: they are a finding, not something to hide."""
-    lse = torch.logsumexp(scores, dim=-1)  # (..., rows); -inf where every key is masked
-    return weights_from_lse(scores, lse), lse
+def cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Logit soft-capping ``c * tanh(scores / c)`` in place (Gemma 2); the scores as they are for None."""
+    if softcap is None:
+        return scores
+    return scores.div_(softcap).tanh_().mul_(softcap)
+
+
+def row_lse(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """Each row's lse of grouped masked scores ``[B, Hkv, G, rows, Sk]``, with the query head's sink
+    logit (``[Hq]``) as one more term when given: -inf where every key is masked and there is no sink."""
+    lse = torch.logsumexp(scores, dim=-1)  # (B, Hkv, G, rows)
+    if sinks is None:
+        return lse
+    Hkv, G = scores.shape[1], scores.shape[2]
+    return torch.logaddexp(lse, sinks.float().view(1, Hkv, G, 1))
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *, need_lse: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *, need_lse: bool = True,
+    softcap: float | None = None, sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference attention in float32; see `attnscope.backends` for the contract."""
+    """Reference attention in float32; see `attnscope.backends` for the contract.
+
+    A fully-masked row has lse = -inf and weights 0, not NaN (see `safe_lse`); NaN scores still
+    propagate: they are a finding, not something to hide."""
     check_shapes(q, k, v, mask)
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1]
     vf = v.float().unsqueeze(2)  # (B, Hkv, 1, Sk, D)
     out = torch.empty(B, Hkv, Hq // Hkv, Sq, D, dtype=torch.float32, device=q.device)
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
-    for rows, scores, _ in masked_scores(q, k, mask, scale):
-        weights, lse[..., rows] = _softmax(scores)
-        out[..., rows, :] = weights @ vf
+    for rows, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
+        lse[..., rows] = row_lse(scores, sinks)
+        out[..., rows, :] = weights_from_lse(scores, lse[..., rows]) @ vf
     return out.view(B, Hq, Sq, D).to(q.dtype), lse.view(B, Hq, Sq)
 
 
-def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float) -> torch.Tensor:
+def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, *,
+                softcap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """lse ``[B, Hq, Sq]`` of the scaled, masked scores, in float32, without the attention output."""
     B, Hq, Sq, _ = q.shape
     Hkv = k.shape[1]
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
-    for rows, scores, _ in masked_scores(q, k, mask, scale):
-        lse[..., rows] = torch.logsumexp(scores, dim=-1)
+    for rows, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
+        lse[..., rows] = row_lse(scores, sinks)
     return lse.view(B, Hq, Sq)
 
 
 def probabilities(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention weights exp(q·k·scale - lse) in float32, 0 where not `allowed`.
 
     q ``[..., Sq, D]``, k ``[..., Sk, D]``, lse ``[..., Sq]`` and allowed (bool, broadcastable to
     ``[..., Sq, Sk]``) of one head or a stack of heads.
     """
-    return log_weights(q, k, lse, allowed, scale).exp_()
+    return log_weights(q, k, lse, allowed, scale, softcap).exp_()
 
 
 def log_weights(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Log attention weights q·k·scale - lse in float32, -inf where not `allowed` (and for every key
     of a row with lse = -inf); shapes as in `probabilities`. Max-pooling these and exponentiating the
     cells gives the max-pooled weights without exponentiating every score."""
-    scores = (q.float() * scale) @ k.float().transpose(-1, -2)  # (..., Sq, Sk)
+    scores = cap((q.float() * scale) @ k.float().transpose(-1, -2), softcap)  # (..., Sq, Sk)
     scores = scores.sub_(safe_lse(lse).unsqueeze(-1))
     return torch.where(allowed, scores, float("-inf"))
 

@@ -2,7 +2,8 @@
 
 Probabilities are never stored as ``[L, H, T, T]``. A `LayerRecord` keeps what the backend saw and
 returned: post-RoPE q ``[B, Hq, Sq, D]``, k and v ``[B, Hkv, Sk, D]``, the output and the lse
-``[B, Hq, Sq]``, and the mask spec. Any region of the attention matrix is recomputed on demand as
+``[B, Hq, Sq]``, the mask spec, and the features the layer used (logit soft-capping, sink logits).
+Any region of the attention matrix is recomputed on demand as
 ``exp(q·k·scale - lse)``, a chunk of query rows at a time; per-row statistics (`RowStats`) are
 computed the same way, once, and kept: they are ``[B, Hq, Sq]`` each.
 """
@@ -30,7 +31,8 @@ class RowStats:
     max_weight: torch.Tensor
     argmax: torch.Tensor  # key index of the largest weight
     first_token_mass: torch.Tensor  # weight on key 0 (the attention sink)
-    weight_sum: torch.Tensor  # 1 for a correct lse, 0 for a fully-masked row
+    weight_sum: torch.Tensor  # over the keys: 1 for a correct lse (less the sink's), 0 for a fully-masked row
+    sink_weight: torch.Tensor  # the attention sink's share exp(sink - lse); 0 without sinks
     fully_masked: torch.Tensor  # bool: no key allowed
     nonfinite_scores: torch.Tensor  # count of NaN/Inf among the allowed scores
     nonfinite_weights: torch.Tensor
@@ -47,6 +49,8 @@ class LayerRecord:
     lse: torch.Tensor  # [B, Hq, Sq] float32
     mask: MaskSpec
     scale: float
+    softcap: float | None = None  # logit soft-capping c·tanh(score / c), applied before the mask
+    sinks: torch.Tensor | None = None  # [Hq] sink logits that joined each row's softmax
     residual_nonfinite: torch.Tensor | None = None  # [B, Sq] NaN/Inf count of the block's output
     _stats: RowStats | None = None
 
@@ -75,13 +79,14 @@ class LayerRecord:
         where masked (and for every key of a row that has none)."""
         return eager.log_weights(self.q[batch, head, queries], self.k[batch, head // self.group_size, keys],
                                  self.lse[batch, head, queries], self.allowed(head, batch)[queries, keys],
-                                 self.scale)
+                                 self.scale, self.softcap)
 
     def score(self, head: int, query: int, key: int, batch: int = 0) -> float:
-        """The raw scaled score q·k·scale of one cell (before the mask and the softmax)."""
+        """The score of one cell that enters the softmax: q·k·scale (soft-capped where the layer caps),
+        before the mask."""
         q = self.q[batch, head, query].float()
         k = self.k[batch, head // self.group_size, key].float()
-        return float(q @ k) * self.scale
+        return float(eager.cap((q @ k).mul_(self.scale), self.softcap))
 
     def weights_at(self, head: int, offset: int, batch: int = 0) -> torch.Tensor:
         """Float32 ``[Sq]``: each query row's weight on the key `offset` positions before it (0: itself);
@@ -91,7 +96,7 @@ class LayerRecord:
         keys = torch.arange(past, Sk, device=self.q.device) - offset  # (Sq,) absolute key index
         valid = keys >= 0
         k = self.k[batch, head // self.group_size, keys.clamp(min=0)].float()  # (Sq, D)
-        scores = (self.q[batch, head].float() * k).sum(-1) * self.scale  # (Sq,)
+        scores = eager.cap((self.q[batch, head].float() * k).sum(-1) * self.scale, self.softcap)  # (Sq,)
         allowed = self.allowed(head, batch)[torch.arange(Sq, device=self.q.device), keys.clamp(min=0)]
         scores = scores.masked_fill(~(valid & allowed), float("-inf"))
         return weights_from_lse(scores[:, None], self.lse[batch, head])[:, 0]
@@ -154,7 +159,8 @@ class LayerRecord:
                ("entropy", "max_weight", "first_token_mass", "weight_sum", "nonfinite_scores", "nonfinite_weights")}
         argmax = torch.zeros(shape, dtype=torch.long, device=self.q.device)
         allowed_any = torch.zeros(shape, dtype=torch.bool, device=self.q.device)
-        for chunk, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS):
+        for chunk, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS,
+                                                    self.softcap):
             bad = (torch.isnan(scores) | torch.isposinf(scores) | (torch.isneginf(scores) & allowed)).sum(-1)
             p = weights_from_lse(scores, lse[..., chunk])  # (B, Hkv, G, chunk, Sk)
             plogp = torch.where(p > 0, p * torch.log(p), torch.zeros((), device=p.device))
@@ -167,10 +173,13 @@ class LayerRecord:
             acc["nonfinite_weights"][..., chunk] = ((~torch.isfinite(p)) & allowed).sum(-1).float()
             allowed_any[..., chunk] = allowed.any(-1)
         flat = {name: t.view(B, Hq, Sq) for name, t in acc.items()}
+        lse_flat = self.lse.float()
+        sink_weight = (torch.zeros_like(lse_flat) if self.sinks is None
+                       else torch.exp(self.sinks.float().view(1, Hq, 1) - eager.safe_lse(lse_flat)))
         return RowStats(
             entropy=flat["entropy"], max_weight=flat["max_weight"], argmax=argmax.view(B, Hq, Sq),
             first_token_mass=flat["first_token_mass"], weight_sum=flat["weight_sum"],
-            fully_masked=~allowed_any.view(B, Hq, Sq),
+            sink_weight=sink_weight, fully_masked=~allowed_any.view(B, Hq, Sq),
             nonfinite_scores=flat["nonfinite_scores"].long(), nonfinite_weights=flat["nonfinite_weights"].long(),
             nonfinite_output=(~torch.isfinite(self.out)).sum(-1),
         )
@@ -190,8 +199,8 @@ class Capture:
         self.on_layer = on_layer  # called with the layer index once its block has run
         self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
 
-    def attention(self, layer: int, *, q, k, v, out, lse, mask, scale) -> None:
-        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale)
+    def attention(self, layer: int, *, q, k, v, out, lse, mask, scale, softcap=None, sinks=None) -> None:
+        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale, softcap, sinks)
         if self.append:
             parts = self._parts.setdefault(layer, {"q": [], "out": [], "lse": [], "residual": []})
             parts["q"].append(q)
@@ -216,5 +225,6 @@ class Capture:
             parts = self._parts[rec.layer]
             residual = torch.cat(parts["residual"], 1) if parts["residual"] else None
             joined.append(LayerRecord(rec.layer, torch.cat(parts["q"], 2), rec.k, rec.v, torch.cat(parts["out"], 2),
-                                      torch.cat(parts["lse"], 2), rec.mask, rec.scale, residual))
+                                      torch.cat(parts["lse"], 2), rec.mask, rec.scale, rec.softcap, rec.sinks,
+                                      residual))
         return joined

@@ -158,7 +158,7 @@ def nan_check(run: Run) -> Check:
 
 
 def masked_rows_check(run: Run) -> Check:
-    """Query rows of real tokens with no allowed key; rows whose weights do not sum to 1."""
+    """Query rows of real tokens with no allowed key; rows whose weights (and sink) do not sum to 1."""
     real = run.inputs.real  # (B, T) bool
     empty, off = [], []
     worst = 0.0
@@ -166,7 +166,7 @@ def masked_rows_check(run: Run) -> Check:
         stats = rec.stats
         rows_real = real[:, None, -stats.fully_masked.shape[2]:].expand_as(stats.fully_masked)
         e = stats.fully_masked & rows_real
-        dev = (stats.weight_sum - 1).abs()
+        dev = (stats.weight_sum + stats.sink_weight - 1).abs()
         finite = stats.nonfinite_weights == 0  # rows with NaN/Inf weights are the nan check's finding
         o = (~stats.fully_masked) & rows_real & finite & (dev > WEIGHT_SUM_TOLERANCE)
         if bool(o.any()):

@@ -26,9 +26,11 @@ from attnscope.model.config import ModelConfig
 class Recorder(Protocol):
     """What the inspector sees of a forward pass (see `attnscope.inspector.capture.Capture`)."""
 
-    def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float) -> None:
+    def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float,
+                  softcap: float | None = None, sinks: torch.Tensor | None = None) -> None:
         """Each attention call: post-RoPE q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (cache included),
-        the output [B, Hq, Sq, D], lse [B, Hq, Sq] and the mask it used."""
+        the output [B, Hq, Sq, D], lse [B, Hq, Sq], the mask it used, and the features it used (logit
+        soft-capping, sink logits [Hq]; see `attnscope.backends`)."""
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
         """The residual stream [B, Sq, hidden] after each block."""
