@@ -5,13 +5,15 @@ The public API is imported lazily, so ``attnscope --help`` never imports torch:
     model = attnscope.load_model("tiny-code", dtype="float32", device="cpu")
     result = attnscope.Scope(model, backend="sdpa").run("def fibonacci(n):")
     result.attention(layer=1, head=3)  # float32 [q, k] probabilities
+
+    wrapped = attnscope.from_transformers(hf_model, tokenizer)  # any transformers causal LM
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Result", "Scope", "load_model", "__version__"]
+__all__ = ["Result", "Scope", "from_transformers", "load_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,6 +21,10 @@ def __getattr__(name: str):
         from attnscope.model.loader import load_model
 
         return load_model
+    if name == "from_transformers":
+        from attnscope.hf import from_transformers
+
+        return from_transformers
     if name in ("Scope", "Result"):
         from attnscope import scope
 

@@ -23,8 +23,8 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`) or a "
-                                       "Hugging Face model directory.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`), a "
+                                       "Hugging Face model directory, or a Hub id (org/name) in the local cache.")]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa or triton.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
@@ -36,6 +36,9 @@ RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative toleranc
                                                "float16 5e-3, bfloat16 1e-2).")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickled pytorch_model.bin weights "
                                          "(loaded with torch.load(weights_only=True)).")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="native (attnscope's Llama-family model), hf (the "
+                                        "transformers model, any causal LM) or auto (native for llama, mistral, "
+                                        "qwen2 and qwen3, else hf).")]
 
 
 def fail(message: str) -> typer.Exit:
@@ -63,13 +66,14 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _load(model: str, dtype: str, device: str, allow_pickle: bool):
+def _load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = "auto"):
     """Load a model, with a spinner on stderr when it is a terminal."""
     from attnscope.model.loader import load_model
     from attnscope.render.console import load_with_spinner
 
     return load_with_spinner(lambda progress: load_model(model, dtype=dtype, device=_resolve_device(device),
-                                                         allow_pickle=allow_pickle, progress=progress), model)
+                                                         engine=engine, allow_pickle=allow_pickle,
+                                                         progress=progress), model)
 
 
 ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "
@@ -103,6 +107,7 @@ def run(
     html: HtmlOpt = None,
     color: ColorOpt = "auto",
     allow_pickle: PickleOpt = False,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Run a prompt and show tokens, continuation, per-layer and per-head attention statistics,
     checks and a heatmap."""
@@ -122,7 +127,7 @@ def run(
         from attnscope.scope import Scope
 
         console = output_console(color)
-        loaded = _load(model, dtype, device, allow_pickle)
+        loaded = _load(model, dtype, device, allow_pickle, engine)
         result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
                                                     atol=atol, rtol=rtol, roles=True)
         report = result.report()
@@ -191,6 +196,7 @@ def check(
     junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per "
                                                     "prompt × backend × check).")] = None,
     allow_pickle: PickleOpt = False,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
     _check_outputs(("--json", json_path), ("--junit", junit_path))
@@ -207,7 +213,7 @@ def check(
 
         for name in backend:
             get_backend(name)  # an unknown or unavailable backend is bad input: fail before any work
-        loaded = _load(model, dtype, device, allow_pickle)
+        loaded = _load(model, dtype, device, allow_pickle, engine)
         scopes = [Scope(loaded, backend=name) for name in backend]
         for prompt_text in prompt_list:  # validate every prompt before running anything
             scopes[0].encode(prompt_text)
@@ -303,18 +309,20 @@ def tui(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Continuation shown in the "
                                                 "Tokens tab.")] = 8,
     allow_pickle: PickleOpt = False,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Browse every layer, head and token in a terminal app while the model runs."""
     with user_errors():
         from attnscope.backends import get_backend
-        from attnscope.model.loader import resolve_dtype
+        from attnscope.model.loader import check_engine, resolve_dtype
 
         get_backend(backend)
         resolve_dtype(dtype)
+        check_engine(engine)
         from attnscope.tui.app import AttnScopeApp
 
         AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype, device=_resolve_device(device),
-                     max_new_tokens=max_new_tokens, allow_pickle=allow_pickle).run()
+                     max_new_tokens=max_new_tokens, allow_pickle=allow_pickle, engine=engine).run()
 
 
 @app.command()
@@ -327,6 +335,7 @@ def heads(
     device: DeviceOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report (with roles) here.")] = None,
     allow_pickle: PickleOpt = False,
+    engine: EngineOpt = "auto",
 ) -> None:
     """Score every head (induction, previous-token, sink, local, broad) and name its role."""
     _check_outputs(("--json", json_path))
@@ -337,7 +346,7 @@ def heads(
         from attnscope.render.tables import roles_table
         from attnscope.scope import Scope
 
-        loaded = _load(model, dtype, device, allow_pickle)
+        loaded = _load(model, dtype, device, allow_pickle, engine)
         scope = Scope(loaded, backend=backend)
         report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True).report()
         source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"

@@ -16,6 +16,7 @@ knows which one it has:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,9 +58,14 @@ class Tokenizer(Protocol):
 class Engine(Protocol):
     """A model attnscope can run and watch (see the module docstring)."""
 
+    engine: str  # "native" or "hf": which implementation runs the model
     name: str  # shown in reports: a sample model's name or the directory's
     path: Path | None
     tokenizer: Tokenizer | None
+    # True when a token's results do not depend on the other tokens of the forward beyond what
+    # attention lets through (no batched expert routing, no data-dependent kernel choice): the
+    # causality check then asks for bit-identical outputs with the eager float32 backend
+    batch_invariant: bool
 
     @property
     def layout(self) -> Layout: ...
@@ -83,3 +89,22 @@ class Engine(Protocol):
     def decode(self, logits: torch.Tensor, cache: Any, attend: AttendFn, max_new_tokens: int, *,
                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy continuation ``[B, <= max_new_tokens]`` from a prefill's `logits`, one token per step."""
+
+
+def greedy(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], logits: torch.Tensor,
+           max_new_tokens: int, eos_token_ids: Sequence[int] = (), positions: torch.Tensor | None = None
+           ) -> torch.Tensor:
+    """Greedy decoding from a prefill's `logits` ``[B, T, vocab]``: `step(ids [B, 1], positions [B, 1] or
+    None)` runs one token through the engine's cache and returns its logits. `positions` are the
+    prefill's rotary positions ``[B, T]`` (padded rows), if any. Returns the new ids
+    ``[B, <= max_new_tokens]``; stops when every row produced an end-of-sequence token."""
+    eos = torch.tensor(list(eos_token_ids), device=logits.device, dtype=torch.long)
+    new = []
+    for i in range(max_new_tokens):
+        next_ids = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        new.append(next_ids)
+        if eos.numel() and bool(torch.isin(next_ids, eos).all()):
+            break
+        if i + 1 < max_new_tokens:
+            logits = step(next_ids, None if positions is None else positions[:, -1:] + i + 1)  # (B, 1, vocab)
+    return torch.cat(new, dim=1) if new else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)

@@ -28,6 +28,7 @@ from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.model import memory
 from attnscope.model.config import MAX_LAYERS, ModelConfig
 from attnscope.model.llama import Transformer
+from attnscope.model.loader import config_layout
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -208,8 +209,8 @@ def test_available_memory_is_read():
 
 
 def test_kv_cache_check(zoo):
-    config = ModelConfig(num_hidden_layers=2, max_position_embeddings=10**12)
-    per_position = 2 * 2 * config.num_key_value_heads * config.head_dim * 4
+    config = config_layout(ModelConfig(num_hidden_layers=2, max_position_embeddings=10**12))
+    per_position = 2 * 2 * config.n_kv_heads * config.head_dim * 4
     assert memory.kv_cache_bytes(config, 3, 10, torch.float32) == 3 * 10 * per_position
     memory.check_kv_cache_fits(config, 1, 1024, torch.float32)  # fits anywhere
     with pytest.raises(UserError) as info:
@@ -507,17 +508,22 @@ PEAK_GROWTH = 256 << 20
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="measures the peak memory with getrusage (Linux units)")
-@settings(max_examples=100, deadline=5000, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("engine", ["native", "hf"])
+@settings(max_examples=50, deadline=10000, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
 @given(cfg=configs())
-def test_random_config_loads_or_raises_a_user_error(random_model_dir, budget, cfg):
+def test_random_config_loads_or_raises_a_user_error(random_model_dir, budget, engine, cfg):
+    """Through our loader and through transformers alike: a model, or one line, never a traceback,
+    and never more memory than the budget (sizes are checked before anything is built)."""
+    if engine == "hf":
+        pytest.importorskip("transformers")
     (random_model_dir / "config.json").write_text(json.dumps(cfg))
     try:
-        model = attnscope.load_model(random_model_dir)
+        model = attnscope.load_model(random_model_dir, engine=engine)
     except UserError as exc:
         assert "\n" not in str(exc)
     else:
-        assert model.config.num_hidden_layers >= 1
+        assert model.layout.n_layers >= 1
     # nothing beyond the budget was ever built, whatever config.json said
     assert all(size <= BUDGET for size in budget), budget
 
@@ -526,7 +532,7 @@ def test_random_configs_reach_the_model(random_model_dir, monkeypatch):
     """The strategy's base config is a valid one: the test above exercises loading, not only parsing."""
     monkeypatch.setattr(memory, "available_memory", lambda device="cpu": BUDGET)
     (random_model_dir / "config.json").write_text(json.dumps(BASE))
-    assert attnscope.load_model(random_model_dir).config.num_key_value_heads == 2
+    assert attnscope.load_model(random_model_dir, engine="native").config.num_key_value_heads == 2
 
 
 def test_huge_configs_never_reach_the_model_builder():
@@ -543,3 +549,4 @@ def test_a_kv_cache_that_cannot_fit_is_refused_before_it_is_allocated():
     model = random_model(layers=2, vocab=96, hidden=64, max_positions=10**12)
     with pytest.raises(UserError, match=r"KV cache of 1 × 10,000,000,004 positions needs .*TiB"):
         attnscope.Scope(model).run([1, 2, 3, 4], max_new_tokens=10**10)
+

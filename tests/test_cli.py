@@ -195,7 +195,10 @@ def test_run_bad_model_files(tmp_path):
     (broken / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 3}))
     assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "not divisible by num_key_value_heads")
     (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "unsupported model_type 'gpt2'")
+    assert_user_error(invoke("run", "-p", "x", "-m", str(broken), "--engine", "native"),
+                      "unsupported model_type 'gpt2'")
+    # auto: not a native type, so transformers builds a GPT-2, which these Llama weights do not fill
+    assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "the weights lack", "lm_head.weight")
     (broken / "config.json").write_text(json.dumps(config))
     (broken / "model.safetensors").write_bytes(b"\x00" * 16)
     assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "not a valid safetensors file")

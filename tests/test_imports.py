@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("attnscope.errors", "attnscope.pooling", "attnscope.masks"),
     ("attnscope.backends", "attnscope.kernels"),
-    ("attnscope.engine", "attnscope.model"),
+    ("attnscope.engine", "attnscope.model", "attnscope.hf"),
     ("attnscope.inspector",),
     ("attnscope.scope", "attnscope.testing", "attnscope.junit", "attnscope.output"),
     ("attnscope.render",),

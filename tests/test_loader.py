@@ -104,6 +104,8 @@ def test_unsupported_model_type(model_copy):
     path = model_copy()
     edit_config(path, model_type="gpt2", architectures=["GPT2LMHeadModel"])
     with pytest.raises(ConfigError, match="'gpt2'"):
+        attnscope.load_model(path, engine="native")
+    with pytest.raises(UserError, match="the weights lack"):  # auto: transformers' GPT-2, unfilled
         attnscope.load_model(path)
 
 

@@ -215,7 +215,9 @@ def backend_vs_reference_check(run: Run, tol: Tolerance) -> tuple[Check, list[Di
     eager = get_backend("eager")
     diffs = []
     for rec in run.records:
-        ref, _ = eager(rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False)
+        features = {"softcap": rec.softcap, "sinks": rec.sinks}  # the layer's own, as the backend ran them
+        ref, _ = eager(rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False,
+                       **{name: value for name, value in features.items() if value is not None})
         diffs.append(diff(rec.out, ref, tol, rows=run.inputs.real[:, -rec.q.shape[2]:]))
     figures = _figures(_merge(diffs), tol)
     figures["per_layer_max_abs_diff"] = [json_number(float(d.max_abs.max())) for d in diffs]

@@ -144,7 +144,7 @@ def build_report(run: Run, prompt, continuation: list[int], checks: list[Check],
     layers = [LayerReport(rec.layer, repr(rec.mask), heads)
               for rec, heads in zip(run.records, head_stats(run, diffs, roles, batch), strict=True)]
     return Report(
-        model={"name": model.name, "path": str(model.path), "model_type": layout.model_type,
+        model={"name": model.name, "path": str(model.path), "engine": model.engine, "model_type": layout.model_type,
                "layers": layout.n_layers, "heads": layout.n_heads, "kv_heads": layout.n_kv_heads,
                "head_dim": layout.head_dim, "vocab_size": layout.vocab_size},
         backend=run.backend,

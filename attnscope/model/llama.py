@@ -19,6 +19,7 @@ from torch import nn
 
 from attnscope.backends import AttendFn
 from attnscope.backends.eager import attend as eager_attend
+from attnscope.engine import greedy
 from attnscope.masks import MaskSpec, causal, sliding_window
 from attnscope.model.config import ModelConfig
 
@@ -271,14 +272,9 @@ class Transformer(nn.Module):
         """Continue greedily from the `logits` of a prefill whose keys and values are in `cache`,
         one token per step (with the prefill's extra `mask` and rotary `positions` ``[B, T]``, if any).
         Returns the new ids ``[B, <= max_new_tokens]``; stops when every row produced `eos_token_id`."""
-        eos = torch.tensor(eos_token_id if eos_token_id is not None else [], device=logits.device).view(-1)
-        new = []
-        for step in range(max_new_tokens):
-            next_ids = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-            new.append(next_ids)
-            if eos.numel() and bool(torch.isin(next_ids, eos).all()):
-                break
-            if step + 1 < max_new_tokens:
-                pos = None if positions is None else positions[:, -1:] + step + 1  # (B, 1)
-                logits = self(next_ids, cache, attend=attend, mask=mask, positions=pos)  # (B, 1, vocab)
-        return torch.cat(new, dim=1) if new else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
+        eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+        def step(ids: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+            return self(ids, cache, attend=attend, mask=mask, positions=pos)
+
+        return greedy(step, logits, max_new_tokens, eos, positions)

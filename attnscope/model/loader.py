@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from attnscope.backends import AttendFn
-from attnscope.engine import Layout
+from attnscope.engine import Engine, Layout
 from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.masks import MaskSpec
-from attnscope.model.config import ModelConfig, read_json, show
+from attnscope.model.config import SUPPORTED_MODEL_TYPES, ModelConfig, read_json, show
 from attnscope.model.llama import KVCache, Transformer
 from attnscope.model.memory import check_kv_cache_fits, check_model_fits
 from attnscope.model.tokenizer import Tokenizer
@@ -89,6 +89,8 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     bundled = sample_models_dir() / str(name_or_path)  # e.g. "broken/nan-k-proj"
     if not path.exists() and (bundled / "config.json").is_file():
         return bundled
+    if not path.exists() and _looks_like_hub_id(str(name_or_path)):
+        return _hub_snapshot(str(name_or_path))
     if not path.exists():
         raise LoadError(
             f"model {str(name_or_path)!r} not found: no such path and no sample model of that name "
@@ -101,12 +103,36 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     return path
 
 
+def _looks_like_hub_id(name: str) -> bool:
+    """``org/name``: two non-empty parts of letters, digits and ``-_.``, not a relative path."""
+    parts = name.split("/")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    return (len(parts) == 2 and all(parts) and all(set(p) <= allowed for p in parts)
+            and not any(p in (".", "..") for p in parts))
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The directory of `repo_id`'s snapshot in the local Hugging Face cache; nothing is downloaded."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise LoadError(f"model {repo_id!r} not found: no such path, and reading the Hugging Face cache "
+                        'needs huggingface_hub (pip install "attnscope[hf]")') from None
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        raise LoadError(f"model {repo_id!r} is not in the local Hugging Face cache: download it first with "
+                        f"`hf download {repo_id}` (attnscope never downloads)") from None
+    if not (path / "config.json").is_file():
+        raise LoadError(f"{path} (the cached snapshot of {repo_id}) has no config.json")
+    return path
+
+
 def read_config(path: Path) -> ModelConfig:
     """The checked config of model directory `path`; errors name ``config.json`` and the key."""
     file = path / "config.json"
-    raw = read_json(file)
-    if not isinstance(raw, dict):
-        raise LoadError(f"{file}: expected a JSON object, got a {type(raw).__name__}")
+    raw = read_config_json(path)
     try:
         return ModelConfig.from_hf(raw)
     except ConfigError as exc:
@@ -160,7 +186,7 @@ def _shards(path: Path, index: Path, allow_pickle: bool) -> list[Path]:
     return files
 
 
-def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
+def weight_files(path: Path, allow_pickle: bool) -> list[Path]:
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
     index = path / "model.safetensors.index.json"
@@ -245,6 +271,30 @@ class _Tensors:
             raise LoadError(f"{self.file}: tensor {key!r} cannot be read ({exc})") from None
 
 
+def weights_summary(files: list[Path]) -> tuple[int, int | None]:
+    """(number of elements, number of decoder layers) of the weights in `files`, from the safetensors
+    headers (no tensor is read); pickled files count their size in float32 elements. The layers are
+    counted from names like ``model.layers.11.…`` (None when the names have no such index)."""
+    import re
+
+    numel, top = 0, -1
+    for file in files:
+        if file.suffix in PICKLE_SUFFIXES:
+            numel += file.stat().st_size // 4
+            continue
+        tensors = _Tensors(file)
+        for key in tensors.keys():
+            shape, _ = tensors.describe(key)
+            count = 1
+            for n in shape:
+                count *= n
+            numel += count
+            found = re.search(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.", key)
+            if found:
+                top = max(top, int(found.group(1)))
+    return numel, (top + 1 if top >= 0 else None)
+
+
 def checkpoint_key(hf_key: str) -> str:
     """The one place where HF parameter names become attnscope's: drop the ``model.`` prefix."""
     return hf_key.removeprefix("model.")
@@ -299,9 +349,22 @@ def load_state_dict(model: Transformer, files: list[Path], progress: Progress | 
         progress(len(files), len(files), "done")
 
 
+def config_layout(c: ModelConfig) -> Layout:
+    """The `Layout` of a native model's config."""
+    eos = c.eos_token_id if isinstance(c.eos_token_id, list) else [] if c.eos_token_id is None else [c.eos_token_id]
+    return Layout(model_type=c.model_type, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
+                  n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, vocab_size=c.vocab_size,
+                  max_positions=c.max_position_embeddings,
+                  bos_token_id=c.bos_token_id if isinstance(c.bos_token_id, int) else None,
+                  eos_token_ids=tuple(eos))
+
+
 class LoadedModel:
     """The native engine (`attnscope.engine.Engine`): our Llama-family network, its tokenizer (or
     None), and where it came from."""
+
+    engine = "native"
+    batch_invariant = True  # our network computes every token with the same kernels whatever the batch
 
     def __init__(self, net: Transformer, tokenizer: Tokenizer | None, name: str, path: Path):
         self.net = net
@@ -323,19 +386,13 @@ class LoadedModel:
 
     @property
     def layout(self) -> Layout:
-        c = self.config
-        eos = c.eos_token_id if isinstance(c.eos_token_id, list) else [] if c.eos_token_id is None else [c.eos_token_id]
-        return Layout(model_type=c.model_type, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
-                      n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, vocab_size=c.vocab_size,
-                      max_positions=c.max_position_embeddings,
-                      bos_token_id=c.bos_token_id if isinstance(c.bos_token_id, int) else None,
-                      eos_token_ids=tuple(eos))
+        return config_layout(self.config)
 
     def layer_masks(self) -> list[MaskSpec]:
         return self.net.masks
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        check_kv_cache_fits(self.config, batch, max_len, self.dtype, self.device)  # before allocating it
+        check_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)  # before allocating it
         return self.net.new_cache(batch, max_len)
 
     def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache | None = None, recorder=None,
@@ -354,29 +411,52 @@ class LoadedModel:
                 f"device={self.device})")
 
 
+ENGINES = ("auto", "native", "hf")
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r} (choose from: {', '.join(ENGINES)})")
+
+
 def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     *,
+    engine: str = "auto",
     allow_pickle: bool = False,
     progress: Progress | None = None,
-) -> LoadedModel:
-    """Load a sample model by name or a Hugging Face model directory.
+) -> Engine:
+    """Load a sample model by name, a Hugging Face model directory, or a Hub id from the local cache.
 
     Args:
-        name_or_path: a bundled sample model (``attnscope models``) or a directory.
+        name_or_path: a bundled sample model (``attnscope models``), a directory, or ``org/name`` of a
+            snapshot in the Hugging Face cache (never downloaded here).
         dtype: torch dtype or its name: float32, float16, bfloat16.
         device: cpu, cuda, cuda:N.
+        engine: ``native`` (attnscope's own Llama-family model: llama, mistral, qwen2, qwen3), ``hf``
+            (transformers' model, watched through its AttentionInterface; any causal LM), or ``auto``:
+            native for the native model types, else hf.
         allow_pickle: accept ``pytorch_model.bin`` checkpoints (read with weights_only=True).
-        progress: called as progress(done, total, description) while weights load.
+        progress: called as progress(done, total, description) while weights load (native engine).
 
     Returns:
-        A `LoadedModel` with ``.net`` (the `Transformer`), ``.tokenizer`` and ``.config``.
+        An engine: a `LoadedModel` (native; ``.net`` is the `Transformer`) or an
+        `attnscope.hf.HFEngine` (``.model`` is the transformers model); both have ``.tokenizer``.
     """
+    check_engine(engine)
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     path = resolve_model_dir(name_or_path)
+    if engine == "auto":
+        model_type = read_config_json(path).get("model_type")
+        # a model_type that is not a string is a broken config: the native loader's error says so
+        engine = "hf" if isinstance(model_type, str) and model_type not in SUPPORTED_MODEL_TYPES else "native"
+    if engine == "hf":
+        from attnscope import hf
+
+        return hf.load(path, torch_dtype, dev, allow_pickle=allow_pickle)
     config = read_config(path)
     check_model_fits(config, torch_dtype, dev)  # from the config alone, before anything is allocated
     tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
@@ -384,9 +464,18 @@ def load_model(
         raise ConfigError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
         )
-    files = _weight_files(path, allow_pickle)
+    files = weight_files(path, allow_pickle)
     with torch.device("meta"):
         net = Transformer(config).to(torch_dtype)
     load_state_dict(net, files, progress)
     net = net.to(dev).eval()
     return LoadedModel(net, tokenizer, path.name, path)
+
+
+def read_config_json(path: Path) -> dict:
+    """config.json of model directory `path` as a dict (a `LoadError` when it is not a JSON object)."""
+    file = path / "config.json"
+    raw = read_json(file)
+    if not isinstance(raw, dict):
+        raise LoadError(f"{file}: expected a JSON object, got a {type(raw).__name__}")
+    return raw

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from attnscope.errors import ConfigError, UserError
+from attnscope.engine import Layout
+from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.model.config import ModelConfig
 
 # Python objects of one decoder block (its modules and parameter handles) cost ~28 KiB even on the
@@ -47,10 +48,9 @@ def model_bytes(config: ModelConfig, dtype: torch.dtype) -> int:
     return parameter_count(config) * dtype.itemsize + config.num_hidden_layers * LAYER_OVERHEAD_BYTES
 
 
-def kv_cache_bytes(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype) -> int:
-    """Bytes of a `KVCache` of `batch` rows and `max_len` positions: keys and values of every layer."""
-    return (2 * config.num_hidden_layers * batch * config.num_key_value_heads * max_len * config.head_dim
-            * dtype.itemsize)
+def kv_cache_bytes(layout: Layout, batch: int, max_len: int, dtype: torch.dtype) -> int:
+    """Bytes of a KV cache of `batch` rows and `max_len` positions: keys and values of every layer."""
+    return 2 * layout.n_layers * batch * layout.n_kv_heads * max_len * layout.head_dim * dtype.itemsize
 
 
 def format_bytes(n: int | float) -> str:
@@ -171,17 +171,30 @@ def check_model_fits(config: ModelConfig, dtype: torch.dtype, device: torch.devi
             )
 
 
-def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
+def check_weights_fit(numel: int, dtype: torch.dtype, device: torch.device | str, path: Path) -> None:
+    """A `LoadError` naming the sizes when `numel` weights in `dtype` cannot fit in the memory available
+    (host memory, where weights are read, and the device's when it is a GPU)."""
+    device = torch.device(device)
+    need = numel * dtype.itemsize
+    for where in dict.fromkeys([torch.device("cpu"), device]):
+        free = available_memory(where)
+        if free is not None and need > free:
+            raise LoadError(f"{path}: the weights hold {format_count(numel)} parameters, about {format_bytes(need)} "
+                            f"in {str(dtype).removeprefix('torch.')}, more than the {format_bytes(free)} of memory "
+                            f"available {_where(where)}")
+
+
+def check_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.dtype,
                         device: torch.device | str = "cpu") -> None:
     """A `UserError` naming the sizes when a KV cache of `batch` rows × `max_len` positions in `dtype`
-    cannot fit in the memory available on `device`. Call it before `Transformer.new_cache`."""
+    cannot fit in the memory available on `device`. An engine calls it before allocating a cache."""
     device = torch.device(device)
-    need = kv_cache_bytes(config, batch, max_len, dtype)
+    need = kv_cache_bytes(layout, batch, max_len, dtype)
     free = available_memory(device)
     if free is not None and need > free:
         raise UserError(
             f"a KV cache of {batch} × {format_count(max_len)} positions needs {format_bytes(need)} (2 × "
-            f"{config.num_hidden_layers:,} layers × {config.num_key_value_heads} kv heads × head_dim "
-            f"{config.head_dim} × {dtype.itemsize} bytes per position), more than the {format_bytes(free)} "
+            f"{layout.n_layers:,} layers × {layout.n_kv_heads} kv heads × head_dim "
+            f"{layout.head_dim} × {dtype.itemsize} bytes per position), more than the {format_bytes(free)} "
             f"of memory available {_where(device)}: ask for fewer new tokens or a shorter prompt"
         )

@@ -23,8 +23,8 @@ def header(report: Report) -> Text:
     text.append(f"{m['name']}", style="bold")
     text.append(f"  {m['model_type']} · {m['layers']} layers · {m['heads']} q / {m['kv_heads']} kv heads · "
                 f"head_dim {m['head_dim']}\n")
-    text.append(f"backend {report.backend} · reference {report.reference} · {report.device} · {report.dtype}",
-                style="dim")
+    text.append(f"engine {m.get('engine', 'native')} · backend {report.backend} · reference {report.reference} · "
+                f"{report.device} · {report.dtype}", style="dim")
     return text
 
 

@@ -48,10 +48,12 @@ class AttnScopeApp(App):
     ]
 
     def __init__(self, model: str = "tiny-code", prompt: str | list[int] | None = None, backend: str = "sdpa",
-                 dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False):
+                 dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False,
+                 engine: str = "auto"):
         super().__init__()
         self.model_name, self.backend, self.dtype, self.device = model, backend, dtype, device
         self.allow_pickle, self.initial_prompt, self.max_new_tokens = allow_pickle, prompt, max_new_tokens
+        self.engine = engine
         self.loaded = None  # the engine, loaded by the first run
         self.result = None  # the finished run shown, or None while one runs
         self.run_id = self.checks_done = 0
@@ -123,7 +125,7 @@ class AttnScopeApp(App):
         try:
             if self.loaded is None:
                 self.loaded = load_model(self.model_name, dtype=self.dtype, device=self.device,
-                                         allow_pickle=self.allow_pickle)
+                                         engine=self.engine, allow_pickle=self.allow_pickle)
             post(None)
             n_layers = self.loaded.layout.n_layers
             result = Scope(self.loaded, backend=self.backend).run(

@@ -1,0 +1,436 @@
+"""The ``hf`` engine: any Hugging Face transformers causal LM, watched through its AttentionInterface.
+
+No code per architecture. attnscope registers one attention function, ``"attnscope"``, in
+transformers' ``AttentionInterface`` (and a mask function of the same name that always materializes
+the boolean mask). While attnscope runs a forward pass, the model's attention implementation is
+switched to it and switched back after; every attention layer then calls it with its own query, key
+and value (after the model's projections, q/k norms and RoPE), the mask and the module. The function:
+
+- derives the layer's `MaskSpec` from what the model says (causal, ``sliding_window``, the padding
+  attnscope asked for) and checks it against the mask tensor the model built: where they agree the
+  spec is used, so the Mask views, ``masked_rows`` and ``causality`` mean what they mean for native
+  models; where they do not, the model's tensor is used as ``custom`` and the report says so;
+- runs the selected backend with the layer's features (logit soft-capping ``softcap``, attention
+  sinks ``s_aux``), refusing a backend that lacks one (`attnscope.backends.require_features`), and
+  refusing what no backend computes (attention dropout, additive biases);
+- shows the recorder q, k, v, the output and the lse, and the residual stream after each decoder
+  layer (forward hooks), like the native engine does.
+
+K and V are passed as the model gives them, ``[B, Hkv, Sk, D]``: never repeated for GQA.
+
+Devices: a model dispatched with ``device_map`` (layers on several devices) runs as it is: each
+layer's attention runs on that layer's device, and the weights and the KV cache stay where the
+model put them. What attnscope keeps of a layer (q, k, v, output, lse, the residual's NaN counts)
+is copied to the engine's device, the device of the input embeddings, so that the checks and views
+compare tensors on one device; logits come back there too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnscope import masks
+from attnscope.backends import AttendFn, require_features
+from attnscope.engine import Layout, greedy
+from attnscope.errors import LoadError, UnsupportedFeature, UserError
+from attnscope.masks import MaskSpec
+
+IMPLEMENTATION = "attnscope"
+EXTRA = 'pip install "attnscope[hf]"'
+
+_active: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("attnscope_hf_call", default=None)
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(f"the hf engine needs transformers: {EXTRA}") from None
+    return transformers
+
+
+@dataclass
+class _Call:
+    """One forward pass in progress: what the registered attention function needs."""
+
+    engine: HFEngine
+    attend: AttendFn
+    recorder: Any
+    padding: MaskSpec | None
+    layers_seen: int = 0
+    specs: dict = field(default_factory=dict)  # (id of the model's mask, window, Sq, Sk) -> MaskSpec
+    layer_specs: dict = field(default_factory=dict)  # layer -> the MaskSpec it ran with
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The function registered in transformers' AttentionInterface (see the module docstring)."""
+    call = _active.get()
+    if call is None:  # the model was switched to "attnscope" outside attnscope: behave like sdpa
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    engine = call.engine
+    layer = getattr(module, "layer_idx", None)
+    layer = call.layers_seen if layer is None else int(layer)
+    call.layers_seen += 1
+    where = f"{engine.layout.model_type} layer {layer}"
+    if dropout:
+        raise UnsupportedFeature(f"{where} applies attention dropout {dropout}: the model is in training mode "
+                                 "(call model.eval())")
+    for name in ("position_bias", "alibi", "attn_bias"):
+        if kwargs.get(name) is not None:
+            raise UnsupportedFeature(f"{where} passes an additive attention bias ({name}), which attnscope does "
+                                     "not implement")
+    Sq, Sk = query.shape[2], key.shape[2]
+    spec = call.layer_specs[layer] = _layer_spec(call, module, kwargs, attention_mask, Sq, Sk, where)
+    features = require_features(call.attend, {"softcap": kwargs.get("softcap"), "sinks": kwargs.get("s_aux")},
+                                where)
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    out, lse = call.attend(query, key, value, spec, scale, need_lse=call.recorder is not None, **features)
+    if call.recorder is not None:
+        dev = engine.device
+        sinks = features.get("sinks")
+        call.recorder.attention(layer, q=query.to(dev), k=key.to(dev), v=value.to(dev), out=out.to(dev),
+                                lse=lse.to(dev), mask=spec, scale=scale, softcap=features.get("softcap"),
+                                sinks=None if sinks is None else sinks.detach().float().to(dev))
+    return out.transpose(1, 2).contiguous(), None  # (B, Sq, Hq, D), as transformers expects
+
+
+def _layer_spec(call: _Call, module, kwargs, attention_mask, Sq: int, Sk: int, where: str) -> MaskSpec:
+    """The layer's mask as a spec: causal, its sliding window and the padding, when that is what the
+    model's own mask tensor says; else that tensor, as ``custom``."""
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    spec = masks.causal() & masks.sliding_window(int(window)) if window else masks.causal()
+    if call.padding is not None:
+        spec = spec & call.padding
+    if attention_mask is None:  # the model built no mask: plain causal attention, all keys real
+        return spec
+    key = (id(attention_mask), window, Sq, Sk)
+    if key not in call.specs:
+        given = _allowed(attention_mask[..., -Sq:, :Sk], where)  # (B|1, 1|H, Sq, Sk) bool
+        expected = spec.dense(Sq, Sk, given.device)
+        if expected.shape[-2:] == given.shape[-2:] and bool((expected == given).all()):
+            call.specs[key] = spec
+        else:
+            call.specs[key] = masks.custom(given.to(call.engine.device),
+                                           name=f"custom (the mask {call.engine.layout.model_type} built)")
+    return call.specs[key]
+
+
+def _allowed(mask: torch.Tensor, where: str) -> torch.Tensor:
+    """A mask tensor as bool (True = may attend): a boolean mask as it is, an additive one (0 where
+    allowed, a large negative number where not) by its zeros; any other value is a bias."""
+    if mask.dtype == torch.bool:
+        return mask
+    blocked = mask <= torch.finfo(mask.dtype).min / 2
+    if not bool(((mask == 0) | blocked).all()):
+        raise UnsupportedFeature(f"{where} adds an attention bias to its scores, which attnscope does not implement")
+    return ~blocked
+
+
+def _bool_mask(*args, **kwargs):
+    """transformers' sdpa mask, never skipped: the attention function always sees the mask."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_causal_skip"] = False
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> None:
+    """Register the ``"attnscope"`` attention and mask functions with transformers (idempotent)."""
+    transformers = _transformers()
+    from transformers.masking_utils import AttentionMaskInterface
+
+    transformers.AttentionInterface.register(IMPLEMENTATION, _attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, _bool_mask)
+
+
+def _decoder_layers(model, n_layers: int) -> torch.nn.ModuleList | None:
+    """The model's list of decoder layers: the first ModuleList of `n_layers` modules."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return module
+    return None
+
+
+class HFTokenizer:
+    """A transformers tokenizer as an `attnscope.engine.Tokenizer` (special tokens as the model's own
+    tokenizer adds them)."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok(text, add_special_tokens=True)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        return [self._tok.decode([i], skip_special_tokens=False) for i in ids]
+
+
+class HFEngine:
+    """The hf engine (`attnscope.engine.Engine`) over a loaded transformers causal LM."""
+
+    # transformers' kernels are not promised to be batch invariant (mixture-of-experts layers group
+    # tokens per expert, so a later token changes an earlier one's matmul shapes): the causality check
+    # compares within the tolerance instead of bit for bit
+    batch_invariant = False
+    engine = "hf"
+
+    def __init__(self, model, tokenizer=None, name: str | None = None, path: Path | None = None):
+        if not callable(getattr(model, "set_attn_implementation", None)) or not hasattr(model, "config"):
+            raise UserError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
+        if not model._can_set_attn_implementation():
+            raise UnsupportedFeature(f"{type(model).__name__} does not route its attention through transformers' "
+                                     "AttentionInterface, so attnscope cannot watch it")
+        register()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path = path
+        self.name = name or Path(str(getattr(model, "name_or_path", "") or type(model).__name__)).name
+        self._layout = _layout(model)
+        self._layers = _decoder_layers(model, self._layout.n_layers)
+        self._masks = _config_masks(model.config.get_text_config(), self._layout.n_layers)
+        # the cache's keyword: `cache` in newer transformers, `past_key_values` before
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    @property
+    def layout(self) -> Layout:
+        return self._layout
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def layer_masks(self) -> list[MaskSpec]:
+        """Each layer's mask: from the config until a forward ran, then what the model's layers said."""
+        return list(self._masks)
+
+    def new_cache(self, batch: int, max_len: int):
+        from transformers import DynamicCache
+
+        from attnscope.model.memory import check_kv_cache_fits
+
+        check_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)
+        # without a config every layer keeps all its keys (a sliding layer's window is in its mask), so
+        # key i is position i in every layer, as the mask specs assume
+        return DynamicCache()
+
+    def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache=None, recorder=None,
+                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if self.model.training:
+            raise UserError("the model is in training mode (dropout would make every run differ): call model.eval()")
+        B, T = ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        call = _Call(self, attend, recorder, mask)
+        kwargs = {"attention_mask": _key_mask(mask, B, past + T, self.device)}
+        if positions is not None:
+            kwargs["position_ids"] = positions.to(self.device)
+        with self._watching(call), torch.no_grad():
+            out = self.model(input_ids=ids.to(self.device), use_cache=cache is not None,
+                             **{self._cache_kw: cache}, **kwargs)
+        if call.layers_seen == 0:
+            raise UnsupportedFeature(f"{type(self.model).__name__} ran without calling its attention through "
+                                     "transformers' AttentionInterface, so attnscope saw nothing")
+        return out.logits.to(self.device)
+
+    def decode(self, logits: torch.Tensor, cache, attend: AttendFn, max_new_tokens: int, *,
+               mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        def step(ids, pos):
+            return self.forward(ids, attend, cache=cache, mask=mask, positions=pos)
+
+        return greedy(step, logits, max_new_tokens, self.layout.eos_token_ids, positions)
+
+    @contextmanager
+    def _watching(self, call: _Call) -> Iterator[None]:
+        """The model's attention switched to attnscope's function, and hooks on its decoder layers, for
+        the duration of one forward; everything restored after."""
+        before = self.model.config._attn_implementation
+        self.model.set_attn_implementation(IMPLEMENTATION)
+        token = _active.set(call)
+        hooks = []
+        if call.recorder is not None and self._layers is not None:
+            for i, layer in enumerate(self._layers):
+                hooks.append(layer.register_forward_hook(self._residual_hook(call, i)))
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            _active.reset(token)
+            self.model.set_attn_implementation(before)
+        if call.padding is None and len(call.layer_specs) == self.layout.n_layers:
+            self._masks = [call.layer_specs[i] for i in range(self.layout.n_layers)]  # what the layers said
+
+    def _residual_hook(self, call: _Call, index: int):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            call.recorder.residual(index, hidden.to(self.device))
+
+        return hook
+
+    def __repr__(self) -> str:
+        lay = self.layout
+        return (f"HFEngine({self.name!r}, {lay.model_type}, layers={lay.n_layers}, heads={lay.n_heads}/"
+                f"{lay.n_kv_heads}, dtype={self.dtype}, device={self.device})")
+
+
+def _key_mask(padding: MaskSpec | None, batch: int, k_len: int, device) -> torch.Tensor | None:
+    """transformers' 2-D attention mask ``[B, k_len]`` (1 = a real token) of a padding spec."""
+    if padding is None:
+        return None
+    if not isinstance(padding, masks.Padding):
+        raise UserError(f"the hf engine takes padding masks only, got {padding!r}")
+    rows = padding.dense(k_len, k_len, device)[:, 0, -1, :]  # (B, k_len): the keys of the last position
+    return rows.expand(batch, k_len).long()
+
+
+def _layout(model) -> Layout:
+    c = model.config.get_text_config()
+    n_heads = int(c.num_attention_heads)
+    n_kv = int(getattr(c, "num_key_value_heads", None) or n_heads)
+    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // n_heads)
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    eos = c.eos_token_id if eos is None else eos
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    bos = getattr(c, "bos_token_id", None)
+    return Layout(model_type=str(c.model_type), n_layers=int(c.num_hidden_layers), n_heads=n_heads, n_kv_heads=n_kv,
+                  head_dim=head_dim, vocab_size=int(c.vocab_size),
+                  max_positions=int(getattr(c, "max_position_embeddings", None) or 1 << 20),
+                  bos_token_id=bos if isinstance(bos, int) else None, eos_token_ids=tuple(int(e) for e in eos))
+
+
+def _config_masks(c, n_layers: int) -> list[MaskSpec]:
+    """Each layer's mask as the config describes it (``layer_types``, ``sliding_window``)."""
+    types = list(getattr(c, "layer_types", None) or [])
+    window = getattr(c, "sliding_window", None)
+    if not types:
+        sliding = window is not None and getattr(c, "use_sliding_window", True) is not False
+        types = ["sliding_attention" if sliding else "full_attention"] * n_layers
+    chunk = getattr(c, "attention_chunk_size", None)
+    out = []
+    for kind in types[:n_layers]:
+        if kind == "sliding_attention" and window:
+            out.append(masks.causal() & masks.sliding_window(int(window)))
+        elif kind == "chunked_attention" and chunk:
+            out.append(masks.causal() & masks.chunked(int(chunk)))
+        else:
+            out.append(masks.causal())
+    return out
+
+
+def from_transformers(model, tokenizer=None) -> HFEngine:
+    """Wrap a loaded transformers causal LM (any dtype, any device, ``device_map`` included) so that
+    attnscope can run it: ``attnscope.Scope(attnscope.from_transformers(model, tok)).run("...")``.
+
+    Args:
+        model: a ``PreTrainedModel`` in eval mode whose attention goes through the AttentionInterface
+            (every current transformers architecture).
+        tokenizer: its tokenizer; None reads ``tokenizer.json`` from ``model.name_or_path`` when that is
+            a directory, else prompts must be token ids.
+    """
+    _transformers()
+    if tokenizer is not None:
+        tokenizer = HFTokenizer(tokenizer)
+    else:
+        where = Path(str(getattr(model, "name_or_path", "") or ""))
+        if str(where) and (where / "tokenizer.json").is_file():
+            from attnscope.model.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer(where)
+    return HFEngine(model, tokenizer)
+
+
+def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: bool = False) -> HFEngine:
+    """A model directory through transformers' ``AutoModelForCausalLM`` (never with remote code).
+
+    Before anything is allocated: the weights must cover every layer that config.json describes, and
+    their size in `dtype` must fit in the memory available. After: every tensor of the model must have
+    come from the files (attnscope never runs weights that transformers initialized at random)."""
+    transformers = _transformers()
+    from attnscope.model import memory
+    from attnscope.model.loader import weight_files, weights_summary
+    from attnscope.model.tokenizer import Tokenizer
+
+    files = weight_files(path, allow_pickle)
+    _quiet(transformers)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
+        layers = getattr(config.get_text_config(), "num_hidden_layers", None)
+    except Exception as exc:  # transformers' config classes raise many kinds; all mean a bad config.json
+        raise LoadError(f"{path / 'config.json'}: transformers cannot read it: {exc}") from None
+    _check_sizes(config.get_text_config(), path / "config.json")
+    numel, layers_in_files = weights_summary(files)
+    if layers_in_files is not None and layers > layers_in_files:
+        raise LoadError(f"{path / 'config.json'} describes {layers:,} layers but the weights hold {layers_in_files}")
+    memory.check_weights_fit(max(numel, _parameter_count(transformers, config, path)), dtype, device, path)
+    try:
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, trust_remote_code=False, output_loading_info=True,
+            use_safetensors=files[0].suffix == ".safetensors")
+    except Exception as exc:  # idem: a model transformers cannot build from these files
+        raise LoadError(f"{path}: transformers cannot load it: {exc}") from None
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise LoadError(f"{path}: the weights lack {len(missing)} of the model's tensors (first: {missing[0]}); "
+                        "attnscope does not run randomly initialized weights")
+    model = model.to(device).eval()
+    tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    return HFEngine(model, tokenizer, name=path.name, path=path)
+
+
+# the sizes every causal LM's config has, checked before transformers builds anything from them
+SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+OPTIONAL_SIZE_KEYS = ("num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings")
+
+
+def _check_sizes(config, file: Path) -> None:
+    """A `ConfigError` naming the key when a size is not a positive int (bools are not ints here)."""
+    from attnscope.errors import ConfigError
+    from attnscope.model.config import MAX_LAYERS, show
+
+    for key in SIZE_KEYS + OPTIONAL_SIZE_KEYS:
+        value = getattr(config, key, None)
+        if value is None and key in OPTIONAL_SIZE_KEYS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{file}: {key} must be a positive integer, got {show(value)}")
+    if config.num_hidden_layers > MAX_LAYERS:
+        raise ConfigError(f"{file}: num_hidden_layers {config.num_hidden_layers:,} is more than {MAX_LAYERS:,}")
+
+
+def _parameter_count(transformers, config, path: Path) -> int:
+    """The parameters of the model transformers would build from `config`, counted on the meta
+    device (nothing is allocated); tied parameters once."""
+    try:
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # a config transformers accepts but cannot build a model from
+        raise LoadError(f"{path}: transformers cannot build the model of config.json: {exc}") from None
+    return sum(p.numel() for p in model.parameters())
+
+
+def _quiet(transformers) -> None:
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
