@@ -158,15 +158,14 @@ def _check_tolerances(atol: float | None, rtol: float | None) -> None:
 
 
 def _check_place(scope, prompt: str, layer: int | None, head: int | None, query: int | None) -> None:
-    """--layer, --head and --query against the model's layout and the prompt's tokens, before the run."""
+    """The prompt, --layer, --head and --query against the model's tokenizer and layout, before the run."""
     from attnscope.inspector.report import check_head_range
 
     layout = scope.model.layout
     check_head_range(layer, head, layout.n_layers, layout.n_heads)
-    if query is not None:
-        n = len(scope.encode(prompt))
-        if not 0 <= query < n:
-            raise fail(f"--query {query} is out of range (the prompt has {n} tokens: 0..{n - 1})")
+    n = len(scope.encode(prompt))
+    if query is not None and not 0 <= query < n:
+        raise fail(f"--query {query} is out of range (the prompt has {n} tokens: 0..{n - 1})")
 
 
 def _parse_checks(text: str) -> tuple[str, ...]:
@@ -339,9 +338,9 @@ def tui(
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Browse every layer, head and token in a terminal app while the model runs."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise fail("attnscope tui needs a terminal: stdin and stdout must be a tty (for a report without one, "
-                   "use attnscope run or attnscope check)")
+    if not all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)):  # Textual draws on stderr
+        raise fail("attnscope tui needs a terminal: stdin, stdout and stderr must be a tty (for a report "
+                   "without one, use attnscope run or attnscope check)")
     with user_errors():
         from attnscope.backends import get_backend
         from attnscope.model.loader import resolve_dtype

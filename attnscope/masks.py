@@ -685,9 +685,13 @@ def _evaluated_counts(spec, q_len, k_len, grids, batch, head):
         r1 = min(q_len, r0 + step)
         allowed = _evaluate(spec, k_len - q_len + r0, r1 - r0, k_len, "cpu")
         allowed = allowed[min(batch, allowed.shape[0] - 1), min(head, allowed.shape[1] - 1)]  # (R, Sk)
-        cum = torch.nn.functional.pad(allowed.cumsum(-1, dtype=torch.int32), (1, 0))  # (R, Sk + 1)
+        cum = allowed.cumsum(-1, dtype=torch.int32)  # (R, Sk) allowed keys before each column, plus it
+
+        def before(edges, cum=cum):  # (R, len(edges)) allowed keys left of each column edge
+            return torch.where(edges > 0, cum[:, (edges - 1).clamp(min=0)], 0)
+
         for out, row_bins, (_, col_edges) in zip(outs, bins, grids, strict=True):
-            out.index_add_(0, row_bins[r0:r1], torch.diff(cum[:, col_edges], dim=1).long())
+            out.index_add_(0, row_bins[r0:r1], torch.diff(before(col_edges), dim=1).long())
     return outs
 
 

@@ -471,7 +471,7 @@ def test_mask_command_json():
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["-q", "-1"], "non-negative"),
+    (["-q", "-1"], "--q-len must be >= 1, got -1"),
     (["-q", "5", "-k", "3"], "--q-len 5 > --k-len 3"),
     (["-q", "5", "--window", "0"], "--window must be >= 1"),
     (["-q", "5", "--padding", "6"], "--padding 6 must be within 0..5"),
