@@ -214,7 +214,8 @@ def test_json_never_holds_a_bare_nan(tmp_path):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
 
     run_json, heads_json = tmp_path / "run.json", tmp_path / "heads.json"
-    assert invoke("run", "-m", "broken/nan-k-proj", "-p", "def f(x):", "-n", "2", "--json", str(run_json)).exit_code == 1
+    result = invoke("run", "-m", "broken/nan-k-proj", "-p", "def f(x):", "-n", "2", "--json", str(run_json))
+    assert result.exit_code == 1, result.output
     report = strict(run_json.read_text())
     values = [h[key] for layer in report["layers"] for h in layer["heads"]
               for key in ("entropy", "max_weight", "first_token_mass")]
@@ -234,6 +235,17 @@ def test_json_of_a_report_with_non_finite_figures():
                                                  "nested": {"tolerance": float("inf")}})])
     figures = json.loads(report.to_json())["checks"][0]["figures"]
     assert figures == {"max_abs_diff": "nan", "per_layer": [1.0, "-inf"], "nested": {"tolerance": "inf"}}
+
+
+def test_tolerances_of_the_python_api():
+    import attnscope
+    from attnscope.errors import UserError
+
+    scope = attnscope.Scope(attnscope.load_model("tiny-code"))
+    with pytest.raises(UserError, match="atol must be a finite number >= 0, got nan"):
+        scope.run("x = 1", checks="full_vs_incremental", atol=float("nan"))
+    with pytest.raises(UserError, match="rtol must be a finite number >= 0, got -0.1"):
+        scope.run("x = 1", checks="full_vs_incremental", rtol=-0.1)
 
 
 def test_junit_escapes_control_characters(tmp_path):
