@@ -210,8 +210,8 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 @app.command()
 def check(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt to check (repeatable).")] = [],  # noqa: B006
-    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
-                                                      "(\\n in a line is a newline).")] = None,
+    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="A UTF-8 file with one prompt per line "
+                                                      "(\\n in a line is a newline); - reads stdin.")] = None,
     model: ModelOpt = "tiny-code",
     backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
                                                "sdpa, triton.")] = ["sdpa"],  # noqa: B006
