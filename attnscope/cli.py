@@ -190,7 +190,7 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
         stdin = str(prompts_file) == "-"
         if not stdin and not prompts_file.exists():
             raise fail(f"--prompts {prompts_file}: no such file")
-        if prompts_file.is_dir():
+        if not stdin and prompts_file.is_dir():
             raise fail(f"--prompts {prompts_file}: is a directory")
         try:
             data = sys.stdin.buffer.read() if stdin else prompts_file.read_bytes()

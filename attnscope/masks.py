@@ -132,10 +132,9 @@ class MaskSpec:
         return ~self.dense(q_len, k_len, device).any(dim=-1)
 
     def blocks(self, q_len: int, k_len: int, block_m: int = 64, block_n: int = 64, device=None) -> BlockMap:
-        """The tile map of a ``block_m × block_n`` grid: each tile full, partial or empty."""
-        if block_m < 1 or block_n < 1:
-            raise ValueError(f"block sizes must be >= 1, got {block_m}x{block_n}")
-        _check_sizes(q_len, k_len)
+        """The tile map of a ``block_m × block_n`` grid: each tile full, partial or empty (any size
+        that `check_scan` accepts)."""
+        check_scan(self, q_len, k_len, (block_m, block_n))
         n_batch, n_heads = _evaluate(self, max(0, k_len - 1), min(1, q_len), k_len, "cpu").shape[:2]
         states = torch.stack([torch.stack([tile_states(self, q_len, k_len, (block_m, block_n), batch=b, head=h)
                                            for h in range(n_heads)]) for b in range(n_batch)])
@@ -710,6 +709,7 @@ def _tile_states(counts: torch.Tensor, row_edges, col_edges) -> torch.Tensor:
 def tile_states(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int], *, batch: int = 0,
                 head: int = 0) -> torch.Tensor:
     """EMPTY / PARTIAL / FULL of every ``block_m × block_n`` tile: int8 (ceil(q/bm), ceil(k/bn))."""
+    check_scan(spec, q_len, k_len, block, batch)
     row_edges, col_edges = _tile_edges(q_len, block[0]), _tile_edges(k_len, block[1])
     (counts,) = region_counts(spec, q_len, k_len, [(row_edges, col_edges)], batch=batch, head=head)
     return _tile_states(counts, row_edges, col_edges)
