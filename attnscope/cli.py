@@ -7,6 +7,7 @@ Importing this module imports neither torch nor the core: each command imports w
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -119,36 +120,57 @@ def run(
     if heads not in (None, "all"):
         raise fail(f"--heads takes 'all', got {heads!r}")
     check_names = _parse_checks(checks)
+    _check_tolerances(atol, rtol)
     with user_errors():
         from attnscope.inspector.report import pick_head
-        from attnscope.output import write_atomic
-        from attnscope.render.console import emit, output_console
+        from attnscope.output import write_outputs
+        from attnscope.render.console import emit, exports, output_console
         from attnscope.render.run_view import run_view
         from attnscope.scope import Scope
 
         console = output_console(color)
         loaded = _load(model, dtype, device, allow_pickle, engine)
-        result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
-                                                    atol=atol, rtol=rtol, roles=True)
+        scope = Scope(loaded, backend=backend)
+        _check_place(scope, prompt, layer, head, query)
+        result = scope.run(prompt, max_new_tokens=max_new_tokens, checks=check_names, atol=atol, rtol=rtol,
+                           roles=True)
         report = result.report()
         layer, head, why = pick_head(report, layer, head)
-        if query is not None and not 0 <= query < len(result.ids):
-            raise fail(f"--query {query} is out of range (the prompt has {len(result.ids)} tokens: "
-                       f"0..{len(result.ids) - 1})")
         parts = run_view(result, report, layer, head, why, width=console.width, every_head=heads == "all",
                          log=scale == "log", query=query)
-        emit(console, parts, svg, html, title=f"attnscope run · {loaded.name}")
-        if json_path is not None:
-            write_atomic(json_path, report.to_json())
+        write_outputs([("--json", json_path, report.to_json() if json_path else ""),
+                       *exports(console, parts, svg, html, title=f"attnscope run · {loaded.name}")])
+    emit(console, parts)
     raise typer.Exit(EXIT_OK if report.passed else EXIT_FAILED)
 
 
+# ---- options checked before any work (outputs, tolerances, prompts) and against the model's layout
+
+
 def _check_outputs(*flags: tuple[str, Path | None]) -> None:
-    from attnscope.output import check_output_path
+    from attnscope.output import check_output_paths
 
     with user_errors():
-        for flag, path in flags:
-            check_output_path(path, flag)
+        check_output_paths(*flags)
+
+
+def _check_tolerances(atol: float | None, rtol: float | None) -> None:
+    from attnscope.inspector.checks import check_tolerance
+
+    with user_errors():
+        check_tolerance("--atol", atol)
+        check_tolerance("--rtol", rtol)
+
+
+def _check_place(scope, prompt: str, layer: int | None, head: int | None, query: int | None) -> None:
+    """The prompt, --layer, --head and --query against the model's tokenizer and layout, before the run."""
+    from attnscope.inspector.report import check_head_range
+
+    layout = scope.model.layout
+    check_head_range(layer, head, layout.n_layers, layout.n_heads)
+    n = len(scope.encode(prompt))
+    if query is not None and not 0 <= query < n:
+        raise fail(f"--query {query} is out of range (the prompt has {n} tokens: 0..{n - 1})")
 
 
 def _parse_checks(text: str) -> tuple[str, ...]:
@@ -165,15 +187,26 @@ def _parse_checks(text: str) -> tuple[str, ...]:
 
 
 def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """The --prompt texts, then the prompts file's lines (`-`: stdin). Lines end at a newline only
+    (with a carriage return before it dropped): a form feed or another Unicode line separator stays
+    inside its prompt; blank lines are skipped; a literal \\n is a newline."""
     found = list(prompts)
     if prompts_file is not None:
-        if not prompts_file.is_file():
+        stdin = str(prompts_file) == "-"
+        if not stdin and not prompts_file.exists():
             raise fail(f"--prompts {prompts_file}: no such file")
+        if not stdin and prompts_file.is_dir():
+            raise fail(f"--prompts {prompts_file}: is a directory")
         try:
-            text = prompts_file.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise fail(f"--prompts {prompts_file}: cannot be read as text ({exc})") from None
-        found += [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+            data = sys.stdin.buffer.read() if stdin else prompts_file.read_bytes()
+            text = data.decode("utf-8")
+        except OSError as exc:
+            raise fail(f"--prompts {prompts_file}: cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise fail(f"--prompts {prompts_file}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                       f"{exc.start})") from None
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
+        found += [line.replace("\\n", "\n") for line in lines if line.strip()]
     if not found:
         raise fail("give at least one --prompt TEXT or --prompts FILE (one prompt per line)")
     return found
@@ -182,8 +215,8 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 @app.command()
 def check(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt to check (repeatable).")] = [],  # noqa: B006
-    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
-                                                      "(\\n in a line is a newline).")] = None,
+    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="A UTF-8 file with one prompt per line "
+                                                      "(\\n in a line is a newline); - reads stdin.")] = None,
     model: ModelOpt = "tiny-code",
     backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
                                                "sdpa, triton.")] = ["sdpa"],  # noqa: B006
@@ -201,12 +234,14 @@ def check(
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
     _check_outputs(("--json", json_path), ("--junit", junit_path))
     check_names = _parse_checks(checks)
+    _check_tolerances(atol, rtol)
     prompt_list = _read_prompts(prompt, prompts_file)
     runs = []  # (prompt, backend, report)
     with user_errors():
         from attnscope.backends import get_backend
         from attnscope.inspector.report import report_set
-        from attnscope.output import write_atomic
+        from attnscope.junit import junit_xml
+        from attnscope.output import write_outputs
         from attnscope.render.console import console, progress_bar
         from attnscope.render.tables import checks_table
         from attnscope.scope import Scope
@@ -224,6 +259,9 @@ def check(
                     advance(f"{scope.backend}: {prompt_text[:40]!r}")
                     result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
                     runs.append((prompt_text, scope.backend, result.report()))
+        junit = junit_xml([(p, b, r.checks) for p, b, r in runs]) if junit_path else ""
+        write_outputs([("--json", json_path, report_set([r for _, _, r in runs]) if json_path else ""),
+                       ("--junit", junit_path, junit)])
     rows = [(f"{b} · {_short(p)}", c) for p, b, r in runs for c in r.checks]
     out = console()
     out.print(checks_table(rows, title=f"attnscope check · {loaded.name} · {dtype} · {len(prompt_list)} "
@@ -231,12 +269,6 @@ def check(
     passed = all(r.passed for _, _, r in runs)
     n_failed = sum(not c.passed for _, c in rows)
     out.print(f"{len(rows) - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
-    if json_path is not None:
-        write_atomic(json_path, report_set([r for _, _, r in runs]))
-    if junit_path is not None:
-        from attnscope.junit import junit_xml
-
-        write_atomic(junit_path, junit_xml([(p, b, r.checks) for p, b, r in runs]))
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
@@ -264,8 +296,8 @@ def mask(
 ) -> None:
     """Show the mask that a combination of mask parts gives (causal unless --prefix)."""
     k_len = q_len if k_len is None else k_len
-    if q_len < 0 or k_len < 0:
-        raise fail(f"sizes must be non-negative, got --q-len {q_len} --k-len {k_len}")
+    if q_len < 1:
+        raise fail(f"--q-len must be >= 1, got {q_len}")
     if q_len > k_len:
         raise fail(f"--q-len {q_len} > --k-len {k_len}: queries are the last q-len of the k-len positions")
     doc_ids = block_size = None
@@ -282,9 +314,10 @@ def mask(
 
     from attnscope import masks
 
-    try:
+    try:  # a mask larger than a summary reads is refused here, before anything is drawn
         spec = masks.from_parts(k_len, window=window, padding_count=pad, side=side, prefix=prefix,
                                 documents=doc_ids, chunk=chunk)
+        masks.check_scan(spec, q_len, k_len, block_size)
     except ValueError as exc:
         raise fail(str(exc)) from None
     if as_json:
@@ -312,6 +345,9 @@ def tui(
     engine: EngineOpt = "auto",
 ) -> None:
     """Browse every layer, head and token in a terminal app while the model runs."""
+    if not all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)):  # Textual draws on stderr
+        raise fail("attnscope tui needs a terminal: stdin, stdout and stderr must be a tty (for a report "
+                   "without one, use attnscope run or attnscope check)")
     with user_errors():
         from attnscope.backends import get_backend
         from attnscope.model.loader import check_engine, resolve_dtype
@@ -321,8 +357,11 @@ def tui(
         check_engine(engine)
         from attnscope.tui.app import AttnScopeApp
 
-        AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype, device=_resolve_device(device),
-                     max_new_tokens=max_new_tokens, allow_pickle=allow_pickle, engine=engine).run()
+        tui_app = AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype,
+                               device=_resolve_device(device), max_new_tokens=max_new_tokens,
+                               allow_pickle=allow_pickle, engine=engine)
+        tui_app.run()
+    raise typer.Exit(tui_app.return_code or EXIT_OK)
 
 
 @app.command()
@@ -341,7 +380,7 @@ def heads(
     _check_outputs(("--json", json_path))
     with user_errors():
         from attnscope.inspector.heads import REPEAT_LENGTH
-        from attnscope.output import write_atomic
+        from attnscope.output import write_outputs
         from attnscope.render.console import console
         from attnscope.render.tables import roles_table
         from attnscope.scope import Scope
@@ -349,12 +388,11 @@ def heads(
         loaded = _load(model, dtype, device, allow_pickle, engine)
         scope = Scope(loaded, backend=backend)
         report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True).report()
-        source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
-        out = console()
-        out.print(f"[bold]{loaded.name}[/bold] · scores on {source}; induction on a repeated random sequence")
-        out.print(roles_table(report))
-        if json_path is not None:
-            write_atomic(json_path, report.to_json())
+        write_outputs([("--json", json_path, report.to_json() if json_path else "")])
+    source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
+    out = console()
+    out.print(f"[bold]{loaded.name}[/bold] · scores on {source}; induction on a repeated random sequence")
+    out.print(roles_table(report))
 
 
 @app.command()
@@ -366,13 +404,52 @@ def models() -> None:
     console().print(models_table())
 
 
+EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141  # 128 + SIGINT, 128 + SIGPIPE (what a shell reports)
+
+
+class PipeClosed(BaseException):
+    """stdout or stderr is a pipe whose reader has gone (`attnscope run ... | head -3`)."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+
+
+class PipeGuard:
+    """A standard stream whose write or flush, once its reader has gone, raises `PipeClosed` (not an
+    Exception, so no handler on the way mistakes it for an error) instead of BrokenPipeError."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise PipeClosed(self.stream) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise PipeClosed(self.stream) from None
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main() -> None:
-    """Console entry point: usage errors become one line on stderr and exit code 2."""
+    """Console entry point: usage errors become one line on stderr and exit code 2; Ctrl-C is
+    `attnscope: interrupted` and 130; a closed pipe ends the command quietly with 141."""
+    sys.stdout, sys.stderr = PipeGuard(sys.stdout), PipeGuard(sys.stderr)
     try:
         code = app(args=sys.argv[1:] or ["--help"], standalone_mode=False)
-    except KeyboardInterrupt:
-        typer.echo("attnscope: interrupted", err=True)
-        sys.exit(130)
+    except PipeClosed as closed:
+        # what is still buffered for the closed pipe goes nowhere, so the interpreter's last flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), closed.stream.fileno())
+        sys.exit(EXIT_PIPE_CLOSED)
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit code 130)
+        code = EXIT_INTERRUPTED
     except Exception as exc:
         # click's UsageError family (typer may vendor its own click, so match by interface)
         if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
@@ -381,6 +458,8 @@ def main() -> None:
         where = f"attnscope {ctx.info_name}" if ctx is not None and ctx.parent is not None else "attnscope"
         typer.echo(f"attnscope: error: {exc.format_message()} (see: {where} --help)", err=True)
         sys.exit(EXIT_USAGE if exc.exit_code == EXIT_USAGE else exc.exit_code or EXIT_FAILED)
+    if code == EXIT_INTERRUPTED:
+        typer.echo("attnscope: interrupted", err=True)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

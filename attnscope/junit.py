@@ -4,9 +4,19 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
-from attnscope.inspector.report import Check
+from attnscope.inspector.report import Check, finite
+
+# characters XML 1.0 cannot hold, even escaped: control characters but tab, newline and carriage
+# return; lone surrogates; U+FFFE and U+FFFF
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """`text` with each character XML cannot hold written as a Python escape (a form feed: \\x0c)."""
+    return _NOT_XML.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
 
 
 def junit_xml(runs: list[tuple[str, str, list[Check]]]) -> str:
@@ -17,11 +27,12 @@ def junit_xml(runs: list[tuple[str, str, list[Check]]]) -> str:
                           failures=str(sum(not c.passed for _, _, c in cases)), errors="0", skipped="0")
     for n, (prompt, backend, checks) in enumerate(runs):
         for check in checks:
-            case = ET.SubElement(suite, "testcase", classname=f"attnscope.{backend}",
-                                 name=f"{check.name}[prompt {n}: {prompt[:40]}]")
+            case = ET.SubElement(suite, "testcase", classname=xml_text(f"attnscope.{backend}"),
+                                 name=xml_text(f"{check.name}[prompt {n}: {prompt[:40]}]"))
             if not check.passed:
-                failure = ET.SubElement(case, "failure", message=check.message, type=check.name)
-                failure.text = json.dumps({"where": check.where, "figures": check.figures}, indent=2)
-            ET.SubElement(case, "system-out").text = check.message
+                failure = ET.SubElement(case, "failure", message=xml_text(check.message), type=check.name)
+                failure.text = json.dumps(finite({"where": check.where, "figures": check.figures}), indent=2,
+                                          allow_nan=False)
+            ET.SubElement(case, "system-out").text = xml_text(check.message)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

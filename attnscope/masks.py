@@ -22,6 +22,12 @@ Named parts, combined with ``&`` and ``|``, each with a readable ``repr``
 Views of one spec: `dense` (bool ``[B or 1, H or 1, Sq, Sk]``), `additive` (0 / finfo.min),
 `blocks` (tile map full / partial / empty for a BLOCK_M × BLOCK_N grid) and `fully_masked_rows`.
 
+Masks of any size are summarized without their dense form (`scan`, `summary`): `region_counts`
+counts the allowed cells of every rectangle of a grid. Where each query row's keys are one interval
+(every named part but recurring document ids and custom tensors gives that; `row_intervals`), the
+counts come from the intervals' prefix sums, O(rows · log rows + rectangles); otherwise the
+predicate is evaluated in chunks of rows, up to `MAX_SCAN_CELLS` cells.
+
 Dense masks are cached. Because predicates see absolute positions, the mask of (Sq, Sk) is the
 block ``[Sk - Sq : Sk, :Sk]`` of one square mask over positions ``0 .. C-1`` for any C >= Sk. The
 cache keeps that square mask for C a power of two, so a whole generation (Sk growing by one each
@@ -35,10 +41,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from attnscope.pooling import pool_edges
+
 # Square masks above this many elements (B·H·C²) are not cached as a square; the exact block is.
 MAX_SQUARE_ELEMENTS = 1 << 26
 MIN_SQUARE = 64
 EMPTY, PARTIAL, FULL = 0, 1, 2  # tile states of `blocks`
+POSITION_LIMIT = 1 << 62  # positions are int64: a window, chunk or prefix beyond this acts as this
+MAX_SCAN_LEN = 1 << 40  # keys of a mask summary (its counts stay inside int64)
+MAX_SCAN_ROWS = 1 << 22  # query rows of a mask summary
+MAX_SCAN_CELLS = 1 << 27  # cells evaluated one by one, for a mask whose rows are not intervals
+MAX_TILES = 1 << 22  # tiles of a block map
+_CHUNK_CELLS = 1 << 22  # cells evaluated at once
 
 
 class MaskSpec:
@@ -54,6 +68,12 @@ class MaskSpec:
 
     def __call__(self, b, h, q_idx, kv_idx):
         return self.predicate(b, h, q_idx, kv_idx)
+
+    def row_intervals(self, q_pos: torch.Tensor, k_len: int, batch: int = 0):
+        """When the keys that each query position in `q_pos` (absolute, int64 ``[R]``) may attend
+        form one interval: ``(lo, hi)`` int64 ``[R]``, the keys ``lo <= kv < hi`` (not clipped to
+        ``0..k_len``; empty when hi <= lo); None when they may not. Must agree with `predicate`."""
+        return None
 
     def __and__(self, other: MaskSpec) -> MaskSpec:
         return And(self, other)
@@ -112,23 +132,13 @@ class MaskSpec:
         return ~self.dense(q_len, k_len, device).any(dim=-1)
 
     def blocks(self, q_len: int, k_len: int, block_m: int = 64, block_n: int = 64, device=None) -> BlockMap:
-        """The tile map of a ``block_m × block_n`` grid: each tile full, partial or empty."""
-        if block_m < 1 or block_n < 1:
-            raise ValueError(f"block sizes must be >= 1, got {block_m}x{block_n}")
-        allowed = self.dense(q_len, k_len, device)  # (B|1, H|1, Sq, Sk)
-        rows, cols = -(-q_len // block_m), -(-k_len // block_n)
-        padded = allowed.new_zeros(*allowed.shape[:2], rows * block_m, cols * block_n)
-        padded[..., :q_len, :k_len] = allowed
-        inside = torch.zeros_like(padded)
-        inside[..., :q_len, :k_len] = True
-        tiles = padded.view(*allowed.shape[:2], rows, block_m, cols, block_n)
-        inside_tiles = inside.view(*allowed.shape[:2], rows, block_m, cols, block_n)
-        count = tiles.sum(dim=(3, 5))  # allowed cells per tile
-        cells = inside_tiles.sum(dim=(3, 5))  # real (unpadded) cells per tile
-        states = torch.full_like(count, PARTIAL, dtype=torch.int8)
-        states[count == 0] = EMPTY
-        states[count == cells] = FULL
-        return BlockMap(states, block_m, block_n)
+        """The tile map of a ``block_m × block_n`` grid: each tile full, partial or empty (any size
+        that `check_scan` accepts)."""
+        check_scan(self, q_len, k_len, (block_m, block_n))
+        n_batch, n_heads = _evaluate(self, max(0, k_len - 1), min(1, q_len), k_len, "cpu").shape[:2]
+        states = torch.stack([torch.stack([tile_states(self, q_len, k_len, (block_m, block_n), batch=b, head=h)
+                                           for h in range(n_heads)]) for b in range(n_batch)])
+        return BlockMap(states.to(device or "cpu"), block_m, block_n)
 
 
 @dataclass(frozen=True)
@@ -155,16 +165,21 @@ def _check_sizes(q_len: int, k_len: int) -> None:
 
 @functools.lru_cache(maxsize=128)
 def _materialize(spec: MaskSpec, q_len: int, k_len: int, device: str) -> torch.Tensor:
-    """Evaluate the predicate for the last q_len of k_len positions: bool [B|1, H|1, q_len, k_len]."""
+    """The last q_len of k_len positions: bool [B|1, H|1, q_len, k_len] (cached)."""
+    return _evaluate(spec, k_len - q_len, q_len, k_len, device)
+
+
+def _evaluate(spec: MaskSpec, first: int, n_rows: int, k_len: int, device: str) -> torch.Tensor:
+    """The predicate for query positions first .. first + n_rows - 1 over k_len keys:
+    bool [B|1, H|1, n_rows, k_len]."""
     dev = torch.device(device)
-    past = k_len - q_len
-    q_idx = torch.arange(past, k_len, device=dev).view(1, 1, q_len, 1)  # (1, 1, Sq, 1) absolute
+    q_idx = torch.arange(first, first + n_rows, device=dev).view(1, 1, n_rows, 1)  # (1, 1, R, 1) absolute
     kv_idx = torch.arange(k_len, device=dev).view(1, 1, 1, k_len)  # (1, 1, 1, Sk)
     zero = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=dev)
     allowed = spec.predicate(zero, zero, q_idx, kv_idx)
     if allowed.dim() != 4:
         raise ValueError(f"{spec!r}: predicate returned shape {tuple(allowed.shape)}, expected 4 dims")
-    return torch.broadcast_to(allowed, (*allowed.shape[:2], q_len, k_len))
+    return torch.broadcast_to(allowed, (*allowed.shape[:2], n_rows, k_len))
 
 
 @functools.lru_cache(maxsize=32)
@@ -194,6 +209,9 @@ class Causal(MaskSpec):
     def predicate(self, b, h, q_idx, kv_idx):
         return kv_idx <= q_idx
 
+    def row_intervals(self, q_pos, k_len, batch=0):
+        return torch.zeros_like(q_pos), q_pos + 1
+
     def __repr__(self) -> str:
         return "causal"
 
@@ -207,7 +225,10 @@ class SlidingWindow(MaskSpec):
             raise ValueError(f"sliding window must be >= 1, got {self.window}")
 
     def predicate(self, b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) & (kv_idx > q_idx - self.window)
+        return (kv_idx <= q_idx) & (kv_idx > q_idx - min(self.window, POSITION_LIMIT))
+
+    def row_intervals(self, q_pos, k_len, batch=0):
+        return q_pos - min(self.window, POSITION_LIMIT) + 1, q_pos + 1
 
     def __repr__(self) -> str:
         return f"sliding_window({self.window})"
@@ -236,6 +257,16 @@ class Padding(MaskSpec):
             return (kv_idx < lengths) | generated
         return (kv_idx >= self.total - lengths) | generated
 
+    def row_intervals(self, q_pos, k_len, batch=0):
+        length = self.lengths[min(batch, len(self.lengths) - 1)]
+        if self.side == "left":  # the generated positions follow the real tokens
+            return torch.full_like(q_pos, self.total - length), torch.full_like(q_pos, max(k_len, self.total))
+        if length >= self.total:  # no padding: every key
+            return torch.zeros_like(q_pos), torch.full_like(q_pos, max(k_len, self.total))
+        if k_len > self.total:
+            return None  # right padding between the prompt and the generated tokens: two intervals
+        return torch.zeros_like(q_pos), torch.full_like(q_pos, length)
+
     def __repr__(self) -> str:
         return f"padding({self.side})"
 
@@ -249,7 +280,10 @@ class PrefixLM(MaskSpec):
             raise ValueError(f"prefix length must be >= 0, got {self.prefix}")
 
     def predicate(self, b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) | (kv_idx < self.prefix)
+        return (kv_idx <= q_idx) | (kv_idx < min(self.prefix, POSITION_LIMIT))
+
+    def row_intervals(self, q_pos, k_len, batch=0):
+        return torch.zeros_like(q_pos), torch.clamp(q_pos + 1, min=min(self.prefix, POSITION_LIMIT))
 
     def __repr__(self) -> str:
         return f"prefix_lm({self.prefix})"
@@ -273,6 +307,16 @@ class Document(MaskSpec):
         kv_doc = ids[:, kv_idx.reshape(-1)]  # (B, Sk)
         return (q_doc[:, None, :, None] == kv_doc[:, None, None, :])  # (B, 1, Sq, Sk)
 
+    def row_intervals(self, q_pos, k_len, batch=0):
+        ids = self.ids[min(batch, len(self.ids) - 1)]
+        starts = [0] + [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]  # where each run begins
+        if len(starts) != len(set(ids)):
+            return None  # a document id recurs: its keys are not one interval
+        first = torch.tensor(starts)  # (runs,)
+        length = torch.diff(torch.tensor([*starts, len(ids)]))  # (runs,)
+        row = q_pos.clamp(max=len(ids) - 1)
+        return first.repeat_interleave(length)[row], (first + length).repeat_interleave(length)[row]
+
     def __repr__(self) -> str:
         return f"document({len(set(i for row in self.ids for i in row))} docs)"
 
@@ -286,7 +330,13 @@ class Chunked(MaskSpec):
             raise ValueError(f"chunk size must be >= 1, got {self.size}")
 
     def predicate(self, b, h, q_idx, kv_idx):
-        return kv_idx // self.size == q_idx // self.size
+        size = min(self.size, POSITION_LIMIT)
+        return kv_idx // size == q_idx // size
+
+    def row_intervals(self, q_pos, k_len, batch=0):
+        size = min(self.size, POSITION_LIMIT)
+        start = q_pos // size * size
+        return start, start + size
 
     def __repr__(self) -> str:
         return f"chunked({self.size})"
@@ -336,6 +386,13 @@ class And(MaskSpec):
 
     def predicate(self, b, h, q_idx, kv_idx):
         return self.left.predicate(b, h, q_idx, kv_idx) & self.right.predicate(b, h, q_idx, kv_idx)
+
+    def row_intervals(self, q_pos, k_len, batch=0):
+        left = self.left.row_intervals(q_pos, k_len, batch)
+        right = None if left is None else self.right.row_intervals(q_pos, k_len, batch)
+        if right is None:
+            return None
+        return torch.maximum(left[0], right[0]), torch.minimum(left[1], right[1])
 
     @property
     def max_len(self) -> int | None:
@@ -421,6 +478,8 @@ def document(ids) -> MaskSpec:
     rows = tuple(tuple(int(i) for i in row) for row in rows)
     if not rows[0] or len({len(r) for r in rows}) != 1:
         raise ValueError("document ids must be a non-empty [N] or [B, N] list")
+    if any(not -(1 << 63) <= i < 1 << 63 for row in rows for i in row):
+        raise ValueError("document ids must fit in 64 bits")
     return Document(rows)
 
 
@@ -470,18 +529,187 @@ def from_parts(k_len: int, *, window: int | None = None, padding_count: int = 0,
 
 def summary(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | None = None) -> dict:
     """What a script wants to know of a mask: its spec, shape, allowed and masked counts, density,
-    the absolute positions of rows with no allowed key and, with `block`, the tile counts."""
-    allowed = spec.dense(q_len, k_len)[0, 0]  # (Sq, Sk)
-    past = k_len - q_len
-    empty = spec.fully_masked_rows(q_len, k_len)[0, 0].nonzero().flatten()
+    the absolute positions of rows with no allowed key and, with `block`, the tile counts. Any size
+    `scan` reads, without the dense mask."""
+    found = scan(spec, q_len, k_len, block=block)
+    cells, past = q_len * k_len, k_len - q_len
     out = {"spec": repr(spec), "q_len": q_len, "k_len": k_len, "past": past,
-           "allowed": int(allowed.sum()), "masked": int((~allowed).sum()),
-           "density": float(allowed.float().mean()) if allowed.numel() else 0.0,
-           "fully_masked_rows": [int(i) + past for i in empty]}
-    if block is not None:
-        tiles = spec.blocks(q_len, k_len, *block)
-        states = tiles.states[0, 0]
+           "allowed": found.allowed, "masked": cells - found.allowed,
+           "density": found.allowed / cells if cells else 0.0,
+           "fully_masked_rows": [int(i) + past for i in found.empty_rows]}
+    if found.tiles is not None:
+        states = found.tiles
         out["blocks"] = {"block_m": block[0], "block_n": block[1], "shape": list(states.shape),
                          "full": int((states == FULL).sum()), "partial": int((states == PARTIAL).sum()),
-                         "empty": int((states == EMPTY).sum()), "sparsity": tiles.sparsity}
+                         "empty": int((states == EMPTY).sum()), "sparsity": found.sparsity}
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks of any size, summarized without the dense mask
+
+
+@dataclass(frozen=True)
+class MaskScan:
+    """A q_len × k_len mask summarized (one batch row and head): allowed keys per query row, allowed
+    cells per bin of a grid (`row_edges` × `col_edges`, as `pooling.pool_edges` gives them) and, for
+    a block grid, each tile's state."""
+
+    q_len: int
+    k_len: int
+    row_allowed: torch.Tensor = field(repr=False)  # (q_len,) allowed keys of each query row
+    grid: torch.Tensor = field(repr=False)  # (rows, cols) allowed cells of each bin
+    row_edges: torch.Tensor = field(repr=False)  # (rows + 1,) bin i covers query rows [e[i], e[i + 1])
+    col_edges: torch.Tensor = field(repr=False)  # (cols + 1,)
+    tiles: torch.Tensor | None = field(default=None, repr=False)  # (ceil(q/bm), ceil(k/bn)) EMPTY..FULL
+    block: tuple[int, int] | None = None
+
+    @property
+    def allowed(self) -> int:
+        return int(self.row_allowed.sum())
+
+    @property
+    def empty_rows(self) -> torch.Tensor:
+        """Query rows (from 0) with no allowed key."""
+        return (self.row_allowed == 0).nonzero().flatten()
+
+    @property
+    def grid_cells(self) -> torch.Tensor:
+        """(rows, cols) cells in each bin of the grid."""
+        return torch.outer(torch.diff(self.row_edges), torch.diff(self.col_edges))
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of tiles that are empty: work a block-sparse kernel skips."""
+        if self.tiles is None or not self.tiles.numel():
+            return 0.0
+        return int((self.tiles == EMPTY).sum()) / self.tiles.numel()
+
+
+def scan(spec: MaskSpec, q_len: int, k_len: int, *, rows: int = 1, cols: int = 1,
+         block: tuple[int, int] | None = None, batch: int = 0, head: int = 0) -> MaskScan:
+    """Summarize a mask of any size that `check_scan` accepts, never materializing it.
+
+    Args:
+        spec: the mask; its queries are the last `q_len` of `k_len` positions.
+        rows, cols: the grid of bins (at most rows × cols, nearly equal) whose allowed cells are counted.
+        block: (block_m, block_n) for tile states, or None.
+        batch, head: which of a per-batch or per-head spec's masks.
+    """
+    check_scan(spec, q_len, k_len, block, batch)
+    grids = [(torch.arange(q_len + 1), torch.tensor([0, k_len])),
+             (torch.from_numpy(pool_edges(q_len, rows)), torch.from_numpy(pool_edges(k_len, cols)))]
+    if block is not None:
+        grids.append((_tile_edges(q_len, block[0]), _tile_edges(k_len, block[1])))
+    counts = region_counts(spec, q_len, k_len, grids, batch=batch, head=head)
+    tiles = None if block is None else _tile_states(counts[2], *grids[2])
+    return MaskScan(q_len, k_len, counts[0][:, 0], counts[1], *grids[1], tiles, block)
+
+
+def check_scan(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | None = None,
+               batch: int = 0) -> None:
+    """Raise ValueError, with the sizes, for a mask larger than `scan` reads: more than
+    `MAX_SCAN_LEN` keys or `MAX_SCAN_ROWS` query rows; more than `MAX_SCAN_CELLS` cells when its
+    rows are not single intervals; more than `MAX_TILES` tiles of `block`."""
+    _check_sizes(q_len, k_len)
+    if spec.max_len is not None and k_len > spec.max_len:
+        raise ValueError(f"{spec!r} covers {spec.max_len} positions, the mask needs {k_len}")
+    if k_len > MAX_SCAN_LEN:
+        raise ValueError(f"a mask of {k_len} keys is more than a summary reads (at most 2^40 = {MAX_SCAN_LEN})")
+    if q_len > MAX_SCAN_ROWS:
+        raise ValueError(f"a mask of {q_len} query rows is more than a summary reads "
+                         f"(at most 2^22 = {MAX_SCAN_ROWS})")
+    if q_len * k_len > MAX_SCAN_CELLS and spec.row_intervals(torch.arange(0), k_len, batch) is None:
+        raise ValueError(f"{spec!r} over {q_len}×{k_len} is {q_len * k_len:.3g} cells, evaluated one by one "
+                         f"(a row's keys are not one interval): at most 2^27 = {MAX_SCAN_CELLS}")
+    if block is not None:
+        if min(block) < 1:
+            raise ValueError(f"block sizes must be >= 1, got {block[0]}x{block[1]}")
+        shape = -(-q_len // block[0]), -(-k_len // block[1])
+        if shape[0] * shape[1] > MAX_TILES:
+            raise ValueError(f"{block[0]}×{block[1]} tiles over {q_len}×{k_len} are {shape[0]}×{shape[1]} tiles, "
+                             f"more than a tile map holds (2^22 = {MAX_TILES})")
+
+
+def region_counts(spec: MaskSpec, q_len: int, k_len: int, grids, *, batch: int = 0, head: int = 0):
+    """Allowed cells in every rectangle of each grid over a q_len × k_len mask (no size check).
+
+    Args:
+        grids: (row_edges, col_edges) pairs of int64 tensors from 0 to q_len and from 0 to k_len.
+
+    Returns:
+        One int64 tensor (rows, cols) per grid.
+    """
+    intervals = spec.row_intervals(torch.arange(k_len - q_len, k_len), k_len, batch)
+    if intervals is None:
+        return _evaluated_counts(spec, q_len, k_len, grids, batch, head)
+    lo = intervals[0].clamp(0, k_len)
+    hi = torch.maximum(intervals[1].clamp(0, k_len), lo)  # (Sq,) row i allows keys lo[i] <= kv < hi[i]
+    return [_interval_counts(lo, hi, row_edges, col_edges, k_len) for row_edges, col_edges in grids]
+
+
+def _interval_counts(lo, hi, row_edges, col_edges, k_len: int) -> torch.Tensor:
+    """Rectangle counts of rows that are intervals. The overlap of [lo, hi) with the keys [0, y) is
+    (y − lo)⁺ − (y − hi)⁺; summed over a bin of rows, Σ (y − a)⁺ = n·y − (the sum of those n of a < y),
+    read from the bin's sorted bounds and their prefix sums at every column edge y."""
+    sizes = torch.diff(row_edges)  # (bins,) rows in each bin
+    width = int(sizes.max()) if sizes.numel() else 0
+    bins = torch.repeat_interleave(torch.arange(len(sizes)), sizes)  # (Sq,) the bin of each row
+    slot = torch.arange(len(bins)) - row_edges[:-1][bins]  # (Sq,) place of each row in its bin
+    out = []
+    step = max(1, _CHUNK_CELLS // max(1, len(col_edges), width))
+    for b0 in range(0, len(sizes), step):  # bins in chunks, to bound the memory of the lookups
+        b1 = min(len(sizes), b0 + step)
+        rows = slice(int(row_edges[b0]), int(row_edges[b1]))
+        y = col_edges.expand(b1 - b0, -1).contiguous()  # (bins, cols + 1)
+
+        def below(bound, rows=rows, b0=b0, b1=b1, y=y):  # Σ over each bin's rows of (y − bound)⁺
+            table = torch.full((b1 - b0, width), k_len + 1, dtype=torch.long)  # padding is never < y
+            table[bins[rows] - b0, slot[rows]] = bound[rows]
+            table = table.sort(dim=1).values
+            prefix = torch.nn.functional.pad(table.cumsum(1), (1, 0))  # (bins, width + 1)
+            n = torch.searchsorted(table, y)  # (bins, cols + 1) bounds < y
+            return n * y - prefix.gather(1, n)
+
+        out.append(torch.diff(below(lo) - below(hi), dim=1))
+    return torch.cat(out) if out else torch.zeros(0, len(col_edges) - 1, dtype=torch.long)
+
+
+def _evaluated_counts(spec, q_len, k_len, grids, batch, head):
+    """Rectangle counts from the predicate itself, evaluated in chunks of rows."""
+    outs = [torch.zeros(len(r) - 1, len(c) - 1, dtype=torch.long) for r, c in grids]
+    bins = [torch.repeat_interleave(torch.arange(len(r) - 1), torch.diff(r)) for r, _ in grids]
+    step = max(1, _CHUNK_CELLS // max(1, k_len))
+    for r0 in range(0, q_len, step):
+        r1 = min(q_len, r0 + step)
+        allowed = _evaluate(spec, k_len - q_len + r0, r1 - r0, k_len, "cpu")
+        allowed = allowed[min(batch, allowed.shape[0] - 1), min(head, allowed.shape[1] - 1)]  # (R, Sk)
+        cum = allowed.cumsum(-1, dtype=torch.int32)  # (R, Sk) allowed keys before each column, plus it
+
+        def before(edges, cum=cum):  # (R, len(edges)) allowed keys left of each column edge
+            return torch.where(edges > 0, cum[:, (edges - 1).clamp(min=0)], 0)
+
+        for out, row_bins, (_, col_edges) in zip(outs, bins, grids, strict=True):
+            out.index_add_(0, row_bins[r0:r1], torch.diff(before(col_edges), dim=1).long())
+    return outs
+
+
+def _tile_edges(n: int, size: int) -> torch.Tensor:
+    return torch.tensor([*range(0, n, size), n])
+
+
+def _tile_states(counts: torch.Tensor, row_edges, col_edges) -> torch.Tensor:
+    cells = torch.outer(torch.diff(row_edges), torch.diff(col_edges))
+    states = torch.full(counts.shape, PARTIAL, dtype=torch.int8)
+    states[counts == 0] = EMPTY
+    states[counts == cells] = FULL
+    return states
+
+
+def tile_states(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int], *, batch: int = 0,
+                head: int = 0) -> torch.Tensor:
+    """EMPTY / PARTIAL / FULL of every ``block_m × block_n`` tile: int8 (ceil(q/bm), ceil(k/bn))."""
+    check_scan(spec, q_len, k_len, block, batch)
+    row_edges, col_edges = _tile_edges(q_len, block[0]), _tile_edges(k_len, block[1])
+    (counts,) = region_counts(spec, q_len, k_len, [(row_edges, col_edges)], batch=batch, head=head)
+    return _tile_states(counts, row_edges, col_edges)

@@ -32,6 +32,17 @@ Prompt = str | Sequence[int]
 __all__ = ["Prompt", "Result", "Scope"]
 
 
+def check_text(prompt: str) -> None:
+    """A UserError when a prompt is not text that UTF-8 can hold: bytes that were not UTF-8 (Python
+    keeps them in argv as lone surrogates) or a lone surrogate itself."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(prompt[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise UserError(f"the prompt is not valid UTF-8 ({what} at character {exc.start})") from None
+
+
 class Scope:
     """A model (an `attnscope.engine.Engine`) plus an attention backend, ready to inspect prompts."""
 
@@ -46,6 +57,7 @@ class Scope:
         if isinstance(prompt, str):
             if not prompt:
                 raise UserError("the prompt is empty")
+            check_text(prompt)
             if self.model.tokenizer is None:
                 raise UserError(f"{self.model.path} has no tokenizer.json: pass token ids, not text")
             ids = self.model.tokenizer.encode(prompt)

@@ -306,6 +306,68 @@ def test_block_states_agree_with_dense(spec, shape, bm, bn):
     assert tiles.sparsity == pytest.approx(n_empty / max(1, tiles.states.numel()))
 
 
+# parts whose rows are not always one key interval, for the summaries: document ids (sorted or
+# recurring) and right padding with generated tokens after it (total 8 < k_len)
+scan_parts = st.one_of(
+    parts,
+    st.lists(st.integers(0, 3), min_size=24, max_size=24).flatmap(
+        lambda ids: st.sampled_from([sorted(ids), ids])).map(masks.document),
+    st.tuples(st.integers(0, 8), st.sampled_from(["left", "right"])).map(
+        lambda a: masks.padding([a[0]], a[1], total=8)),
+)
+scan_specs = st.recursive(scan_parts, lambda inner: st.builds(lambda a, b, op: a & b if op else a | b,
+                                                               inner, inner, st.booleans()), max_leaves=4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(scan_specs, shapes)
+def test_row_intervals_agree_with_the_predicate(spec, shape):
+    q_len, k_len = shape
+    intervals = spec.row_intervals(torch.arange(k_len - q_len, k_len), k_len)
+    if intervals is not None:
+        kv = torch.arange(k_len)
+        from_intervals = (kv >= intervals[0][:, None]) & (kv < intervals[1][:, None])  # (Sq, Sk)
+        assert torch.equal(from_intervals, spec.dense(q_len, k_len)[0, 0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(scan_specs, shapes, st.integers(1, 9), st.integers(1, 9), st.integers(1, 7), st.integers(1, 7))
+def test_scan_counts_agree_with_dense(spec, shape, rows, cols, bm, bn):
+    """Counts from row intervals (or from the predicate in chunks) are what the dense mask holds."""
+    q_len, k_len = shape
+    found = masks.scan(spec, q_len, k_len, rows=rows, cols=cols, block=(bm, bn))
+    allowed = spec.dense(q_len, k_len)[0, 0]
+    assert torch.equal(found.row_allowed, allowed.sum(-1))
+    re, ce = found.row_edges.tolist(), found.col_edges.tolist()
+    expected = [[int(allowed[re[i]:re[i + 1], ce[j]:ce[j + 1]].sum()) for j in range(len(ce) - 1)]
+                for i in range(len(re) - 1)]
+    assert found.grid.tolist() == expected
+    assert torch.equal(found.tiles, spec.blocks(q_len, k_len, bm, bn).states[0, 0])
+
+
+def test_a_mask_of_a_million_positions_is_summarized_from_its_row_intervals():
+    """A sliding window of 4096 over 2^20 positions: the counts are exact and no dense mask is built.
+    Row block i of 1024 rows sees tiles i-3 .. i-1 whole, its diagonal and tile i-4 in part."""
+    n, window, block = 1 << 20, 4096, 1024
+    masks.cache_clear()
+    summary = masks.summary(masks.causal() & masks.sliding_window(window), n, n, (block, block))
+    assert masks.cache_stats()["misses"] == 0
+    assert summary["allowed"] == window * (window + 1) // 2 + (n - window) * window
+    blocks, n_blocks = summary["blocks"], n // block
+    assert blocks["full"] == sum(min(i, 3) for i in range(n_blocks))
+    assert blocks["partial"] == n_blocks + (n_blocks - 4)
+    assert blocks["empty"] == n_blocks**2 - blocks["full"] - blocks["partial"]
+
+
+def test_a_large_mask_whose_rows_are_not_intervals_is_refused():
+    recurring = masks.causal() & masks.document([i % 2 for i in range(20000)])
+    with pytest.raises(ValueError, match="evaluated one by one"):
+        masks.summary(recurring, 20000, 20000)
+    masks.summary(recurring, 100, 20000)  # 2e6 cells: evaluated
+    with pytest.raises(ValueError, match="query rows is more than a summary reads"):
+        masks.summary(masks.causal(), masks.MAX_SCAN_ROWS + 1, masks.MAX_SCAN_ROWS + 1)
+
+
 @settings(max_examples=40, deadline=None)
 @given(specs, shapes, st.sampled_from(DTYPES))
 def test_additive_is_finite_and_matches_dense(spec, shape, dtype):
@@ -471,7 +533,7 @@ def test_mask_command_json():
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["-q", "-1"], "non-negative"),
+    (["-q", "-1"], "--q-len must be >= 1, got -1"),
     (["-q", "5", "-k", "3"], "--q-len 5 > --k-len 3"),
     (["-q", "5", "--window", "0"], "--window must be >= 1"),
     (["-q", "5", "--padding", "6"], "--padding 6 must be within 0..5"),

@@ -15,7 +15,7 @@ from rich.console import Console
 from attnscope import masks
 from attnscope.render.diffmap import DiffMap, PositionDiff
 from attnscope.render.heatmap import Heatmap, TopKeys
-from attnscope.render.maskgrid import MaskGrid, TileMap
+from attnscope.render.maskgrid import TileMap, mask_view
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -116,7 +116,7 @@ def test_top_keys_bar_list():
 
 def test_mask_grid_snapshot(snapshot):
     spec = masks.causal() & masks.sliding_window(4) & masks.padding([13], "left", total=16)
-    text = render(MaskGrid(spec.dense(12, 16)[0, 0].numpy(), q_offset=4, title=repr(spec)))
+    text = render(mask_view(spec, 12, 16, title=repr(spec)))
     assert "×" not in text.splitlines()[-1] or "row with no key" in text
     assert text == snapshot
 
@@ -152,7 +152,7 @@ def test_nothing_is_wider_than_the_console(width):
     tiles = masks.causal().blocks(4096, 4096, 64, 64)
     items = [
         Heatmap(w, a, [f"tok{i}" for i in range(64)], [f"tok{i}" for i in range(64)]),
-        MaskGrid(masks.sliding_window(512).dense(4096, 4096)[0, 0].numpy()),
+        mask_view(masks.sliding_window(512), 4096, 4096),
         TileMap(tiles.states[0, 0].numpy(), 64, 64, tiles.sparsity),
         DiffMap(np.random.default_rng(0).random((32, 32)), np.zeros((32, 32), bool)),
         PositionDiff(np.random.default_rng(0).random(4096), 0.5),

@@ -23,6 +23,7 @@ used as given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,8 @@ class Tolerance:
 
     @classmethod
     def for_dtype(cls, dtype: torch.dtype, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+        check_tolerance("atol", atol)
+        check_tolerance("rtol", rtol)
         default_atol, default_rtol = DEFAULT_TOLERANCES[dtype]
         return cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol, scaled=atol is None)
 
@@ -56,6 +59,13 @@ class Tolerance:
 
 
 EXACT = Tolerance(0.0, 0.0, False)
+
+
+def check_tolerance(name: str, value: float | None) -> None:
+    """A UserError unless a tolerance (None: the default) is a finite number >= 0 (a NaN one would
+    pass every comparison)."""
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass

@@ -89,7 +89,7 @@ class Report:
         return next((c for c in self.checks if c.name == name), None)
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return json.dumps(finite(self.to_dict()), indent=indent, allow_nan=False)
 
 
 def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[HeadStats]]:
@@ -165,19 +165,15 @@ def report_set(reports: list[Report]) -> str:
     """The JSON of several runs' reports (``attnscope.report-set/1``); one report is written as itself."""
     if len(reports) == 1:
         return reports[0].to_json()
-    return json.dumps({"schema": "attnscope.report-set/1", "passed": all(r.passed for r in reports),
-                       "reports": [r.to_dict() for r in reports]}, indent=2, allow_nan=False)
+    return json.dumps(finite({"schema": "attnscope.report-set/1", "passed": all(r.passed for r in reports),
+                              "reports": [r.to_dict() for r in reports]}), indent=2, allow_nan=False)
 
 
 def pick_head(report: Report, layer: int | None = None, head: int | None = None) -> tuple[int, int, str]:
     """The (layer, head) to draw and why: as asked, or the most structured head (the lowest mean
     entropy among heads with finite statistics), within `layer` or `head` when one is given. A
     UserError when the layer or head is out of range."""
-    n_layers, n_heads = len(report.layers), len(report.layers[0].heads) if report.layers else 0
-    if layer is not None and not 0 <= layer < n_layers:
-        raise UserError(f"--layer {layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
-    if head is not None and not 0 <= head < n_heads:
-        raise UserError(f"--head {head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
+    check_head_range(layer, head, len(report.layers), len(report.layers[0].heads) if report.layers else 0)
     if layer is not None and head is not None:
         return layer, head, ""
     candidates = [(h.entropy, lr.index, h.head) for lr in report.layers for h in lr.heads
@@ -187,6 +183,25 @@ def pick_head(report: Report, layer: int | None = None, head: int | None = None)
         return layer or 0, head or 0, ""
     _, best_layer, best_head = min(candidates)
     return best_layer, best_head, " · lowest mean entropy"
+
+
+def check_head_range(layer: int | None, head: int | None, n_layers: int, n_heads: int) -> None:
+    """A UserError when `layer` or `head` (None: not given) is outside a model's layers or heads."""
+    if layer is not None and not 0 <= layer < n_layers:
+        raise UserError(f"--layer {layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
+    if head is not None and not 0 <= head < n_heads:
+        raise UserError(f"--head {head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
+
+
+def finite(value: Any) -> Any:
+    """`value` (dicts, lists, numbers, strings) with every non-finite float as `json_number` writes it."""
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def json_number(x: float) -> float | str:

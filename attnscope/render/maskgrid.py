@@ -1,7 +1,8 @@
 """The mask grid: one cell per (query, key) — allowed, masked, or in a fully-masked row — and the
 tile map of a block grid. Large masks are summarized into the available size (a cell then shows
 whether its region is fully allowed, partly allowed or fully masked), as torch's
-``BlockMask.to_string`` does.
+``BlockMask.to_string`` does; the counts come from `attnscope.masks.scan`, which never
+materializes the dense mask, so a mask of a million positions draws as fast as a small one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.text import Text
 
+from attnscope import masks
 from attnscope.pooling import pool2d
 from attnscope.render.axes import axis
 
@@ -19,37 +21,36 @@ TILE_GLYPHS = {0: MASKED, 1: PARTLY, 2: ALLOWED}  # empty / partial / full tiles
 
 
 class MaskGrid:
-    """Rich renderable of a dense mask.
+    """Rich renderable of a scanned mask (`attnscope.masks.scan`): its grid of bins, each allowed,
+    masked or partly allowed, and the bins that hold a row with no key.
 
     Args:
-        allowed: bool [Sq, Sk].
-        q_offset: absolute position of the first query row (past = Sk - Sq).
+        found: the scan, with the grid already sized to the screen.
         title: shown above the grid.
-        max_rows: lines of cells at most; larger masks are summarized.
     """
 
-    def __init__(self, allowed, q_offset: int = 0, title: str = "", max_rows: int = 48):
-        self.allowed = np.asarray(allowed, dtype=bool)
-        self.q_offset = q_offset
+    def __init__(self, found: masks.MaskScan, title: str = ""):
+        self.found = found
         self.title = title
-        self.max_rows = max_rows
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        Sq, Sk = self.allowed.shape
-        cols = max(8, options.max_width - 8)
-        frac, re, ce = pool2d(self.allowed.astype(np.float32), self.max_rows, cols, "mean")
-        empty_rows, _, _ = pool2d(~self.allowed.any(axis=1, keepdims=True), self.max_rows, 1, "any")
-        summarized = frac.shape != self.allowed.shape
-        note = f"{Sq}×{Sk} → {frac.shape[0]}×{frac.shape[1]}, summarized" if summarized else f"{Sq}×{Sk}"
+        found = self.found
+        counts, cells = found.grid.numpy(), found.grid_cells.numpy()
+        re, ce = found.row_edges.numpy(), found.col_edges.numpy()
+        empty_rows, _, _ = pool2d((found.row_allowed == 0).numpy()[:, None], len(re) - 1, 1, "any")
+        summarized = counts.shape != (found.q_len, found.k_len)
+        shape = f"{found.q_len}×{found.k_len}"
+        note = f"{shape} → {counts.shape[0]}×{counts.shape[1]}, summarized" if summarized else shape
         yield Text(f"{self.title}  ({note})", style="bold")
-        yield Text(" " * 7 + axis(ce, frac.shape[1]), style="dim")
-        for i in range(frac.shape[0]):
-            line = Text(f"{self.q_offset + re[i]:>6} ", style="dim")
-            for j in range(frac.shape[1]):
-                if empty_rows[i, 0] and frac[i, j] == 0:
+        yield Text(" " * 7 + axis(ce, counts.shape[1]), style="dim")
+        past = found.k_len - found.q_len
+        for i in range(counts.shape[0] if found.q_len else 0):
+            line = Text(f"{past + re[i]:>6} ", style="dim")
+            for j in range(counts.shape[1] if found.k_len else 0):
+                if empty_rows[i, 0] and counts[i, j] == 0:
                     glyph = EMPTY_ROW
                 else:
-                    glyph = ALLOWED if frac[i, j] == 1 else MASKED if frac[i, j] == 0 else PARTLY
+                    glyph = ALLOWED if counts[i, j] == cells[i, j] else MASKED if counts[i, j] == 0 else PARTLY
                 line.append(glyph, style=STYLES[glyph])
             yield line
         legend = Text()
@@ -86,26 +87,37 @@ class TileMap:
             yield line
 
 
-def mask_view(spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0,
-              title: str | None = None) -> Group:
+class MaskView:
     """A mask as drawn by ``attnscope mask`` and the TUI's Mask tab: the grid (rows labelled with
-    absolute positions when there is a past), the rows that have no key, and the tile map."""
-    past = k_len - q_len
-    allowed = spec.dense(q_len, k_len)
-    allowed = allowed[0, min(head, allowed.shape[1] - 1)]  # (Sq, Sk)
-    rows = spec.fully_masked_rows(q_len, k_len)
-    empty = rows[0, min(head, rows.shape[1] - 1)].nonzero().flatten().tolist()
-    if title is None:
-        title = f"{spec!r} · q {q_len} × k {k_len}" + (f" · past {past} (rows are absolute positions)" if past else "")
-    parts = [MaskGrid(allowed.cpu().numpy(), q_offset=past, title=title)]
-    if empty:
-        parts.append(Text(f"{len(empty)} row(s) with no allowed key: positions "
-                          + ", ".join(str(i + past) for i in empty[:20]), style="red"))
-    if block is not None:
-        tiles = spec.blocks(q_len, k_len, *block)
-        states = tiles.states[0, min(head, tiles.states.shape[1] - 1)]
-        parts.append(TileMap(states.cpu().numpy(), *block, tiles.sparsity))
-    return Group(*parts)
+    absolute positions when there is a past), the rows that have no key, and the tile map; one
+    scan of the mask, sized to the console when drawn."""
+
+    def __init__(self, spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0,
+                 title: str | None = None, max_rows: int = 48):
+        masks.check_scan(spec, q_len, k_len, block)
+        past = k_len - q_len
+        if title is None:
+            title = f"{spec!r} · q {q_len} × k {k_len}"
+            title += f" · past {past} (rows are absolute positions)" if past else ""
+        self.spec, self.q_len, self.k_len, self.block, self.head = spec, q_len, k_len, block, head
+        self.title, self.max_rows = title, max_rows
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        found = masks.scan(self.spec, self.q_len, self.k_len, rows=self.max_rows, cols=max(8, options.max_width - 8),
+                           block=self.block, head=self.head)
+        yield MaskGrid(found, title=self.title)
+        empty, past = found.empty_rows.tolist(), self.k_len - self.q_len
+        if empty:
+            yield Text(f"{len(empty)} row(s) with no allowed key: positions "
+                       + ", ".join(str(i + past) for i in empty[:20]), style="red")
+        if found.tiles is not None:
+            yield TileMap(found.tiles.numpy(), *self.block, found.sparsity)
+
+
+def mask_view(spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0,
+              title: str | None = None) -> MaskView:
+    """The `MaskView` of a spec (a ValueError, with the sizes, for a mask larger than a scan reads)."""
+    return MaskView(spec, q_len, k_len, block=block, head=head, title=title)
 
 
 def layer_mask_panel(record, layer: int, head: int) -> Group:

@@ -86,8 +86,8 @@ def roles_table(report: Report) -> Table:
     for layer in report.layers:
         for h in layer.heads:
             s = h.role_scores or {}
-            cells = [f"{s.get(k, float('nan')):.2f}" for k in ("induction", "previous_token", "sink", "local",
-                                                                  "broad")]
+            scores = [s.get(k, "–") for k in ("induction", "previous_token", "sink", "local", "broad")]
+            cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in scores]  # "nan" is written as is
             table.add_row(str(layer.index), str(h.head), str(h.kv_head), *cells,
                           Text(h.role or "–", style=ROLE_STYLE.get(h.role, "dim")),
                           end_section=h.head == len(layer.heads) - 1)

@@ -4,6 +4,10 @@
 The model runs in a thread worker: layers appear in the navigator as their records arrive and the
 checks fill in as they finish. Editing the prompt cancels the running work (the worker's callbacks
 stop it at the next layer or check) and starts a new run.
+
+A run that fails shows its error as one line in the app; quitting then exits with 2 (bad input: a
+model path, a prompt) or 1 (anything else). An exception no handler caught closes the app with one
+line on stderr and exit code 1, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -27,6 +32,12 @@ from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, StatusL
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
 
 
+def one_line(error: BaseException) -> str:
+    """An unexpected exception as one line: its type and message."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class Cancelled(Exception):
     """Raised inside the worker's callbacks when its run was superseded."""
 
@@ -36,6 +47,7 @@ class AttnScopeApp(App):
     CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", show=False, priority=True),
         Binding("question_mark", "help", "keys"),
         Binding("s", "screenshot", "SVG"),
         Binding("n", "next_token", "next token"),
@@ -57,6 +69,7 @@ class AttnScopeApp(App):
         self.loaded = None  # the engine, loaded by the first run
         self.result = None  # the finished run shown, or None while one runs
         self.run_id = self.checks_done = 0
+        self.failure = 0  # the exit code the last run leaves: 0, 2 (bad input) or 1 (an error)
 
     # ---- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -138,7 +151,9 @@ class AttnScopeApp(App):
         except Cancelled:
             return
         except UserError as exc:
-            self.post_message(RunFailed(str(exc), run_id))
+            self.post_message(RunFailed(str(exc), run_id, exit_code=2))
+        except Exception as exc:  # a bug, not bad input: one line in the app too, and exit code 1
+            self.post_message(RunFailed(one_line(exc), run_id, exit_code=1))
 
     @work(thread=True, exclusive=True, group="prewarm")
     def prewarm_views(self, result) -> None:
@@ -174,10 +189,12 @@ class AttnScopeApp(App):
         # garbage collector's full passes off those ~400k objects, or browsing pauses for ~250 ms
         # every twenty-odd head switches while it walks them.
         gc.freeze()
+        self.failure = 0
         self.query_one(StatusLine).finished(result)
 
     def on_run_failed(self, message: RunFailed) -> None:
         if message.run_id == self.run_id:
+            self.failure = message.exit_code
             (error := self.query_one("#error", Static)).update(f"error: {message.error}")
             error.add_class("shown")
             self.query_one(StatusLine).failed()
@@ -227,6 +244,17 @@ class AttnScopeApp(App):
             view.focus_position(int(key[1:]))
 
     # ---- actions -----------------------------------------------------------------------------
+    async def action_quit(self) -> None:
+        """Quit (q, ctrl+c) with the exit code of the last run: 0, or what its failure was."""
+        self.exit(return_code=self.failure)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's hook for an exception no handler caught: the app closes as it does (exit code 1,
+        the error kept for tests run with Pilot), with one line on stderr instead of a traceback."""
+        super()._handle_exception(error)
+        self._exit_renderables[:] = [Text(f"attnscope: error: {one_line(getattr(error, 'error', error))}",
+                                          no_wrap=True, overflow="ignore")]
+
     def action_tab(self, name: str) -> None:
         self.query_one(TabbedContent).active = name
         if name == "heatmap":

@@ -34,10 +34,12 @@ class RunFinished(Message):
 
 @dataclass
 class RunFailed(Message):
-    """The run stopped on an error a user can fix (bad model path, bad prompt, ...)."""
+    """The run stopped on an error: one a user can fix (bad model path, bad prompt, ...; exit code
+    2) or any other (exit code 1)."""
 
     error: str
     run_id: int
+    exit_code: int = 2
 
 
 @dataclass
