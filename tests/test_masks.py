@@ -179,7 +179,8 @@ def test_composition_is_elementwise(k_len, data, w1, w2):
 
 def test_repr_is_readable():
     spec = masks.causal() & masks.sliding_window(4096) & masks.padding([3, 4], "left")
-    assert repr(spec) == "causal & sliding_window(4096) & padding(left)"
+    assert repr(spec) == "causal & sliding_window(4096) & padding(left, [1, 0])"  # padded positions per row
+    assert repr(masks.padding([13], "right", total=16)) == "padding(right, 3)"
     assert repr((masks.causal() | masks.prefix_lm(4)) & masks.chunked(8)) == "(causal | prefix_lm(4)) & chunked(8)"
 
 
@@ -411,7 +412,7 @@ def test_padded_batch_rows_equal_their_single_runs(side, backend):
     scope = attnscope.Scope(model, backend=backend)
     prompts = [list(range(3, 23)), list(range(40, 48)), list(range(60, 73))]
     batch = scope.run(prompts, max_new_tokens=6, padding_side=side)
-    assert "padding(" + side + ")" in repr(batch.records[0].mask)
+    assert f"padding({side}, [0, 12, 7])" in repr(batch.records[0].mask)
     for b, prompt in enumerate(prompts):
         single = scope.run(prompt, max_new_tokens=6)
         cols = slice(20 - len(prompt), 20) if side == "left" else slice(0, len(prompt))
@@ -449,8 +450,8 @@ def test_mask_command_draws_grid_and_tiles():
                                  "--side", "left", "--block", "4x4"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "causal & sliding_window(4) & padding(left)" in out
-    assert "past 4" in out and "tiles 4×4" in out and "sparsity" in out
+    assert "causal & sliding_window(4) & padding(left, 3)" in out
+    assert "past 4" in out and "3×4 tiles of 4×4" in out and "sparsity" in out
     assert "█" in out and "·" in out
 
 
@@ -471,7 +472,8 @@ def test_mask_command_json():
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["-q", "-1"], "non-negative"),
+    (["-q", "-1"], "--q-len must be >= 1"),
+    (["-q", "0"], "--q-len must be >= 1"),  # not an empty mask
     (["-q", "5", "-k", "3"], "--q-len 5 > --k-len 3"),
     (["-q", "5", "--window", "0"], "--window must be >= 1"),
     (["-q", "5", "--padding", "6"], "--padding 6 must be within 0..5"),
