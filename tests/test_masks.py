@@ -420,6 +420,12 @@ def test_padded_batch_rows_equal_their_single_runs(side, backend):
         assert batch.continuation_ids_by_row[b] == single.continuation_ids
         assert torch.allclose(batch.attention(1, 3, batch=b)[cols, cols], single.attention(1, 3), atol=1e-6)
         assert not torch.isnan(batch.logits[b]).any()
+        # every row's data, not row 0's: ids and tokens (padding included), the continuation
+        assert batch.ids[b][cols] == single.ids == prompt and len(batch.ids[b]) == 20
+        assert batch.tokens[b][cols] == single.tokens and batch.row_tokens(b) == batch.tokens[b]
+        assert batch.continuation_ids[b] == single.continuation_ids
+        assert batch.continuation[b] == single.continuation
+    assert len(batch.tokens) == len(batch.ids) == len(batch.continuation) == len(prompts)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -7,7 +7,7 @@ stop it at the next layer or check) and starts a new run.
 
 Text typed for the prompt is never read as keys: enter runs the prompt and leaves the cursor in it,
 tab or escape leaves it. The keys that write files or change the run (`s`, `n`, `ctrl+r`) only act
-outside the prompt.
+outside the prompt. The prompt is one line: a newline shows as ``\n`` there (as in a prompts file).
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, StatusL
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
 
 
+def prompt_text(field: str) -> str:
+    """The prompt a one-line prompt field holds: ``\\n`` is a newline."""
+    return field.replace("\\n", "\n")
+
+
 class Cancelled(Exception):
     """Raised inside the worker's callbacks when its run was superseded."""
 
@@ -53,6 +58,7 @@ class AttnScopeApp(App):
         Binding("escape", "leave_prompt", "leave the prompt", show=False),
         *(Binding(str(i + 1), f"tab('{name}')", name, show=False) for i, name in enumerate(TABS)),
     ]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]  # short terminals: a one-line prompt (app.tcss)
     PANES = {"heatmap": "#heatmap-view", "mask": "#mask-view", "checks": "#checks-list", "diff": "#diff-view",
              "tokens": "#tokens-table"}  # what each tab focuses
 
@@ -73,7 +79,8 @@ class AttnScopeApp(App):
                 yield Navigator(id="nav")
             with Vertical(id="main"):
                 text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
-                yield Input(value=text, placeholder="type a prompt and press enter", id="prompt",
+                yield Input(value=text.replace("\n", "\\n"), id="prompt",
+                            placeholder="type a prompt and press enter (\\n for a newline)",
                             select_on_focus=False)  # tabbing in must not make typing replace the prompt
                 yield Static("", id="error")
                 with TabbedContent(id="tabs", initial="heatmap"):
@@ -208,7 +215,7 @@ class AttnScopeApp(App):
         """Run the prompt; the cursor stays in it, so what is typed next is still text, never keys."""
         if not event.value.strip():
             return self.notify("the prompt is empty", severity="warning")
-        self.start_run(event.value)
+        self.start_run(prompt_text(event.value))
 
     def on_cursor_moved(self, message: CursorMoved) -> None:
         self.query_one(Details).info = message.info
@@ -280,7 +287,7 @@ class AttnScopeApp(App):
 
     def action_rerun(self) -> None:
         if (prompt := self.query_one("#prompt", Input).value).strip():
-            self.start_run(prompt)
+            self.start_run(prompt_text(prompt))
 
     def action_next_token(self) -> None:
         """Append the greedy next token to the analyzed sequence and run again."""
