@@ -182,6 +182,27 @@ async def test_help_and_screenshot(model_dir, tmp_path, monkeypatch):
         assert list(tmp_path.glob("*.svg"))
 
 
+def on_screen(app) -> list[str]:
+    """The terminal's lines as drawn now, from a screenshot (what was drawn, not what would be)."""
+    import html
+    import re
+
+    from rich.cells import cell_len
+
+    found = re.findall(r'<text[^>]* x="([\d.]+)" y="[\d.]+" textLength="([\d.]+)" '
+                       r'clip-path="url\(#[\w-]+-line-(\d+)\)">(.*?)</text>', app.export_screenshot())
+    cells = [(float(x), float(length), int(line), html.unescape(text).replace("\xa0", " "))
+             for x, length, line, text in found]
+    per_cell = next(length / cell_len(text) for _, length, _, text in cells if text.strip())
+    lines: dict[int, list[str]] = {}
+    for x, _, line, text in cells:
+        column = round(x / per_cell)
+        row = lines.setdefault(line, [])
+        row.extend(" " * (column + len(text) - len(row)))
+        row[column:column + len(text)] = text
+    return ["".join(lines.get(n, [])) for n in range(max(lines, default=-1) + 1)]
+
+
 def rendered(widget) -> list[str]:
     """The lines a widget draws now, as text."""
     return ["".join(segment.text for segment in widget.render_line(y)) for y in range(widget.size.height)]
@@ -260,7 +281,10 @@ async def test_a_resize_recomputes_the_heatmap_and_its_title(model_dir):
             await wait_for(pilot, lambda size=size: app.size == size and view.size.width < size[0])
             await pilot.pause()
             shown = view.current()
-            title = "".join(rendered(view)[:2])
+            lines = on_screen(app)
+            at, column = next((n, line.index("layer 0 · head")) for n, line in enumerate(lines)
+                              if "layer 0 · head" in line)
+            title = lines[at][column:] + lines[at + 1][column:]  # it may wrap
             assert shown.exact is exact and ("exact" in title) is exact, (size, title)
             rows, cols = shown.weights.shape
             assert (f"({T}×{T})" if exact else f"({T}×{T} → {rows}×{cols}, max-pooled)") in title, (size, title)

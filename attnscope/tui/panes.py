@@ -171,8 +171,12 @@ class StatusLine(Horizontal):
         bar.update(total=bar.total or 1, progress=bar.total or 1)
         bar.display = False
         failed = [c.name for c in result.checks if not c.passed]
-        self.say(f"{len(result.ids)} tokens · {result.n_layers} layers · checks: "
-                 + (f"[red]{', '.join(failed)} failed[/red]" if failed else "[green]all passed[/green]"))
+        text = Text(f"{len(result.ids)} tokens · {result.n_layers} layers · ", no_wrap=True, overflow="ellipsis")
+        if failed:  # the count first: the names may not fit
+            text.append(f"{len(failed)} of {len(result.checks)} checks failed: {', '.join(failed)}", style="red")
+        else:
+            text.append("checks: all passed", style="green")
+        self.query_one("#status", Static).update(text)
 
     def failed(self) -> None:
         self.query_one(ProgressBar).update(total=1, progress=0)
