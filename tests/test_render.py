@@ -229,6 +229,8 @@ def test_run_output_snapshot(snapshot):
                                       "--device", "cpu", "--backend", "eager"], env={"COLUMNS": "100"})
     assert result.exit_code == 0, result.output
     assert max(cell_len(line) for line in result.output.splitlines()) <= 100
+    # captions wrap at the terminal's width, not at their table's (~56 columns)
+    assert "entropy min–max over heads (nats) · sink: largest mean weight on token 0 · Δ inc" in result.output
     assert result.output == snapshot
 
 
