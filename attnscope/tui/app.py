@@ -276,9 +276,11 @@ class AttnScopeApp(App):
         """Save what is on the screen as SVG in the current directory, and say where."""
         from attnscope.output import write_atomic
 
-        stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
-        path = next(p for n in range(1, 1000) if not (p := Path.cwd() / f"attnscope_{stamp}"
-                                                          f"{'' if n == 1 else f'-{n}'}.svg").exists())
+        stamp, n = time.strftime("%Y-%m-%dT%H-%M-%S"), 1
+        path = Path.cwd() / f"attnscope_{stamp}.svg"
+        while path.exists():  # two in one second
+            n += 1
+            path = Path.cwd() / f"attnscope_{stamp}-{n}.svg"
         try:
             write_atomic(path, self.export_screenshot())
         except OSError as exc:
