@@ -22,6 +22,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _flag_takes_no_value() -> None:
+    """`--help` lists a flag without a type: typer's rich help writes "<bool>" after --allow-pickle,
+    --json and --help as if they took a value."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)  # typer versions without it write no "<bool>"
+    if shown is not None:
+        TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+
+
+_flag_takes_no_value()
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`), a "
@@ -110,8 +123,7 @@ def run(
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
 ) -> None:
-    """Run a prompt and show tokens, continuation, per-layer and per-head attention statistics,
-    checks and a heatmap."""
+    """Run a prompt: its tokens, continuation, attention statistics per layer and head, checks, a heatmap."""
     _check_outputs(("--json", json_path), ("--svg", svg), ("--html", html))
     if max_new_tokens < 0:
         raise fail(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
@@ -236,14 +248,14 @@ def check(
     check_names = _parse_checks(checks)
     _check_tolerances(atol, rtol)
     prompt_list = _read_prompts(prompt, prompts_file)
-    runs = []  # (prompt, backend, report)
+    runs = []  # (prompt index, prompt, backend, report)
     with user_errors():
         from attnscope.backends import get_backend
         from attnscope.inspector.report import report_set
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
+        from attnscope.render.checks import ChecksView
         from attnscope.render.console import console, progress_bar
-        from attnscope.render.tables import checks_table
         from attnscope.scope import Scope
 
         for name in backend:
@@ -254,27 +266,27 @@ def check(
             scopes[0].encode(prompt_text)
         total = len(prompt_list) * len(scopes)
         with progress_bar(total) as advance:
-            for prompt_text in prompt_list:
+            for n, prompt_text in enumerate(prompt_list):
                 for scope in scopes:
                     advance(f"{scope.backend}: {prompt_text[:40]!r}")
                     result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
-                    runs.append((prompt_text, scope.backend, result.report()))
-        junit = junit_xml([(p, b, r.checks) for p, b, r in runs]) if junit_path else ""
-        write_outputs([("--json", json_path, report_set([r for _, _, r in runs]) if json_path else ""),
+                    runs.append((n, prompt_text, scope.backend, result.report()))
+        junit = junit_xml([(n, p, b, r.checks) for n, p, b, r in runs]) if junit_path else ""
+        write_outputs([("--json", json_path, report_set([r for *_, r in runs]) if json_path else ""),
                        ("--junit", junit_path, junit)])
-    rows = [(f"{b} · {_short(p)}", c) for p, b, r in runs for c in r.checks]
     out = console()
-    out.print(checks_table(rows, title=f"attnscope check · {loaded.name} · {dtype} · {len(prompt_list)} "
-                           f"prompt(s) × {len(scopes)} backend(s)"))
-    passed = all(r.passed for _, _, r in runs)
-    n_failed = sum(not c.passed for _, c in rows)
-    out.print(f"{len(rows) - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
+    title = (f"attnscope check · {loaded.name} · {dtype} · {_count(len(prompt_list), 'prompt')} × "
+             f"{_count(len(scopes), 'backend')}")
+    out.print(ChecksView([(n, b, p, r.checks) for n, p, b, r in runs], title=title))
+    passed = all(r.passed for *_, r in runs)
+    n_checks = sum(len(r.checks) for *_, r in runs)
+    n_failed = sum(not c.passed for *_, r in runs for c in r.checks)
+    out.print(f"{n_checks - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
-def _short(text: str, width: int = 24) -> str:
-    text = text.replace("\n", "⏎")
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @app.command()
@@ -297,7 +309,7 @@ def mask(
     """Show the mask that a combination of mask parts gives (causal unless --prefix)."""
     k_len = q_len if k_len is None else k_len
     if q_len < 1:
-        raise fail(f"--q-len must be >= 1, got {q_len}")
+        raise fail(f"--q-len must be >= 1 (a mask has at least one query row), got {q_len}")
     if q_len > k_len:
         raise fail(f"--q-len {q_len} > --k-len {k_len}: queries are the last q-len of the k-len positions")
     doc_ids = block_size = None
@@ -397,7 +409,7 @@ def heads(
 
 @app.command()
 def models() -> None:
-    """List the bundled sample models."""
+    """List the bundled sample models (the trained ones and the broken variants)."""
     from attnscope.render.console import console
     from attnscope.render.tables import models_table
 

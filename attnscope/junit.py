@@ -19,16 +19,18 @@ def xml_text(text: str) -> str:
     return _NOT_XML.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
 
 
-def junit_xml(runs: list[tuple[str, str, list[Check]]]) -> str:
-    """XML text for runs given as (prompt, backend, checks)."""
+def junit_xml(runs: list[tuple[int, str, str, list[Check]]]) -> str:
+    """XML text for runs given as (prompt index, prompt, backend, checks). A testcase is named by the
+    check, the prompt's index and the backend (``nan[prompt 1 · sdpa: import os]``), so the same
+    prompt has the same number for every backend and every name is unique."""
     suites = ET.Element("testsuites", name="attnscope")
-    cases = [(p, b, c) for p, b, checks in runs for c in checks]
+    cases = [c for *_, checks in runs for c in checks]
     suite = ET.SubElement(suites, "testsuite", name="attnscope.check", tests=str(len(cases)),
-                          failures=str(sum(not c.passed for _, _, c in cases)), errors="0", skipped="0")
-    for n, (prompt, backend, checks) in enumerate(runs):
+                          failures=str(sum(not c.passed for c in cases)), errors="0", skipped="0")
+    for n, prompt, backend, checks in runs:
         for check in checks:
             case = ET.SubElement(suite, "testcase", classname=xml_text(f"attnscope.{backend}"),
-                                 name=xml_text(f"{check.name}[prompt {n}: {prompt[:40]}]"))
+                                 name=xml_text(f"{check.name}[prompt {n} · {backend}: {prompt[:40]}]"))
             if not check.passed:
                 failure = ET.SubElement(case, "failure", message=xml_text(check.message), type=check.name)
                 failure.text = json.dumps(finite({"where": check.where, "figures": check.figures}), indent=2,

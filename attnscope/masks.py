@@ -9,7 +9,7 @@ sees every cached key and itself. (FlexAttention passes q_idx relative to the fi
 `MaskSpec.mask_mod` adapts a spec to that convention.)
 
 Named parts, combined with ``&`` and ``|``, each with a readable ``repr``
-("causal & sliding_window(4096) & padding(left)"):
+("causal & sliding_window(4096) & padding(left, 3)"):
 
     causal()                 key <= query
     sliding_window(w)        keys in (query - w, query]          (causal included, HF/Mistral semantics)
@@ -268,7 +268,9 @@ class Padding(MaskSpec):
         return torch.zeros_like(q_pos), torch.full_like(q_pos, length)
 
     def __repr__(self) -> str:
-        return f"padding({self.side})"
+        """The side and the padded positions (of each row of a batch): "padding(left, 3)", "padding(left, [0, 3])"."""
+        pads = [self.total - n for n in self.lengths]
+        return f"padding({self.side}, {pads[0] if len(pads) == 1 else pads})"
 
 
 @dataclass(frozen=True)

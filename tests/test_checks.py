@@ -4,6 +4,7 @@ lse, a row with no key, float16 overflow) and the right check must name the righ
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,37 @@ def test_nan_in_k_projection_is_localized():
         assert_no_nan(result)
     layer1 = result.report().layers[1].heads
     assert layer1[0].nonfinite == 0 and layer1[2].nonfinite > 0  # only kv head 1's query heads
+
+
+def test_statistics_of_a_nan_head_are_nan_not_zero():
+    """A head whose weights are NaN has an unknown entropy, not 0.00 (which read as the sharpest head)."""
+    import io
+
+    from rich.console import Console
+
+    from attnscope.render.tables import head_table, layer_table
+
+    model = random_model(**MODEL_ARGS)
+    with torch.no_grad():
+        model.net.layers[1].self_attn.k_proj.weight[16 + 3, 5] = float("nan")  # kv head 1: query heads 2, 3
+    report = attnscope.Scope(model).run(PROMPT, checks="nan").report()
+    heads = report.layers[1].heads
+    assert isinstance(heads[0].entropy, float) and heads[0].entropy > 0
+    assert heads[2].entropy == heads[2].max_weight == heads[2].first_token_mass == "nan"
+    assert json.loads(report.to_json())["layers"][1]["heads"][3]["entropy"] == "nan"  # a string: valid JSON
+
+    def rows(table, layer: int) -> list[list[str]]:
+        console = Console(file=io.StringIO(), width=200, color_system=None)
+        console.print(table)
+        lines = console.file.getvalue().splitlines()
+        start = next(n for n, line in enumerate(lines) if line.split()[:1] == [str(layer)])
+        return [line.split() for line in lines[start:start + 3]]
+
+    entropy = rows(head_table(report), 1)[0]  # layer, "entropy", then one value per head
+    assert entropy[2:4] != ["nan", "nan"] and entropy[4:6] == ["nan", "nan"]
+    layer = rows(layer_table(report), 1)[0]  # layer, mask, entropy range, sink, max w, NaN count, ...
+    assert layer[2:5] == ["nan", "nan", "nan"] and int(layer[5]) > 0  # aggregates over a NaN head are NaN
+    assert rows(layer_table(report), 0)[0][2] != "nan"
 
 
 def test_mask_that_leaks_one_future_token_names_the_layer():

@@ -210,3 +210,102 @@ def test_run_empty_prompt_and_output_directory(tmp_path):
     assert_user_error(invoke("run", "-p", "x", "--json", str(tmp_path / "no" / "r.json")), "does not exist")
     assert_user_error(invoke("run", "-p", "x", "--json", str(tmp_path)), "is a directory")
     assert not any(Path(tmp_path).iterdir())
+
+
+@needs_tiny
+def test_check_at_80_columns_groups_runs_and_keeps_every_word_whole(tmp_path):
+    """A heading per prompt × backend, one line per check under it, findings on their own lines when
+    they do not fit: no finding is cut into fragments, no "where" part is broken."""
+    import xml.etree.ElementTree as ET
+
+    from rich.cells import cell_len
+
+    from attnscope.inspector.checks import CHECK_NAMES
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def f(x):\\n    return x\n")
+    out, junit = tmp_path / "r.json", tmp_path / "j.xml"
+    result = runner.invoke(app, ["check", "-m", "broken/nan-k-proj", "-p", "for i in range(10):", "--prompts",
+                                 str(prompts), "-b", "eager", "-b", "sdpa", "--device", "cpu", "--json", str(out),
+                                 "--junit", str(junit)], env={"COLUMNS": "80"})
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert max(cell_len(line) for line in lines) <= 80
+    assert lines[0] == "attnscope check · nan-k-proj · float32 · 2 prompts × 2 backends"
+    headings = [n for n, line in enumerate(lines) if line.startswith("prompt ")]
+    assert [lines[n].split(" · ")[:2] for n in headings] == [
+        ["prompt 0", "eager"], ["prompt 0", "sdpa"], ["prompt 1", "eager"], ["prompt 1", "sdpa"]]
+    assert "'def f(x):⏎    return x'" in lines[headings[2]]
+    for start, end in zip(headings, [*headings[1:], len(lines)], strict=True):
+        rows = [line for line in lines[start + 1:end] if line[:4] in ("  ✓ ", "  ✗ ")]
+        assert [row.split()[1] for row in rows] == list(CHECK_NAMES)
+    words = result.output.split()
+    for report in json.loads(out.read_text())["reports"]:
+        for check in report["checks"]:
+            assert all(word in words for word in check["message"].split()), check["message"]
+            for key in ("layer", "head", "position", "stage"):
+                if (check["where"] or {}).get(key) is not None:
+                    assert any(f"{key} {check['where'][key]}" in line for line in lines), (key, check["where"])
+    # JUnit: testcases named by the prompt's index and the backend (it numbered runs: prompt 0..3)
+    names = [case.get("name") for case in ET.parse(junit).getroot().iter("testcase")]
+    assert len(set(names)) == len(names) == 20
+    assert "nan[prompt 0 · eager: for i in range(10):]" in names
+    assert "nan[prompt 0 · sdpa: for i in range(10):]" in names
+    assert "causality[prompt 1 · sdpa: def f(x):\n    return x]" in names
+
+
+@needs_tiny
+def test_no_color_in_a_terminal_draws_the_shade_ramp():
+    """NO_COLOR=1 in a real terminal: rich keeps the terminal and drops the colors, so half blocks
+    come out blank; the heatmap must use the shade ramp there as without a terminal."""
+    args = ["run", "-p", "import os", "-n", "0", "--checks", "none", "--device", "cpu"]
+    terminal = {"FORCE_COLOR": "1", "TERM": "xterm-256color", "COLUMNS": "100"}
+    colored = runner.invoke(app, args, env=terminal)
+    assert "▀" in colored.output and "\x1b[" in colored.output  # the terminal is seen as one
+    plain = runner.invoke(app, args, env={**terminal, "NO_COLOR": "1"})  # the other ways: test_render.py
+    assert plain.exit_code == 0, plain.output
+    assert "▀" not in plain.output and " ░▒▓█  linear" in plain.output
+
+
+def test_models_lists_every_bundled_model_grouped_and_the_error_names_them_all(tmp_path):
+    from attnscope.model.loader import sample_models_dir
+
+    root = sample_models_dir()
+    bundled = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("config.json"))
+    if not bundled:
+        pytest.skip("no bundled sample models")
+    result = invoke("models")
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.splitlines() if line.split()
+             and line.split()[0] in bundled]
+    assert sorted(names) == bundled  # broken/nan-k-proj and broken/fp16-overflow were missing
+    if any(name.startswith("broken/") for name in bundled):
+        lines = result.output.splitlines()
+        group = next(n for n, line in enumerate(lines) if line.startswith("broken:"))
+        assert all(name.startswith("broken/") for name in names[names.index(next(
+            n for n in names if n.startswith("broken/"))):])
+        assert lines[group + 1].startswith("broken/")
+    missing = invoke("run", "-p", "x", "-m", str(tmp_path / "nope"))
+    assert_user_error(missing, "not found", *bundled)
+
+
+def test_help_shows_no_type_after_flags_and_whole_command_descriptions():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "80"})
+    assert "<bool>" not in result.output
+    run_help = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "80"})
+    assert "<bool>" not in run_help.output and "<str>" in run_help.output  # options that take a value keep it
+    # each command's description wraps only where the next word does not fit (a line broke mid-sentence)
+    panel = [line for line in result.output[result.output.index("Commands"):].splitlines() if line.startswith("│")]
+    start = panel[0].index("Run a prompt")
+    descriptions: dict[str, list[str]] = {}
+    for line in panel:
+        name, text = line[1:start].strip(), line[start:-1].rstrip()
+        if name:
+            descriptions[name] = [text]
+        else:
+            descriptions[list(descriptions)[-1]].append(text)
+    room = len(panel[0]) - 1 - start
+    for name, texts in descriptions.items():
+        for line, following in zip(texts, texts[1:], strict=False):
+            assert len(line) + 1 + len(following.split()[0]) > room - 1, (name, texts)
+    assert len(descriptions) == 6

@@ -191,7 +191,7 @@ def test_cache_overflow_raises(zoo):
         net(zoo["llama-gqa"].ids(5), cache)
 
 
-SAMPLE_MODELS = sorted(sample_models())
+SAMPLE_MODELS = sorted(name for name in sample_models() if not name.startswith("broken/"))  # the healthy ones
 
 
 @pytest.mark.parametrize(

@@ -309,7 +309,7 @@ def test_check_command_with_the_triton_backend_on_the_default_model():
 
 
 def test_scope_with_triton_backend_refuses_a_padded_batch():
-    with pytest.raises(BackendUnavailable, match=r"not causal & padding\(left\)"):
+    with pytest.raises(BackendUnavailable, match=r"not causal & padding\(left, \[0, 11\]\)"):
         attnscope.Scope(random_model(**MODEL_ARGS), backend="triton").run([PROMPT, PROMPT[:9]])
 
 

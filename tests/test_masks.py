@@ -179,7 +179,8 @@ def test_composition_is_elementwise(k_len, data, w1, w2):
 
 def test_repr_is_readable():
     spec = masks.causal() & masks.sliding_window(4096) & masks.padding([3, 4], "left")
-    assert repr(spec) == "causal & sliding_window(4096) & padding(left)"
+    assert repr(spec) == "causal & sliding_window(4096) & padding(left, [1, 0])"  # padded positions per row
+    assert repr(masks.padding([13], "right", total=16)) == "padding(right, 3)"
     assert repr((masks.causal() | masks.prefix_lm(4)) & masks.chunked(8)) == "(causal | prefix_lm(4)) & chunked(8)"
 
 
@@ -473,7 +474,7 @@ def test_padded_batch_rows_equal_their_single_runs(side, backend):
     scope = attnscope.Scope(model, backend=backend)
     prompts = [list(range(3, 23)), list(range(40, 48)), list(range(60, 73))]
     batch = scope.run(prompts, max_new_tokens=6, padding_side=side)
-    assert "padding(" + side + ")" in repr(batch.records[0].mask)
+    assert f"padding({side}, [0, 12, 7])" in repr(batch.records[0].mask)
     for b, prompt in enumerate(prompts):
         single = scope.run(prompt, max_new_tokens=6)
         cols = slice(20 - len(prompt), 20) if side == "left" else slice(0, len(prompt))
@@ -481,6 +482,12 @@ def test_padded_batch_rows_equal_their_single_runs(side, backend):
         assert batch.continuation_ids_by_row[b] == single.continuation_ids
         assert torch.allclose(batch.attention(1, 3, batch=b)[cols, cols], single.attention(1, 3), atol=1e-6)
         assert not torch.isnan(batch.logits[b]).any()
+        # every row's data, not row 0's: ids and tokens (padding included), the continuation
+        assert batch.ids[b][cols] == single.ids == prompt and len(batch.ids[b]) == 20
+        assert batch.tokens[b][cols] == single.tokens and batch.row_tokens(b) == batch.tokens[b]
+        assert batch.continuation_ids[b] == single.continuation_ids
+        assert batch.continuation[b] == single.continuation
+    assert len(batch.tokens) == len(batch.ids) == len(batch.continuation) == len(prompts)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -511,8 +518,8 @@ def test_mask_command_draws_grid_and_tiles():
                                  "--side", "left", "--block", "4x4"])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "causal & sliding_window(4) & padding(left)" in out
-    assert "past 4" in out and "tiles 4×4" in out and "sparsity" in out
+    assert "causal & sliding_window(4) & padding(left, 3)" in out
+    assert "past 4" in out and "3×4 tiles of 4×4" in out and "sparsity" in out
     assert "█" in out and "·" in out
 
 
@@ -533,7 +540,8 @@ def test_mask_command_json():
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["-q", "-1"], "--q-len must be >= 1, got -1"),
+    (["-q", "-1"], "--q-len must be >= 1"),
+    (["-q", "0"], "--q-len must be >= 1"),  # not an empty mask
     (["-q", "5", "-k", "3"], "--q-len 5 > --k-len 3"),
     (["-q", "5", "--window", "0"], "--window must be >= 1"),
     (["-q", "5", "--padding", "6"], "--padding 6 must be within 0..5"),

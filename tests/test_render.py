@@ -131,12 +131,45 @@ def test_diff_map_marks_heads_over_tolerance(snapshot):
     values[2, 5] = 3e-2
     values[3] = 1e-3
     over = values > 1e-5
-    text = render(DiffMap(values, over, title="full vs incremental · tolerance 1e-05"))
+    text = render(DiffMap(values, over, 1e-5, title="full vs incremental · tolerance 1e-05"))
     lines = text.splitlines()
     assert "✗ over tolerance: heads 5" in lines[4]
     assert "over tolerance: heads 0, 1, 2, 3, 4, 5, 6, 7" in lines[5]
     assert "over tolerance" not in lines[2]
     assert text == snapshot
+
+
+def diff_cells(text: str, heads: int) -> list[list[str]]:
+    """The three-character cells of each layer line of a DiffMap rendered without color."""
+    rows = [line for line in text.splitlines() if line[:5].strip().isdigit()]
+    return [[row[6 + 3 * h: 9 + 3 * h] for h in range(heads)] for row in rows]
+
+
+def test_diff_map_colors_are_anchored_at_the_tolerance():
+    """A difference under tolerance reads as fine even when it is the largest seen: the scale ends at
+    the tolerance, not at the largest difference (3e-06 under 1e-05 was drawn bright yellow)."""
+    from attnscope.render.colors import viridis
+    from attnscope.render.diffmap import FINE, OVER_COLOR
+
+    def cell_lines(values) -> str:  # the colored lines of cells (the legend shows every color)
+        text = render(DiffMap(values, values > 1e-5, 1e-5), color=True)
+        return "\n".join(line for line in text.splitlines() if ANSI.sub("", line)[:5].strip().isdigit())
+
+    def background(color: str) -> str:
+        return f"48;2;{int(color[1:3], 16)};{int(color[3:5], 16)};{int(color[5:7], 16)}"
+
+    values = np.full((2, 4), 1e-9)
+    values[0, 1] = 3e-6  # the largest difference, under tolerance
+    under = cell_lines(values)
+    assert under.count("48;2;") == 8
+    assert not any(background(viridis(x)) in under for x in np.linspace(FINE + 0.02, 1.0, 30))  # no bright cell
+    assert background(OVER_COLOR) not in under and OVER_COLOR == viridis(1.0)
+    values[1, 2] = 2e-5  # over tolerance
+    assert background(OVER_COLOR) in cell_lines(values)
+    # without color: a lighter shade for 3e-06 than for 1e-09, ✗ only over tolerance, never the full block
+    cells = diff_cells(render(DiffMap(values, values > 1e-5, 1e-5)), 4)
+    assert cells[1][2] == " ✗ " and all("✗" not in c for row in cells for c in row if c != cells[1][2])
+    assert cells[0][1] != cells[0][0] and "█" not in "".join(c for row in cells for c in row)
 
 
 def test_position_diff_marks_worst_position():
@@ -196,4 +229,84 @@ def test_run_output_snapshot(snapshot):
                                       "--device", "cpu", "--backend", "eager"], env={"COLUMNS": "100"})
     assert result.exit_code == 0, result.output
     assert max(cell_len(line) for line in result.output.splitlines()) <= 100
+    # captions wrap at the terminal's width, not at their table's (~56 columns)
+    assert "entropy min–max over heads (nats) · sink: largest mean weight on token 0 · Δ inc" in result.output
     assert result.output == snapshot
+
+
+def test_without_color_every_way_the_heatmap_uses_the_shade_ramp():
+    """NO_COLOR in a terminal leaves rich a color system but drops every color: half blocks would be
+    blank. Whatever turns color off — NO_COLOR, no terminal, --color never — draws the shade ramp."""
+    from attnscope.render.console import output_console
+
+    w, a = causal_weights(len(TOKENS))
+    heatmap = Heatmap(w, a, TOKENS, TOKENS, title="t")
+    consoles = {
+        "NO_COLOR in a terminal": Console(file=io.StringIO(), width=80, force_terminal=True, no_color=True),
+        "not a terminal": Console(file=io.StringIO(), width=80),
+        "--color never": output_console("never"),
+    }
+    for why, console in consoles.items():
+        console.file = io.StringIO()
+        console.print(heatmap)
+        text = ANSI.sub("", console.file.getvalue())
+        assert "▀" not in text and " ░▒▓█  linear" in text, why
+        assert cell_rows(text)[0].startswith("█·"), why  # the first key, then masked cells
+    colored = Console(file=io.StringIO(), width=80, force_terminal=True, color_system="truecolor")
+    colored.print(heatmap)
+    assert "▀" in colored.file.getvalue()
+
+
+def test_the_colorbar_fits_80_columns_and_names_the_left_label_only_for_two_rows_per_line():
+    labels = [f"t{i}" for i in range(40)]
+    w, a = causal_weights(40)
+    for width in (80, 60, 46):
+        text = ANSI.sub("", render(Heatmap(w, a, labels, labels, title="t"), width=width, color=True))
+        bar = next(line for line in text.splitlines() if "masked" in line)
+        assert "NaN/Inf" in bar and cell_len(bar) <= width, (width, bar)
+    two_per_line = ANSI.sub("", render(Heatmap(w, a, labels, labels, title="t"), width=120, color=True))
+    assert "▀=left label" in two_per_line  # 40 rows fit only two to a line
+    w, a = causal_weights(len(TOKENS))
+    square = ANSI.sub("", render(Heatmap(w, a, TOKENS, TOKENS, title="t"), width=120, color=True))
+    assert "▀=left label" not in square  # magnified: each token has its own square cell and one label
+
+
+def test_axis_labels_are_never_cut():
+    from attnscope.render.axes import axis
+
+    line = axis(np.arange(0, 4096 + 57, 57), 72, step=10)
+    assert line.split() == [str(57 * j) for j in range(0, 70, 10)]  # 3990 at column 70 does not fit: left out
+    assert axis(np.arange(20), 12, step=5).split() == ["0", "5", "10"]
+
+
+def failing_check():
+    from attnscope.inspector.report import Check
+
+    return Check("full_vs_incremental", False, {"max_abs_diff": 0.25, "tolerance": {"atol": 1e-5}},
+                 {"layer": 12, "head": 31, "position": 1023, "stage": "output"},
+                 "incremental attention output differs from the full forward from layer 12 on "
+                 "(head 31, position 1023; max |Δ| 2.50e-01)")
+
+
+@pytest.mark.parametrize("width", [40, 80, 120, 240])
+def test_a_check_reads_at_any_width(width):
+    """No column is narrower than its content: the name and figure whole on the first line, where it
+    is worst wrapped at its parts, the finding beside them or on its own lines, every word whole."""
+    from attnscope.inspector.report import Check
+    from attnscope.render.checks import CheckRow, Columns
+
+    checks = [failing_check(), Check("nan", True, {"nonfinite_counts": {"scores": 0}}, None, "no NaN or Inf")]
+    columns = Columns.of(checks)
+    text = render(CheckRow(checks[0], columns), width=width)
+    lines = text.splitlines()
+    assert all(cell_len(line) <= width for line in lines), lines
+    assert lines[0].startswith("✗ full_vs_incremental") and "max |Δ| 2.50e-01" in lines[0]
+    for part in ("layer 12", "head 31", "position 1023", "stage output"):
+        assert any(part in line for line in lines), (part, lines)
+    words = text.split()
+    assert all(word in words for word in checks[0].message.split())
+    if width >= 240:
+        assert len(lines) == 1
+    passed = render(CheckRow(checks[1], columns), width=width).splitlines()
+    assert passed[0].startswith("✓ nan") and "no NaN or Inf" in " ".join(passed)
+    assert len(passed) == (1 if width >= 120 else 2)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from models import random_model, save_hf_dir
-from textual.widgets import DataTable, Static, TabbedContent
+from textual.widgets import Input, OptionList, Static, TabbedContent
 
 from attnscope.model.loader import sample_models
 from attnscope.tui.app import AttnScopeApp
@@ -119,9 +119,9 @@ async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
         check = next(c for c in app.result.checks if c.name == "nan")
         assert not check.passed and check.where["layer"] == 1
         await pilot.press("3")
-        table = app.query_one("#checks-table", DataTable)
-        table.focus()
-        table.move_cursor(row=0)  # the nan check is the first row
+        checks = app.query_one("#checks-list", OptionList)
+        assert app.focused is checks  # the tab's key focuses its pane
+        assert checks.highlighted == 0 and checks.highlighted_option.id == "nan"  # the nan check is first
         await pilot.press("enter")
         await pilot.pause()
         view = app.query_one(HeatmapView)
@@ -180,6 +180,179 @@ async def test_help_and_screenshot(model_dir, tmp_path, monkeypatch):
         await pilot.press("s")
         await pilot.pause()
         assert list(tmp_path.glob("*.svg"))
+
+
+def on_screen(app) -> list[str]:
+    """The terminal's lines as drawn now, from a screenshot (what was drawn, not what would be)."""
+    import html
+    import re
+
+    from rich.cells import cell_len
+
+    found = re.findall(r'<text[^>]* x="([\d.]+)" y="[\d.]+" textLength="([\d.]+)" '
+                       r'clip-path="url\(#[\w-]+-line-(\d+)\)">(.*?)</text>', app.export_screenshot())
+    cells = [(float(x), float(length), int(line), html.unescape(text).replace("\xa0", " "))
+             for x, length, line, text in found]
+    per_cell = next(length / cell_len(text) for _, length, _, text in cells if text.strip())
+    lines: dict[int, list[str]] = {}
+    for x, _, line, text in cells:
+        column = round(x / per_cell)
+        row = lines.setdefault(line, [])
+        row.extend(" " * (column + len(text) - len(row)))
+        row[column:column + len(text)] = text
+    return ["".join(lines.get(n, [])) for n in range(max(lines, default=-1) + 1)]
+
+
+def rendered(widget) -> list[str]:
+    """The lines a widget draws now, as text."""
+    return ["".join(segment.text for segment in widget.render_line(y)) for y in range(widget.size.height)]
+
+
+@needs_tokenizer
+async def test_text_typed_after_enter_stays_in_the_prompt(model_dir, tmp_path, monkeypatch):
+    """After enter the cursor stays in the prompt: what is typed next is text, never `s` (an SVG in
+    the current directory) or `n` (one more decoded token). Tabbing in keeps the text."""
+    monkeypatch.chdir(tmp_path)
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    notes = []
+    monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append(message))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        prompt = app.query_one("#prompt", Input)
+        prompt.value = "def f(x):"
+        prompt.focus()
+        await pilot.press("enter")
+        await pilot.press(*"sn")
+        await wait_for(pilot, finished(app))
+        assert app.focused is prompt and prompt.value == "def f(x):sn"
+        assert "".join(app.result.tokens[1:]) == "def f(x):"  # no token decoded by `n`
+        assert not list(tmp_path.iterdir())  # no screenshot written by `s`
+        await pilot.press("escape")  # leaves the prompt for the open tab's pane
+        assert app.focused is app.query_one(HeatmapView)
+        await pilot.press("s")
+        saved = list(tmp_path.glob("*.svg"))
+        assert len(saved) == 1 and any(str(saved[0]) in note for note in notes)  # it says where
+        app.query_one(Navigator).focus()
+        await pilot.press("tab")  # from the navigator into the prompt: its text is kept, not selected
+        assert app.focused is prompt
+        await pilot.press("!")
+        assert prompt.value == "def f(x):sn!"
+
+
+@needs_tokenizer
+async def test_a_multi_line_prompt_is_one_line_with_backslash_n(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt="def f(x):\n    return x", device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        prompt = app.query_one("#prompt", Input)
+        assert prompt.value == "def f(x):\\n    return x"
+        prompt.focus()
+        await pilot.press("end", "space", "enter")
+        await wait_for(pilot, finished(app))
+        assert "".join(app.result.tokens[1:]) == "def f(x):\n    return x "
+
+
+@needs_tokenizer
+async def test_tab_keys_focus_their_pane(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        view = app.query_one(HeatmapView)
+        for key, pane in zip("23451", ("mask-view", "checks-list", "diff-view", "tokens-table", "heatmap-view"),
+                             strict=True):
+            await pilot.press(key)
+            assert app.focused is app.query_one(f"#{pane}"), key
+        await pilot.press("5", "down", "down")  # the arrows move in the Tokens table, not the hidden map
+        assert app.query_one("#tokens-table").cursor_row == 2 and view.cursor == (0, 0)
+
+
+@needs_tokenizer
+async def test_a_resize_recomputes_the_heatmap_and_its_title(model_dir):
+    """Started at 80×24 the map is pooled; at 160×48 the same prompt gets exact cells with token labels
+    (as a fresh start at that size), and back at 80×24 the overview again — never a stale title over
+    a stretched map."""
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, finished(app))
+        view = app.query_one(HeatmapView)
+        T = len(app.result.ids)
+        for size, exact in (((80, 24), False), ((160, 48), True), ((80, 24), False)):
+            await pilot.resize_terminal(*size)
+            await wait_for(pilot, lambda size=size: app.size == size and view.size.width < size[0])
+            await pilot.pause()
+            shown = view.current()
+            lines = on_screen(app)
+            at, column = next((n, line.index("layer 0 · head")) for n, line in enumerate(lines)
+                              if "layer 0 · head" in line)
+            title = lines[at][column:] + lines[at + 1][column:]  # it may wrap
+            assert shown.exact is exact and ("exact" in title) is exact, (size, title)
+            rows, cols = shown.weights.shape
+            assert (f"({T}×{T})" if exact else f"({T}×{T} → {rows}×{cols}, max-pooled)") in title, (size, title)
+            fresh = view.compute_view(app.result, view.layer_idx, view.head_idx, False, (0, 0), view._capacity())
+            assert fresh.weights.shape == shown.weights.shape
+
+
+@needs_tokenizer
+async def test_80x24_collapses_the_navigator_and_wraps_panels(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, finished(app))
+        view, details = app.query_one(HeatmapView), app.query_one("#details")
+        narrow = view.size.width
+        await pilot.press("b")  # the navigator collapses: the map gets the width
+        await wait_for(pilot, lambda: view.size.width > narrow + 25)
+        assert not app.query_one("#left").display
+        await pilot.press("b")
+        await wait_for(pilot, lambda: view.size.width == narrow)
+        view.focus()
+        await pilot.press("down", "plus")  # exact cells: the details name the score
+        await wait_for(pilot, lambda: "scaled score" in details.info)
+        await pilot.pause()
+        lines = rendered(details)
+        assert all(len(line.rstrip()) <= details.size.width for line in lines)
+        text = " ".join(lines)
+        score = details.info.split("q·k·scale ")[1].split()[0]
+        assert score in text and "mask:" in text  # wrapped, not cut before the score
+        status = app.query_one("#status", Static)
+        assert str(status.render()).startswith(f"{len(app.result.ids)} tokens · 3 layers · checks:")
+        assert status.size.width >= len(str(status.render()))  # the finished run's status has the line
+
+
+async def test_checks_tab_reads_at_80_and_120_columns(tmp_path):
+    model = random_model(**MODEL_ARGS)
+    with torch.no_grad():
+        model.net.layers[1].self_attn.k_proj.weight[0, 0] = float("nan")
+    path = save_hf_dir(model, tmp_path / "nan", tokenizer_from=TINY)
+    app = AttnScopeApp(model=str(path), prompt=list(range(1, 25)), device="cpu")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, finished(app))
+        checks = app.query_one("#checks-list", OptionList)
+        for size in ((80, 24), (120, 36)):
+            await pilot.resize_terminal(*size)
+            await pilot.press("3")
+            await wait_for(pilot, lambda size=size: app.size == size and checks.size.width > 0)
+            await pilot.pause()
+            lines = [line.rstrip() for line in rendered(checks)]
+            text = " ".join(lines).split()
+            for check in app.result.checks[:2]:  # the first entries are on screen
+                assert check.name in text and all(word in text for word in check.message.split()), size
+                for key, value in (check.where or {}).items():
+                    if key in ("layer", "head", "position", "stage"):
+                        assert any(f"{key} {value}" in line for line in lines), (size, key, lines)
+
+
+async def test_without_color_the_heatmap_uses_the_shade_ramp(tmp_path, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")  # Textual then draws grays; the map must still read
+    app = AttnScopeApp(model=str(save_hf_dir(random_model(**MODEL_ARGS), tmp_path / "m")), prompt=list(range(1, 9)),
+                       device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        view = app.query_one(HeatmapView)
+        await pilot.pause()
+        lines = rendered(view)
+        assert not any("▀" in line for line in lines)
+        assert any("·" in line and line[:4].strip() == "0" for line in lines)  # a query row: masked keys
+        assert any(" ░▒▓█" in line for line in lines)
 
 
 # ---- appearance -------------------------------------------------------------------------------

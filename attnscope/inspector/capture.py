@@ -27,7 +27,7 @@ STATS_CHUNK_ELEMENTS = 1 << 21  # float32 scores at once when summarizing a laye
 class RowStats:
     """Per (batch, query head, query row) statistics of one layer's attention, each ``[B, Hq, Sq]``."""
 
-    entropy: torch.Tensor  # nats; 0 for a fully-masked row
+    entropy: torch.Tensor  # nats; 0 for a fully-masked row, NaN where a weight is NaN
     max_weight: torch.Tensor
     argmax: torch.Tensor  # key index of the largest weight
     first_token_mass: torch.Tensor  # weight on key 0 (the attention sink)
@@ -163,7 +163,8 @@ class LayerRecord:
                                                     self.softcap):
             bad = (torch.isnan(scores) | torch.isposinf(scores) | (torch.isneginf(scores) & allowed)).sum(-1)
             p = weights_from_lse(scores, lse[..., chunk])  # (B, Hkv, G, chunk, Sk)
-            plogp = torch.where(p > 0, p * torch.log(p), torch.zeros((), device=p.device))
+            # 0·log 0 = 0; a NaN weight keeps its NaN (the row's entropy is unknown, not 0)
+            plogp = torch.where(p <= 0, torch.zeros((), device=p.device), p * torch.log(p))
             acc["entropy"][..., chunk] = -plogp.sum(-1)
             acc["max_weight"][..., chunk] = p.amax(-1)
             argmax[..., chunk] = p.argmax(-1)

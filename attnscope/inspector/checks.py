@@ -156,7 +156,7 @@ def nan_check(run: Run) -> Check:
                 first = {"layer": rec.layer, "stage": stage, "head": None if stage == "residual" else int(h[i]),
                          "position": int(s[i]), "batch": int(b[i])}
     logits_bad = ~torch.isfinite(run.logits)  # (B, T, vocab)
-    counts["logits"] = int(logits_bad.sum())
+    counts["logits"] = int(torch.count_nonzero(logits_bad))  # not .sum(): that makes an int64 copy first
     if first is None and counts["logits"]:
         pos = logits_bad.any(-1).nonzero()[0]
         first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}

@@ -57,23 +57,37 @@ class Result:
         return self.run.inputs.ids.tolist()
 
     @property
-    def ids(self) -> list[int]:
-        """Token ids of the prompt (row 0 of a batch, padding included)."""
-        return self.batch_ids[0]
+    def ids(self) -> list[int] | list[list[int]]:
+        """Token ids of the prompt; for a batch, a list per row (padding included)."""
+        return self.batch_ids if self.batched else self.batch_ids[0]
+
+    @property
+    def tokens(self) -> list[str] | list[list[str]]:
+        """The prompt's tokens as text; for a batch, a list per row (padding included)."""
+        return self._row_tokens if self.batched else self._row_tokens[0]
+
+    def row_tokens(self, batch: int = 0) -> list[str]:
+        """The tokens of one row as text (of the prompt when it is not a batch)."""
+        return self._row_tokens[batch]
 
     @functools.cached_property
-    def tokens(self) -> list[str]:
-        """The prompt's tokens as text (row 0 of a batch; `token_texts(result.batch_ids[b])` for others)."""
-        return self.token_texts(self.ids)
+    def _row_tokens(self) -> list[list[str]]:
+        return [self.token_texts(ids) for ids in self.batch_ids]
 
     @property
-    def continuation_ids(self) -> list[int]:
-        return self.continuation_ids_by_row[0]
+    def continuation_ids(self) -> list[int] | list[list[int]]:
+        """The greedy continuation's ids; for a batch, a list per row."""
+        return self.continuation_ids_by_row if self.batched else self.continuation_ids_by_row[0]
 
     @property
-    def continuation(self) -> str:
+    def continuation(self) -> str | list[str]:
+        """The greedy continuation as text; for a batch, one per row."""
+        texts = [self._decode(ids) for ids in self.continuation_ids_by_row]
+        return texts if self.batched else texts[0]
+
+    def _decode(self, ids: list[int]) -> str:
         tok = self.run.model.tokenizer
-        return tok.decode(self.continuation_ids) if tok else " ".join(map(str, self.continuation_ids))
+        return tok.decode(ids) if tok else " ".join(map(str, ids))
 
     @property
     def n_layers(self) -> int:

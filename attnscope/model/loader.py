@@ -40,9 +40,11 @@ def sample_models_dir() -> Path:
 
 
 def sample_models() -> dict[str, Path]:
-    """Bundled sample models by name."""
+    """Bundled sample models by name: the top-level ones ("tiny-code"), then those in folders, named
+    by their path ("broken/nan-k-proj"), each group in alphabetical order."""
     root = sample_models_dir()
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+    found = [p.parent.relative_to(root) for p in root.rglob("config.json")]
+    return {d.as_posix(): root / d for d in sorted(found, key=lambda d: (len(d.parts), d.as_posix()))}
 
 
 def model_card_summary(path: Path) -> str:
@@ -84,11 +86,8 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     """The directory of a sample model name or a path; a clear error when it is neither."""
     path = Path(name_or_path).expanduser()
     samples = sample_models()
-    if not path.exists() and str(name_or_path) in samples:
+    if not path.exists() and str(name_or_path) in samples:  # e.g. "tiny-code", "broken/nan-k-proj"
         return samples[str(name_or_path)]
-    bundled = sample_models_dir() / str(name_or_path)  # e.g. "broken/nan-k-proj"
-    if not path.exists() and (bundled / "config.json").is_file():
-        return bundled
     if not path.exists() and _looks_like_hub_id(str(name_or_path)):
         return _hub_snapshot(str(name_or_path))
     if not path.exists():

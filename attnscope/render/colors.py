@@ -17,6 +17,13 @@ NONFINITE_COLOR = "#ff2020"
 LOG_DECADES = 4  # log scale spans top / 10**4 .. top
 
 
+def in_color(console) -> bool:
+    """Whether a rich console draws colors: not when stdout is not a terminal or with --color never
+    (no color system), nor when NO_COLOR is set (rich keeps the color system then and drops every
+    color, so a map drawn in colors would come out blank)."""
+    return console.color_system is not None and not console.no_color
+
+
 def viridis(x: float) -> str:
     """Hex color of x in [0, 1] on the viridis ramp (values outside are clamped; 1024 levels)."""
     return _viridis(round(min(1.0, max(0.0, x)) * 1023))

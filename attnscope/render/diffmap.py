@@ -1,6 +1,11 @@
-"""Diff maps: |full − incremental| or |backend − reference| per (layer, head) as a small grid on a
-log color scale with the cells over tolerance marked, so the first bad layer/head stands out; and
-per query position for one head."""
+"""Diff maps: |full − incremental| or |backend − reference| per (layer, head) as a small grid, and
+per query position for one head.
+
+The color scale is anchored at the tolerance, not at the largest difference seen: differences under
+it run on the dark part of viridis (purple → green) up to the tolerance, on a log scale over six
+decades below it, so that they read as fine however they compare with each other; cells over
+tolerance are yellow and marked ✗, NaN/Inf red. Without color, the shade ramp's lighter half and ✗.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,26 @@ from rich.text import Text
 
 from attnscope.pooling import pool2d
 from attnscope.render.axes import axis
-from attnscope.render.colors import NONFINITE_COLOR, Scale, shade, viridis
+from attnscope.render.colors import NONFINITE_COLOR, Scale, in_color, shade, viridis
 
-FLOOR = 1e-9  # differences below this draw as the lowest color
+DECADES = 6  # the scale spans tolerance / 10**6 .. tolerance
+FINE = 0.6  # differences under tolerance use viridis (and the shade ramp) up to here
+OVER_COLOR = viridis(1.0)
 
 
-def _scale(values: np.ndarray) -> Scale:
-    finite = values[np.isfinite(values)]
-    top = max(float(finite.max()) if finite.size else 0.0, FLOOR * 10)
-    return Scale(top, log=True, low=max(FLOOR, top / 1e6))
+def tolerance_scale(tolerance: float) -> Scale:
+    """The log scale of differences: tolerance / 10**6 … tolerance."""
+    return Scale(tolerance, log=True, low=tolerance / 10**DECADES)
+
+
+def _cell(x: float, over: bool, scale: Scale, color: bool) -> tuple[str, str | None]:
+    """(glyph, background color) of one difference: ✗ over tolerance, ! non-finite, else its level."""
+    if not np.isfinite(x):
+        return "!", NONFINITE_COLOR
+    if over:
+        return "✗", OVER_COLOR
+    level = FINE * scale(min(x, scale.top))
+    return (" ", viridis(level)) if color else (shade(level), None)
 
 
 class DiffMap:
@@ -28,61 +44,81 @@ class DiffMap:
     Args:
         values: [L, H] largest absolute difference of each head's attention output.
         over: [L, H] bool, True where the head is over tolerance.
+        tolerance: where the color scale ends (the check's atol).
         title: shown above (names the comparison and the tolerance).
     """
 
-    def __init__(self, values, over, title: str = ""):
+    def __init__(self, values, over, tolerance: float = 1e-5, title: str = ""):
         self.values = np.asarray(values, dtype=np.float64)
         self.over = np.asarray(over, dtype=bool)
+        self.tolerance = tolerance
         self.title = title
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         L, H = self.values.shape
-        color = console.color_system is not None
-        scale = _scale(self.values)
+        color = in_color(console)
+        scale = tolerance_scale(self.tolerance)
         yield Text(self.title, style="bold")
         yield Text("layer " + "".join(f"{h:>3}" for h in range(H)), style="dim")
         for layer in range(L):
             line = Text(f"{layer:>5} ", style="dim")
             for h in range(H):
-                x = float(self.values[layer, h])
-                mark = "✗" if self.over[layer, h] else " "
-                if not np.isfinite(x):
-                    line.append(f" {mark if mark != ' ' else '!'} ", Style(color="white", bgcolor=NONFINITE_COLOR))
-                elif color:
-                    line.append(f" {mark} ", Style(color="white", bold=True, bgcolor=viridis(scale(x))))
+                glyph, background = _cell(float(self.values[layer, h]), bool(self.over[layer, h]), scale, color)
+                if color:
+                    line.append(f" {glyph} ", Style(color="black" if glyph == "✗" else "white", bold=True,
+                                                    bgcolor=background))
                 else:
-                    line.append(f" {mark if mark != ' ' else shade(scale(x))} ")
+                    line.append(f" {glyph} ")
             bad = np.nonzero(self.over[layer])[0]
             if len(bad):
                 line.append(f"  ✗ over tolerance: heads {', '.join(map(str, bad))}", style="red")
             yield line
-        yield Text(f"      max |Δ| on a {scale.label()} scale · ✗ over tolerance", style="dim")
+        yield legend(scale, color)
+
+
+def legend(scale: Scale, color: bool) -> Text:
+    """The scale under tolerance, then what over tolerance and non-finite look like."""
+    text = Text("      ")
+    for k in range(8):
+        level = FINE * k / 7
+        text.append("█" if color else shade(level), Style(color=viridis(level)) if color else "")
+    text.append(f" max |Δ| {scale.label()} (the tolerance)  ", style="dim")
+    text.append("✗", Style(color="black", bgcolor=OVER_COLOR) if color else "").append(" over  ", style="dim")
+    text.append("!", Style(color="white", bgcolor=NONFINITE_COLOR) if color else "").append(" NaN/Inf", style="dim")
+    return text
 
 
 class PositionDiff:
-    """|Δ| per query position of one head, as a strip (pooled to the width) with the worst marked."""
+    """|Δ| per query position of one head, as a strip (pooled to the width) with the worst marked.
 
-    def __init__(self, values, tolerance: float, title: str = ""):
+    Args:
+        values: [S] largest |Δ| of each position.
+        tolerance: where the color scale ends (the check's atol).
+        over: [S] bool, True where the position is over tolerance (default: values > tolerance).
+    """
+
+    def __init__(self, values, tolerance: float, title: str = "", over=None):
         self.values = np.asarray(values, dtype=np.float64)
         self.tolerance = tolerance
+        self.over = self.values > tolerance if over is None else np.asarray(over, dtype=bool)
         self.title = title
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = max(8, options.max_width - 8)
         pooled, _, edges = pool2d(np.nan_to_num(self.values, nan=np.inf)[None, :], 1, width, "max")
-        scale = _scale(self.values)
+        over, _, _ = pool2d((self.over | ~np.isfinite(self.values))[None, :], 1, width, "any")
+        scale = tolerance_scale(self.tolerance)
         worst = int(np.nanargmax(np.nan_to_num(self.values, nan=np.inf))) if self.values.size else 0
         yield Text(f"{self.title}  (worst at position {worst}: {self.values[worst]:.2e}; tolerance "
                    f"{self.tolerance:.0e})", style="bold")
         line = Text("  pos ", style="dim")
-        color = console.color_system is not None
-        for x in pooled[0]:
-            over = x > self.tolerance
+        color = in_color(console)
+        for x, bad in zip(pooled[0], over[0], strict=True):
+            glyph, background = _cell(float(x), bool(bad), scale, color)
             if color:
-                line.append("▇" if over else "█", Style(color=NONFINITE_COLOR if over else viridis(scale(x))))
+                line.append("▇" if glyph in "✗!" else "█", Style(color=background))
             else:
-                line.append("✗" if over else shade(scale(x)))
+                line.append(glyph)
         yield line
         yield Text("      " + axis(edges, pooled.shape[1]), style="dim")
 
@@ -99,10 +135,11 @@ def diff_panel(result, layer: int, head: int) -> Group | Text:
         values = np.stack([d.max_abs.cpu().numpy() for d in diffs])
         over = np.stack([d.bad_rows[0].any(-1).cpu().numpy() for d in diffs])
         tol = next(c for c in result.checks if c.name == name).figures["tolerance"]
-        parts += [DiffMap(values, over, title=f"{title} · max |Δ| per layer × head · tolerance atol "
-                          f"{tol['atol']:.0e} rtol {tol['rtol']:.0e}"), Text()]
+        scaled = " (atol × max(1, max |reference|))" if tol.get("atol_scaled_by_magnitude") else ""
+        parts += [DiffMap(values, over, tol["atol"], title=f"{title} · max |Δ| per layer × head · tolerance "
+                          f"atol {tol['atol']:.0e}{scaled} rtol {tol['rtol']:.0e}"), Text()]
         row = diffs[layer].row_max
         if row is not None:
-            parts += [PositionDiff(row[0, head].cpu().numpy(), tol["atol"],
-                                   title=f"{title} · L{layer} h{head} per position"), Text()]
+            parts += [PositionDiff(row[0, head].cpu().numpy(), tol["atol"], title=f"{title} · L{layer} h{head} per "
+                                   "position", over=diffs[layer].bad_rows[0, head].cpu().numpy()), Text()]
     return Group(*parts) if parts else Text("no diffs")

@@ -24,7 +24,16 @@ from rich.text import Text
 
 from attnscope.pooling import pool2d
 from attnscope.render.axes import axis
-from attnscope.render.colors import MASKED_COLOR, NONFINITE_COLOR, Scale, shade, viridis, viridis_table
+from attnscope.render.colors import (
+    MASKED_COLOR,
+    NONFINITE_COLOR,
+    SHADES,
+    Scale,
+    in_color,
+    shade,
+    viridis,
+    viridis_table,
+)
 
 LABEL_WIDTH = 7  # characters of token text per label
 CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
@@ -58,12 +67,13 @@ class Heatmap:
         max_lines: at most this many lines of cells; larger exact maps are max-pooled here.
         compact: no labels, axis or colorbar (small multiples).
         cursor: (row, col) cell drawn highlighted (the TUI's cell cursor), in the map's own cells.
+        color: half blocks in color, or the shade ramp; None: as the console draws (`in_color`).
     """
 
     def __init__(self, weights, allowed, query_labels: Sequence[str] = (), key_labels: Sequence[str] = (),
                  q_offset: int = 0, title: str = "", log: bool = False, source_shape=None, row_edges=None,
                  col_edges=None, reduce: str = "max", max_lines: int = 32, compact: bool = False,
-                 cursor: tuple[int, int] | None = None):
+                 cursor: tuple[int, int] | None = None, color: bool | None = None):
         self.weights = np.asarray(weights, dtype=np.float32)
         self.allowed = np.asarray(allowed, dtype=bool)
         self.query_labels, self.key_labels = list(query_labels), list(key_labels)
@@ -76,6 +86,7 @@ class Heatmap:
         self.max_lines = max_lines
         self.compact = compact
         self.cursor = cursor
+        self.color = color
 
     @staticmethod
     def label_width(color: bool, compact: bool = False, tokens: bool = True) -> int:
@@ -124,7 +135,7 @@ class Heatmap:
 
     def _parts(self, console: Console, max_width: int, base: Style | None = None):
         """Title, key axis, the cells and the colorbar: `Text`, or a line of cells as a list of segments."""
-        color = console.color_system is not None
+        color = in_color(console) if self.color is None else self.color
         label_w = self.label_width(color, self.compact, tokens=bool(self.query_labels))
         width = max(8, max_width - label_w)
         w, a, re, ce, pooled, note = self._grid(width, color)
@@ -142,7 +153,7 @@ class Heatmap:
         else:
             yield from self._shade_rows(w, a, re, pooled, scale, label_w)
         if not self.compact:
-            yield self._colorbar(scale, color, label_w)
+            yield self._colorbar(scale, color, label_w, m, max_width)
 
     def _key_axis(self, n: int, ce, pooled: bool, label_w: int, m: int = 1):
         yield Text(" " * label_w + axis(ce, n, 10 if n * m > 20 else 5, cell=m), style="dim")
@@ -215,18 +226,32 @@ class Heatmap:
                 line.append("!" if not np.isfinite(x) else "·" if not a[i, j] else shade(scale(x)))
             yield line
 
-    def _colorbar(self, scale: Scale, color: bool, label_w: int) -> Text:
-        bar = Text(" " * label_w)
-        if color:
-            for k in range(16):
-                bar.append("█", Style(color=viridis(k / 15)))
-            bar.append(f" {scale.label()}  ")
-            bar.append("█", Style(color=MASKED_COLOR)).append(" masked ")
-            bar.append("█", Style(color=NONFINITE_COLOR)).append(" NaN/Inf ")
-            if self.query_labels:  # which of the two labels left of a line goes with the upper half
-                bar.append("▀=left label", style="dim")
-        else:
-            bar.append(f"{''.join(shade(k / 4) for k in range(5))}  {scale.label()}   · masked   ! NaN/Inf")
+    def _colorbar(self, scale: Scale, color: bool, label_w: int, m: int, width: int) -> Text:
+        """The scale and the legend on one line, under the cells when it fits beside the labels, else
+        from the left edge, with a shorter ramp when even that is too wide."""
+        def parts(ramp: int) -> list[list[tuple[str, Style | str]]]:
+            if not color:
+                return [[(SHADES, ""), (f"  {scale.label()}", "")], [("· masked", "")], [("! NaN/Inf", "")]]
+            found = [[*(("█", Style(color=viridis(k / (ramp - 1)))) for k in range(ramp)), (f" {scale.label()}", "")],
+                     [("█", Style(color=MASKED_COLOR)), (" masked", "")],
+                     [("█", Style(color=NONFINITE_COLOR)), (" NaN/Inf", "")]]
+            if self.query_labels and m == 1:  # two query rows per line: the upper one is the left label
+                found.append([("▀=left label", "dim")])
+            return found
+
+        sep = "  " if color else "   "
+        for ramp in (16, 8):
+            chosen = parts(ramp)
+            length = sum(len(text) for part in chosen for text, _ in part) + len(sep) * (len(chosen) - 1)
+            if length <= width or ramp == 8:
+                break
+        if color and length > width and self.query_labels and m == 1:
+            chosen, length = chosen[:-1], length - len("▀=left label") - len(sep)
+        bar = Text(" " * (label_w if label_w + length <= width else max(0, min(label_w, width - length))))
+        for n, part in enumerate(chosen):
+            bar.append(sep if n else "")
+            for text, style in part:
+                bar.append(text, style)
         return bar
 
 
@@ -253,7 +278,7 @@ class TopKeys:
         for j in order:
             x = float(self.row[j])
             line = Text(f"{j:>6} {label(self.key_labels[j], 12):<12} {x:7.4f} ")
-            line.append("█" * max(0, round(x * bar_w)), style=viridis(x) if console.color_system else "")
+            line.append("█" * max(0, round(x * bar_w)), style=viridis(x) if in_color(console) else "")
             yield line
 
 
@@ -292,22 +317,23 @@ def head_map(result, layer: int, head: int, exact_cells: tuple[int, int], pooled
 
 def map_heatmap(result, layer: int, head: int, view: HeadMap, *, title: str = "", log: bool = False,
                 compact: bool = False, max_lines: int = 32, cursor: tuple[int, int] | None = None,
-                batch: int = 0) -> Heatmap:
-    """The `Heatmap` of a `HeadMap`: token labels on exact cells, positions on pooled ones."""
+                batch: int = 0, color: bool | None = None) -> Heatmap:
+    """The `Heatmap` of a `HeadMap`: token labels on exact cells, positions on pooled ones (`color`:
+    see `Heatmap`)."""
     Sq, Sk = result.records[layer].shape
     past = Sk - Sq
-    labels = result.token_texts(result.batch_ids[batch]) if batch else result.tokens
+    labels = result.row_tokens(batch)
     q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
     k_labels = [labels[int(c)] for c in view.col_edges[:-1]] if view.exact else ()
     pooled = not view.exact
     return Heatmap(view.weights, view.allowed, q_labels, k_labels, past + int(view.row_edges[0]), title, log,
                    source_shape=(Sq, Sk) if pooled else None, row_edges=view.row_edges if pooled else None,
                    col_edges=view.col_edges if pooled else None, reduce="max", max_lines=max_lines,
-                   compact=compact, cursor=cursor)
+                   compact=compact, cursor=cursor, color=color)
 
 
 def head_heatmap(result, layer: int, head: int, *, width: int = 120, max_lines: int = 32, log: bool = False,
-                 title: str = "", compact: bool = False, batch: int = 0) -> Heatmap:
+                 title: str = "", compact: bool = False, batch: int = 0, color: bool | None = None) -> Heatmap:
     """The heatmap of one head of a `Result`: exact when it fits `width` × 2·`max_lines` cells, else
     max-pooled by the inspector tile by tile (the full matrix is never built)."""
     rows = 2 * max_lines
@@ -315,11 +341,11 @@ def head_heatmap(result, layer: int, head: int, *, width: int = 120, max_lines: 
     pooled = (rows, max(8, width - Heatmap.label_width(True, compact, tokens=False)))  # no labels: wider cells
     view = head_map(result, layer, head, exact, pooled, batch)
     return map_heatmap(result, layer, head, view, title=title, log=log, compact=compact, max_lines=max_lines,
-                       batch=batch)
+                       batch=batch, color=color)
 
 
 def small_multiples(result, layer: int, heads, *, width: int, cell_width: int, max_lines: int, log: bool = False,
-                    title: str = "", label=None) -> Group:
+                    title: str = "", label=None, color: bool | None = None) -> Group:
     """Several heads of one layer as small heatmaps in a grid that fills `width` (``run --heads all``,
     the TUI's GQA group); `label(head)` titles each."""
     per_row = max(1, width // (cell_width + 2))
@@ -328,7 +354,7 @@ def small_multiples(result, layer: int, heads, *, width: int, cell_width: int, m
     for _ in range(min(per_row, len(heads))):
         grid.add_column()
     cells = [head_heatmap(result, layer, h, width=cell_width, max_lines=max_lines, log=log, compact=True,
-                          title=label(h) if label else f"h{h}") for h in heads]
+                          title=label(h) if label else f"h{h}", color=color) for h in heads]
     for i in range(0, len(cells), per_row):
         grid.add_row(*cells[i:i + per_row])
     return Group(Text(title, style="bold"), grid)

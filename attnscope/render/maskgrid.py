@@ -71,9 +71,9 @@ class TileMap:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         rows, cols = self.states.shape
         counts = {name: int((self.states == s).sum()) for s, name in ((2, "full"), (1, "partial"), (0, "empty"))}
-        yield Text(f"tiles {self.block_m}×{self.block_n}: {rows}×{cols} · full {counts['full']} · partial "
-                   f"{counts['partial']} · empty {counts['empty']} · sparsity {self.sparsity:.1%} (empty tiles "
-                   "skipped)", style="bold")
+        yield Text(f"{rows}×{cols} tiles of {self.block_m}×{self.block_n}: {counts['full']} full · "
+                   f"{counts['partial']} partial · {counts['empty']} empty (skipped: sparsity {self.sparsity:.1%})",
+                   style="bold")
         width = max(4, (options.max_width - 7) // 2)
         full, re, _ = pool2d((self.states == 2).astype(np.float32), 32, width, "mean")
         empty, _, _ = pool2d((self.states == 0).astype(np.float32), 32, width, "mean")

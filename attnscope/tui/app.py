@@ -8,11 +8,16 @@ stop it at the next layer or check) and starts a new run.
 A run that fails shows its error as one line in the app; quitting then exits with 2 (bad input: a
 model path, a prompt) or 1 (anything else). An exception no handler caught closes the app with one
 line on stderr and exit code 1, not a traceback.
+
+Text typed for the prompt is never read as keys: enter runs the prompt and leaves the cursor in it,
+tab or escape leaves it. The keys that write files or change the run (`s`, `n`, `ctrl+r`) only act
+outside the prompt. The prompt is one line: a newline shows as ``\n`` there (as in a prompts file).
 """
 
 from __future__ import annotations
 
 import gc
+import time
 from pathlib import Path
 
 from rich.text import Text
@@ -20,7 +25,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from attnscope.tui.heatmap_view import HeatmapView
@@ -36,6 +41,11 @@ def one_line(error: BaseException) -> str:
     """An unexpected exception as one line: its type and message."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def prompt_text(field: str) -> str:
+    """The prompt a one-line prompt field holds: ``\\n`` is a newline."""
+    return field.replace("\\n", "\n")
 
 
 class Cancelled(Exception):
@@ -56,8 +66,13 @@ class AttnScopeApp(App):
         Binding("left_square_bracket", "step_head(-1)", "previous head", show=False),
         Binding("right_curly_bracket", "step_layer(1)", "next layer", show=False),
         Binding("left_curly_bracket", "step_layer(-1)", "previous layer", show=False),
+        Binding("b", "toggle_navigator", "navigator", show=False),
+        Binding("escape", "leave_prompt", "leave the prompt", show=False),
         *(Binding(str(i + 1), f"tab('{name}')", name, show=False) for i, name in enumerate(TABS)),
     ]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]  # short terminals: a one-line prompt (app.tcss)
+    PANES = {"heatmap": "#heatmap-view", "mask": "#mask-view", "checks": "#checks-list", "diff": "#diff-view",
+             "tokens": "#tokens-table"}  # what each tab focuses
 
     def __init__(self, model: str = "tiny-code", prompt: str | list[int] | None = None, backend: str = "sdpa",
                  dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False,
@@ -79,7 +94,9 @@ class AttnScopeApp(App):
                 yield Navigator(id="nav")
             with Vertical(id="main"):
                 text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
-                yield Input(value=text, placeholder="type a prompt and press enter", id="prompt")
+                yield Input(value=text.replace("\n", "\\n"), id="prompt",
+                            placeholder="type a prompt and press enter (\\n for a newline)",
+                            select_on_focus=False)  # tabbing in must not make typing replace the prompt
                 yield Static("", id="error")
                 with TabbedContent(id="tabs", initial="heatmap"):
                     with TabPane("Heatmap", id="heatmap"):
@@ -88,7 +105,7 @@ class AttnScopeApp(App):
                     with TabPane("Mask", id="mask"):
                         yield MaskPane(id="mask-view", classes="pane-scroll")
                     with TabPane("Checks", id="checks"):
-                        yield ChecksPane(id="checks-table", cursor_type="row", zebra_stripes=True)
+                        yield ChecksPane(id="checks-list")
                     with TabPane("Diff", id="diff"):
                         yield DiffPane(id="diff-view", classes="pane-scroll")
                     with TabPane("Tokens", id="tokens"):
@@ -155,11 +172,6 @@ class AttnScopeApp(App):
         except Exception as exc:  # a bug, not bad input: one line in the app too, and exit code 1
             self.post_message(RunFailed(one_line(exc), run_id, exit_code=1))
 
-    @work(thread=True, exclusive=True, group="prewarm")
-    def prewarm_views(self, result) -> None:
-        """Every head's heatmap overview, computed off the event loop so that switching heads only draws."""
-        self.query_one(HeatmapView).prewarm(result)
-
     def on_layer_arrived(self, message: LayerArrived) -> None:
         if message.run_id == self.run_id:
             layout = self.loaded.layout
@@ -184,7 +196,7 @@ class AttnScopeApp(App):
         layer, head = result.first_failure() or (min(view.layer_idx, result.n_layers - 1),
                                                  min(view.head_idx, result.n_heads - 1))
         self.show_head(layer, head)
-        self.prewarm_views(result)
+        view.prewarm_in_background(result)  # every head's overview, so that switching heads only draws
         # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the
         # garbage collector's full passes off those ~400k objects, or browsing pauses for ~250 ms
         # every twenty-odd head switches while it walks them.
@@ -219,29 +231,32 @@ class AttnScopeApp(App):
             pane.selection = selected
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Run the prompt; the cursor stays in it, so what is typed next is still text, never keys."""
         if not event.value.strip():
             return self.notify("the prompt is empty", severity="warning")
-        self.start_run(event.value)
-        self.query_one(HeatmapView).focus()
+        self.start_run(prompt_text(event.value))
 
     def on_cursor_moved(self, message: CursorMoved) -> None:
         self.query_one(Details).info = message.info
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        """Enter on a check jumps to where it is worst; on a prompt token, to its query row."""
-        if self.result is None:
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        """Enter on a check jumps to the layer, head and position where it is worst."""
+        if self.result is None or event.option_list.id != "checks-list":
             return
-        key, view = event.row_key.value, self.query_one(HeatmapView)
-        if event.data_table.id == "checks-table":
-            where = next(((c.where or {}) for c in self.result.checks if c.name == key), {})
-            if where.get("layer") is None:
-                return self.notify(f"{key}: nothing to jump to", timeout=3)
+        key, view = event.option.id, self.query_one(HeatmapView)
+        where = next(((c.where or {}) for c in self.result.checks if c.name == key), {})
+        if where.get("layer") is None:
+            return self.notify(f"{key}: nothing to jump to", timeout=3)
+        self.action_tab("heatmap")
+        head = where.get("head") if where.get("head") is not None else view.head_idx
+        self.show_head(where["layer"], head, where.get("position"))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a prompt token makes it the query row."""
+        key = event.row_key.value
+        if self.result is not None and event.data_table.id == "tokens-table" and key.startswith("q"):
             self.action_tab("heatmap")
-            head = where.get("head") if where.get("head") is not None else view.head_idx
-            self.show_head(where["layer"], head, where.get("position"))
-        elif event.data_table.id == "tokens-table" and key.startswith("q"):
-            self.action_tab("heatmap")
-            view.focus_position(int(key[1:]))
+            self.query_one(HeatmapView).focus_position(int(key[1:]))
 
     # ---- actions -----------------------------------------------------------------------------
     async def action_quit(self) -> None:
@@ -256,8 +271,19 @@ class AttnScopeApp(App):
                                           no_wrap=True, overflow="ignore")]
 
     def action_tab(self, name: str) -> None:
+        """Open a tab and focus its pane, so that the arrows move in what is shown."""
         self.query_one(TabbedContent).active = name
-        if name == "heatmap":
+        self.query_one(self.PANES[name]).focus()
+
+    def action_leave_prompt(self) -> None:
+        if self.focused is self.query_one("#prompt", Input):
+            self.query_one(self.PANES[self.query_one(TabbedContent).active]).focus()
+
+    def action_toggle_navigator(self) -> None:
+        """Hide or show the navigator (at 80 columns the map gets its width)."""
+        left = self.query_one("#left")
+        left.display = not left.display
+        if not left.display and self.focused is self.query_one(Navigator):
             self.query_one(HeatmapView).focus()
 
     def action_step_head(self, step: int) -> None:
@@ -277,11 +303,24 @@ class AttnScopeApp(App):
         self.push_screen(HelpScreen())
 
     def action_screenshot(self) -> None:
-        self.notify(f"saved {self.save_screenshot(path=str(Path.cwd()))}")
+        """Save what is on the screen as SVG in the current directory, and say where."""
+        from attnscope.errors import UserError
+        from attnscope.output import write_outputs
+
+        stamp, n = time.strftime("%Y-%m-%dT%H-%M-%S"), 1
+        path = Path.cwd() / f"attnscope_{stamp}.svg"
+        while path.exists():  # two in one second
+            n += 1
+            path = Path.cwd() / f"attnscope_{stamp}-{n}.svg"
+        try:
+            write_outputs([("screenshot", path, self.export_screenshot())])
+        except UserError as exc:
+            return self.notify(f"screenshot not saved: {exc}", severity="error", timeout=8)
+        self.notify(f"screenshot saved: {path}", timeout=8)
 
     def action_rerun(self) -> None:
         if (prompt := self.query_one("#prompt", Input).value).strip():
-            self.start_run(prompt)
+            self.start_run(prompt_text(prompt))
 
     def action_next_token(self) -> None:
         """Append the greedy next token to the analyzed sequence and run again."""

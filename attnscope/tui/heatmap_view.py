@@ -3,6 +3,7 @@
 Overview: the whole matrix pooled (max) to the pane. `+` zooms into the exact cells around the
 cursor, `-` returns to the overview. Arrow keys move the cursor (and scroll when zoomed); every move
 posts `CursorMoved` with the cell's query token, key token, weight, raw scaled score and mask state.
+The cells shown are those of the pane's current size: a resize recomputes them (and the title).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.strip import Strip
 from textual.widget import Widget
+from textual.worker import get_current_worker
 
+from attnscope.render.colors import in_color
 from attnscope.render.heatmap import HeadMap, Heatmap, head_map, label, map_heatmap, small_multiples
 from attnscope.tui.messages import CursorMoved
 
@@ -43,6 +46,7 @@ class HeatmapView(Widget, can_focus=True):
         self.origin = (0, 0)  # first query row / key column shown when zoomed
         self.cursor = (0, 0)  # in shown cells
         self._view: HeadMap | None = None
+        self._view_capacity = None  # the capacity `_view` was computed for
         self._strips: list[Strip] = []
         self._strips_key = None
         self._generation = 0
@@ -80,10 +84,16 @@ class HeatmapView(Widget, can_focus=True):
         self._changed()
         self._announce()
 
+    @property
+    def color(self) -> bool:
+        """Half blocks in color, or the shade ramp when color is off (NO_COLOR: Textual then draws
+        every color in grays, and masked cells and NaN would not stand out)."""
+        return in_color(self.app.console) and not self.app.no_color
+
     def _capacity(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(rows, columns) of cells that fit: of an exact map, with token labels left of it and up to
         four lines of key tokens under its axis, and of a pooled overview, with positions only."""
-        color = self.app.console.color_system is not None
+        color = self.color
         per_line = 2 if color else 1
         return tuple((per_line * self._map_lines(exact),
                       max(8, self.size.width - Heatmap.label_width(color, tokens=exact) - 1))
@@ -94,10 +104,17 @@ class HeatmapView(Widget, can_focus=True):
         return max(4, self.size.height - (8 if exact else 5))
 
     def current(self) -> HeadMap:
-        """The cells shown now."""
-        if self._view is None:
+        """The cells shown now, for the pane's size now (a frame drawn before the resize event is
+        handled already gets the new size's cells)."""
+        capacity = self._capacity()
+        if self._view is None or self._view_capacity != capacity:
+            if self._view is not None and self.zoomed:  # resized: the window keeps the cell under the cursor
+                self._keep_in_window(self._view, *capacity[0])
             self._view = self.compute_view(self.result, self.layer_idx, self.head_idx, self.zoomed, self.origin,
-                                           self._capacity())
+                                           capacity)
+            self._view_capacity = capacity
+            rows, cols = self._view.weights.shape
+            self.cursor = (max(0, min(self.cursor[0], rows - 1)), max(0, min(self.cursor[1], cols - 1)))
         return self._view
 
     def compute_view(self, result, layer: int, head: int, zoomed: bool, origin: tuple[int, int],
@@ -113,11 +130,14 @@ class HeatmapView(Widget, can_focus=True):
             self._overviews[key] = head_map(result, layer, head, *capacity)
         return self._overviews[key]
 
-    def prewarm(self, result) -> None:
-        """Compute every head's overview for the current size (called from a worker thread)."""
+    def prewarm(self, result, cancelled=lambda: False) -> None:
+        """Compute every head's overview for the current size (called from a worker thread) until
+        `cancelled()`."""
         capacity = self._capacity()
         for layer in range(result.n_layers):
             for head in range(result.n_heads):
+                if cancelled():
+                    return
                 self.compute_view(result, layer, head, False, (0, 0), capacity)
 
     # ---- rendering ---------------------------------------------------------------------------
@@ -152,14 +172,14 @@ class HeatmapView(Widget, can_focus=True):
         title = (f"layer {self.layer_idx} · head {self.head_idx} (kv {self.head_idx // rec.group_size}) · "
                  f"{rec.mask!r} · {mode}")
         return map_heatmap(self.result, self.layer_idx, self.head_idx, view, title=title, log=self.log_scale,
-                           cursor=self.cursor, max_lines=self._map_lines(view.exact))
+                           cursor=self.cursor, max_lines=self._map_lines(view.exact), color=self.color)
 
     def _render_group(self):
         group_size = self.result.records[self.layer_idx].group_size
         kv = self.head_idx // group_size
         return small_multiples(self.result, self.layer_idx, range(kv * group_size, (kv + 1) * group_size),
                                width=self.size.width, cell_width=32, max_lines=max(4, (self.size.height - 6) // 2),
-                               log=self.log_scale,
+                               log=self.log_scale, color=self.color,
                                title=f"layer {self.layer_idx} · kv head {kv}: its {group_size} query heads "
                                      "(g to leave)",
                                label=lambda h: f"h{h}" + (" ◀" if h == self.head_idx else ""))
@@ -212,13 +232,30 @@ class HeatmapView(Widget, can_focus=True):
         self.group = not self.group
         self._changed()
 
+    def _keep_in_window(self, view: HeadMap, rows: int, cols: int) -> None:
+        """Move the zoomed window (`rows` × `cols` cells) so that it still holds the cell under the cursor."""
+        q = int(view.row_edges[min(self.cursor[0], len(view.row_edges) - 2)])
+        k = int(view.col_edges[min(self.cursor[1], len(view.col_edges) - 2)])
+        q0, k0 = self.origin
+        q0 = q0 if q0 <= q < q0 + rows else max(0, q - rows + 1)
+        k0 = k0 if k0 <= k < k0 + cols else max(0, k - cols + 1)
+        self.origin, self.cursor = (q0, k0), (q - q0, k - k0)
+
     def on_resize(self) -> None:
-        self._view = None
-        self._generation += 1
+        """Draw the cells of the new size; the overviews of the other heads are computed again ahead."""
         if self.result is not None:
-            view = self.current()
-            rows, cols = view.weights.shape
-            self.cursor = (min(self.cursor[0], rows - 1), min(self.cursor[1], cols - 1))
+            self.current()
+            self._announce()
+            self.prewarm_in_background(self.result)
+        self._changed()
+
+    def prewarm_in_background(self, result) -> None:
+        """`prewarm` in a worker thread (the newest call cancels the one before)."""
+        def work() -> None:
+            worker = get_current_worker()
+            self.prewarm(result, lambda: worker.is_cancelled)
+
+        self.run_worker(work, thread=True, exclusive=True, group="prewarm")
 
     # ---- details -----------------------------------------------------------------------------
     def cell_info(self) -> str:

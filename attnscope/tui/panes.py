@@ -2,8 +2,8 @@
 
 - `MaskPane`, `DiffPane`: the selected layer's mask and the checks' differences, for `selection`
   (layer, head) of `result`; built when painted, so a hidden tab costs nothing on a head switch.
-- `ChecksPane`: one row per finding (rows arrive live with `add_check`); enter on a row is the app's
-  jump to the finding's place.
+- `ChecksPane`: one entry per finding (they arrive live with `add_check`), drawn as `attnscope check`
+  draws them, so they wrap to the pane's width; enter on one is the app's jump to the finding's place.
 - `TokensPane`: the prompt's tokens and the continuation; enter on a prompt token selects its row.
 - `Details`: the cell under the heatmap's cursor; `StatusLine`: progress of the run.
 """
@@ -15,7 +15,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import DataTable, ProgressBar, Static
+from textual.widgets import DataTable, OptionList, ProgressBar, Static
+from textual.widgets.option_list import Option
 
 
 class Lazy:
@@ -69,18 +70,26 @@ class DiffPane(_SelectionPane):
         return diff_panel(result, layer, head)
 
 
-class ChecksPane(DataTable):
-    """One row per check: ✓/✗, name, worst figure, where, the finding. Row keys are check names."""
+class ChecksPane(OptionList):
+    """One entry per check: ✓/✗, name, worst figure, where, the finding, in columns shared by every
+    entry, each wrapped to the pane's width. Option ids are check names."""
 
-    def on_mount(self) -> None:
-        self.add_columns("", "check", "worst", "where", "finding")
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.checks: list = []
+
+    def clear(self) -> None:
+        self.checks = []
+        self.clear_options()
 
     def add_check(self, check) -> None:
-        from attnscope.render.tables import where_text, worst_figure
+        from attnscope.render.checks import CheckRow, Columns
 
-        mark = Text("✓", style="green") if check.passed else Text("✗", style="bold red")
-        self.add_row(mark, check.name, worst_figure(check), where_text(check),
-                     Text(check.message, style="" if check.passed else "red"), key=check.name)
+        self.checks.append(check)
+        columns = Columns.of(self.checks)  # a wider entry widens the columns of every entry
+        highlighted = self.highlighted
+        self.set_options([Option(CheckRow(c, columns), id=c.name) for c in self.checks])
+        self.highlighted = highlighted if highlighted is not None else 0
 
 
 class TokensPane(DataTable):
@@ -104,16 +113,38 @@ class TokensPane(DataTable):
 
 
 class Details(Widget):
-    """The cell details under the heatmap: fixed height, so an update redraws it without a layout pass."""
+    """The cell details under the heatmap: lines of parts (split on three spaces), each line wrapped at
+    its parts to the width. Its height follows the lines, and changes only when their count does, so
+    most updates redraw it without a layout pass."""
 
+    SEPARATOR = "   "
     info = reactive("", layout=False)
 
+    def wrapped(self) -> list[str]:
+        from attnscope.render.checks import pack_parts
+
+        width = max(1, self.content_size.width)
+        return [out for line in self.info.split("\n")
+                for out in pack_parts(line.split(self.SEPARATOR), width, self.SEPARATOR, "")]
+
     def render(self) -> Text:
-        return Text(self.info)
+        return Text("\n".join(self.wrapped()))
+
+    def watch_info(self) -> None:
+        self._fit()
+
+    def on_resize(self) -> None:
+        self._fit()
+
+    def _fit(self) -> None:
+        height = max(2, len(self.wrapped())) + self.styles.gutter.height  # and the border above
+        if self.styles.height is None or self.styles.height.value != height:
+            self.styles.height = height
 
 
 class StatusLine(Horizontal):
-    """What the app is doing, and a progress bar over the forward's layers and the checks."""
+    """What the app is doing, and a progress bar over the forward's layers and the checks while it
+    runs (once it is done, the line is the status's: 80 columns leave it ~46)."""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="status")
@@ -124,6 +155,7 @@ class StatusLine(Horizontal):
 
     def start(self, loading: bool) -> None:
         self.query_one(ProgressBar).update(total=None, progress=0)
+        self.query_one(ProgressBar).display = True
         self.say("loading the model …" if loading else "running …")
 
     def captured(self, layer: int, n_layers: int, n_checks: int) -> None:
@@ -137,10 +169,16 @@ class StatusLine(Horizontal):
     def finished(self, result) -> None:
         bar = self.query_one(ProgressBar)
         bar.update(total=bar.total or 1, progress=bar.total or 1)
+        bar.display = False
         failed = [c.name for c in result.checks if not c.passed]
-        self.say(f"{len(result.ids)} tokens · {result.n_layers} layers · checks: "
-                 + (f"[red]{', '.join(failed)} failed[/red]" if failed else "[green]all passed[/green]"))
+        text = Text(f"{len(result.ids)} tokens · {result.n_layers} layers · ", no_wrap=True, overflow="ellipsis")
+        if failed:  # the count first: the names may not fit
+            text.append(f"{len(failed)} of {len(result.checks)} checks failed: {', '.join(failed)}", style="red")
+        else:
+            text.append("checks: all passed", style="green")
+        self.query_one("#status", Static).update(text)
 
     def failed(self) -> None:
         self.query_one(ProgressBar).update(total=1, progress=0)
+        self.query_one(ProgressBar).display = False
         self.say("[red]stopped: fix the model or the prompt and press enter[/red]")
