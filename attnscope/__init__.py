@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Result", "Scope", "load_model", "__version__"]
+__all__ = ["Result", "Scope", "compare", "load_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,7 +19,7 @@ def __getattr__(name: str):
         from attnscope.model.loader import load_model
 
         return load_model
-    if name in ("Scope", "Result"):
+    if name in ("Scope", "Result", "compare"):
         from attnscope import scope
 
         return getattr(scope, name)

@@ -159,6 +159,13 @@ def _parse_checks(text: str) -> tuple[str, ...]:
     return names
 
 
+PromptListOpt = Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")]
+PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
+                                                     "(\\n in a line is a newline).")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per prompt × "
+                                               "backend × check).")]
+
+
 def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     found = list(prompts)
     if prompts_file is not None:
@@ -176,9 +183,8 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 
 @app.command()
 def check(
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt to check (repeatable).")] = [],  # noqa: B006
-    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
-                                                      "(\\n in a line is a newline).")] = None,
+    prompt: PromptListOpt = [],  # noqa: B006
+    prompts_file: PromptsFileOpt = None,
     model: ModelOpt = "tiny-code",
     backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
                                                "sdpa, triton.")] = ["sdpa"],  # noqa: B006
@@ -188,8 +194,7 @@ def check(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report(s) as JSON here.")] = None,
-    junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per "
-                                                    "prompt × backend × check).")] = None,
+    junit_path: JunitOpt = None,
     allow_pickle: PickleOpt = False,
 ) -> None:
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
@@ -202,7 +207,6 @@ def check(
         from attnscope.inspector.report import report_set
         from attnscope.output import write_atomic
         from attnscope.render.console import console, progress_bar
-        from attnscope.render.tables import checks_table
         from attnscope.scope import Scope
 
         for name in backend:
@@ -218,25 +222,92 @@ def check(
                     advance(f"{scope.backend}: {prompt_text[:40]!r}")
                     result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
                     runs.append((prompt_text, scope.backend, result.report()))
-    rows = [(f"{b} · {_short(p)}", c) for p, b, r in runs for c in r.checks]
     out = console()
-    out.print(checks_table(rows, title=f"attnscope check · {loaded.name} · {dtype} · {len(prompt_list)} "
-                           f"prompt(s) × {len(scopes)} backend(s)"))
-    passed = all(r.passed for _, _, r in runs)
-    n_failed = sum(not c.passed for _, c in rows)
-    out.print(f"{len(rows) - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
+    title = f"attnscope check · {loaded.name} · {dtype} · {len(prompt_list)} prompt(s) × {len(scopes)} backend(s)"
+    parts, passed = _findings([(p, b, r.checks) for p, b, r in runs], title, junit_path, "attnscope.check")
+    for part in parts:
+        out.print(part)
     if json_path is not None:
         write_atomic(json_path, report_set([r for _, _, r in runs]))
+    raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
+
+
+def _findings(runs, title: str, junit_path: Path | None, suite: str) -> tuple[list, bool]:
+    """The table of every (prompt, backend, checks) run's checks and the count of passed and failed
+    ones, to print; the runs written as JUnit XML if asked; and whether all passed."""
+    from rich.text import Text
+
+    from attnscope.output import write_atomic
+    from attnscope.render.tables import checks_table
+
+    rows = [(f"{b} · {_short(p)}", c) for p, b, checks in runs for c in checks]
+    n_failed = sum(not c.passed for _, c in rows)
+    summary = Text(f"{len(rows) - n_failed} passed, {n_failed} failed", style="bold red" if n_failed else "green")
     if junit_path is not None:
         from attnscope.junit import junit_xml
 
-        write_atomic(junit_path, junit_xml([(p, b, r.checks) for p, b, r in runs]))
-    raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
+        write_atomic(junit_path, junit_xml(runs, suite))
+    return [checks_table(rows, title=title), summary], not n_failed
 
 
 def _short(text: str, width: int = 24) -> str:
     text = text.replace("\n", "⏎")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+def compare(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="The two models, A (the reference) then B: "
+                                             "sample model names, Hugging Face model directories or GGUF files.")]
+    = [],  # noqa: B006
+    prompt: PromptListOpt = [],  # noqa: B006
+    prompts_file: PromptsFileOpt = None,
+    backend: BackendOpt = "sdpa",
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON here "
+                                                   "(schema attnscope.compare/1).")] = None,
+    junit_path: JunitOpt = None,
+    svg: SvgOpt = None,
+    color: ColorOpt = "auto",
+    allow_pickle: PickleOpt = False,
+) -> None:
+    """Where model B's attention parts ways with model A's: per layer and head, on the same tokens.
+    Exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
+    _check_outputs(("--json", json_path), ("--junit", junit_path), ("--svg", svg))
+    if len(model) != 2:
+        raise fail(f"give two models, --model A --model B (A is the reference), got {len(model)}")
+    prompt_list = _read_prompts(prompt, prompts_file)
+    with user_errors():
+        from rich.text import Text
+
+        from attnscope.backends import get_backend
+        from attnscope.inspector.compare import check_layouts, compare_document
+        from attnscope.output import write_atomic
+        from attnscope.render.compare_view import compare_view
+        from attnscope.render.console import emit, output_console, progress_bar
+        from attnscope.scope import compare as compare_models
+
+        get_backend(backend)  # an unknown or unavailable backend fails before any work
+        out = output_console(color)
+        a, b = (_load(name, dtype, device, allow_pickle) for name in model)
+        check_layouts(a.layout, b.layout, (a.name, b.name) if a.name != b.name else ("A", "B"))
+        comparisons, parts = [], []
+        with progress_bar(len(prompt_list)) as advance:
+            for text in prompt_list:
+                advance(f"comparing {text[:40]!r}")
+                comparisons.append(compare_models(a, b, text, backend=backend, atol=atol, rtol=rtol))
+        for c in comparisons:
+            parts += [*compare_view(c, width=out.width), Text()]
+        title = f"attnscope compare · {b.name} vs {a.name} · {backend} · {dtype} · {len(prompt_list)} prompt(s)"
+        table, passed = _findings([(p, backend, c.checks()) for p, c in zip(prompt_list, comparisons, strict=True)],
+                                  title, junit_path, "attnscope.compare")
+        emit(out, [*parts, *table], svg, None, title=f"attnscope compare · {b.name} vs {a.name}")
+        if json_path is not None:
+            write_atomic(json_path, compare_document(comparisons))
+    raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
 @app.command()

@@ -1,5 +1,6 @@
-"""JUnit XML for `attnscope check --junit`: one testcase per prompt × backend × check, so CI systems
-(GitHub Actions, GitLab, Jenkins) list every check and show a failure's finding and figures."""
+"""JUnit XML for `attnscope check --junit` and `attnscope compare --junit`: one testcase per prompt ×
+backend × check, so CI systems (GitHub Actions, GitLab, Jenkins) list every check and show a failure's
+finding and figures."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import xml.etree.ElementTree as ET
 from attnscope.inspector.report import Check
 
 
-def junit_xml(runs: list[tuple[str, str, list[Check]]]) -> str:
-    """XML text for runs given as (prompt, backend, checks)."""
+def junit_xml(runs: list[tuple[str, str, list[Check]]], suite_name: str = "attnscope.check") -> str:
+    """XML text for runs given as (prompt, backend, checks), as one test suite."""
     suites = ET.Element("testsuites", name="attnscope")
     cases = [(p, b, c) for p, b, checks in runs for c in checks]
-    suite = ET.SubElement(suites, "testsuite", name="attnscope.check", tests=str(len(cases)),
+    suite = ET.SubElement(suites, "testsuite", name=suite_name, tests=str(len(cases)),
                           failures=str(sum(not c.passed for _, _, c in cases)), errors="0", skipped="0")
     for n, (prompt, backend, checks) in enumerate(runs):
         for check in checks:

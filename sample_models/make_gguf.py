@@ -294,3 +294,52 @@ def write_gguf(model_dir: Path, path: Path, types: str | Callable[[str, tuple[in
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def q4_k_m_types(name: str, shape: tuple[int, ...]) -> str:
+    """The sample's mix: matrices in Q4_K, the (tied) embedding in Q6_K, vectors in F32."""
+    if len(shape) != 2:
+        return "F32"
+    return "Q6_K" if name in ("token_embd.weight", "output.weight") else "Q4_K"
+
+
+PROBE_PROMPTS = ["def fibonacci(n):", "import os\n", "class Stack:\n    def __init__(self):\n        self.items = []"]
+
+
+def verify(src: Path, file: Path) -> float:
+    """Load the GGUF back through attnscope: the same tokens as `src` and logits within a few units of
+    its logits (quantization moves them; a wrong name or permutation would scramble them). Returns the
+    largest logit difference on the probe prompts."""
+    import torch
+
+    import attnscope
+
+    original, quantized = attnscope.load_model(src), attnscope.load_model(file)
+    worst = 0.0
+    for prompt in PROBE_PROMPTS:
+        ids = original.tokenizer.encode(prompt)
+        if quantized.tokenizer.encode(prompt) != ids:
+            raise SystemExit(f"{file}: tokenizes {prompt!r} differently from {src}")
+        a = attnscope.Scope(original).run(prompt).logits
+        b = attnscope.Scope(quantized).run(prompt).logits
+        if a.argmax(-1).eq(b.argmax(-1)).float().mean() < 0.5:
+            raise SystemExit(f"{file}: its greedy predictions of {prompt!r} mostly differ from {src}'s")
+        worst = max(worst, float((a - b).abs().max()))
+    if not torch.isfinite(torch.tensor(worst)) or worst > 10:
+        raise SystemExit(f"{file}: logits differ from {src}'s by {worst:.3g}")
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, default=DEFAULT_SRC, help="the HF model directory (default: tiny-code)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the directory to write the GGUF file into")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    file = write_gguf(args.src, args.out / SAMPLE_FILE, q4_k_m_types, name="tiny-code-q4")
+    worst = verify(args.src, file)
+    print(f"wrote {file} ({file.stat().st_size / 1e6:.2f} MB); logits within {worst:.3g} of {args.src.name}'s")
+
+
+if __name__ == "__main__":
+    main()

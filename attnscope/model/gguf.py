@@ -352,7 +352,8 @@ def read_tokenizer(file: GGUFFile):
         template = [piece, *template] if end == "bos" else [*template, piece]
         ends.append((tokens[token_id], token_id))
     if ends:
-        backend.post_processor = processors.TemplateProcessing(single=template, special_tokens=list(dict.fromkeys(ends)))
+        backend.post_processor = processors.TemplateProcessing(single=template,
+                                                               special_tokens=list(dict.fromkeys(ends)))
     return Tokenizer.from_backend(backend, file.path)
 
 
