@@ -374,6 +374,8 @@ def tui(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Continuation shown in the "
                                                 "Tokens tab.")] = 8,
     allow_pickle: PickleOpt = False,
+    compare_with: Annotated[str | None, typer.Option("--compare", help="A second model B: the Diff tab shows where "
+                                                     "its attention parts ways with this one's.")] = None,
 ) -> None:
     """Browse every layer, head and token in a terminal app while the model runs."""
     with user_errors():
@@ -385,7 +387,7 @@ def tui(
         from attnscope.tui.app import AttnScopeApp
 
         AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype, device=_resolve_device(device),
-                     max_new_tokens=max_new_tokens, allow_pickle=allow_pickle).run()
+                     max_new_tokens=max_new_tokens, allow_pickle=allow_pickle, compare=compare_with).run()
 
 
 @app.command()

@@ -253,6 +253,8 @@ def write_gguf(model_dir: Path, path: Path, types: str | Callable[[str, tuple[in
     if rope.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
+    if model_type == "mistral" and config.get("sliding_window"):
+        writer.add_sliding_window(config["sliding_window"])
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
