@@ -53,7 +53,7 @@ def _gguf():
 
 class GGUFFile:
     """The metadata and the tensor table of a GGUF file (read by `gguf.GGUFReader`, which maps the
-    file and reads no tensor data); `read_rows` reads one band of a tensor's rows."""
+    file and reads no tensor data); `read_rows` reads one band of a tensor's rows from the file."""
 
     def __init__(self, path: Path):
         gguf = _gguf()
@@ -73,20 +73,20 @@ class GGUFFile:
                 raise LoadError(f"{path}: truncated (its {size:,} bytes end inside the "
                                 f"{'tensor data' if 'reshape' in str(exc) else 'header'})") from None
             raise LoadError(f"{path}: not a valid GGUF file ({exc})") from None
-        self._fields = reader.fields
+        # the values as Python objects; the reader (a numpy view per string of the vocabulary) is let go
+        self.metadata: dict[str, Any] = {}
+        for key, field in reader.fields.items():
+            try:
+                self.metadata[key] = field.contents()
+            except UnicodeDecodeError:
+                raise LoadError(f"{path}: metadata {key} is not UTF-8 text") from None
         self.tensors = {t.name: (t.tensor_type, tuple(int(d) for d in reversed(t.shape.tolist())), int(t.data_offset))
                         for t in reader.tensors}  # name -> (ggml type, shape in torch order, offset)
         self.architecture = self.get("general.architecture")
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of metadata `key` (a list for arrays), or `default`."""
-        field = self._fields.get(key)
-        if field is None:
-            return default
-        try:
-            return field.contents()
-        except UnicodeDecodeError:
-            raise LoadError(f"{self.path}: metadata {key} is not UTF-8 text") from None
+        return self.metadata.get(key, default)
 
     def type_name(self, name: str) -> str:
         return self.tensors[name][0].name
