@@ -23,8 +23,8 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`) or a "
-                                       "Hugging Face model directory.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`), a "
+                                       "Hugging Face model directory or a GGUF file.")]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa or triton.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
