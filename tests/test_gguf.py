@@ -250,10 +250,18 @@ def test_the_sample_is_registered():
 # ---- bad files: one line, exit code 2 ------------------------------------------------------------------------
 
 
-def raw_tensor_file(path: Path, arch: str = "llama", kind: str = "Q2_K") -> Path:
-    """A small GGUF file of architecture `arch` with one 256-value tensor of type `kind` (random bytes)."""
+def raw_tensor_file(path: Path, arch: str = "llama", kind: str = "Q2_K", heads: int = 4, kv_heads: int = 2,
+                    scaling: str | None = None) -> Path:
+    """A small GGUF file of architecture `arch` (hidden 64, `heads` / `kv_heads` heads, rope scaling of type
+    `scaling`) with one 256-value tensor of type `kind` (random bytes)."""
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(1)
+    writer.add_embedding_length(64)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    if scaling is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType(scaling))
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
     data = np.random.default_rng(0).integers(0, 255, (1, 256 // block * size), dtype=np.uint8)
     writer.add_tensor("token_embd.weight", data, raw_dtype=gguf.GGMLQuantizationType[kind])
@@ -281,6 +289,11 @@ def bad_files(sources, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     add("empty", b"", "not a GGUF file")
     files["unknown-arch"] = (raw_tensor_file(root / "falcon.gguf", arch="falcon"),
                              "unsupported GGUF architecture 'falcon' (supported: llama, qwen2, qwen3)")
+    files["uneven-heads"] = (raw_tensor_file(root / "heads.gguf", heads=4, kv_heads=3),
+                             "llama.attention.head_count (4) is not divisible by llama.attention.head_count_kv (3)")
+    files["yarn"] = (raw_tensor_file(root / "yarn.gguf", scaling="yarn"), "unsupported llama.rope.scaling.type 'yarn'")
+    files["wrong-shape"] = (raw_tensor_file(root / "shape.gguf", kind="F32"),
+                            "shape.gguf: tensor 'token_embd.weight' has shape (1, 256), the config needs (1, 64)")
     real = make_gguf.quantize
 
     def with_q2_k(data, kind):  # gguf.quants cannot make Q2_K blocks: random bytes are blocks enough
@@ -298,7 +311,8 @@ def bad_files(sources, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     return files
 
 
-BAD = ["truncated-data", "truncated-header", "not-gguf", "empty", "unknown-arch", "unsupported-type"]
+BAD = ["truncated-data", "truncated-header", "not-gguf", "empty", "unknown-arch", "unsupported-type", "uneven-heads",
+       "yarn", "wrong-shape"]
 
 
 @pytest.mark.parametrize("name", BAD)

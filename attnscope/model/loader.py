@@ -354,7 +354,8 @@ def load_state_dict(model: Transformer, files: list[Path], progress: Progress | 
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         named = tensors.name(missing[0]) if tensors is not None else hf_name(missing[0])
-        raise LoadError(f"the weights lack tensor {named!r}{more}")
+        where = f"{files[0].name}: " if len(files) == 1 else ""
+        raise LoadError(f"{where}the weights lack tensor {named!r}{more}")
     model.load_state_dict(state, assign=True)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
