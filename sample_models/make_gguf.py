@@ -216,8 +216,14 @@ def default_types(qtype: str) -> Callable[[str, tuple[int, ...]], str]:
     return pick
 
 
+# general.file_type of a file whose matrices are all of one type (gguf.LlamaFileType)
+FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0",
+              "Q4_0": "MOSTLY_Q4_0", "Q4_1": "MOSTLY_Q4_1", "Q5_0": "MOSTLY_Q5_0", "Q5_1": "MOSTLY_Q5_1",
+              "Q4_K": "MOSTLY_Q4_K_S", "Q5_K": "MOSTLY_Q5_K_S", "Q6_K": "MOSTLY_Q6_K"}
+
+
 def write_gguf(model_dir: Path, path: Path, types: str | Callable[[str, tuple[int, ...]], str] = "F32",
-               vocab: Vocab | None = None, name: str | None = None) -> Path:
+               vocab: Vocab | None = None, name: str | None = None, file_type: str | None = None) -> Path:
     """Write the HF model directory `model_dir` (config.json, model.safetensors) as GGUF `path`.
 
     Args:
@@ -225,6 +231,8 @@ def write_gguf(model_dir: Path, path: Path, types: str | Callable[[str, tuple[in
             "Q5_1", "Q4_K", "Q5_K", "Q6_K"), or a function (gguf name, shape) -> type.
         vocab: the ``tokenizer.ggml.*`` metadata (default: the directory's byte-level BPE).
         name: ``general.name`` (default: the directory's name).
+        file_type: ``general.file_type`` as a `gguf.LlamaFileType` name (default: from `types`, GUESSED
+            for a function).
     """
     import gguf
     from safetensors.numpy import load_file
@@ -257,7 +265,8 @@ def write_gguf(model_dir: Path, path: Path, types: str | Callable[[str, tuple[in
         writer.add_sliding_window(config["sliding_window"])
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    file_type = file_type or (FILE_TYPES[types] if isinstance(types, str) else "GUESSED")
+    writer.add_file_type(gguf.LlamaFileType[file_type])
 
     writer.add_tokenizer_model(vocab.model)
     if vocab.pre is not None:
@@ -338,7 +347,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the directory to write the GGUF file into")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    file = write_gguf(args.src, args.out / SAMPLE_FILE, q4_k_m_types, name="tiny-code-q4")
+    file = write_gguf(args.src, args.out / SAMPLE_FILE, q4_k_m_types, name="tiny-code-q4", file_type="MOSTLY_Q4_K_M")
     worst = verify(args.src, file)
     print(f"wrote {file} ({file.stat().st_size / 1e6:.2f} MB); logits within {worst:.3g} of {args.src.name}'s")
 

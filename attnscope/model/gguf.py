@@ -130,7 +130,7 @@ _KEYS = {
 }
 # metadata that would change the computation and that the native model does not implement
 _REFUSED = ("expert_count", "attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
-            "attention.clamp_kqv", "attention.value_length_mla")
+            "attention.clamp_kqv")
 
 
 def _per_layer(file: GGUFFile, key: str) -> Any:
