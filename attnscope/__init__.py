@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Result", "Scope", "from_transformers", "load_model", "__version__"]
+__all__ = ["Result", "Scope", "compare", "from_transformers", "load_model", "__version__"]
 
 
 def __getattr__(name: str):
@@ -25,7 +25,7 @@ def __getattr__(name: str):
         from attnscope.hf import from_transformers
 
         return from_transformers
-    if name in ("Scope", "Result"):
+    if name in ("Scope", "Result", "compare"):
         from attnscope import scope
 
         return getattr(scope, name)

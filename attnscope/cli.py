@@ -38,7 +38,8 @@ _flag_takes_no_value()
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`), a "
-                                       "Hugging Face model directory, or a Hub id (org/name) in the local cache.")]
+                                       "Hugging Face model directory, a GGUF file, or a Hub id (org/name) in the "
+                                       "local cache.")]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa or triton.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
@@ -198,6 +199,13 @@ def _parse_checks(text: str) -> tuple[str, ...]:
     return names
 
 
+PromptListOpt = Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")]
+PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
+                                                     "(\\n in a line is a newline).")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per prompt × "
+                                               "backend × check).")]
+
+
 def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     """The --prompt texts, then the prompts file's lines (`-`: stdin). Lines end at a newline only
     (with a carriage return before it dropped): a form feed or another Unicode line separator stays
@@ -226,9 +234,8 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
 
 @app.command()
 def check(
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt to check (repeatable).")] = [],  # noqa: B006
-    prompts_file: Annotated[Path | None, typer.Option("--prompts", help="A UTF-8 file with one prompt per line "
-                                                      "(\\n in a line is a newline); - reads stdin.")] = None,
+    prompt: PromptListOpt = [],  # noqa: B006
+    prompts_file: PromptsFileOpt = None,
     model: ModelOpt = "tiny-code",
     backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
                                                "sdpa, triton.")] = ["sdpa"],  # noqa: B006
@@ -238,8 +245,7 @@ def check(
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report(s) as JSON here.")] = None,
-    junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per "
-                                                    "prompt × backend × check).")] = None,
+    junit_path: JunitOpt = None,
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
 ) -> None:
@@ -254,7 +260,6 @@ def check(
         from attnscope.inspector.report import report_set
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
-        from attnscope.render.checks import ChecksView
         from attnscope.render.console import console, progress_bar
         from attnscope.scope import Scope
 
@@ -271,22 +276,96 @@ def check(
                     advance(f"{scope.backend}: {prompt_text[:40]!r}")
                     result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
                     runs.append((n, prompt_text, scope.backend, result.report()))
-        junit = junit_xml([(n, p, b, r.checks) for n, p, b, r in runs]) if junit_path else ""
+        checked = [(n, p, b, r.checks) for n, p, b, r in runs]
+        junit = junit_xml(checked) if junit_path else ""
         write_outputs([("--json", json_path, report_set([r for *_, r in runs]) if json_path else ""),
                        ("--junit", junit_path, junit)])
     out = console()
     title = (f"attnscope check · {loaded.name} · {dtype} · {_count(len(prompt_list), 'prompt')} × "
              f"{_count(len(scopes), 'backend')}")
-    out.print(ChecksView([(n, b, p, r.checks) for n, p, b, r in runs], title=title))
-    passed = all(r.passed for *_, r in runs)
-    n_checks = sum(len(r.checks) for *_, r in runs)
-    n_failed = sum(not c.passed for *_, r in runs for c in r.checks)
-    out.print(f"{n_checks - n_failed} passed, {n_failed} failed", style="green" if passed else "bold red")
+    parts, passed = _findings(checked, title)
+    for part in parts:
+        out.print(part)
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
+
+
+def _findings(runs, title: str) -> tuple[list, bool]:
+    """What `check` and `compare` print of their runs, given as (prompt index, prompt, backend,
+    checks): the checks grouped by run, then the count of passed and failed ones; and whether all
+    passed."""
+    from rich.text import Text
+
+    from attnscope.render.checks import ChecksView
+
+    n_checks = sum(len(checks) for *_, checks in runs)
+    n_failed = sum(not c.passed for *_, checks in runs for c in checks)
+    summary = Text(f"{n_checks - n_failed} passed, {n_failed} failed", style="bold red" if n_failed else "green")
+    return [ChecksView([(n, b, p, checks) for n, p, b, checks in runs], title=title), summary], not n_failed
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+@app.command()
+def compare(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="The two models, A (the reference) then B: "
+                                             "sample model names, Hugging Face model directories or GGUF files.")]
+    = [],  # noqa: B006
+    prompt: PromptListOpt = [],  # noqa: B006
+    prompts_file: PromptsFileOpt = None,
+    backend: BackendOpt = "sdpa",
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON here "
+                                                   "(schema attnscope.compare/1).")] = None,
+    junit_path: JunitOpt = None,
+    svg: SvgOpt = None,
+    color: ColorOpt = "auto",
+    allow_pickle: PickleOpt = False,
+    engine: EngineOpt = "auto",
+) -> None:
+    """Where model B's attention parts ways with model A's, per layer and head, on the same tokens; \
+exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
+    _check_outputs(("--json", json_path), ("--junit", junit_path), ("--svg", svg))
+    _check_tolerances(atol, rtol)
+    if len(model) != 2:
+        raise fail(f"give two models, --model A --model B (A is the reference), got {len(model)}")
+    prompt_list = _read_prompts(prompt, prompts_file)
+    with user_errors():
+        from rich.text import Text
+
+        from attnscope.backends import get_backend
+        from attnscope.inspector.compare import check_layouts, compare_document
+        from attnscope.junit import junit_xml
+        from attnscope.output import write_outputs
+        from attnscope.render.compare_view import compare_view
+        from attnscope.render.console import emit, exports, output_console, progress_bar
+        from attnscope.scope import compare as compare_models
+
+        get_backend(backend)  # an unknown or unavailable backend fails before any work
+        out = output_console(color)
+        a, b = (_load(name, dtype, device, allow_pickle, engine) for name in model)
+        check_layouts(a.layout, b.layout, (a.name, b.name) if a.name != b.name else ("A", "B"))
+        comparisons, parts = [], []
+        with progress_bar(len(prompt_list)) as advance:
+            for text in prompt_list:
+                advance(f"comparing {text[:40]!r}")
+                comparisons.append(compare_models(a, b, text, backend=backend, atol=atol, rtol=rtol))
+        for c in comparisons:
+            parts += [*compare_view(c, width=out.width), Text()]
+        title = (f"attnscope compare · {b.name} vs {a.name} · {backend} · {dtype} · "
+                 f"{_count(len(prompt_list), 'prompt')}")
+        checked = [(n, p, backend, c.checks()) for n, (p, c) in enumerate(zip(prompt_list, comparisons, strict=True))]
+        findings, passed = _findings(checked, title)
+        parts += findings
+        write_outputs([("--json", json_path, compare_document(comparisons) if json_path else ""),
+                       ("--junit", junit_path, junit_xml(checked, "attnscope.compare") if junit_path else ""),
+                       *exports(out, parts, svg, None, title=f"attnscope compare · {b.name} vs {a.name}")])
+    emit(out, parts)
+    raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
 @app.command()
@@ -355,6 +434,8 @@ def tui(
                                                 "Tokens tab.")] = 8,
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
+    compare_with: Annotated[str | None, typer.Option("--compare", help="A second model B: the Diff tab shows where "
+                                                     "its attention parts ways with this one's.")] = None,
 ) -> None:
     """Browse every layer, head and token in a terminal app while the model runs."""
     if not all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)):  # Textual draws on stderr
@@ -371,7 +452,7 @@ def tui(
 
         tui_app = AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype,
                                device=_resolve_device(device), max_new_tokens=max_new_tokens,
-                               allow_pickle=allow_pickle, engine=engine)
+                               allow_pickle=allow_pickle, engine=engine, compare=compare_with)
         tui_app.run()
     raise typer.Exit(tui_app.return_code or EXIT_OK)
 

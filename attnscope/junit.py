@@ -1,5 +1,6 @@
-"""JUnit XML for `attnscope check --junit`: one testcase per prompt × backend × check, so CI systems
-(GitHub Actions, GitLab, Jenkins) list every check and show a failure's finding and figures."""
+"""JUnit XML for `attnscope check --junit` and `attnscope compare --junit`: one testcase per prompt ×
+backend × check, so CI systems (GitHub Actions, GitLab, Jenkins) list every check and show a failure's
+finding and figures."""
 
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ def xml_text(text: str) -> str:
     return _NOT_XML.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
 
 
-def junit_xml(runs: list[tuple[int, str, str, list[Check]]]) -> str:
-    """XML text for runs given as (prompt index, prompt, backend, checks). A testcase is named by the
-    check, the prompt's index and the backend (``nan[prompt 1 · sdpa: import os]``), so the same
-    prompt has the same number for every backend and every name is unique."""
+def junit_xml(runs: list[tuple[int, str, str, list[Check]]], suite_name: str = "attnscope.check") -> str:
+    """XML text for runs given as (prompt index, prompt, backend, checks), as one test suite. A
+    testcase is named by the check, the prompt's index and the backend (``nan[prompt 1 · sdpa: import
+    os]``), so the same prompt has the same number for every backend and every name is unique."""
     suites = ET.Element("testsuites", name="attnscope")
     cases = [c for *_, checks in runs for c in checks]
-    suite = ET.SubElement(suites, "testsuite", name="attnscope.check", tests=str(len(cases)),
+    suite = ET.SubElement(suites, "testsuite", name=suite_name, tests=str(len(cases)),
                           failures=str(sum(not c.passed for c in cases)), errors="0", skipped="0")
     for n, prompt, backend, checks in runs:
         for check in checks:

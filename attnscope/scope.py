@@ -15,6 +15,7 @@ compute what it would alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,7 @@ from attnscope.backends import get_backend
 from attnscope.engine import Engine
 from attnscope.errors import UserError
 from attnscope.inspector.checks import parse_checks, run_checks
+from attnscope.inspector.compare import Comparison, check_layouts, check_tokens, compare_runs, tolerance_for
 from attnscope.inspector.heads import REPEAT_LENGTH, HeadRole, head_roles, repeated_sequence
 from attnscope.inspector.report import Check
 from attnscope.inspector.result import Result
@@ -29,7 +31,7 @@ from attnscope.inspector.run import Inputs, Run
 
 Prompt = str | Sequence[int]
 
-__all__ = ["Prompt", "Result", "Scope"]
+__all__ = ["Comparison", "Prompt", "Result", "Scope", "compare"]
 
 
 def check_text(prompt: str) -> None:
@@ -87,10 +89,11 @@ class Scope:
         return Inputs.pad(encoded, padding_side, self.model.device), batched
 
     @torch.inference_mode()
-    def forward(self, prompt: Prompt | Sequence[Prompt], padding_side: str = "left") -> Run:
-        """One parallel forward of a prompt (or batch), every layer captured; no decoding, no checks."""
+    def forward(self, prompt: Prompt | Sequence[Prompt], padding_side: str = "left", residuals: bool = False) -> Run:
+        """One parallel forward of a prompt (or batch), every layer captured (with each block's output
+        when `residuals`); no decoding, no checks."""
         inputs, _ = self.inputs(prompt, padding_side)
-        return Run.forward(self.model, self.backend, self.attend, inputs)
+        return Run.forward(self.model, self.backend, self.attend, inputs, residuals=residuals)
 
     @torch.inference_mode()
     def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left",
@@ -139,3 +142,38 @@ class Scope:
         scores on `prompt` (default: that same sequence)."""
         probe = self.forward(self.role_probe(seed))
         return head_roles(probe if prompt is None else self.forward(prompt), probe)
+
+
+def compare(model_a: Engine | str, model_b: Engine | str, prompt: Prompt, *, backend: str = "eager",
+            atol: float | None = None, rtol: float | None = None) -> Comparison:
+    """Where model B's attention parts ways with model A's on one prompt (`attnscope.inspector.compare`).
+
+    Args:
+        model_a, model_b: engines (`attnscope.load_model`) or names / paths to load in float32 on the CPU;
+            A is the reference. Both must have the same layout and tokenize the prompt to the same ids.
+        prompt: text or token ids.
+        backend: the attention backend both run with.
+        atol, rtol: the tolerance (default: the looser default of the two models' dtypes).
+
+    Returns:
+        A `Comparison`: ``.first_divergence()``, ``.output_max`` / ``.probability_max`` / ``.js_mean``
+        ``[L, Hq]``, ``.worst_head()``, ``.attention_diff(layer, head)``, ``.checks()``, ``.to_dict()``.
+    """
+    if isinstance(model_a, (str, Path)) or isinstance(model_b, (str, Path)):
+        from attnscope.model.loader import load_model
+
+        model_a = load_model(model_a) if isinstance(model_a, (str, Path)) else model_a
+        model_b = load_model(model_b) if isinstance(model_b, (str, Path)) else model_b
+    names = (model_a.name, model_b.name) if model_a.name != model_b.name else ("A", "B")
+    check_layouts(model_a.layout, model_b.layout, names)
+    scope_a, scope_b = Scope(model_a, backend=backend), Scope(model_b, backend=backend)
+    ids_a, ids_b = scope_a.encode(prompt), scope_b.encode(prompt)
+    check_tokens(ids_a, ids_b, _texts(model_a, ids_a), _texts(model_b, ids_b), names)
+    with torch.inference_mode():
+        run_a = scope_a.forward(ids_a, residuals=True)
+        run_b = scope_b.forward(ids_b, residuals=True)
+    return compare_runs(run_a, run_b, prompt, tolerance_for(model_a.dtype, model_b.dtype, atol, rtol))
+
+
+def _texts(model: Engine, ids: list[int]) -> list[str]:
+    return model.tokenizer.token_texts(ids) if model.tokenizer is not None else [str(i) for i in ids]

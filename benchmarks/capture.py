@@ -26,7 +26,7 @@ SCENARIO = r"""
 import json, resource, sys, time, torch
 import attnscope
 from attnscope.backends import get_backend
-from attnscope.model.loader import resolve_model_dir
+from attnscope.model.loader import resolve_model_path
 kind, model_name, T, all_checks = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -34,7 +34,7 @@ ids = torch.randint(1, 1000, (1, T), generator=torch.Generator().manual_seed(0))
 extra = {}
 if kind == "hf":
     from transformers import LlamaForCausalLM
-    net = LlamaForCausalLM.from_pretrained(str(resolve_model_dir(model_name)), dtype=torch.float32,
+    net = LlamaForCausalLM.from_pretrained(str(resolve_model_path(model_name)), dtype=torch.float32,
                                            attn_implementation="eager").eval()
     base = rss_mb(); start = time.perf_counter()
     with torch.inference_mode():

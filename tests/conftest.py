@@ -114,13 +114,14 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def build_hf_model(name: str, seed: int = 0):
-    """A random-initialized HF causal LM of spec `name` (float32, eval, eager attention)."""
+def build_hf_model(name: str, seed: int = 0, **sizes):
+    """A random-initialized HF causal LM of spec `name` (float32, eval, eager attention); `sizes`
+    override the config's (hidden_size, vocab_size, ...)."""
     import transformers
 
     _quiet_transformers()
     config_cls, model_cls, overrides = MODEL_SPECS[name]
-    config = getattr(transformers, config_cls)(**{**_COMMON, **overrides})
+    config = getattr(transformers, config_cls)(**{**_COMMON, **overrides, **sizes})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).float().eval()
     with torch.no_grad():

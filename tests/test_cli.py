@@ -308,4 +308,4 @@ def test_help_shows_no_type_after_flags_and_whole_command_descriptions():
     for name, texts in descriptions.items():
         for line, following in zip(texts, texts[1:], strict=False):
             assert len(line) + 1 + len(following.split()[0]) > room - 1, (name, texts)
-    assert len(descriptions) == 6
+    assert len(descriptions) == 7

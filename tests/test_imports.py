@@ -58,11 +58,13 @@ CORE_MODULES = [
     "attnscope.model.llama",
     "attnscope.model.loader",
     "attnscope.model.tokenizer",
+    "attnscope.model.gguf",
     "attnscope.inspector",
     "attnscope.inspector.capture",
     "attnscope.inspector.report",
     "attnscope.inspector.run",
     "attnscope.inspector.result",
+    "attnscope.inspector.compare",
     "attnscope.engine",
     "attnscope.scope",
 ]

@@ -52,6 +52,7 @@ class LayerRecord:
     softcap: float | None = None  # logit soft-capping c·tanh(score / c), applied before the mask
     sinks: torch.Tensor | None = None  # [Hq] sink logits that joined each row's softmax
     residual_nonfinite: torch.Tensor | None = None  # [B, Sq] NaN/Inf count of the block's output
+    residual: torch.Tensor | None = None  # [B, Sq, hidden] the block's output, when the capture keeps it
     _stats: RowStats | None = None
 
     @property
@@ -191,13 +192,14 @@ class Capture:
 
     With ``append=True`` successive calls (incremental decoding) are gathered and joined along the
     query rows by `layers()`, with k/v the latest (longest) cache views, so the records cover the
-    whole sequence.
+    whole sequence. With ``residuals=True`` each record keeps its block's output (model comparison).
     """
 
-    def __init__(self, append: bool = False, on_layer=None):
+    def __init__(self, append: bool = False, on_layer=None, residuals: bool = False):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
         self.on_layer = on_layer  # called with the layer index once its block has run
+        self.residuals = residuals
         self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
 
     def attention(self, layer: int, *, q, k, v, out, lse, mask, scale, softcap=None, sinks=None) -> None:
@@ -211,6 +213,8 @@ class Capture:
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
         bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
         self.records[layer].residual_nonfinite = bad
+        if self.residuals:
+            self.records[layer].residual = hidden
         if self.append:
             self._parts[layer]["residual"].append(bad)
         if self.on_layer is not None:

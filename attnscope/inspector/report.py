@@ -132,21 +132,31 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
     return out
 
 
+def model_info(model) -> dict[str, Any]:
+    """The report's ``model`` entry of an engine: name, path, engine, model type and layout."""
+    layout = model.layout
+    return {"name": model.name, "path": str(model.path), "engine": model.engine, "model_type": layout.model_type,
+            "layers": layout.n_layers,
+            "heads": layout.n_heads, "kv_heads": layout.n_kv_heads, "head_dim": layout.head_dim,
+            "vocab_size": layout.vocab_size}
+
+
+def tokens_of(run: Run, ids: list[int], start: int = 0) -> list[Token]:
+    """`Token`s of token ids (their text from the run's tokenizer), indexed from `start`."""
+    return [Token(start + i, t, s) for i, (t, s) in enumerate(zip(ids, run.token_texts(ids), strict=True))]
+
+
 def build_report(run: Run, prompt, continuation: list[int], checks: list[Check], diffs: dict, roles=None,
                  batch: int = 0) -> Report:
     """The `Report` of row `batch` of a run: `prompt` as given (text or ids), the greedy
     `continuation` ids, the `checks` that ran and their `diffs`, the head `roles` if scored."""
-    model, layout = run.model, run.model.layout
+    model = run.model
     ids = run.inputs.ids[batch].tolist()
-    tokens = [Token(i, t, s) for i, (t, s) in enumerate(zip(ids, run.token_texts(ids), strict=True))]
-    new = [Token(len(ids) + i, t, s) for i, (t, s) in enumerate(zip(continuation, run.token_texts(continuation),
-                                                                     strict=True))]
+    tokens, new = tokens_of(run, ids), tokens_of(run, continuation, len(ids))
     layers = [LayerReport(rec.layer, repr(rec.mask), heads)
               for rec, heads in zip(run.records, head_stats(run, diffs, roles, batch), strict=True)]
     return Report(
-        model={"name": model.name, "path": str(model.path), "engine": model.engine, "model_type": layout.model_type,
-               "layers": layout.n_layers, "heads": layout.n_heads, "kv_heads": layout.n_kv_heads,
-               "head_dim": layout.head_dim, "vocab_size": layout.vocab_size},
+        model=model_info(model),
         backend=run.backend,
         reference="eager",
         device=str(model.device),

@@ -113,32 +113,13 @@ class Result:
     # ---- views ---------------------------------------------------------------------------------
     def check_place(self, layer: int, head: int | None = None) -> LayerRecord:
         """The record of `layer`; a UserError naming the valid range when layer or head is outside it."""
-        if not 0 <= layer < self.n_layers:
-            raise UserError(f"layer {layer} is out of range (the model has {self.n_layers} layers: "
-                            f"0..{self.n_layers - 1})")
-        if head is not None and not 0 <= head < self.n_heads:
-            raise UserError(f"head {head} is out of range (each layer has {self.n_heads} heads: "
-                            f"0..{self.n_heads - 1})")
-        return self.records[layer]
-
-    def check_region(self, rec: LayerRecord, queries: slice, keys: slice, batch: int) -> None:
-        """A UserError when a region or a batch row is outside the record (an empty view would hide it)."""
-        B = rec.q.shape[0]
-        if not 0 <= batch < B:
-            raise UserError(f"batch row {batch} is out of range (0..{B - 1})")
-        for what, sl, n in (("query", queries, rec.shape[0]), ("key", keys, rec.shape[1])):
-            if sl.step not in (None, 1):
-                raise UserError(f"{what} slice {sl} must have step 1")
-            start, stop, _ = sl.indices(n)
-            if (sl.start is not None and not -n <= sl.start < n) or (sl.stop is not None and sl.stop > n) \
-                    or start >= stop:
-                raise UserError(f"{what} slice {sl.start}:{sl.stop} is empty or out of range (0..{n})")
+        return check_place(self.records, self.n_heads, layer, head)
 
     def attention(self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None),
                   batch: int = 0) -> torch.Tensor:
         """Float32 attention probabilities ``[queries, keys]`` of query head `head` in `layer`."""
         rec = self.check_place(layer, head)
-        self.check_region(rec, queries, keys, batch)
+        check_region(rec, queries, keys, batch)
         return rec.probabilities(head, queries, keys, batch=batch)
 
     def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
@@ -147,7 +128,7 @@ class Result:
         screens and long prompts, never materializing the full matrix. With the triton backend
         the map comes from the probability kernel (`attnscope.kernels.attention_probs`)."""
         rec = self.check_place(layer, head)
-        self.check_region(rec, queries, keys, batch)
+        check_region(rec, queries, keys, batch)
         if self.backend != "triton":
             return rec.pooled(head, height, width, reduce, batch, queries, keys)
         from attnscope import kernels
@@ -177,3 +158,26 @@ class Result:
         prompt = self.prompt[batch] if self.batched else self.prompt
         return build_report(self.run, prompt, self.continuation_ids_by_row[batch], self.checks, self.diffs,
                             self.roles, batch)
+
+
+def check_place(records: list, n_heads: int, layer: int, head: int | None = None):
+    """``records[layer]``; a UserError naming the valid range when layer or head is outside it."""
+    if not 0 <= layer < len(records):
+        raise UserError(f"layer {layer} is out of range (the model has {len(records)} layers: 0..{len(records) - 1})")
+    if head is not None and not 0 <= head < n_heads:
+        raise UserError(f"head {head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
+    return records[layer]
+
+
+def check_region(rec, queries: slice, keys: slice, batch: int) -> None:
+    """A UserError when a region or a batch row is outside record `rec` (an empty view would hide it)."""
+    B = rec.q.shape[0]
+    if not 0 <= batch < B:
+        raise UserError(f"batch row {batch} is out of range (0..{B - 1})")
+    for what, sl, n in (("query", queries, rec.shape[0]), ("key", keys, rec.shape[1])):
+        if sl.step not in (None, 1):
+            raise UserError(f"{what} slice {sl} must have step 1")
+        start, stop, _ = sl.indices(n)
+        if (sl.start is not None and not -n <= sl.start < n) or (sl.stop is not None and sl.stop > n) \
+                or start >= stop:
+            raise UserError(f"{what} slice {sl.start}:{sl.stop} is empty or out of range (0..{n})")

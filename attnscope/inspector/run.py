@@ -71,9 +71,10 @@ class Run:
 
     @classmethod
     def forward(cls, model: Engine, backend: str, attend: AttendFn, inputs: Inputs, *, cache=None,
-                on_layer=None) -> Run:
-        """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer."""
-        capture = Capture(on_layer=on_layer)
+                on_layer=None, residuals: bool = False) -> Run:
+        """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer (and
+        its block's output, with `residuals`)."""
+        capture = Capture(on_layer=on_layer, residuals=residuals)
         logits = model.forward(inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding,
                                positions=inputs.positions)  # (B, T, vocab)
         return cls(model, backend, attend, inputs, capture.layers(), logits.float())

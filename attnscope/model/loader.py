@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -41,10 +42,29 @@ def sample_models_dir() -> Path:
 
 def sample_models() -> dict[str, Path]:
     """Bundled sample models by name: the top-level ones ("tiny-code"), then those in folders, named
-    by their path ("broken/nan-k-proj"), each group in alphabetical order."""
+    by their path ("broken/nan-k-proj"), each group in alphabetical order. A sample is a Hugging Face
+    model directory or a directory holding a GGUF file."""
     root = sample_models_dir()
-    found = [p.parent.relative_to(root) for p in root.rglob("config.json")]
+    found = {p.parent.relative_to(root) for p in root.rglob("config.json")}
+    found |= {p.parent.relative_to(root) for p in root.rglob("*.gguf") if p.is_file()}
     return {d.as_posix(): root / d for d in sorted(found, key=lambda d: (len(d.parts), d.as_posix()))}
+
+
+def gguf_files(path: Path) -> list[Path]:
+    """The ``*.gguf`` files of directory `path` (none when it is not a directory)."""
+    return sorted(p for p in path.glob("*.gguf") if p.is_file()) if path.is_dir() else []
+
+
+def is_gguf(path: Path) -> bool:
+    """Whether file `path` is meant as GGUF: its name ends in ``.gguf``, or it starts with GGUF's magic
+    bytes (Ollama keeps its models as blobs with no extension)."""
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def model_card_summary(path: Path) -> str:
@@ -82,13 +102,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def resolve_model_dir(name_or_path: str | Path) -> Path:
-    """The directory of a sample model name or a path; a clear error when it is neither."""
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """The model directory or GGUF file of a sample model name or a path; a clear error when it is
+    neither. A directory with no config.json that holds one GGUF file stands for that file."""
     path = Path(name_or_path).expanduser()
     samples = sample_models()
     if not path.exists() and str(name_or_path) in samples:  # e.g. "tiny-code", "broken/nan-k-proj"
-        return samples[str(name_or_path)]
-    if not path.exists() and _looks_like_hub_id(str(name_or_path)):
+        path = samples[str(name_or_path)]
+    elif not path.exists() and _looks_like_hub_id(str(name_or_path)):
         return _hub_snapshot(str(name_or_path))
     if not path.exists():
         raise LoadError(
@@ -96,10 +117,19 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
             f"(sample models: {', '.join(samples) or 'none'})"
         )
     if not path.is_dir():
-        raise LoadError(f"{path} is not a directory (expected a Hugging Face model directory)")
-    if not (path / "config.json").is_file():
-        raise LoadError(f"{path} has no config.json (expected a Hugging Face model directory)")
-    return path
+        if is_gguf(path):
+            return path
+        raise LoadError(f"{path} is not a directory or a GGUF file (expected a Hugging Face model directory "
+                        "or a .gguf file)")
+    if (path / "config.json").is_file():
+        return path
+    found = gguf_files(path)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(f.name for f in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise LoadError(f"{path} has no config.json and {len(found)} GGUF files: name one of them ({names})")
+    raise LoadError(f"{path} has no config.json (expected a Hugging Face model directory)")
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -227,9 +257,32 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+class TensorSource(Protocol):
+    """The tensors of one weight file, as `load_state_dict` reads them: names, shapes and dtypes first
+    (before any data is read), then each tensor on demand. Messages name tensors as the file does."""
+
+    file: Path
+
+    def keys(self) -> list[str]:
+        """The tensors' names, as the file spells them."""
+
+    def key(self, name: str) -> str | None:
+        """The model's parameter name of tensor `name`; None for a tensor that is not a parameter
+        (skipped); a `LoadError` for one this kind of file must not have."""
+
+    def name(self, key: str) -> str:
+        """The inverse of `key`: the name parameter `key` has in such a file."""
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor `name`; a `LoadError` when its dtype cannot be loaded."""
+
+    def get(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Tensor `name` read from the file, in `dtype`."""
+
+
 class _Tensors:
-    """The tensors of one weight file: names, shapes and dtypes first (from the safetensors header,
-    before any data is read), then each tensor on demand."""
+    """The tensors of one safetensors (or, opted in, pickled) weight file: a `TensorSource` whose
+    names, shapes and dtypes come from the safetensors header."""
 
     def __init__(self, file: Path):
         self.file = file
@@ -248,26 +301,39 @@ class _Tensors:
     def keys(self) -> list[str]:
         return list(self._state if self._state is not None else self._open.keys())
 
-    def describe(self, key: str) -> tuple[tuple[int, ...], str]:
-        """(shape, dtype name) of tensor `key`; the dtype as safetensors names it (F32, I64, ...)."""
-        if self._state is not None:
-            value = self._state[key]
-            if not isinstance(value, torch.Tensor):
-                raise LoadError(f"{self.file.name}: entry {key!r} is not a tensor but {show(value)}")
-            names = {v: k for k, v in FLOAT_DTYPES.items()}
-            return tuple(value.shape), names.get(value.dtype, str(value.dtype).removeprefix("torch."))
-        info = self._open.get_slice(key)
-        return tuple(info.get_shape()), info.get_dtype()
+    def key(self, name: str) -> str | None:
+        key = checkpoint_key(name)
+        return None if key.endswith("rotary_emb.inv_freq") else key  # older checkpoints store it; recomputed
 
-    def get(self, key: str) -> torch.Tensor:
+    def name(self, key: str) -> str:
+        return hf_name(key)
+
+    def shape(self, name: str) -> tuple[int, ...]:
         if self._state is not None:
-            return self._state.pop(key)
+            value = self._state[name]
+            if not isinstance(value, torch.Tensor):
+                raise LoadError(f"{self.file.name}: entry {name!r} is not a tensor but {show(value)}")
+            names = {v: k for k, v in FLOAT_DTYPES.items()}
+            shape, kind = tuple(value.shape), names.get(value.dtype, str(value.dtype).removeprefix("torch."))
+        else:
+            info = self._open.get_slice(name)
+            shape, kind = tuple(info.get_shape()), info.get_dtype()  # the dtype as safetensors names it
+        if kind not in FLOAT_DTYPES:
+            raise LoadError(
+                f"{self.file.name}: tensor {name!r} has dtype {kind}; attnscope loads floating-point "
+                "weights only (F32, F16, BF16, F64), not quantized or integer ones"
+            )
+        return shape
+
+    def get(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        if self._state is not None:
+            return self._state.pop(name).to(dtype)
         from safetensors import SafetensorError
 
         try:
-            return self._open.get_tensor(key)
+            return self._open.get_tensor(name).to(dtype)
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise LoadError(f"{self.file}: tensor {key!r} cannot be read ({exc})") from None
+            raise LoadError(f"{self.file}: tensor {name!r} cannot be read ({exc})") from None
 
 
 def weights_summary(files: list[Path]) -> tuple[int, int | None]:
@@ -281,9 +347,9 @@ def weights_summary(files: list[Path]) -> tuple[int, int | None]:
         if file.suffix in PICKLE_SUFFIXES:
             numel += file.stat().st_size // 4
             continue
-        tensors = _Tensors(file)
-        for key in tensors.keys():
-            shape, _ = tensors.describe(key)
+        header = _Tensors(file)._open  # a valid safetensors file, or a LoadError
+        for key in header.keys():
+            shape = header.get_slice(key).get_shape()
             count = 1
             for n in shape:
                 count *= n
@@ -304,43 +370,43 @@ def hf_name(key: str) -> str:
     return key if key.startswith("lm_head.") else f"model.{key}"
 
 
-def load_state_dict(model: Transformer, files: list[Path], progress: Progress | None = None) -> None:
+def load_state_dict(model: Transformer, files: list[Path], progress: Progress | None = None,
+                    open_file: Callable[[Path], TensorSource] = _Tensors) -> None:
     """Load weights into `model` (on the meta device), checking names, shapes and dtypes of every
-    tensor of a file before reading its data; each tensor is cast to the model's dtype as it is read."""
+    tensor of a file before reading its data; each tensor is cast to the model's dtype as it is read.
+    `open_file` opens a weight file as a `TensorSource` (default: safetensors)."""
     expected = {name: p for name, p in model.state_dict(keep_vars=True).items()}
     dtype = model.embed_tokens.weight.dtype
     state: dict[str, torch.Tensor] = {}
+    tensors = None
     for i, file in enumerate(files):
         if progress:
             progress(i, len(files), f"reading {file.name}")
-        tensors = _Tensors(file)
+        tensors = open_file(file)
         wanted = []
-        for hf_key in tensors.keys():
-            key = checkpoint_key(hf_key)
-            if key.endswith("rotary_emb.inv_freq"):
-                continue  # older checkpoints store it; it is recomputed from the config
+        for name in tensors.keys():
+            key = tensors.key(name)
+            if key is None:
+                continue
             if key not in expected:
-                raise LoadError(f"{file.name}: unexpected tensor {hf_key!r} for this config")
-            shape, kind = tensors.describe(hf_key)
-            if kind not in FLOAT_DTYPES:
-                raise LoadError(
-                    f"{file.name}: tensor {hf_key!r} has dtype {kind}; attnscope loads floating-point "
-                    "weights only (F32, F16, BF16, F64), not quantized or integer ones"
-                )
+                raise LoadError(f"{file.name}: unexpected tensor {name!r} for this config")
+            shape = tensors.shape(name)
             if shape != tuple(expected[key].shape):
                 raise LoadError(
-                    f"{file.name}: tensor {hf_key!r} has shape {shape}, the config needs {tuple(expected[key].shape)}"
+                    f"{file.name}: tensor {name!r} has shape {shape}, the config needs {tuple(expected[key].shape)}"
                 )
-            wanted.append((hf_key, key))
-        for hf_key, key in wanted:
-            state[key] = tensors.get(hf_key).to(dtype)
+            wanted.append((name, key))
+        for name, key in wanted:
+            state[key] = tensors.get(name, dtype)
     if model.config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state.get("embed_tokens.weight"))
         state.setdefault("embed_tokens.weight", state.get("lm_head.weight"))
     missing = [k for k in expected if state.get(k) is None]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise LoadError(f"the weights lack tensor {hf_name(missing[0])!r}{more}")
+        named = tensors.name(missing[0]) if tensors is not None else hf_name(missing[0])
+        where = f"{files[0].name}: " if len(files) == 1 else ""
+        raise LoadError(f"{where}the weights lack tensor {named!r}{more}")
     model.load_state_dict(state, assign=True)
     if model.config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
@@ -427,11 +493,13 @@ def load_model(
     allow_pickle: bool = False,
     progress: Progress | None = None,
 ) -> Engine:
-    """Load a sample model by name, a Hugging Face model directory, or a Hub id from the local cache.
+    """Load a sample model by name, a Hugging Face model directory, a GGUF file, or a Hub id from the
+    local cache.
 
     Args:
-        name_or_path: a bundled sample model (``attnscope models``), a directory, or ``org/name`` of a
-            snapshot in the Hugging Face cache (never downloaded here).
+        name_or_path: a bundled sample model (``attnscope models``), a directory, a ``.gguf`` file
+            (read with the ``gguf`` package: ``pip install "attnscope[gguf]"``; native engine), or
+            ``org/name`` of a snapshot in the Hugging Face cache (never downloaded here).
         dtype: torch dtype or its name: float32, float16, bfloat16.
         device: cpu, cuda, cuda:N.
         engine: ``native`` (attnscope's own Llama-family model: llama, mistral, qwen2, qwen3), ``hf``
@@ -447,7 +515,13 @@ def load_model(
     check_engine(engine)
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
-    path = resolve_model_dir(name_or_path)
+    path = resolve_model_path(name_or_path)
+    if path.is_file():
+        if engine == "hf":
+            raise UserError(f"{path}: GGUF files run on the native engine (--engine native or auto)")
+        from attnscope.model.gguf import load_gguf
+
+        return load_gguf(path, torch_dtype, dev, progress)
     if engine == "auto":
         model_type = read_config_json(path).get("model_type")
         # a model_type that is not a string is a broken config: the native loader's error says so

@@ -28,6 +28,14 @@ class Tokenizer:
         if cfg_path.is_file():
             self._read_config(cfg_path)
 
+    @classmethod
+    def from_backend(cls, backend, source: Path) -> Tokenizer:
+        """A tokenizer built in memory (a `tokenizers.Tokenizer`, e.g. from a GGUF file's metadata) whose
+        post-processor adds the special tokens; `source` names it in messages."""
+        tok = cls.__new__(cls)
+        tok.path, tok._tok, tok.add_bos, tok.bos_id = source, backend, None, None
+        return tok
+
     def _read_config(self, cfg_path: Path) -> None:
         cfg = read_json(cfg_path)
         if not isinstance(cfg, dict):

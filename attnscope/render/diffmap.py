@@ -46,13 +46,15 @@ class DiffMap:
         over: [L, H] bool, True where the head is over tolerance.
         tolerance: where the color scale ends (the check's atol).
         title: shown above (names the comparison and the tolerance).
+        measure: what the values are, for the legend.
     """
 
-    def __init__(self, values, over, tolerance: float = 1e-5, title: str = ""):
+    def __init__(self, values, over, tolerance: float = 1e-5, title: str = "", measure: str = "max |Δ|"):
         self.values = np.asarray(values, dtype=np.float64)
         self.over = np.asarray(over, dtype=bool)
         self.tolerance = tolerance
         self.title = title
+        self.measure = measure
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         L, H = self.values.shape
@@ -73,16 +75,16 @@ class DiffMap:
             if len(bad):
                 line.append(f"  ✗ over tolerance: heads {', '.join(map(str, bad))}", style="red")
             yield line
-        yield legend(scale, color)
+        yield legend(scale, color, self.measure)
 
 
-def legend(scale: Scale, color: bool) -> Text:
+def legend(scale: Scale, color: bool, measure: str = "max |Δ|") -> Text:
     """The scale under tolerance, then what over tolerance and non-finite look like."""
     text = Text("      ")
     for k in range(8):
         level = FINE * k / 7
         text.append("█" if color else shade(level), Style(color=viridis(level)) if color else "")
-    text.append(f" max |Δ| {scale.label()} (the tolerance)  ", style="dim")
+    text.append(f" {measure} {scale.label()} (the tolerance)  ", style="dim")
     text.append("✗", Style(color="black", bgcolor=OVER_COLOR) if color else "").append(" over  ", style="dim")
     text.append("!", Style(color="white", bgcolor=NONFINITE_COLOR) if color else "").append(" NaN/Inf", style="dim")
     return text
@@ -123,10 +125,13 @@ class PositionDiff:
         yield Text("      " + axis(edges, pooled.shape[1]), style="dim")
 
 
-def diff_panel(result, layer: int, head: int) -> Group | Text:
+def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
     """What the comparing checks found, for the TUI's Diff tab: per check, the layer × head map of
-    the largest differences and the selected head's differences per position."""
+    the largest differences and the selected head's differences per position; with `comparison` (an
+    `attnscope.inspector.compare.Comparison`, or the error that stopped it) the same against model B."""
     parts = []
+    if comparison is not None:
+        parts += versus_panel(comparison, layer, head)
     for name, title in (("full_vs_incremental", "full vs incremental (KV cache)"),
                         ("backend_vs_reference", f"{result.backend} vs eager float32")):
         diffs = result.diffs.get(name)
@@ -143,3 +148,21 @@ def diff_panel(result, layer: int, head: int) -> Group | Text:
             parts += [PositionDiff(row[0, head].cpu().numpy(), tol["atol"], title=f"{title} · L{layer} h{head} per "
                                    "position", over=diffs[layer].bad_rows[0, head].cpu().numpy()), Text()]
     return Group(*parts) if parts else Text("no diffs")
+
+
+def versus_panel(comparison, layer: int, head: int) -> list:
+    """The Diff tab's "vs B": the attention output's max |Δ| per layer × head (✗ where the output or
+    the probabilities cross the tolerance), the first divergence, and the selected head per position."""
+    if isinstance(comparison, str):
+        return [Text(f"vs B: {comparison}", style="red"), Text()]
+    name = comparison.run_b.model.name
+    tol = comparison.tolerance
+    parts = [DiffMap(comparison.output_max, comparison.heads_over,
+                     title=f"vs {name} · max |Δ| of the attention output per layer × head · tolerance atol "
+                     f"{tol.atol:.0e} rtol {tol.rtol:.0e}"),
+             Text(comparison.checks()[0].message, style="green" if comparison.checks()[0].passed else "red"), Text()]
+    row = comparison.output[layer].row_max
+    if row is not None:
+        parts += [PositionDiff(row[0, head].cpu().numpy(), tol.atol,
+                               title=f"vs {name} · L{layer} h{head} per position"), Text()]
+    return parts

@@ -76,12 +76,14 @@ class AttnScopeApp(App):
 
     def __init__(self, model: str = "tiny-code", prompt: str | list[int] | None = None, backend: str = "sdpa",
                  dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False,
-                 engine: str = "auto"):
+                 engine: str = "auto", compare: str | None = None):
         super().__init__()
         self.model_name, self.backend, self.dtype, self.device = model, backend, dtype, device
         self.allow_pickle, self.initial_prompt, self.max_new_tokens = allow_pickle, prompt, max_new_tokens
         self.engine = engine
+        self.compare_name = compare  # model B of the Diff tab's "vs B", or None
         self.loaded = None  # the engine, loaded by the first run
+        self.compared = None  # model B, loaded by the first run
         self.result = None  # the finished run shown, or None while one runs
         self.run_id = self.checks_done = 0
         self.failure = 0  # the exit code the last run leaves: 0, 2 (bad input) or 1 (an error)
@@ -114,7 +116,8 @@ class AttnScopeApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}"
+        self.sub_title = f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}" + (
+            f" · vs {self.compare_name}" if self.compare_name else "")
         self.watch(self.query_one(Navigator), "selected", self.head_selected, init=False)
         if self.initial_prompt:
             self.start_run(self.initial_prompt)
@@ -164,13 +167,30 @@ class AttnScopeApp(App):
                 on_check=lambda check: post(CheckFinished(check, run_id)))
             post(None)
             result.report()  # statistics computed here, off the event loop
-            post(RunFinished(result, run_id))
+            post(RunFinished(result, run_id, self.compare_with(prompt)))
         except Cancelled:
             return
         except UserError as exc:
             self.post_message(RunFailed(str(exc), run_id, exit_code=2))
         except Exception as exc:  # a bug, not bad input: one line in the app too, and exit code 1
             self.post_message(RunFailed(one_line(exc), run_id, exit_code=1))
+
+    def compare_with(self, prompt):
+        """The comparison of the prompt against the --compare model (in the worker), the error that
+        stopped it, or None without one."""
+        from attnscope.errors import UserError
+        from attnscope.model.loader import load_model
+        from attnscope.scope import compare
+
+        if self.compare_name is None:
+            return None
+        try:
+            if self.compared is None:
+                self.compared = load_model(self.compare_name, dtype=self.dtype, device=self.device,
+                                           engine=self.engine, allow_pickle=self.allow_pickle)
+            return compare(self.loaded, self.compared, prompt, backend=self.backend)
+        except UserError as exc:
+            return str(exc)
 
     def on_layer_arrived(self, message: LayerArrived) -> None:
         if message.run_id == self.run_id:
@@ -191,6 +211,7 @@ class AttnScopeApp(App):
         result = self.result = message.result
         view = self.query_one(HeatmapView)
         self.query_one(Navigator).update_report(result.report())
+        self.query_one(DiffPane).comparison = message.comparison
         for pane in (self.query_one(MaskPane), self.query_one(DiffPane), self.query_one(TokensPane)):
             pane.result = result
         layer, head = result.first_failure() or (min(view.layer_idx, result.n_layers - 1),

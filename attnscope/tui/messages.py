@@ -26,10 +26,13 @@ class CheckFinished(Message):
 
 @dataclass
 class RunFinished(Message):
-    """The run and its checks are done; `result` is an `attnscope.scope.Result`."""
+    """The run and its checks are done; `result` is an `attnscope.scope.Result`, `comparison` the
+    `attnscope.inspector.compare.Comparison` against the ``--compare`` model (or the error that stopped
+    it; None without one)."""
 
     result: object
     run_id: int
+    comparison: object = None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The panes beside the heatmap: each owns its content, drawn from reactive state the app sets.
 
-- `MaskPane`, `DiffPane`: the selected layer's mask and the checks' differences, for `selection`
-  (layer, head) of `result`; built when painted, so a hidden tab costs nothing on a head switch.
+- `MaskPane`, `DiffPane`: the selected layer's mask and the checks' differences (and those against
+  the ``--compare`` model), for `selection` (layer, head) of `result`; built when painted, so a hidden
+  tab costs nothing on a head switch.
 - `ChecksPane`: one entry per finding (they arrive live with `add_check`), drawn as `attnscope check`
   draws them, so they wrap to the pane's width; enter on one is the app's jump to the finding's place.
 - `TokensPane`: the prompt's tokens and the continuation; enter on a prompt token selects its row.
@@ -64,10 +65,12 @@ class MaskPane(_SelectionPane):
 
 
 class DiffPane(_SelectionPane):
+    comparison = None  # against the --compare model, set with the result
+
     def content(self, result, layer: int, head: int):
         from attnscope.render.diffmap import diff_panel
 
-        return diff_panel(result, layer, head)
+        return diff_panel(result, layer, head, self.comparison)
 
 
 class ChecksPane(OptionList):

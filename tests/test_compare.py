@@ -1,0 +1,235 @@
+"""`attnscope compare` and `attnscope.compare`: each finding shown to fire on the fault it exists for.
+
+A model against an exact copy of itself is all zero (exit 0). With one layer's k_proj perturbed (one
+kv head's rows) the first divergence is that layer, in attention, with k the input that differs, and
+only that kv head's query heads move there; with one layer's MLP perturbed it is that layer, in the
+residual stream; with the output head perturbed only the logits and the top-1 agreement move. The
+probability differences and the Jensen–Shannon divergences equal those of the dense matrices.
+Different tokenizations and layouts are one-line errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from models import random_model, save_hf_dir
+from rich.console import Console
+from test_cli import assert_user_error, invoke
+
+import attnscope
+from attnscope.errors import UserError
+from attnscope.inspector.compare import SCHEMA, compare_document
+from attnscope.model.loader import sample_models
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = sample_models().get("tiny-code")
+needs_tiny = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
+ARGS = dict(layers=3, vocab=1024, hidden=64, max_positions=256)
+IDS = torch.randint(1, 1024, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+LAYER, KV_HEAD = 1, 1  # where the faults are planted
+PROMPT = "def fibonacci(n):\n    if n < 2:\n        return n"
+
+
+def perturbed(model, part: str):
+    """A copy of `model` with one part changed: "k_proj" (layer LAYER, the rows of kv head KV_HEAD),
+    "mlp" (layer LAYER's down_proj), "lm_head" (its rows permuted), or "" (an exact copy)."""
+    other = copy.deepcopy(model)
+    net = other.net
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        if part == "k_proj":
+            rows = slice(KV_HEAD * net.config.head_dim, (KV_HEAD + 1) * net.config.head_dim)
+            weight = net.layers[LAYER].self_attn.k_proj.weight
+            weight[rows] += 0.5 * torch.randn(weight[rows].shape, generator=gen)
+        elif part == "mlp":
+            weight = net.layers[LAYER].mlp.down_proj.weight
+            weight += 0.5 * torch.randn(weight.shape, generator=gen)
+        elif part == "lm_head":
+            net.lm_head.weight.copy_(net.lm_head.weight[torch.randperm(net.lm_head.weight.shape[0], generator=gen)])
+    return other
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(**ARGS)
+
+
+def test_a_model_against_an_exact_copy_is_all_zero(model):
+    c = attnscope.compare(model, perturbed(model, ""), IDS)
+    assert c.first_divergence() is None and c.passed
+    assert not c.output_max.any() and not c.probability_max.any() and not c.js_mean.any()
+    assert float(c.logits.max_abs.max()) == 0.0 and c.top1_agreement == 1.0
+    assert [ch.passed for ch in c.checks()] == [True, True]
+    assert not c.attention(LAYER, 0).any()
+
+
+def test_a_perturbed_k_proj_diverges_first_in_that_layers_attention(model):
+    c = attnscope.compare(model, perturbed(model, "k_proj"), IDS)
+    first = c.first_divergence()
+    assert (first["layer"], first["stage"], first["differs"]) == (LAYER, "attention", ["k"])
+    group = model.layout.group_size
+    moved = list(range(KV_HEAD * group, (KV_HEAD + 1) * group))
+    still = [h for h in range(model.layout.n_heads) if h not in moved]
+    assert first["head"] in moved
+    # layers before are identical; in the layer, only the query heads that read the changed kv head move
+    for values in (c.output_max, c.probability_max, c.js_mean):
+        assert not values[:LAYER].any()
+        assert (values[LAYER, moved] > 0).all() and not values[LAYER, still].any()
+    assert c.heads_over[LAYER].tolist() == [h in moved for h in range(model.layout.n_heads)]
+    assert not c.passed and not c.checks()[0].passed
+    assert c.worst_head()[0] >= LAYER
+    assert f"first divergence at layer {LAYER}, in attention" in c.checks()[0].message
+
+
+def test_a_perturbed_mlp_diverges_first_in_the_residual_stream(model):
+    c = attnscope.compare(model, perturbed(model, "mlp"), IDS)
+    first = c.first_divergence()
+    assert (first["layer"], first["stage"], first["head"]) == (LAYER, "residual", None)
+    assert not c.output_max[: LAYER + 1].any()  # this layer's attention agrees: the MLP comes after it
+    assert c.output_max[LAYER + 1].all()  # the next layer's attention reads the changed residual stream
+    assert "in the residual stream" in c.checks()[0].message
+
+
+def test_a_perturbed_output_head_moves_only_the_logits(model):
+    other = perturbed(model, "lm_head")
+    c = attnscope.compare(model, other, IDS)
+    assert not c.output_max.any() and not c.js_mean.any()
+    divergence, logits = c.checks()
+    assert divergence.passed and not logits.passed
+    assert c.first_divergence()["stage"] == "logits"
+    expected = attnscope.Scope(model).run(IDS).logits.argmax(-1) != attnscope.Scope(other).run(IDS).logits.argmax(-1)
+    assert expected.any()
+    assert c.top1_disagreements() == expected.nonzero().flatten().tolist()
+    assert c.top1_agreement == pytest.approx(1 - float(expected.float().mean()))
+
+
+def test_probabilities_and_js_equal_the_dense_matrices(model):
+    """Computed a chunk of rows at a time from q, k and lse; the dense [T, T] matrices of the two runs
+    (Result.attention) give the same figures, and the views are the dense difference."""
+    other = perturbed(model, "k_proj")
+    c = attnscope.compare(model, other, IDS)
+    ra, rb = attnscope.Scope(model).run(IDS), attnscope.Scope(other).run(IDS)
+    for layer in range(ra.n_layers):
+        for head in range(ra.n_heads):
+            pa, pb = ra.attention(layer, head).double(), rb.attention(layer, head).double()
+            mid = (pa + pb) / 2
+            kl = [torch.where(p > 0, p * (p.log() - mid.log()), 0.0).sum(-1) for p in (pa, pb)]
+            js = ((kl[0] + kl[1]) / 2).mean()
+            assert c.js_mean[layer, head] == pytest.approx(float(js), abs=1e-6)
+            assert c.probability_max[layer, head] == pytest.approx(float((pa - pb).abs().max()), abs=1e-6)
+            torch.testing.assert_close(c.attention(layer, head).double(), (pb - pa).abs(), atol=1e-6, rtol=0)
+    layer, head = LAYER, KV_HEAD * model.layout.group_size
+    dense = c.attention(layer, head).numpy()
+    pooled = c.attention_pooled(layer, head, 8, 8)
+    edges = np.linspace(0, len(IDS), 9).round().astype(int)
+    expected = np.array([[dense[edges[i]:edges[i + 1], edges[j]:edges[j + 1]].max() for j in range(8)]
+                         for i in range(8)])
+    np.testing.assert_allclose(pooled, expected, atol=1e-7)
+    assert 0 < float(c.js_mean.max()) <= math.log(2)
+
+
+def test_layouts_and_tokenizations_must_match(model, tmp_path):
+    with pytest.raises(UserError, match="layers is 3 in A and 2 in B"):
+        attnscope.compare(model, random_model(**{**ARGS, "layers": 2}), IDS)
+    if TINY is None:
+        return
+    a = save_hf_dir(model, tmp_path / "a", tokenizer_from=TINY)
+    b = save_hf_dir(model, tmp_path / "b", tokenizer_from=TINY)
+    (b / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
+    with pytest.raises(UserError, match=r"token 0 is 0 \('<\|endoftext\|>'\) in a and 316 \('def'\) in b"):
+        attnscope.compare(str(a), str(b), "def f(x):")
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dirs(model, tmp_path_factory) -> dict[str, Path]:
+    if TINY is None:
+        pytest.skip("the tiny-code sample model is not built")
+    root = tmp_path_factory.mktemp("compare")
+    return {part or "same": save_hf_dir(perturbed(model, part), root / (part or "same"), tokenizer_from=TINY)
+            for part in ("", "k_proj")}
+
+
+def test_cli_exit_0_against_itself_and_1_on_a_divergence(dirs, tmp_path):
+    out = tmp_path / "c.json"
+    result = invoke("compare", "-m", str(dirs["same"]), "-m", str(dirs["same"]), "-p", PROMPT, "--json", str(out))
+    assert result.exit_code == 0, result.output
+    assert "no layer crosses the tolerance" in result.output and "2 passed, 0 failed" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == SCHEMA and doc["passed"] and doc["prompts"][0]["first_divergence"] is None
+
+    junit, svg = tmp_path / "c.xml", tmp_path / "c.svg"
+    result = invoke("compare", "-m", str(dirs["same"]), "-m", str(dirs["k_proj"]), "-p", PROMPT, "-p", "import os",
+                    "--json", str(out), "--junit", str(junit), "--svg", str(svg), "--backend", "eager")
+    assert result.exit_code == 1, result.output
+    assert f"first divergence at layer {LAYER}, in attention" in result.output
+    doc = json.loads(out.read_text())
+    assert not doc["passed"] and len(doc["prompts"]) == 2 and doc["backend"] == "eager"
+    entry = doc["prompts"][0]
+    assert entry["first_divergence"]["layer"] == LAYER and entry["first_divergence"]["differs"] == ["k"]
+    assert set(entry["layers"][0]["heads"][0]) == {"head", "kv_head", "output_max_abs_diff",
+                                                   "probability_max_abs_diff", "js_mean", "over_tolerance"}
+    assert [c["name"] for c in entry["checks"]] == ["divergence", "logits"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("name") == "attnscope.compare" and suite.get("tests") == "4"
+    failed = [case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None]
+    assert any(name.startswith("divergence[") for name in failed)
+    assert svg.read_text().startswith("<svg")
+
+
+def test_cli_bad_input_is_one_line(dirs, tmp_path):
+    assert_user_error(invoke("compare", "-m", str(dirs["same"]), "-p", "x"), "give two models")
+    assert_user_error(invoke("compare", "-m", str(dirs["same"]), "-m", str(dirs["same"])), "--prompt")
+    other = random_model(**{**ARGS, "layers": 2})
+    two = save_hf_dir(other, tmp_path / "two", tokenizer_from=TINY)
+    out = tmp_path / "c.json"
+    assert_user_error(invoke("compare", "-m", str(dirs["same"]), "-m", str(two), "-p", "x", "--json", str(out)),
+                      "different layouts: layers is 3 in same and 2 in two")
+    assert not out.exists()
+
+
+@needs_tiny
+def test_the_quantized_sample_diverges_from_tiny_code():
+    result = invoke("compare", "-m", "tiny-code", "-m", "tiny-code-q4", "-p", "def f(x):")
+    assert result.exit_code == 1, result.output
+    assert "first divergence at layer 0, in attention" in result.output
+    assert "heads most changed (mean JS)" in result.output
+
+
+async def test_the_tui_diff_tab_shows_vs_b(dirs):
+    from attnscope.render.diffmap import diff_panel
+    from attnscope.tui.app import AttnScopeApp
+    from attnscope.tui.panes import DiffPane
+
+    app = AttnScopeApp(model=str(dirs["same"]), compare=str(dirs["k_proj"]), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        while app.result is None or app.workers:
+            await pilot.pause(0.05)
+        comparison = app.query_one(DiffPane).comparison
+        assert comparison.first_divergence()["layer"] == LAYER
+        await pilot.press("4")
+        console = Console(width=120, record=True, color_system=None)
+        console.print(diff_panel(app.result, LAYER, 0, comparison))
+        text = console.export_text()
+        assert "vs k_proj · max |Δ| of the attention output" in text
+        assert f"first divergence at layer {LAYER}, in attention" in text
+        assert "full vs incremental" in text
+        assert app.sub_title.endswith(f" · vs {dirs['k_proj']}")
+
+
+def test_a_document_of_several_prompts(model):
+    other = perturbed(model, "k_proj")
+    docs = json.loads(compare_document([attnscope.compare(model, other, IDS), attnscope.compare(model, model, IDS)]))
+    assert docs["schema"] == SCHEMA and not docs["passed"]
+    assert [p["passed"] for p in docs["prompts"]] == [False, True]
+    assert docs["model_a"]["layers"] == 3 and docs["tolerance"]["atol"] == 1e-5
