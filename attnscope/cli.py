@@ -25,7 +25,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`) or a "
                                        "Hugging Face model directory.")]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa or triton.")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa, flex or triton.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
 ChecksOpt = Annotated[str, typer.Option("--checks", help="Comma-separated checks to run: nan, masked_rows, "
@@ -36,6 +36,8 @@ RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative toleranc
                                                "float16 5e-3, bfloat16 1e-2).")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickled pytorch_model.bin weights "
                                          "(loaded with torch.load(weights_only=True)).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress on stderr (there is none when stderr is "
+                                        "not a terminal).")]
 
 
 def fail(message: str) -> typer.Exit:
@@ -63,13 +65,15 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _load(model: str, dtype: str, device: str, allow_pickle: bool):
-    """Load a model, with a spinner on stderr when it is a terminal."""
+def _load(model: str, dtype: str, device: str, allow_pickle: bool, bars=None):
+    """Load a model, its progress on `bars` (`attnscope.render.console.StageBars`) when given."""
     from attnscope.model.loader import load_model
-    from attnscope.render.console import load_with_spinner
 
-    return load_with_spinner(lambda progress: load_model(model, dtype=dtype, device=_resolve_device(device),
-                                                         allow_pickle=allow_pickle, progress=progress), model)
+    if bars is not None:
+        bars.describe("loading", f"loading {model}")
+    progress = None if bars is None else (lambda done, total, what: bars(done, total, "loading"))
+    return load_model(model, dtype=dtype, device=_resolve_device(device), allow_pickle=allow_pickle,
+                      progress=progress)
 
 
 ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "
@@ -103,6 +107,7 @@ def run(
     html: HtmlOpt = None,
     color: ColorOpt = "auto",
     allow_pickle: PickleOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run a prompt and show tokens, continuation, per-layer and per-head attention statistics,
     checks and a heatmap."""
@@ -117,15 +122,16 @@ def run(
     with user_errors():
         from attnscope.inspector.report import pick_head
         from attnscope.output import write_atomic
-        from attnscope.render.console import emit, output_console
+        from attnscope.render.console import emit, output_console, stage_bars
         from attnscope.render.run_view import run_view
         from attnscope.scope import Scope
 
         console = output_console(color)
-        loaded = _load(model, dtype, device, allow_pickle)
-        result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
-                                                    atol=atol, rtol=rtol, roles=True)
-        report = result.report()
+        with stage_bars(quiet) as bars:
+            loaded = _load(model, dtype, device, allow_pickle, bars)
+            result = Scope(loaded, backend=backend).run(prompt, max_new_tokens=max_new_tokens, checks=check_names,
+                                                        atol=atol, rtol=rtol, roles=True, progress=bars)
+            report = result.report()
         layer, head, why = pick_head(report, layer, head)
         if query is not None and not 0 <= query < len(result.ids):
             raise fail(f"--query {query} is out of range (the prompt has {len(result.ids)} tokens: "
@@ -181,7 +187,7 @@ def check(
                                                       "(\\n in a line is a newline).")] = None,
     model: ModelOpt = "tiny-code",
     backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
-                                               "sdpa, triton.")] = ["sdpa"],  # noqa: B006
+                                               "sdpa, flex, triton.")] = ["sdpa"],  # noqa: B006
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
     checks: ChecksOpt = "all",
@@ -191,6 +197,7 @@ def check(
     junit_path: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per "
                                                     "prompt × backend × check).")] = None,
     allow_pickle: PickleOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
     _check_outputs(("--json", json_path), ("--junit", junit_path))
@@ -201,22 +208,26 @@ def check(
         from attnscope.backends import get_backend
         from attnscope.inspector.report import report_set
         from attnscope.output import write_atomic
-        from attnscope.render.console import console, progress_bar
+        from attnscope.render.console import console, stage_bars
         from attnscope.render.tables import checks_table
         from attnscope.scope import Scope
 
         for name in backend:
             get_backend(name)  # an unknown or unavailable backend is bad input: fail before any work
-        loaded = _load(model, dtype, device, allow_pickle)
-        scopes = [Scope(loaded, backend=name) for name in backend]
-        for prompt_text in prompt_list:  # validate every prompt before running anything
-            scopes[0].encode(prompt_text)
-        total = len(prompt_list) * len(scopes)
-        with progress_bar(total) as advance:
+        with stage_bars(quiet) as bars:
+            loaded = _load(model, dtype, device, allow_pickle, bars)
+            scopes = [Scope(loaded, backend=name) for name in backend]
+            for prompt_text in prompt_list:  # validate every prompt before running anything
+                scopes[0].encode(prompt_text)
+            total = len(prompt_list) * len(scopes)
             for prompt_text in prompt_list:
                 for scope in scopes:
-                    advance(f"{scope.backend}: {prompt_text[:40]!r}")
-                    result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
+                    if bars is not None:
+                        bars.clear(keep=("runs",))
+                        if total > 1:
+                            bars(len(runs), total, "runs")
+                            bars.describe("runs", f"{scope.backend}: {prompt_text[:40]!r}")
+                    result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol, progress=bars)
                     runs.append((prompt_text, scope.backend, result.report()))
     rows = [(f"{b} · {_short(p)}", c) for p, b, r in runs for c in r.checks]
     out = console()
@@ -327,19 +338,22 @@ def heads(
     device: DeviceOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report (with roles) here.")] = None,
     allow_pickle: PickleOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Score every head (induction, previous-token, sink, local, broad) and name its role."""
     _check_outputs(("--json", json_path))
     with user_errors():
         from attnscope.inspector.heads import REPEAT_LENGTH
         from attnscope.output import write_atomic
-        from attnscope.render.console import console
+        from attnscope.render.console import console, stage_bars
         from attnscope.render.tables import roles_table
         from attnscope.scope import Scope
 
-        loaded = _load(model, dtype, device, allow_pickle)
-        scope = Scope(loaded, backend=backend)
-        report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True).report()
+        with stage_bars(quiet) as bars:
+            loaded = _load(model, dtype, device, allow_pickle, bars)
+            scope = Scope(loaded, backend=backend)
+            report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True,
+                               progress=bars).report()
         source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
         out = console()
         out.print(f"[bold]{loaded.name}[/bold] · scores on {source}; induction on a repeated random sequence")

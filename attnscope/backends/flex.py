@@ -45,14 +45,15 @@ def attend(
     check_shapes(q, k, v, mask)
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
-    mask_rows, mask_heads = mask.dense(Sq, Sk, q.device).shape[:2]  # cached; 1 where the spec broadcasts
-    batch, heads = (B if mask_rows > 1 else None), (Hq if mask_heads > 1 else None)
+    dense = mask.dense(Sq, Sk, q.device)  # cached
+    batch, heads = (B if dense.shape[0] > 1 else None), (Hq if dense.shape[1] > 1 else None)
+    every_key = bool(dense.all())  # a causal decode step: no block mask at all
     compiled = q.device.type == "cuda"
     step = Sq if compiled else max(1, eager.MAX_SCORE_ELEMENTS // max(1, B * Hq * Sk))
     outs, lses = [], []
     for start in range(0, Sq, step):
         rows = min(step, Sq - start)
-        block_mask = _block_mask(mask, rows, Sq - start, Sk, batch, heads, str(q.device))
+        block_mask = None if every_key else _block_mask(mask, rows, Sq - start, Sk, batch, heads, str(q.device))
         out, lse = _flex(q[:, :, start:start + rows], k, v, block_mask, scale, softcap, Hq != Hkv)
         outs.append(out)
         lses.append(lse)

@@ -64,8 +64,8 @@ def attend(
             empty = mask.fully_masked_rows(Sq, Sk, q.device)  # (B|1, Hq|1, Sq)
             out = out.masked_fill(empty.unsqueeze(-1), 0.0)  # unconditionally: asking first would sync
             lse_keys = lse_keys.masked_fill(empty, float("-inf"))
-        if want_lse:
-            lse_keys = lse_keys.float().masked_fill(~torch.isfinite(q).all(-1), float("nan"))
+        if want_lse:  # NaN where the row's q holds a NaN or Inf: 0 · (a non-finite sum) is NaN
+            lse_keys = lse_keys.float() + q.sum(-1, dtype=torch.float32).mul_(0.0)
     if sinks is None:
         return out, lse_keys if need_lse else None
     return apply_sinks(out, lse_keys, sinks)
