@@ -223,7 +223,7 @@ def check(
             for prompt_text in prompt_list:
                 for scope in scopes:
                     if bars is not None:
-                        bars.clear(keep=("runs",))
+                        bars.clear(keep=("loading", "runs"))
                         if total > 1:
                             bars(len(runs), total, "runs")
                             bars.describe("runs", f"{scope.backend}: {prompt_text[:40]!r}")
