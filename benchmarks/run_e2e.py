@@ -147,17 +147,18 @@ def prompt_of(tokens: int) -> str:
     raise SystemExit(f"no prefix of {SOURCE.name} encodes as {tokens} tokens")
 
 
-def row(name: str, value: float, unit: str, base: float | None, base_name: str, goal: str) -> None:
-    ratio = f"{value / base:6.2f}×" if base else "      "
-    base_text = f"{base:8.2f} {unit}" if base is not None else " " * 10
-    print(f"{name:<44} {value:8.2f} {unit}  {base_text}  {ratio}  ({base_name}; goal {goal})")
+def row(name: str, value: float, base: float, base_name: str, goal: str, percent: bool = False) -> None:
+    ratio = f"{100 * value / base:6.1f} %" if percent else f"{value / base:6.2f}×"
+    print(f"{name:<44} {value:8.2f} s  {base:8.2f} s  {ratio}  ({base_name}; goal {goal})", flush=True)
 
 
 def build_135m(path: Path) -> None:
     """A random 30-layer Llama of the 135M class, saved by transformers, with tiny-code's tokenizer."""
     import torch
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    transformers.utils.logging.disable_progress_bar()
     config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=2048,
                          rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=None)
@@ -175,8 +176,8 @@ def main() -> None:
     n = args.repeats
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    print(f"{os.cpu_count()} CPU cores · load average {os.getloadavg()[0]:.1f} · medians of {n} · "
-          f"{'row':<14} value, baseline, ratio")
+    print(f"{os.cpu_count()} CPU cores · load average {os.getloadavg()[0]:.1f} · medians of {n} runs · "
+          "each row: value, baseline, ratio", flush=True)
     long_text = prompt_of(4096) if {1, 2, 5} & set(args.rows) else ""
     if 1 in args.rows:
         from attnscope.model.tokenizer import Tokenizer
@@ -186,13 +187,13 @@ def main() -> None:
         hf = subprocess.run(python(HF_ATTENTIONS, str(TINY), json.dumps(ids), str(n)), capture_output=True,
                             text=True, check=True)
         base = median(json.loads(hf.stdout.strip().splitlines()[-1]))
-        row("1. tiny-code 4096 tokens: attnscope run", ours, "s", base, "HF eager output_attentions forward",
+        row("1. tiny-code 4096 tokens: attnscope run", ours, base, "HF eager output_attentions forward",
             "<= 20 s, <= 4x")
     if 2 in args.rows:
         out = json.loads(subprocess.run(python(IN_PROCESS, "roles", long_text, str(n)), capture_output=True,
                                         text=True, check=True).stdout.strip().splitlines()[-1])
         roles, run = median(out["roles"]), median(out["run"])
-        row("2. head roles at 4096 tokens", roles, "s", run, "the run (checks, roles, report)", "<= 5 %")
+        row("2. head roles at 4096 tokens", roles, run, "the run (checks, roles, report)", "<= 5 %", percent=True)
     if 3 in args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "random-135m"
@@ -200,19 +201,18 @@ def main() -> None:
             text = prompt_of(24)
             ours = median(process(attnscope_run("-m", str(path), "-p", text, "-n", "16"), n))
             hf = median(process(python(HF_GENERATE, str(path), text, "16"), n))
-        row("3. 30 layers, 135M class: attnscope run", ours, "s", hf, "transformers load + generate", "<= 1.5x")
+        row("3. 30 layers, 135M class: attnscope run", ours, hf, "transformers load + generate", "<= 1.5x")
     if 4 in args.rows:
         text = prompt_of(12)
         ours = median(process(attnscope_run("-p", text), n))
         plain = median(process(python(PLAIN_FORWARD, "tiny-code", text), n))
-        row("4. tiny-code 12 tokens: attnscope run", ours, "s", plain, "load + one plain forward", "<= 4 s")
+        row("4. tiny-code 12 tokens: attnscope run", ours, plain, "load + one plain forward", "<= 4 s")
     if 5 in args.rows:
         out = json.loads(subprocess.run(python(IN_PROCESS, "capture", long_text, str(n)), capture_output=True,
                                         text=True, check=True).stdout.strip().splitlines()[-1])
         plain = median(out["plain"])
-        row("5. sdpa capture at 4096, the kernel's lse", median(out["capture"]), "s", plain,
-            "plain sdpa forward", "<= 1.3x")
-        row("   (the eager lse pass it replaced)", median(out["eager_lse"]), "s", plain, "plain sdpa forward", "-")
+        row("5. sdpa capture at 4096, the kernel's lse", median(out["capture"]), plain, "plain sdpa forward", "<= 1.3x")
+        row("   (the eager lse pass it replaced)", median(out["eager_lse"]), plain, "plain sdpa forward", "-")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -64,21 +64,22 @@ def attend(
             empty = mask.fully_masked_rows(Sq, Sk, q.device)  # (B|1, Hq|1, Sq)
             out = out.masked_fill(empty.unsqueeze(-1), 0.0)  # unconditionally: asking first would sync
             lse_keys = lse_keys.masked_fill(empty, float("-inf"))
-        if want_lse:  # NaN where the row's q holds a NaN or Inf: 0 · (a non-finite sum) is NaN
-            lse_keys = lse_keys.float() + q.sum(-1, dtype=torch.float32).mul_(0.0)
+        if want_lse:  # NaN where the row's q holds a NaN or Inf: lse + 0 · (a non-finite sum) is NaN
+            lse_keys = lse_keys.float().add(q.sum(-1, dtype=torch.float32), alpha=0.0)
     if sinks is None:
         return out, lse_keys if need_lse else None
     return apply_sinks(out, lse_keys, sinks)
 
 
-def _candidates(device_type: str, dtype: torch.dtype, masked: bool) -> list[str]:
+@functools.cache
+def _candidates(device_type: str, dtype: torch.dtype, masked: bool) -> tuple[str, ...]:
     """The lse-returning ops to try, in the order torch's own dispatch prefers them."""
     if device_type == "cpu":
-        return [CPU_FLASH]
+        return (CPU_FLASH,)
     if device_type == "cuda":
-        flash = [CUDA_FLASH] if not masked and dtype in (torch.float16, torch.bfloat16) else []
-        return [*flash, CUDA_EFFICIENT]
-    return []
+        flash = (CUDA_FLASH,) if not masked and dtype in (torch.float16, torch.bfloat16) else ()
+        return (*flash, CUDA_EFFICIENT)
+    return ()
 
 
 @functools.cache

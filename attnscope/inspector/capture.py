@@ -207,13 +207,15 @@ class Capture:
 
     With ``append=True`` successive calls (incremental decoding) are gathered and joined along the
     query rows by `layers()`, with k/v the latest (longest) cache views, so the records cover the
-    whole sequence.
+    whole sequence. With ``residuals=False`` the residual stream is not counted (a forward whose
+    records are only compared with another's attention outputs).
     """
 
-    def __init__(self, append: bool = False, on_layer=None):
+    def __init__(self, append: bool = False, on_layer=None, residuals: bool = True):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
         self.on_layer = on_layer  # called with the layer index once its block has run
+        self.residuals = residuals  # count the residual stream's NaN/Inf (the nan check's last stage)
         self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
         take_lse_source()  # a note left by an earlier call is not this forward's
 
@@ -227,10 +229,11 @@ class Capture:
             parts["lse"].append(lse)
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
-        bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
-        self.records[layer].residual_nonfinite = bad
-        if self.append:
-            self._parts[layer]["residual"].append(bad)
+        if self.residuals:
+            bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
+            self.records[layer].residual_nonfinite = bad
+            if self.append:
+                self._parts[layer]["residual"].append(bad)
         if self.on_layer is not None:
             self.on_layer(layer)
 

@@ -90,7 +90,7 @@ class Run:
 
     def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
         """The records of the same forward on other token ids ``[B, T]`` (same padding and positions)."""
-        capture = Capture()
+        capture = Capture(residuals=False)  # only the attention outputs are compared
         B, T = ids.shape
         self.model.forward(ids, self.attend, cache=self.model.new_cache(B, T), recorder=capture,
                            mask=self.inputs.padding, positions=self.inputs.positions)
@@ -100,7 +100,7 @@ class Run:
         """The same tokens one at a time through the model's KV cache: the records joined over the
         steps, and the logits ``[B, T, vocab]`` float32; `step(done, total)` after each token."""
         B, T = self.inputs.shape
-        capture = Capture(append=True)
+        capture = Capture(append=True, residuals=False)  # only the attention outputs are compared
         cache = self.model.new_cache(B, T)
         steps = []
         for t in range(T):
