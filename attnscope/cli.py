@@ -40,7 +40,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`), a "
                                        "Hugging Face model directory, a GGUF file, or a Hub id (org/name) in the "
                                        "local cache.")]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa or triton.")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa, flex or triton.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
 ChecksOpt = Annotated[str, typer.Option("--checks", help="Comma-separated checks to run: nan, masked_rows, "
@@ -54,6 +54,8 @@ PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickled 
 EngineOpt = Annotated[str, typer.Option("--engine", help="native (attnscope's Llama-family model), hf (the "
                                         "transformers model, any causal LM) or auto (native for llama, mistral, "
                                         "qwen2 and qwen3, else hf).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress on stderr (there is none when stderr is "
+                                        "not a terminal).")]
 
 
 def fail(message: str) -> typer.Exit:
@@ -81,14 +83,15 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = "auto"):
-    """Load a model, with a spinner on stderr when it is a terminal."""
+def _load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = "auto", bars=None):
+    """Load a model, its progress on `bars` (`attnscope.render.console.StageBars`) when given."""
     from attnscope.model.loader import load_model
-    from attnscope.render.console import load_with_spinner
 
-    return load_with_spinner(lambda progress: load_model(model, dtype=dtype, device=_resolve_device(device),
-                                                         engine=engine, allow_pickle=allow_pickle,
-                                                         progress=progress), model)
+    if bars is not None:
+        bars.describe("loading", f"loading {model}")
+    progress = None if bars is None else (lambda done, total, what: bars(done, total, "loading"))
+    return load_model(model, dtype=dtype, device=_resolve_device(device), engine=engine, allow_pickle=allow_pickle,
+                      progress=progress)
 
 
 ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "
@@ -123,6 +126,7 @@ def run(
     color: ColorOpt = "auto",
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Run a prompt: its tokens, continuation, attention statistics per layer and head, checks, a heatmap."""
     _check_outputs(("--json", json_path), ("--svg", svg), ("--html", html))
@@ -137,17 +141,18 @@ def run(
     with user_errors():
         from attnscope.inspector.report import pick_head
         from attnscope.output import write_outputs
-        from attnscope.render.console import emit, exports, output_console
+        from attnscope.render.console import emit, exports, output_console, stage_bars
         from attnscope.render.run_view import run_view
         from attnscope.scope import Scope
 
         console = output_console(color)
-        loaded = _load(model, dtype, device, allow_pickle, engine)
-        scope = Scope(loaded, backend=backend)
-        _check_place(scope, prompt, layer, head, query)
-        result = scope.run(prompt, max_new_tokens=max_new_tokens, checks=check_names, atol=atol, rtol=rtol,
-                           roles=True)
-        report = result.report()
+        with stage_bars(quiet) as bars:
+            loaded = _load(model, dtype, device, allow_pickle, engine, bars)
+            scope = Scope(loaded, backend=backend)
+            _check_place(scope, prompt, layer, head, query)
+            result = scope.run(prompt, max_new_tokens=max_new_tokens, checks=check_names, atol=atol, rtol=rtol,
+                               roles=True, progress=bars)
+            report = result.report()
         layer, head, why = pick_head(report, layer, head)
         parts = run_view(result, report, layer, head, why, width=console.width, every_head=heads == "all",
                          log=scale == "log", query=query)
@@ -238,7 +243,7 @@ def check(
     prompts_file: PromptsFileOpt = None,
     model: ModelOpt = "tiny-code",
     backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
-                                               "sdpa, triton.")] = ["sdpa"],  # noqa: B006
+                                               "sdpa, flex, triton.")] = ["sdpa"],  # noqa: B006
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
     checks: ChecksOpt = "all",
@@ -248,6 +253,7 @@ def check(
     junit_path: JunitOpt = None,
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
     _check_outputs(("--json", json_path), ("--junit", junit_path))
@@ -260,21 +266,25 @@ def check(
         from attnscope.inspector.report import report_set
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
-        from attnscope.render.console import console, progress_bar
+        from attnscope.render.console import console, stage_bars
         from attnscope.scope import Scope
 
         for name in backend:
             get_backend(name)  # an unknown or unavailable backend is bad input: fail before any work
-        loaded = _load(model, dtype, device, allow_pickle, engine)
-        scopes = [Scope(loaded, backend=name) for name in backend]
-        for prompt_text in prompt_list:  # validate every prompt before running anything
-            scopes[0].encode(prompt_text)
-        total = len(prompt_list) * len(scopes)
-        with progress_bar(total) as advance:
+        with stage_bars(quiet) as bars:
+            loaded = _load(model, dtype, device, allow_pickle, engine, bars)
+            scopes = [Scope(loaded, backend=name) for name in backend]
+            for prompt_text in prompt_list:  # validate every prompt before running anything
+                scopes[0].encode(prompt_text)
+            total = len(prompt_list) * len(scopes)
             for n, prompt_text in enumerate(prompt_list):
                 for scope in scopes:
-                    advance(f"{scope.backend}: {prompt_text[:40]!r}")
-                    result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol)
+                    if bars is not None:
+                        bars.clear(keep=("loading", "runs"))
+                        if total > 1:
+                            bars(len(runs), total, "runs")
+                            bars.describe("runs", f"{scope.backend}: {prompt_text[:40]!r}")
+                    result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol, progress=bars)
                     runs.append((n, prompt_text, scope.backend, result.report()))
         checked = [(n, p, b, r.checks) for n, p, b, r in runs]
         junit = junit_xml(checked) if junit_path else ""
@@ -326,6 +336,7 @@ def compare(
     color: ColorOpt = "auto",
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Where model B's attention parts ways with model A's, per layer and head, on the same tokens; \
 exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
@@ -342,7 +353,7 @@ exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
         from attnscope.render.compare_view import compare_view
-        from attnscope.render.console import emit, exports, output_console, progress_bar
+        from attnscope.render.console import emit, exports, output_console, stage_bars
         from attnscope.scope import compare as compare_models
 
         get_backend(backend)  # an unknown or unavailable backend fails before any work
@@ -350,9 +361,11 @@ exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
         a, b = (_load(name, dtype, device, allow_pickle, engine) for name in model)
         check_layouts(a.layout, b.layout, (a.name, b.name) if a.name != b.name else ("A", "B"))
         comparisons, parts = [], []
-        with progress_bar(len(prompt_list)) as advance:
-            for text in prompt_list:
-                advance(f"comparing {text[:40]!r}")
+        with stage_bars(quiet) as bars:
+            for n, text in enumerate(prompt_list):
+                if bars is not None:
+                    bars(n, len(prompt_list), "compare")
+                    bars.describe("compare", f"comparing {text[:40]!r}")
                 comparisons.append(compare_models(a, b, text, backend=backend, atol=atol, rtol=rtol))
         for c in comparisons:
             parts += [*compare_view(c, width=out.width), Text()]
@@ -468,19 +481,22 @@ def heads(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report (with roles) here.")] = None,
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
+    quiet: QuietOpt = False,
 ) -> None:
     """Score every head (induction, previous-token, sink, local, broad) and name its role."""
     _check_outputs(("--json", json_path))
     with user_errors():
         from attnscope.inspector.heads import REPEAT_LENGTH
         from attnscope.output import write_outputs
-        from attnscope.render.console import console
+        from attnscope.render.console import console, stage_bars
         from attnscope.render.tables import roles_table
         from attnscope.scope import Scope
 
-        loaded = _load(model, dtype, device, allow_pickle, engine)
-        scope = Scope(loaded, backend=backend)
-        report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True).report()
+        with stage_bars(quiet) as bars:
+            loaded = _load(model, dtype, device, allow_pickle, engine, bars)
+            scope = Scope(loaded, backend=backend)
+            report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True,
+                               progress=bars).report()
         write_outputs([("--json", json_path, report.to_json() if json_path else "")])
     source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
     out = console()

@@ -82,9 +82,20 @@ class MaskSpec:
         return Or(self, other)
 
     def mask_mod(self, q_len: int, k_len: int):
-        """This spec as a FlexAttention ``mask_mod`` (whose q_idx counts from the first query)."""
+        """This spec as a FlexAttention ``mask_mod`` for the last `q_len` of `k_len` positions: called
+        with scalar indices (FlexAttention vmaps it), q_idx counting from the first query. A spec with
+        its own batch (or head) dimension (padding, documents or a tensor per row) answers for row b
+        (head h)."""
         past = k_len - q_len
-        return lambda b, h, q_idx, kv_idx: self.predicate(b, h, q_idx + past, kv_idx)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            allowed = self.predicate(b, h, q_idx + past, kv_idx)  # () or (B|1, H|1, 1, 1)
+            if allowed.dim() == 0:
+                return allowed
+            rows, heads = allowed.shape[0], allowed.shape[1]
+            return allowed.reshape(rows, heads)[b if rows > 1 else 0, h if heads > 1 else 0]
+
+        return mask_mod
 
     def dense(self, q_len: int, k_len: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Boolean mask ``[B or 1, H or 1, q_len, k_len]``; the queries are the last `q_len` positions.

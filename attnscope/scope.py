@@ -27,7 +27,7 @@ from attnscope.inspector.compare import Comparison, check_layouts, check_tokens,
 from attnscope.inspector.heads import REPEAT_LENGTH, HeadRole, head_roles, repeated_sequence
 from attnscope.inspector.report import Check
 from attnscope.inspector.result import Result
-from attnscope.inspector.run import Inputs, Run
+from attnscope.inspector.run import Inputs, Progress, Run, step_of
 
 Prompt = str | Sequence[int]
 
@@ -99,7 +99,7 @@ class Scope:
     def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left",
             checks: str | Sequence[str] | None = (), atol: float | None = None, rtol: float | None = None,
             on_layer: Callable[[int], None] | None = None, on_check: Callable[[Check], None] | None = None,
-            roles: bool = False) -> Result:
+            roles: bool = False, progress: Progress | None = None) -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
         `max_new_tokens` greedily with the KV cache, then run the named checks.
 
@@ -114,6 +114,9 @@ class Scope:
                 live views); an exception raised there stops the run.
             roles: also score every head's role (`attnscope.inspector.heads`; one more forward pass
                 of a short repeated random sequence for the induction score).
+            progress: called with (done, total, stage) as the work advances: "forward" and
+                "statistics" (layers), "decode" (0 of the new tokens, then all), each check by its
+                name (its loop: layers, tokens, perturbations), "roles" (layers).
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
@@ -122,14 +125,33 @@ class Scope:
         inputs, batched = self.inputs(prompt, padding_side, max_new_tokens)
         B, T = inputs.shape
         cache = self.model.new_cache(B, T + max_new_tokens)
-        run = Run.forward(self.model, self.backend, self.attend, inputs, cache=cache, on_layer=on_layer)
+        n_layers = self.model.layout.n_layers
+
+        def layer_done(layer: int) -> None:
+            if progress is not None:
+                progress(layer + 1, n_layers, "forward")
+            if on_layer is not None:
+                on_layer(layer)
+
+        run = Run.forward(self.model, self.backend, self.attend, inputs, cache=cache, on_layer=layer_done)
         last_logits = run.logits[torch.arange(B, device=run.logits.device), inputs.last()].unsqueeze(1)  # (B, 1, V)
+        decoding = step_of(progress, "decode")
+        if decoding is not None and max_new_tokens:
+            decoding(0, max_new_tokens)
         new_ids = self.model.decode(last_logits, cache, self.attend, max_new_tokens,
                                     mask=inputs.padding, positions=inputs.positions)
+        if decoding is not None and max_new_tokens:
+            decoding(max_new_tokens, max_new_tokens)
         result = Result(run, prompt, batched, new_ids.tolist())
-        result.checks, result.diffs = run_checks(run, names, atol, rtol, on_check=on_check)
+        if roles or {"nan", "masked_rows"} & set(names):  # the row statistics they read, as a stage of its own
+            statistics = step_of(progress, "statistics")
+            for rec in run.records:
+                rec.stats  # noqa: B018 (computed once and kept)
+                if statistics is not None:
+                    statistics(rec.layer + 1, len(run.records))
+        result.checks, result.diffs = run_checks(run, names, atol, rtol, on_check=on_check, progress=progress)
         if roles:
-            result.roles = head_roles(run, self.forward(self.role_probe()))
+            result.roles = head_roles(run, self.forward(self.role_probe()), step_of(progress, "roles"))
         return result
 
     def role_probe(self, seed: int = 0) -> list[int]:

@@ -98,7 +98,7 @@ def attend(
         BackendUnavailable: Triton cannot run here, the tensors are on a device the kernels cannot
             use, or the mask is not causal / sliding-window.
     """
-    from attnscope.backends import check_shapes
+    from attnscope.backends import check_shapes, note_lse_source
 
     check_shapes(q, k, v, mask)
     window = mask_window(mask)
@@ -110,4 +110,5 @@ def attend(
     if q.device.type != "cuda" and not (INTERPRETING and q.device.type == "cpu"):
         raise BackendUnavailable(f"the triton backend needs CUDA tensors, got {q.device} "
                                  "(or TRITON_INTERPRET=1 before the first kernel call, for CPU tensors)")
+    note_lse_source("triton")
     return attention(q, k, v, causal=True, window=window, scale=scale, return_lse=True)

@@ -1,18 +1,19 @@
-"""The attention interface: eager and sdpa against a float64 reference, GQA head mapping, lse,
-shape validation."""
+"""The attention interface: eager, sdpa and flex against a float64 reference, GQA head mapping, lse,
+shape validation; flex on every mask kind; the optional features against transformers' own code."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from attnscope import masks
 from attnscope.backends import eager, get_backend
 from attnscope.backends.eager import probabilities
 from attnscope.masks import causal, sliding_window
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-BACKENDS = ["eager", "sdpa"]
+BACKENDS = ["eager", "sdpa", "flex"]
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 
@@ -139,16 +140,17 @@ def _hf_eager(module_name, q, k, v, allowed, scale, **features):
     return out.transpose(1, 2), weights
 
 
+@pytest.mark.parametrize("backend", ["eager", "flex"])
 @pytest.mark.parametrize("B, Hq, Hkv, Sq, Sk", CASES)
-def test_eager_softcap_matches_gemma2(B, Hq, Hkv, Sq, Sk):
+def test_softcap_matches_gemma2(backend, B, Hq, Hkv, Sq, Sk):
     q, k, v = qkv(B, Hq, Hkv, Sq, Sk, 16)
     q = q * 4  # scores well beyond the cap
     spec = causal()
     allowed = spec.dense(Sq, Sk).expand(B, Hq, Sq, Sk)
     want_out, want_w = _hf_eager("gemma2", q, k, v, allowed, 0.25, softcap=5.0)
-    out, lse = eager.attend(q, k, v, spec, 0.25, softcap=5.0)
+    out, lse = get_backend(backend)(q, k, v, spec, 0.25, softcap=5.0)
     torch.testing.assert_close(out, want_out, atol=2e-5, rtol=0)
-    plain, _ = eager.attend(q, k, v, spec, 0.25)
+    plain, _ = get_backend(backend)(q, k, v, spec, 0.25)
     assert (plain - out).abs().max() > 1e-2  # the cap changes the output: the test can fail
     kr = k.repeat_interleave(Hq // Hkv, dim=1)
     got_w = probabilities(q, kr, lse, allowed, 0.25, softcap=5.0)
@@ -175,8 +177,58 @@ def test_a_backend_without_a_feature_is_refused_by_name():
     from attnscope.backends import require_features, supports
     from attnscope.errors import UnsupportedFeature
 
-    sdpa = get_backend("sdpa")
+    sdpa, flex = get_backend("sdpa"), get_backend("flex")
     assert supports(eager.attend, "softcap") and supports(sdpa, "sinks") and not supports(sdpa, "softcap")
+    assert supports(flex, "softcap") and supports(flex, "sinks")
     assert require_features(sdpa, {"softcap": None, "sinks": None}, "layer 0") == {}
     with pytest.raises(UnsupportedFeature, match="layer 3 uses attention logit soft-capping, which backend 'sdpa'"):
         require_features(sdpa, {"softcap": 30.0}, "layer 3")
+
+
+# --- flex: every mask kind as a block mask ---------------------------------------------------------------
+
+FLEX_MASKS = [
+    masks.causal() & masks.padding([21, 13], "left"),
+    masks.causal() & masks.padding([21, 9], "right"),
+    masks.padding([0, 21], "left"),  # row 0 has no real key: every row of it is empty
+    masks.causal() & masks.document([0] * 8 + [1] * 6 + [2] * 7),
+    masks.document([[0] * 10 + [1] * 11, [0] * 3 + [1] * 18]),  # per-row documents
+    masks.prefix_lm(6),
+    masks.causal() & masks.chunked(4),
+    masks.custom(torch.rand(9, 21, generator=torch.Generator().manual_seed(3)) > 0.6),
+    masks.custom(torch.rand(2, 4, 9, 21, generator=torch.Generator().manual_seed(4)) > 0.5),  # per row and head
+]
+
+
+@pytest.mark.parametrize("spec", FLEX_MASKS, ids=repr)
+@pytest.mark.parametrize("Sq", [9, 1])
+def test_flex_runs_every_mask_kind(spec, Sq):
+    """The spec's mask_mod as FlexAttention's block mask gives the reference, per batch row and head,
+    with out 0 / lse -inf on rows that see no key."""
+    B, Hq, Hkv, Sk, D = 2, 4, 2, 21, 16
+    q, k, v = qkv(B, Hq, Hkv, Sq, Sk, D)
+    out, lse = get_backend("flex")(q, k, v, spec, D**-0.5)
+    allowed = spec.dense(Sq, Sk).expand(B, Hq, Sq, Sk)
+    ref_out, ref_lse, _ = reference(q, k, v, allowed, D**-0.5)
+    empty = ~allowed.any(-1)
+    assert torch.equal(lse == float("-inf"), empty)
+    torch.testing.assert_close(out.double()[~empty], ref_out[~empty], atol=2e-5, rtol=0)
+    torch.testing.assert_close(lse.double()[~empty], ref_lse[~empty], atol=2e-5, rtol=0)
+    assert bool((out[empty] == 0).all())
+
+
+def test_flex_bounds_the_scores_of_its_eager_path(monkeypatch):
+    """On the CPU the eager flex path materializes a call's scores: query rows run in chunks of at
+    most MAX_SCORE_ELEMENTS scores, each with its own block mask, with the same result."""
+    from attnscope.backends import flex
+
+    q, k, v = qkv(2, 4, 2, 11, 19, 8)
+    spec = masks.causal() & masks.sliding_window(6)
+    whole = flex.attend(q, k, v, spec, 0.4)
+    monkeypatch.setattr(eager, "MAX_SCORE_ELEMENTS", 2 * 4 * 19 * 3)  # 3 rows per call
+    calls = []
+    run = flex._flex
+    monkeypatch.setattr(flex, "_flex", lambda q, *rest: calls.append(q.shape[2]) or run(q, *rest))
+    chunked = flex.attend(q, k, v, spec, 0.4)
+    assert calls == [3, 3, 3, 2]
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)

@@ -17,6 +17,7 @@ from attnscope import masks
 from attnscope.backends import register_backend
 from attnscope.backends.eager import attend as eager_attend
 from attnscope.errors import UserError
+from attnscope.inspector import capture
 from attnscope.inspector.checks import CHECK_NAMES
 from attnscope.model import KVCache
 from attnscope.model.loader import LoadedModel
@@ -68,6 +69,16 @@ def test_padded_batch_passes_every_check():
     assert all(c.passed for c in result.checks), [c.message for c in result.checks]
     masked = next(c for c in result.checks if c.name == "masked_rows")
     assert masked.figures["padding_rows_fully_masked"] > 0  # left padding rows, reported, not failed
+
+
+def test_flex_passes_every_check_on_a_padded_batch():
+    """The check suite treats flex like any backend (a smaller model: its CPU path is the eager,
+    unfused flex_attention, ~50 ms a call)."""
+    model = random_model(**{**MODEL_ARGS, "layers": 2})
+    result = attnscope.Scope(model, backend="flex").run([PROMPT[:12], PROMPT[:7]], checks="all")
+    assert [c.name for c in result.checks] == list(CHECK_NAMES)
+    assert all(c.passed for c in result.checks), [c.message for c in result.checks]
+    assert result.report().lse_source == "flex_attention"
 
 
 def test_off_by_one_causal_backend_is_caught_at_layer_0():
@@ -308,3 +319,68 @@ def test_bundled_broken_models_are_localized_by_attnscope_check():
     fp32 = runner.invoke(app, ["check", "-m", "broken/fp16-overflow", "-p", "def fibonacci(n):", "--checks", "nan",
                                "--device", "cpu"])
     assert fp32.exit_code == 0, fp32.output
+
+
+# ---- row statistics: one pass, against a float64 reference -------------------------------------------
+
+STATS_MASKS = [
+    masks.causal(), masks.causal() & masks.sliding_window(3), masks.prefix_lm(5),
+    masks.causal() & masks.padding([14, 6], "left"),  # the padding rows of batch row 1 see no key
+]
+
+
+def dense_stats(q, k, lse, allowed, scale):
+    """Each row's statistics from the float64 weights exp(q·k·scale - lse), 0 where masked."""
+    groups = q.shape[1] // k.shape[1]
+    kr = k.double().repeat_interleave(groups, dim=1)
+    scores = (q.double() @ kr.transpose(-1, -2)) * scale
+    lse = lse.double().masked_fill(lse == float("-inf"), 0.0).unsqueeze(-1)
+    p = torch.where(allowed, torch.exp(scores - lse), torch.zeros((), dtype=torch.float64))
+    plogp = torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=torch.float64))
+    return {"entropy": -plogp.sum(-1), "max_weight": p.amax(-1), "argmax": p.argmax(-1),
+            "first_token_mass": p[..., 0], "weight_sum": p.sum(-1), "fully_masked": ~allowed.any(-1)}
+
+
+@pytest.mark.parametrize("spec", STATS_MASKS, ids=repr)
+@pytest.mark.parametrize("chunk", [None, 2 * 8 * 14 * 3])  # one chunk, or 3 rows per chunk
+@pytest.mark.parametrize("lse_shift", [0.0, 0.3])  # the backend's lse, right or off
+def test_row_statistics_match_a_float64_reference(monkeypatch, spec, chunk, lse_shift):
+    if chunk is not None:
+        monkeypatch.setattr(capture, "STATS_CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(0)
+    B, Hq, Hkv, Sq, Sk, D = 2, 8, 2, 10, 14, 16
+    q, k, v = (torch.randn(B, h, s, D, generator=gen) * 2 for h, s in ((Hq, Sq), (Hkv, Sk), (Hkv, Sk)))
+    out, lse = eager_attend(q, k, v, spec, D**-0.5)
+    lse = lse - lse_shift  # a wrong lse: weights sum to exp(shift), the statistics must show it
+    stats = capture.LayerRecord(0, q, k, v, out, lse, spec, D**-0.5).stats
+    want = dense_stats(q, k, lse, spec.dense(Sq, Sk).expand(B, Hq, Sq, Sk), D**-0.5)
+    for name in ("entropy", "max_weight", "first_token_mass", "weight_sum"):
+        torch.testing.assert_close(getattr(stats, name).double(), want[name], atol=2e-5, rtol=1e-5, msg=name)
+    assert torch.equal(stats.fully_masked, want["fully_masked"])
+    assert bool(want["fully_masked"].any()) == ("padding" in repr(spec))
+    assert torch.equal(stats.argmax[~want["fully_masked"]], want["argmax"][~want["fully_masked"]])
+    for name in ("nonfinite_scores", "nonfinite_weights", "nonfinite_output"):
+        assert int(getattr(stats, name).sum()) == 0, name
+
+
+def test_row_statistics_count_every_nonfinite_value(monkeypatch):
+    """NaN and Inf in the inputs are counted per row where they are (the counts are skipped only
+    when q and k bound every score), and so are weights that overflow under a wrong lse."""
+    monkeypatch.setattr(capture, "STATS_CHUNK_ELEMENTS", 4 * 12 * 3)
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(1, 4, 9, 8, generator=gen), torch.randn(1, 2, 12, 8, generator=gen), torch.randn(1, 2, 12, 8)
+    spec = masks.causal()
+    clean = capture.LayerRecord(0, q, k, v, *eager_attend(q, k, v, spec, 0.3), spec, 0.3)
+    assert capture.scores_are_finite(q, k, 0.3) and int(clean.stats.nonfinite_scores.sum()) == 0
+    q2, k2 = q.clone(), k.clone()
+    q2[0, 1, 4, 2] = float("nan")  # head 1, row 4: every allowed score of that row (keys 0..7)
+    k2[0, 1, 10, 0] = float("inf")  # kv head 1, key 10: seen by rows 7 and 8 of heads 2 and 3
+    out, lse = eager_attend(q2, k2, v, spec, 0.3)
+    lse[0, 0, 6] -= 200.0  # head 0, row 6: its weights overflow to inf
+    stats = capture.LayerRecord(0, q2, k2, v, out, lse, spec, 0.3).stats
+    assert not capture.scores_are_finite(q2, k2, 0.3)
+    bad = stats.nonfinite_scores[0]
+    assert int(bad[1, 4]) == 8 and int(bad[2, 7]) == 1 and int(bad[3, 8]) == 1
+    assert int(bad.sum()) == 8 + 4  # rows 7 and 8 of heads 2 and 3
+    assert int(stats.nonfinite_weights[0, 0, 6]) > 0 and int(stats.nonfinite_weights[0, 0].sum()) == int(
+        stats.nonfinite_weights[0, 0, 6])

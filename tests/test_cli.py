@@ -82,6 +82,8 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
                 "layers", "checks", "passed"):
         assert key in report
     assert report["backend"] == "sdpa" and report["reference"] == "eager"
+    assert report["lse_source"] == "aten._scaled_dot_product_flash_attention_for_cpu"
+    assert result.stderr == ""  # stderr is not a terminal: no progress
     assert report["prompt"] == "def fibonacci(n):"
     assert report["tokens"][0] == {"index": 0, "id": 0, "text": "<|endoftext|>"}
     assert len(report["layers"]) == 4 and len(report["layers"][0]["heads"]) == 8
@@ -93,6 +95,43 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
         "nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality"}
     assert head["role_scores"] is not None and set(head["role_scores"]) == {
         "induction", "previous_token", "sink", "local", "broad"}
+
+
+@needs_tiny
+@pytest.mark.parametrize("command", [("run", "-n", "2"), ("check",), ("heads",)])
+def test_progress_shows_on_a_terminal_and_not_with_quiet(monkeypatch, command):
+    """On a terminal stderr, one bar per stage (transient: their last frame is erased); --quiet
+    writes nothing there."""
+    import io
+
+    from rich.console import Console
+
+    from attnscope.render import console as consoles
+
+    written = io.StringIO()
+    plain = consoles.console
+
+    def terminal_stderr(stderr: bool = False):
+        if not stderr:
+            return plain()
+        return Console(file=written, force_terminal=True, width=120, color_system=None)
+
+    monkeypatch.setattr(consoles, "console", terminal_stderr)
+    args = [*command, "-p", "def f(x):"] if command[0] != "heads" else [*command]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    frames = written.getvalue()
+    stages = ["loading tiny-code", "forward · layers", "row statistics · layers"]
+    if command[0] != "check":
+        stages += ["head roles · layers"]
+    if command[0] != "heads":
+        stages += ["full_vs_incremental · tokens", "causality · perturbations", "backend_vs_reference · layers"]
+    for stage in stages:
+        assert stage in frames, stage
+    written.truncate(0)
+    written.seek(0)
+    assert invoke(*args, "--quiet").exit_code == 0
+    assert written.getvalue() == ""
 
 
 @needs_tiny

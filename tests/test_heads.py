@@ -78,3 +78,23 @@ def test_heads_command(tmp_path):
     report = json.loads(out.read_text())
     roles = [h["role"] for layer in report["layers"] for h in layer["heads"]]
     assert "induction" in roles and "previous_token" in roles
+
+
+def test_progress_reports_every_stage_to_its_total():
+    """Scope.run's progress callback: each stage in order, counting up to its total (layers,
+    tokens, perturbations)."""
+    calls = []
+    model = random_model(**MODEL_ARGS)
+    prompt = list(range(5, 17))
+    attnscope.Scope(model, backend="sdpa").run(prompt, max_new_tokens=3, checks="all", roles=True,
+                                               progress=lambda done, total, stage: calls.append((stage, done, total)))
+    order = list(dict.fromkeys(stage for stage, _, _ in calls))
+    assert order == ["forward", "decode", "statistics", "nan", "full_vs_incremental", "backend_vs_reference",
+                     "causality", "roles"]
+    layers = MODEL_ARGS["layers"]
+    totals = {"forward": layers, "decode": 3, "statistics": layers, "nan": layers, "full_vs_incremental": 12,
+              "backend_vs_reference": layers, "causality": 3, "roles": layers}
+    for stage, total in totals.items():
+        mine = [(done, t) for s, done, t in calls if s == stage]
+        assert all(t == total for _, t in mine), stage
+        assert mine[-1][0] == total and [d for d, _ in mine] == sorted(d for d, _ in mine), stage

@@ -53,6 +53,7 @@ CORE_MODULES = [
     "attnscope.backends",
     "attnscope.backends.eager",
     "attnscope.backends.sdpa",
+    "attnscope.backends.flex",
     "attnscope.model",
     "attnscope.model.config",
     "attnscope.model.llama",
@@ -96,6 +97,25 @@ def test_core_works_without_ui_libraries(tmp_path):
                                       if sys.modules.get(m) is not None]}}))
     """)
     assert out == {"rows": 10, "layers": 2, "loaded": []}
+
+
+def test_a_run_imports_only_what_it_uses():
+    """`attnscope run` on a short prompt: the model is built without initializing the weights it
+    loads next (initializing them on the meta device imports torch's compiler stack, ~1 s), and
+    nothing of the TUI, transformers or triton is imported."""
+    out = run_python("""
+        import json, sys
+        sys.argv = ["attnscope", "run", "-p", "def f(x):", "-n", "2", "--quiet"]
+        from attnscope.cli import main
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code
+        print(json.dumps({"code": code, "loaded": sorted(m for m in ("torch._dynamo", "torch._inductor",
+                          "transformers", "textual", "triton", "attnscope.tui", "attnscope.backends.flex")
+                          if m in sys.modules)}))
+    """)
+    assert out == {"code": 0, "loaded": []}
 
 
 def _module_files() -> dict[str, Path]:

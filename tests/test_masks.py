@@ -405,9 +405,30 @@ def test_generation_hits_the_mask_cache(backend):
     assert hits / (hits + misses) >= 0.9, (hits, misses)
 
 
+# ---- mask_mod: FlexAttention's view of a spec ------------------------------------------------
+
+MASK_MOD_SPECS = [
+    masks.causal(), masks.causal() & masks.sliding_window(3), masks.prefix_lm(4), masks.causal() & masks.chunked(3),
+    masks.causal() & masks.padding([9, 4], "left"), masks.padding([6, 0], "right"),
+    masks.causal() & masks.document([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 1, 1, 1, 1, 1, 1, 2, 3]]),
+    masks.custom(torch.tensor([[1, 0, 1, 1, 0, 1, 1, 0, 1]] * 4, dtype=torch.bool)),
+    masks.custom(torch.rand(2, 4, 4, 9, generator=torch.Generator().manual_seed(0)) > 0.5, "per-head"),
+]
+
+
+@pytest.mark.parametrize("spec", MASK_MOD_SPECS, ids=repr)
+@pytest.mark.parametrize(("q_len", "k_len"), [(9, 9), (4, 9), (1, 9)])
+def test_mask_mod_is_the_dense_mask_for_flex(spec, q_len, k_len):
+    """FlexAttention's materialization of `mask_mod` (scalar calls under vmap, q_idx counted from
+    the first query) is the dense mask, for every batch row and head of a spec that has them."""
+    B, H = 2, 4
+    got = create_mask(spec.mask_mod(q_len, k_len), B, H, q_len, k_len, device="cpu")
+    assert torch.equal(got, spec.dense(q_len, k_len).expand(B, H, q_len, k_len))
+
+
 # ---- fully-masked rows in the backends -------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("spec", [
     masks.causal() & masks.padding([3, 6], "left", total=6),
@@ -468,7 +489,7 @@ def test_fully_masked_rows_match_a_float64_reference(backend, dtype, q_len, k_le
 # ---- padded batches end to end ---------------------------------------------------------------
 
 @pytest.mark.parametrize("side", ["left", "right"])
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
 def test_padded_batch_rows_equal_their_single_runs(side, backend):
     model = random_model(**TINY_MODEL)
     scope = attnscope.Scope(model, backend=backend)

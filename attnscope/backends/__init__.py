@@ -22,14 +22,21 @@ Two optional features, passed only when a layer uses them (models of the ``hf`` 
 A backend implements a feature by accepting its keyword; the caller refuses a backend that does
 not (`require_features`), naming the feature: it is never silently computed without it.
 
+Where the lse of a call comes from: a backend says so with `note_lse_source` (the kernel that
+produced the output, or ``eager`` when the eager reference's pass recomputed it); the recorder of
+the forward takes it with `take_lse_source` and the report shows it. A backend that notes nothing
+computed its own.
+
 - ``eager``: float32, explicit scores and softmax; the reference.
-- ``sdpa``: torch ``scaled_dot_product_attention`` with ``enable_gqa``.
+- ``sdpa``: torch ``scaled_dot_product_attention``; the lse from the fused kernel's own output.
+- ``flex``: torch ``flex_attention``: any mask as a block mask, the lse from the kernel.
 - ``triton``: the kernels of ``attnscope.kernels`` (needs Triton; see that package).
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 
 import torch
@@ -39,7 +46,7 @@ from attnscope.masks import MaskSpec
 
 AttendFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
-BACKEND_NAMES = ("eager", "sdpa", "triton")
+BACKEND_NAMES = ("eager", "sdpa", "flex", "triton")
 FEATURES = {"softcap": "attention logit soft-capping", "sinks": "attention sinks"}
 _REGISTERED: dict[str, AttendFn] = {}
 
@@ -67,6 +74,13 @@ def get_backend(name: str) -> AttendFn:
         from attnscope.backends.eager import attend
     elif name == "sdpa":
         from attnscope.backends.sdpa import attend
+    elif name == "flex":
+        from attnscope.backends import flex
+
+        reason = flex.unavailable_reason()
+        if reason:
+            raise BackendUnavailable(f"backend 'flex' is not available: {reason}")
+        attend = flex.attend
     elif name == "triton":
         from attnscope import kernels
 
@@ -90,6 +104,22 @@ def backend_name(attend: AttendFn) -> str:
     return getattr(attend, "__name__", repr(attend))
 
 
+_LSE_SOURCE = threading.local()
+
+
+def note_lse_source(source: str) -> None:
+    """Called by a backend in each attention call: where that call's lse comes from (a kernel's
+    name, or ``eager`` for the eager reference's pass)."""
+    _LSE_SOURCE.value = source
+
+
+def take_lse_source() -> str | None:
+    """The source the last attention call in this thread noted (None when it noted none), cleared."""
+    source = getattr(_LSE_SOURCE, "value", None)
+    _LSE_SOURCE.value = None
+    return source
+
+
 def supports(attend: AttendFn, feature: str) -> bool:
     """Whether `attend` accepts the keyword of `feature` (see the module docstring)."""
     try:
@@ -108,6 +138,14 @@ def require_features(attend: AttendFn, features: dict, where: str) -> dict:
             raise UnsupportedFeature(f"{where} uses {FEATURES[name]}, which backend {backend_name(attend)!r} "
                                      f"does not implement (use --backend eager)")
     return used
+
+
+def apply_sinks(out: torch.Tensor, lse_keys: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output and lse ``[B, Hq, Sq]`` of an attention over the keys alone, with one sink logit per
+    query head (``[Hq]``) joining each row's softmax: the sink adds a term to the denominator and
+    nothing to the values, so the output is rescaled by ``exp(lse_keys - lse)``."""
+    lse = torch.logaddexp(lse_keys.float(), sinks.float().view(1, -1, 1))
+    return out * torch.exp(lse_keys - lse).unsqueeze(-1).to(out.dtype), lse
 
 
 def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from attnscope.backends import check_shapes, group_mask
+from attnscope.backends import check_shapes, group_mask, note_lse_source
 from attnscope.masks import MaskSpec
 
 # 16 MiB of float32 scores per chunk. A chunk and its few temporaries stay below glibc's largest
@@ -24,20 +24,39 @@ MAX_SCORE_ELEMENTS = 1 << 22
 def masked_scores(
     q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, max_elements: int | None = None,
     softcap: float | None = None,
-) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Yield (rows, scores, allowed) chunks of query rows: scaled (and soft-capped) float32 scores
-    ``[B, Hkv, G, rows, Sk]`` with -inf where masked, and the mask chunk ``[B|1, Hkv|1, G|1, rows, Sk]``;
-    at most `max_elements` (default `MAX_SCORE_ELEMENTS`) scores per chunk."""
+) -> Iterator[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
+    """Yield (rows, keys, scores, allowed) chunks of query rows: `keys` the span of keys that some row
+    of the chunk may see (the keys outside it are masked for every row of the chunk and are not
+    computed: about half of the matrix under a causal mask, most of it under a sliding window), the
+    scaled (and soft-capped) float32 scores ``[B, Hkv, G, rows, keys]`` with -inf where masked, and
+    the mask chunk ``[B|1, Hkv|1, G|1, rows, keys]``; at most `max_elements` (default
+    `MAX_SCORE_ELEMENTS`) scores per chunk."""
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
-    allowed = group_mask(mask.dense(Sq, Sk, q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
+    dense = mask.dense(Sq, Sk, q.device)  # (B|1, Hq|1, Sq, Sk)
+    allowed = group_mask(dense, Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
     qg = q.float().view(B, Hkv, Hq // Hkv, Sq, D)  # (B, Hkv, G, Sq, D)
     kt = k.float().unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, Sk)
     step = max(1, (max_elements or MAX_SCORE_ELEMENTS) // max(1, B * Hq * Sk))
-    for start in range(0, Sq, step):
-        rows = slice(start, min(Sq, start + step))
-        scores = cap((qg[..., rows, :] @ kt).mul_(scale), softcap)  # (B, Hkv, G, rows, Sk), one buffer
-        yield rows, scores.masked_fill_(~allowed[..., rows, :], float("-inf")), allowed[..., rows, :]
+    chunks = [slice(start, min(Sq, start + step)) for start in range(0, Sq, step)]
+    for rows, keys in zip(chunks, key_spans(dense, chunks), strict=True):
+        keys = keys or slice(0, min(1, Sk))  # no key seen: one masked column keeps the shapes
+        scores = cap((qg[..., rows, :] @ kt[..., keys]).mul_(scale), softcap)  # (B, Hkv, G, rows, keys), one buffer
+        chunk = allowed[..., rows, keys]
+        yield rows, keys, scores.masked_fill_(~chunk, float("-inf")), chunk
+
+
+def key_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice | None]:
+    """For each band of query rows, the slice from the first to the last key that some row of it
+    may see in `allowed` ``[..., Sq, Sk]`` (None when none may), read back in one transfer."""
+    Sk = allowed.shape[-1]
+    if not bands or Sk == 0:
+        return [None] * len(bands)
+    # a uint8 max over the rows finds the keys seen (~15× faster than a bool any())
+    lead = tuple(range(allowed.dim() - 1))
+    seen = torch.stack([allowed[..., rows, :].view(torch.uint8).amax(dim=lead) for rows in bands])  # (bands, Sk)
+    spans = torch.stack([seen.amax(1), seen.argmax(1), Sk - seen.flip(1).argmax(1)], 1).tolist()
+    return [slice(lo, hi) if any_seen else None for any_seen, lo, hi in spans]
 
 
 def cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -66,14 +85,15 @@ def attend(
     A fully-masked row has lse = -inf and weights 0, not NaN (see `safe_lse`); NaN scores still
     propagate: they are a finding, not something to hide."""
     check_shapes(q, k, v, mask)
+    note_lse_source("eager")
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1]
     vf = v.float().unsqueeze(2)  # (B, Hkv, 1, Sk, D)
     out = torch.empty(B, Hkv, Hq // Hkv, Sq, D, dtype=torch.float32, device=q.device)
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
-    for rows, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
+    for rows, keys, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
         lse[..., rows] = row_lse(scores, sinks)
-        out[..., rows, :] = weights_from_lse(scores, lse[..., rows]) @ vf
+        out[..., rows, :] = weights_from_lse(scores, lse[..., rows]) @ vf[..., keys, :]
     return out.view(B, Hq, Sq, D).to(q.dtype), lse.view(B, Hq, Sq)
 
 
@@ -83,7 +103,7 @@ def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, 
     B, Hq, Sq, _ = q.shape
     Hkv = k.shape[1]
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
-    for rows, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
+    for rows, _, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
         lse[..., rows] = row_lse(scores, sinks)
     return lse.view(B, Hq, Sq)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from attnscope.backends import eager
-from attnscope.backends.eager import masked_scores, weights_from_lse
+from attnscope.backends import eager, take_lse_source
+from attnscope.backends.eager import key_spans, masked_scores, weights_from_lse
 from attnscope.masks import MaskSpec
 from attnscope.pooling import pool_edges
 
@@ -53,6 +53,7 @@ class LayerRecord:
     sinks: torch.Tensor | None = None  # [Hq] sink logits that joined each row's softmax
     residual_nonfinite: torch.Tensor | None = None  # [B, Sq] NaN/Inf count of the block's output
     residual: torch.Tensor | None = None  # [B, Sq, hidden] the block's output, when the capture keeps it
+    lse_source: str | None = None  # what computed the lse (`attnscope.backends.note_lse_source`); None: the backend
     _stats: RowStats | None = None
 
     @property
@@ -121,18 +122,16 @@ class LayerRecord:
             return np.zeros((len(re) - 1, len(ce) - 1), dtype=np.float32)
         lengths = torch.as_tensor(np.diff(ce), device=self.q.device)
         allowed = self.allowed(head, batch)[q0:q1, k0:k1]  # (Sq', Sk')
-        # only the keys that some row of a band may see are computed (causal: half the matrix): the
-        # first and last of them for every band, read back in one transfer (a uint8 max finds them
-        # ~15× faster than a bool any())
-        seen = torch.stack([allowed[re[i]:re[i + 1]].view(torch.uint8).amax(dim=0) for i in range(len(re) - 1)])
-        n_keys = seen.shape[1]
-        spans = torch.stack([seen.amax(dim=1), seen.argmax(dim=1), n_keys - seen.flip(1).argmax(dim=1)], 1).tolist()
+        # only the keys that some row of a band may see are computed (causal: half the matrix)
+        spans = key_spans(allowed, [slice(re[i], re[i + 1]) for i in range(len(re) - 1)])
+        n_keys = allowed.shape[1]
         cells = []
-        for i, (any_seen, lo, hi) in enumerate(spans):
+        for i, span in enumerate(spans):
             # (Sk',) per key over the band: the largest log weight (exp is monotonic, so only the
             # cells are exponentiated), or the sum of the weights
             column = torch.full((n_keys,), float("-inf") if reduce == "max" else 0.0, device=self.q.device)
-            if any_seen:
+            if span is not None:
+                lo, hi = span.start, span.stop
                 band = slice(q0 + re[i], q0 + re[i + 1]), slice(k0 + lo, k0 + hi)
                 if reduce == "max":
                     column[lo:hi] = self.log_weights(head, *band, batch).amax(dim=0)
@@ -152,39 +151,57 @@ class LayerRecord:
         return self._stats
 
     def _row_stats(self) -> RowStats:
+        """One chunked pass over the scores of the keys each chunk of rows may see (`masked_scores`):
+        the log weights t = score - lse in place, p = exp(t), and from them every statistic (the
+        entropy as -Σ p·t, with no log). Non-finite values are counted where they can exist: scores
+        only when q and k do not bound them (`scores_are_finite`), weights only in chunks where some
+        row's weights do not sum to a finite number (a NaN or Inf weight makes its row's sum so)."""
         B, Hq, Sq, _ = self.q.shape
         Hkv = self.k.shape[1]
-        lse = self.lse.float().view(B, Hkv, Hq // Hkv, Sq)
         shape = (B, Hkv, Hq // Hkv, Sq)
-        acc = {name: torch.zeros(shape, device=self.q.device) for name in
-               ("entropy", "max_weight", "first_token_mass", "weight_sum", "nonfinite_scores", "nonfinite_weights")}
-        argmax = torch.zeros(shape, dtype=torch.long, device=self.q.device)
-        allowed_any = torch.zeros(shape, dtype=torch.bool, device=self.q.device)
-        for chunk, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS,
-                                                    self.softcap):
-            bad = (torch.isnan(scores) | torch.isposinf(scores) | (torch.isneginf(scores) & allowed)).sum(-1)
-            p = weights_from_lse(scores, lse[..., chunk])  # (B, Hkv, G, chunk, Sk)
-            # 0·log 0 = 0; a NaN weight keeps its NaN (the row's entropy is unknown, not 0)
-            plogp = torch.where(p <= 0, torch.zeros((), device=p.device), p * torch.log(p))
-            acc["entropy"][..., chunk] = -plogp.sum(-1)
-            acc["max_weight"][..., chunk] = p.amax(-1)
-            argmax[..., chunk] = p.argmax(-1)
-            acc["first_token_mass"][..., chunk] = p[..., 0]
-            acc["weight_sum"][..., chunk] = p.sum(-1)
-            acc["nonfinite_scores"][..., chunk] = bad.float()
-            acc["nonfinite_weights"][..., chunk] = ((~torch.isfinite(p)) & allowed).sum(-1).float()
-            allowed_any[..., chunk] = allowed.any(-1)
-        flat = {name: t.view(B, Hq, Sq) for name, t in acc.items()}
+        device = self.q.device
+        lse = eager.safe_lse(self.lse).view(shape)
+        entropy, max_weight, first, weight_sum = (torch.zeros(shape, device=device) for _ in range(4))
+        argmax, bad_scores, bad_weights = (torch.zeros(shape, dtype=torch.long, device=device) for _ in range(3))
+        allowed_any = torch.zeros(shape, dtype=torch.bool, device=device)
+        count_scores = not scores_are_finite(self.q, self.k, self.scale)
+        for rows, keys, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS,
+                                                         self.softcap):
+            if count_scores:
+                bad_scores[..., rows] = (torch.isnan(scores) | torch.isposinf(scores)
+                                         | (torch.isneginf(scores) & allowed)).sum(-1)
+            t = scores.sub_(lse[..., rows].unsqueeze(-1))  # (B, Hkv, G, rows, keys) log weights, -inf where masked
+            p = torch.exp(t)
+            max_weight[..., rows], arg = p.max(-1)
+            argmax[..., rows] = arg + keys.start
+            weight_sum[..., rows] = sums = p.sum(-1)
+            if keys.start == 0:
+                first[..., rows] = p[..., 0]
+            allowed_any[..., rows] = allowed.any(-1)
+            if not bool(torch.isfinite(sums).all()):
+                bad_weights[..., rows] = ((~torch.isfinite(p)) & allowed).sum(-1)
+            # masked keys: 0 · -inf = NaN, left out; a row with a NaN weight keeps NaN (unknown, not 0)
+            entropy[..., rows] = torch.where(torch.isfinite(sums), p.mul_(t).nansum(-1).neg_(), sums)
         lse_flat = self.lse.float()
         sink_weight = (torch.zeros_like(lse_flat) if self.sinks is None
                        else torch.exp(self.sinks.float().view(1, Hq, 1) - eager.safe_lse(lse_flat)))
         return RowStats(
-            entropy=flat["entropy"], max_weight=flat["max_weight"], argmax=argmax.view(B, Hq, Sq),
-            first_token_mass=flat["first_token_mass"], weight_sum=flat["weight_sum"],
+            entropy=entropy.view(B, Hq, Sq), max_weight=max_weight.view(B, Hq, Sq), argmax=argmax.view(B, Hq, Sq),
+            first_token_mass=first.view(B, Hq, Sq), weight_sum=weight_sum.view(B, Hq, Sq),
             sink_weight=sink_weight, fully_masked=~allowed_any.view(B, Hq, Sq),
-            nonfinite_scores=flat["nonfinite_scores"].long(), nonfinite_weights=flat["nonfinite_weights"].long(),
+            nonfinite_scores=bad_scores.view(B, Hq, Sq), nonfinite_weights=bad_weights.view(B, Hq, Sq),
             nonfinite_output=(~torch.isfinite(self.out)).sum(-1),
         )
+
+
+def scores_are_finite(q: torch.Tensor, k: torch.Tensor, scale: float) -> bool:
+    """Whether every score q·k·scale is surely finite, from q and k alone: |q·k| <= |q|·|k|
+    (Cauchy-Schwarz), so finite rows whose largest norms multiply well inside float32's range
+    cannot give a NaN or Inf score (soft-capping keeps a finite score finite). False when unsure."""
+    if not q.numel() or not k.numel():
+        return True
+    bound = q.float().norm(dim=-1).amax() * k.float().norm(dim=-1).amax() * abs(scale)
+    return bool(bound < 1e37)  # NaN compares False
 
 
 class Capture:
@@ -192,18 +209,23 @@ class Capture:
 
     With ``append=True`` successive calls (incremental decoding) are gathered and joined along the
     query rows by `layers()`, with k/v the latest (longest) cache views, so the records cover the
-    whole sequence. With ``residuals=True`` each record keeps its block's output (model comparison).
+    whole sequence. With ``residuals=False`` the residual stream is not counted (a forward whose
+    records are only compared with another's attention outputs); with ``keep_residuals=True`` each
+    record keeps its block's output (model comparison).
     """
 
-    def __init__(self, append: bool = False, on_layer=None, residuals: bool = False):
+    def __init__(self, append: bool = False, on_layer=None, residuals: bool = True, keep_residuals: bool = False):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
         self.on_layer = on_layer  # called with the layer index once its block has run
-        self.residuals = residuals
+        self.residuals = residuals  # count the residual stream's NaN/Inf (the nan check's last stage)
+        self.keep_residuals = keep_residuals
         self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
+        take_lse_source()  # a note left by an earlier call is not this forward's
 
     def attention(self, layer: int, *, q, k, v, out, lse, mask, scale, softcap=None, sinks=None) -> None:
-        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale, softcap, sinks)
+        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale, softcap, sinks,
+                                          lse_source=take_lse_source())
         if self.append:
             parts = self._parts.setdefault(layer, {"q": [], "out": [], "lse": [], "residual": []})
             parts["q"].append(q)
@@ -211,12 +233,13 @@ class Capture:
             parts["lse"].append(lse)
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
-        bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
-        self.records[layer].residual_nonfinite = bad
         if self.residuals:
+            bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
+            self.records[layer].residual_nonfinite = bad
+            if self.append:
+                self._parts[layer]["residual"].append(bad)
+        if self.keep_residuals:
             self.records[layer].residual = hidden
-        if self.append:
-            self._parts[layer]["residual"].append(bad)
         if self.on_layer is not None:
             self.on_layer(layer)
 
@@ -231,5 +254,5 @@ class Capture:
             residual = torch.cat(parts["residual"], 1) if parts["residual"] else None
             joined.append(LayerRecord(rec.layer, torch.cat(parts["q"], 2), rec.k, rec.v, torch.cat(parts["out"], 2),
                                       torch.cat(parts["lse"], 2), rec.mask, rec.scale, rec.softcap, rec.sinks,
-                                      residual))
+                                      residual, rec.lse_source))
         return joined

@@ -33,7 +33,7 @@ from attnscope.backends import get_backend
 from attnscope.errors import UserError
 from attnscope.inspector.capture import LayerRecord
 from attnscope.inspector.report import Check, json_number
-from attnscope.inspector.run import Run
+from attnscope.inspector.run import Progress, Run, Step, step_of
 
 CHECK_NAMES = ("nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality")
 STAGES = ("scores", "weights", "output", "residual")
@@ -133,7 +133,7 @@ def _first_failing(diffs: list[Diff]) -> tuple[int, tuple[int, int, int]] | None
 # ---- the checks ------------------------------------------------------------------------------
 
 
-def nan_check(run: Run) -> Check:
+def nan_check(run: Run, step: Step | None = None) -> Check:
     """NaN/Inf anywhere in the forward pass, localized to the first layer, stage, head and position."""
     counts = dict.fromkeys((*STAGES, "logits"), 0)
     first = None
@@ -155,6 +155,8 @@ def nan_check(run: Run) -> Check:
                 i = int(torch.argmin(s * bad.shape[1] + h))
                 first = {"layer": rec.layer, "stage": stage, "head": None if stage == "residual" else int(h[i]),
                          "position": int(s[i]), "batch": int(b[i])}
+        if step is not None:
+            step(rec.layer + 1, len(run.records))
     logits_bad = ~torch.isfinite(run.logits)  # (B, T, vocab)
     counts["logits"] = int(torch.count_nonzero(logits_bad))  # not .sum(): that makes an int64 copy first
     if first is None and counts["logits"]:
@@ -196,10 +198,10 @@ def masked_rows_check(run: Run) -> Check:
     return Check("masked_rows", passed, figures, where and {**where, "stage": "weights"}, message)
 
 
-def full_vs_incremental_check(run: Run, tol: Tolerance) -> tuple[Check, list[Diff]]:
+def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None) -> tuple[Check, list[Diff]]:
     """The prompt token by token through the KV cache against the parallel forward."""
     with torch.inference_mode():
-        records, logits_inc = run.incremental()  # logits (B, T, vocab)
+        records, logits_inc = run.incremental(step)  # logits (B, T, vocab)
     real = run.inputs.real
     diffs = _layer_diffs(records, run.records, tol, rows=real)
     logits_diff = diff(logits_inc[:, None], run.logits[:, None], tol, rows=real)
@@ -220,7 +222,7 @@ def full_vs_incremental_check(run: Run, tol: Tolerance) -> tuple[Check, list[Dif
     return Check("full_vs_incremental", where is None, figures, where, message), diffs
 
 
-def backend_vs_reference_check(run: Run, tol: Tolerance) -> tuple[Check, list[Diff]]:
+def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = None) -> tuple[Check, list[Diff]]:
     """The backend's output against eager float32 on the same q, k, v, layer by layer."""
     eager = get_backend("eager")
     diffs = []
@@ -229,6 +231,8 @@ def backend_vs_reference_check(run: Run, tol: Tolerance) -> tuple[Check, list[Di
         ref, _ = eager(rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False,
                        **{name: value for name, value in features.items() if value is not None})
         diffs.append(diff(rec.out, ref, tol, rows=run.inputs.real[:, -rec.q.shape[2]:]))
+        if step is not None:
+            step(rec.layer + 1, len(run.records))
     figures = _figures(_merge(diffs), tol)
     figures["per_layer_max_abs_diff"] = [json_number(float(d.max_abs.max())) for d in diffs]
     failing = _first_failing(diffs)
@@ -242,7 +246,7 @@ def backend_vs_reference_check(run: Run, tol: Tolerance) -> tuple[Check, list[Di
                  f"(max |Δ| {float(diffs[layer].max_abs.max()):.3g})"), diffs
 
 
-def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = None) -> Check:
+def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = None, step: Step | None = None) -> Check:
     """Change the tokens after position p; outputs at positions <= p must not change."""
     ids = run.inputs.ids
     T = ids.shape[1]
@@ -252,7 +256,9 @@ def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = Non
     exact = run.exact
     tol = EXACT if exact else tol
     worst, first = 0.0, None
-    for p in cut_points:
+    for n, p in enumerate(cut_points):
+        if step is not None:
+            step(n, len(cut_points))
         changed = ids.clone()
         changed[:, p + 1:] = (ids[:, p + 1:] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
         with torch.inference_mode():
@@ -263,6 +269,8 @@ def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = Non
         if failing is not None and (first is None or failing[0] < first["layer"]):
             layer, (b, h, s) = failing
             first = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output", "cut": p}
+    if step is not None:
+        step(len(cut_points), len(cut_points))
     figures = {"cut_points": cut_points, "max_abs_diff": json_number(worst), "tolerance": tol.as_dict(),
                "bit_exact": exact}
     if first is None:
@@ -295,25 +303,27 @@ def parse_checks(spec: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def run_checks(run: Run, names: Sequence[str] = CHECK_NAMES, atol: float | None = None, rtol: float | None = None,
-               on_check=None) -> tuple[list[Check], dict[str, list[Diff]]]:
+               on_check=None, progress: Progress | None = None) -> tuple[list[Check], dict[str, list[Diff]]]:
     """Run the named checks on a run. Returns (checks, per-layer diffs by check name).
-    `on_check(check)` is called as each one finishes."""
+    `on_check(check)` is called as each one finishes; `progress(done, total, name)` as each loops
+    (layers, tokens of full_vs_incremental, perturbations of causality)."""
     names = parse_checks(names)
     tol = Tolerance.for_dtype(run.model.dtype, atol, rtol)
     checks, diffs = [], {}
     for name in names:
+        step = step_of(progress, name)
         if name == "nan":
-            checks.append(nan_check(run))
+            checks.append(nan_check(run, step))
         elif name == "masked_rows":
             checks.append(masked_rows_check(run))
         elif name == "full_vs_incremental":
-            check, diffs[name] = full_vs_incremental_check(run, tol)
+            check, diffs[name] = full_vs_incremental_check(run, tol, step)
             checks.append(check)
         elif name == "backend_vs_reference":
-            check, diffs[name] = backend_vs_reference_check(run, tol)
+            check, diffs[name] = backend_vs_reference_check(run, tol, step)
             checks.append(check)
         elif name == "causality":
-            checks.append(causality_check(run, tol))
+            checks.append(causality_check(run, tol, step=step))
         if on_check is not None:
             on_check(checks[-1])
     return checks, diffs

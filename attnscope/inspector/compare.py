@@ -75,6 +75,15 @@ def tolerance_for(a: torch.dtype, b: torch.dtype, atol: float | None = None, rto
     return Tolerance.for_dtype(dtype, atol, rtol)
 
 
+def _widen(scores: torch.Tensor, span: slice, wider: slice) -> torch.Tensor:
+    """Masked scores of the keys `span` as scores of the keys `wider` (-inf for the keys added)."""
+    if span == wider:
+        return scores
+    out = scores.new_full((*scores.shape[:-1], wider.stop - wider.start), float("-inf"))
+    out[..., span.start - wider.start:span.stop - wider.start] = scores
+    return out
+
+
 def _probability_diffs(a: LayerRecord, b: LayerRecord, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(largest |ΔP| of each row ``[B, Hq, Sq]``, Jensen–Shannon divergence of each row ``[B, Hq, Sq]``),
     0 on padding rows; from q·k·scale − lse, a chunk of query rows at a time."""
@@ -85,11 +94,13 @@ def _probability_diffs(a: LayerRecord, b: LayerRecord, real: torch.Tensor) -> tu
     row_max = torch.zeros(B, Hkv, Hq // Hkv, Sq, device=a.q.device)
     js = torch.zeros_like(row_max)
     zero = torch.zeros((), device=a.q.device)
-    chunks_b = masked_scores(b.q, b.k, b.mask, b.scale, STATS_CHUNK_ELEMENTS)
-    for (rows, scores_a, _), (_, scores_b, _) in zip(masked_scores(a.q, a.k, a.mask, a.scale, STATS_CHUNK_ELEMENTS),
-                                                     chunks_b, strict=True):
-        pa = weights_from_lse(scores_a, lse_a[..., rows])  # (B, Hkv, G, rows, Sk)
-        pb = weights_from_lse(scores_b, lse_b[..., rows])
+    chunks_a = masked_scores(a.q, a.k, a.mask, a.scale, STATS_CHUNK_ELEMENTS, a.softcap)
+    chunks_b = masked_scores(b.q, b.k, b.mask, b.scale, STATS_CHUNK_ELEMENTS, b.softcap)
+    for (rows, keys_a, scores_a, _), (_, keys_b, scores_b, _) in zip(chunks_a, chunks_b, strict=True):
+        # each model computed the keys its own mask lets the rows see: compare on the span of both
+        keys = slice(min(keys_a.start, keys_b.start), max(keys_a.stop, keys_b.stop))
+        pa = weights_from_lse(_widen(scores_a, keys_a, keys), lse_a[..., rows])  # (B, Hkv, G, rows, keys)
+        pb = weights_from_lse(_widen(scores_b, keys_b, keys), lse_b[..., rows])
         delta = torch.where(torch.isnan(pa) & torch.isnan(pb), zero, (pa - pb).abs())
         row_max[..., rows] = torch.where(torch.isnan(pa) ^ torch.isnan(pb), float("inf"), delta).amax(-1)
         mid = (pa + pb) / 2

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnscope.inspector.run import Run
+from attnscope.inspector.run import Run, Step
 
 ROLES = ("induction", "previous_token", "sink", "local", "broad")
 THRESHOLDS = {"induction": 0.4, "previous_token": 0.5, "sink": 0.6, "local": 0.8, "broad": 0.9}
@@ -57,13 +57,14 @@ def pick_role(scores: dict[str, float]) -> str | None:
     return max(passing, key=passing.get) if passing else None
 
 
-def head_roles(run: Run, probe: Run) -> list[list[HeadRole]]:
+def head_roles(run: Run, probe: Run, step: Step | None = None) -> list[list[HeadRole]]:
     """Score every head and name its role.
 
     Args:
         run: the forward whose rows give the previous-token, sink, local and broad scores (row 0).
         probe: the forward of `repeated_sequence` (row 0), which gives the induction score; it may
             be `run` itself.
+        step: called with (layers done, layers) as each layer is scored.
 
     Returns:
         Per layer, per query head, a `HeadRole`.
@@ -77,8 +78,8 @@ def head_roles(run: Run, probe: Run) -> list[list[HeadRole]]:
         keys = torch.arange(1, T + 1, device=rec.q.device).float()  # allowed keys per causal row
         layer_roles = []
         for h in range(rec.q.shape[1]):
-            prev = rec.weights_at(h, 1)[1:]
-            local = sum(rec.weights_at(h, off) for off in range(4))
+            near = [rec.weights_at(h, off) for off in range(4)]  # (Sq,) each: weight on the key `off` back
+            prev, local = near[1][1:], sum(near)
             # query at t in the 2nd copy attends to t - n + 1: the token after t's earlier occurrence
             induction = rep_rec.weights_at(h, n - 1)[start:]
             entropy = stats.entropy[0, h]
@@ -88,4 +89,6 @@ def head_roles(run: Run, probe: Run) -> list[list[HeadRole]]:
                       "broad": _mean(broad[3:])}
             layer_roles.append(HeadRole(layer, h, h // rec.group_size, scores, pick_role(scores)))
         out.append(layer_roles)
+        if step is not None:
+            step(layer + 1, len(run.records))
     return out

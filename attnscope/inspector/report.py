@@ -1,8 +1,8 @@
 """The Report: plain dataclasses, JSON-serializable, versioned (``attnscope.report/1``).
 
 The report is the single source that the CLI, the TUI and CI read. Top-level keys: ``schema,
-model, backend, reference, device, dtype, prompt, tokens, continuation, masks, layers, checks,
-passed``. `head_stats` and `build_report` make it from a `Run` and what the checks found.
+model, backend, reference, lse_source, device, dtype, prompt, tokens, continuation, masks, layers,
+checks, passed, mask_cache``. `head_stats` and `build_report` make it from a `Run` and what the checks found.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Report:
     layers: list[LayerReport]
     checks: list[Check] = field(default_factory=list)
     mask_cache: dict[str, int] = field(default_factory=dict)  # hits / misses of the dense-mask cache
+    lse_source: str = ""  # what computed the lse of the records: a kernel's name, or "eager" (recomputed)
     schema: str = SCHEMA
 
     @property
@@ -80,7 +81,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
-        order = ["schema", "model", "backend", "reference", "device", "dtype", "prompt", "tokens",
+        order = ["schema", "model", "backend", "reference", "lse_source", "device", "dtype", "prompt", "tokens",
                  "continuation", "masks", "layers", "checks", "passed", "mask_cache"]
         return {key: d[key] for key in order}
 
@@ -168,6 +169,7 @@ def build_report(run: Run, prompt, continuation: list[int], checks: list[Check],
         layers=layers,
         checks=list(checks),
         mask_cache=masks.cache_stats(),
+        lse_source=", ".join(dict.fromkeys(rec.lse_source or run.backend for rec in run.records)),
     )
 
 

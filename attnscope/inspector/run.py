@@ -10,7 +10,7 @@ no code swaps a backend on a model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,16 @@ from attnscope import masks
 from attnscope.backends import AttendFn
 from attnscope.engine import Engine
 from attnscope.inspector.capture import Capture, LayerRecord
+
+# progress(done, total, stage): how far a stage of the work is ("forward": layers, "statistics":
+# layers, each check by its name: its loop, "roles": layers); for live views, None when unwatched
+Progress = Callable[[int, int, str], None]
+Step = Callable[[int, int], None]  # (done, total) of one stage
+
+
+def step_of(progress: Progress | None, name: str) -> Step | None:
+    """The (done, total) callback of stage `name` of `progress` (None when there is none)."""
+    return None if progress is None else (lambda done, total: progress(done, total, name))
 
 
 @dataclass(frozen=True)
@@ -74,30 +84,32 @@ class Run:
                 on_layer=None, residuals: bool = False) -> Run:
         """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer (and
         its block's output, with `residuals`)."""
-        capture = Capture(on_layer=on_layer, residuals=residuals)
+        capture = Capture(on_layer=on_layer, keep_residuals=residuals)
         logits = model.forward(inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding,
                                positions=inputs.positions)  # (B, T, vocab)
         return cls(model, backend, attend, inputs, capture.layers(), logits.float())
 
     def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
         """The records of the same forward on other token ids ``[B, T]`` (same padding and positions)."""
-        capture = Capture()
+        capture = Capture(residuals=False)  # only the attention outputs are compared
         B, T = ids.shape
         self.model.forward(ids, self.attend, cache=self.model.new_cache(B, T), recorder=capture,
                            mask=self.inputs.padding, positions=self.inputs.positions)
         return capture.layers()
 
-    def incremental(self) -> tuple[list[LayerRecord], torch.Tensor]:
+    def incremental(self, step: Step | None = None) -> tuple[list[LayerRecord], torch.Tensor]:
         """The same tokens one at a time through the model's KV cache: the records joined over the
-        steps, and the logits ``[B, T, vocab]`` float32."""
+        steps, and the logits ``[B, T, vocab]`` float32; `step(done, total)` after each token."""
         B, T = self.inputs.shape
-        capture = Capture(append=True)
+        capture = Capture(append=True, residuals=False)  # only the attention outputs are compared
         cache = self.model.new_cache(B, T)
         steps = []
         for t in range(T):
             ids, positions = self.inputs.step(t)
             steps.append(self.model.forward(ids, self.attend, cache=cache, recorder=capture,
                                             mask=self.inputs.padding, positions=positions))
+            if step is not None:
+                step(t + 1, T)
         return capture.layers(), torch.cat(steps, dim=1).float()
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:

@@ -424,6 +424,18 @@ def config_layout(c: ModelConfig) -> Layout:
                   eos_token_ids=tuple(eos))
 
 
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Modules built without initializing their parameters: the ``torch.nn.init`` calls of their
+    ``reset_parameters`` return the tensor untouched. (On the meta device they would cost nothing but
+    time: ``normal_`` there runs torch's Python reference, which imports the compiler stack, ~1 s.)
+    A torch function mode is per thread, so a model built by another thread is unaffected."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
 class LoadedModel:
     """The native engine (`attnscope.engine.Engine`): our Llama-family network, its tokenizer (or
     None), and where it came from."""
@@ -538,7 +550,7 @@ def load_model(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
         )
     files = weight_files(path, allow_pickle)
-    with torch.device("meta"):
+    with torch.device("meta"), _SkipInit():  # shapes only: every parameter is about to be loaded
         net = Transformer(config).to(torch_dtype)
     load_state_dict(net, files, progress)
     net = net.to(dev).eval()

@@ -1,7 +1,8 @@
 """Consoles of the command line: stdout with --color, stderr for progress, and SVG/HTML export.
 
-Progress (a spinner while a model loads, a bar over the runs of `attnscope check`) goes to stderr,
-and only when stderr is a terminal: nothing is written when it is piped.
+Progress goes to stderr, only when stderr is a terminal (nothing is written when it is piped, or
+with --quiet), as transient bars that vanish when the work is done: loading the model, the forward,
+the row statistics, each check where it loops, the head roles (`stage_bars`).
 
 A stream whose encoding cannot write the glyphs (``PYTHONIOENCODING=ascii``, a C locale) gets
 ASCII: each glyph becomes one ASCII look-alike (so columns stay aligned), any other character it
@@ -84,32 +85,50 @@ def exports(out: Console, renderables, svg: Path | None = None, html: Path | Non
             ("--html", html, recorder.export_html(clear=False) if html is not None else "")]
 
 
-def load_with_spinner(load, name: str):
-    """`load(progress)` with a spinner on stderr when it is a terminal (progress(done, total, what))."""
-    err = console(stderr=True)
-    if not err.is_terminal:
-        return load(None)
-    with err.status(f"loading {name} …") as status:
-        return load(lambda done, total, what: status.update(f"loading {name}: {what} ({done}/{total} files)"))
+# what each stage's bar counts (the core names the stages: `attnscope.inspector.run.Progress`)
+STAGE_LABELS = {
+    "loading": "loading", "forward": "forward · layers", "decode": "decoding · tokens",
+    "statistics": "row statistics · layers", "nan": "nan · layers",
+    "full_vs_incremental": "full_vs_incremental · tokens", "backend_vs_reference": "backend_vs_reference · layers",
+    "causality": "causality · perturbations", "roles": "head roles · layers",
+}
+
+
+class StageBars:
+    """One transient bar per stage of the work, on stderr: called as ``bars(done, total, stage)``
+    (the core's progress callback); `describe` relabels a stage, `clear` removes the bars of the
+    stages that are done (between the runs of `attnscope check`)."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, done: int, total: int | None, stage: str) -> None:
+        task = self.tasks.get(stage)
+        if task is None:
+            task = self.tasks[stage] = self.progress.add_task(STAGE_LABELS.get(stage, stage), total=total)
+        self.progress.update(task, completed=done, total=total)
+
+    def describe(self, stage: str, text: str) -> None:
+        if stage not in self.tasks:
+            self(0, None, stage)
+        self.progress.update(self.tasks[stage], description=text)
+
+    def clear(self, keep: tuple[str, ...] = ()) -> None:
+        for stage in [s for s in self.tasks if s not in keep]:
+            self.progress.remove_task(self.tasks.pop(stage))
 
 
 @contextlib.contextmanager
-def progress_bar(total: int):
-    """A progress bar on stderr when it is a terminal; yields advance(description)."""
+def stage_bars(quiet: bool = False):
+    """`StageBars` on stderr while the body runs, when stderr is a terminal and not `quiet`; else
+    yields None (nothing is written when stderr is piped)."""
     err = console(stderr=True)
-    if not err.is_terminal or total <= 1:
-        yield lambda description: None
+    if quiet or not err.is_terminal:
+        yield None
         return
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("checking", total=total)
-        started = [False]
-
-        def advance(description: str) -> None:
-            if started[0]:
-                progress.advance(task)
-            started[0] = True
-            progress.update(task, description=description)
-
-        yield advance
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        yield StageBars(progress)
