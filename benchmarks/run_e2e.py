@@ -1,7 +1,8 @@
 """End to end: `attnscope run` against baselines measured in the same run, with the goals of speed.
 
-Every row is timed `--repeats` times (median) and printed as a ratio to its baseline, each timed the
-same way in the same run (absolute times on a shared machine mean little):
+Every row is timed `--repeats` times and printed as medians with the median ratio to its baseline,
+timed the same way in the same run, each repeat timing one then the other so that both see the same
+load (absolute times on a shared machine mean little):
 
   1. tiny-code, a 4096-token prompt (the model's every position, so no continuation: -n 0),
      `attnscope run` with the default checks and head roles, as a whole process, against HF
@@ -111,16 +112,21 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def process(argv: list[str], repeats: int) -> list[float]:
-    """Wall times of `repeats` runs of a whole process (it must succeed)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        times.append(time.perf_counter() - start)
-        if proc.returncode not in (0, 1):  # 1: a check failed, which a random model may do; still timed
-            raise SystemExit(f"{argv[:4]}... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return times
+def process(argv: list[str]) -> tuple[float, str]:
+    """Wall time and stdout of one whole process (it must succeed)."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 1):  # 1: a check failed, which a random model may do; still timed
+        raise SystemExit(f"{argv[:4]}... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return wall, proc.stdout
+
+
+def paired(repeats: int, ours, base) -> tuple[float, float, float]:
+    """Medians of ours(), base() and their ratio, each repeat timing one then the other, so both see
+    the same load of a shared machine."""
+    pairs = [(ours(), base()) for _ in range(repeats)]
+    return (median([a for a, _ in pairs]), median([b for _, b in pairs]), median([a / b for a, b in pairs]))
 
 
 def python(code: str, *args: str) -> list[str]:
@@ -147,8 +153,10 @@ def prompt_of(tokens: int) -> str:
     raise SystemExit(f"no prefix of {SOURCE.name} encodes as {tokens} tokens")
 
 
-def row(name: str, value: float, base: float, base_name: str, goal: str, percent: bool = False) -> None:
-    ratio = f"{100 * value / base:6.1f} %" if percent else f"{value / base:6.2f}×"
+def row(name: str, value: float, base: float, base_name: str, goal: str, percent: bool = False,
+        ratio: float | None = None) -> None:
+    ratio = value / base if ratio is None else ratio
+    ratio = f"{100 * ratio:6.1f} %" if percent else f"{ratio:6.2f}×"
     print(f"{name:<44} {value:8.2f} s  {base:8.2f} s  {ratio}  ({base_name}; goal {goal})", flush=True)
 
 
@@ -183,12 +191,11 @@ def main() -> None:
         from attnscope.model.tokenizer import Tokenizer
 
         ids = Tokenizer(TINY).encode(long_text)
-        ours = median(process(attnscope_run("-p", long_text, "-n", "0"), n))
-        hf = subprocess.run(python(HF_ATTENTIONS, str(TINY), json.dumps(ids), str(n)), capture_output=True,
-                            text=True, check=True)
-        base = median(json.loads(hf.stdout.strip().splitlines()[-1]))
+        ours, base, ratio = paired(n, lambda: process(attnscope_run("-p", long_text, "-n", "0"))[0],
+                                   lambda: json.loads(process(python(HF_ATTENTIONS, str(TINY), json.dumps(ids),
+                                                                     "1"))[1].strip().splitlines()[-1])[0])
         row("1. tiny-code 4096 tokens: attnscope run", ours, base, "HF eager output_attentions forward",
-            "<= 20 s, <= 4x")
+            "<= 20 s, <= 4x", ratio=ratio)
     if 2 in args.rows:
         out = json.loads(subprocess.run(python(IN_PROCESS, "roles", long_text, str(n)), capture_output=True,
                                         text=True, check=True).stdout.strip().splitlines()[-1])
@@ -199,14 +206,15 @@ def main() -> None:
             path = Path(tmp) / "random-135m"
             build_135m(path)
             text = prompt_of(24)
-            ours = median(process(attnscope_run("-m", str(path), "-p", text, "-n", "16"), n))
-            hf = median(process(python(HF_GENERATE, str(path), text, "16"), n))
-        row("3. 30 layers, 135M class: attnscope run", ours, hf, "transformers load + generate", "<= 1.5x")
+            ours, hf, ratio = paired(n, lambda: process(attnscope_run("-m", str(path), "-p", text, "-n", "16"))[0],
+                                     lambda: process(python(HF_GENERATE, str(path), text, "16"))[0])
+        row("3. 30 layers, 135M class: attnscope run", ours, hf, "transformers load + generate", "<= 1.5x",
+            ratio=ratio)
     if 4 in args.rows:
         text = prompt_of(12)
-        ours = median(process(attnscope_run("-p", text), n))
-        plain = median(process(python(PLAIN_FORWARD, "tiny-code", text), n))
-        row("4. tiny-code 12 tokens: attnscope run", ours, plain, "load + one plain forward", "<= 4 s")
+        ours, plain, ratio = paired(n, lambda: process(attnscope_run("-p", text))[0],
+                                    lambda: process(python(PLAIN_FORWARD, "tiny-code", text))[0])
+        row("4. tiny-code 12 tokens: attnscope run", ours, plain, "load + one plain forward", "<= 4 s", ratio=ratio)
     if 5 in args.rows:
         out = json.loads(subprocess.run(python(IN_PROCESS, "capture", long_text, str(n)), capture_output=True,
                                         text=True, check=True).stdout.strip().splitlines()[-1])

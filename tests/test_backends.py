@@ -232,3 +232,14 @@ def test_flex_bounds_the_scores_of_its_eager_path(monkeypatch):
     chunked = flex.attend(q, k, v, spec, 0.4)
     assert calls == [3, 3, 3, 2]
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("B", "Sq", "Sk"), [(1, 0, 5), (0, 3, 3), (1, 0, 0)])
+def test_empty_inputs(backend, B, Sq, Sk):
+    """No rows, no batch, no keys: empty outputs of the right shapes (the CPU flash op itself
+    divides by zero on no rows, so sdpa must not call it)."""
+    q, k, v = qkv(max(B, 1), 4, 2, Sq, Sk, 8)
+    q, k, v = q[:B], k[:B], v[:B]
+    out, lse = get_backend(backend)(q, k, v, causal(), 0.3)
+    assert out.shape == (B, 4, Sq, 8) and lse.shape == (B, 4, Sq)

@@ -45,6 +45,8 @@ def attend(
     check_shapes(q, k, v, mask)
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
+    if not q.numel():  # no rows: nothing for flex_attention to do
+        return torch.zeros_like(q), torch.zeros(B, Hq, Sq, device=q.device) if need_lse else None
     dense = mask.dense(Sq, Sk, q.device)  # cached
     batch, heads = (B if dense.shape[0] > 1 else None), (Hq if dense.shape[1] > 1 else None)
     every_key = bool(dense.all())  # a causal decode step: no block mask at all

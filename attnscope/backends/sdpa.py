@@ -134,6 +134,8 @@ def _aligned(bias: torch.Tensor, q: torch.Tensor, Sk: int) -> torch.Tensor:
 
 def _kernel(q, k, v, bias, causal: bool, scale: float):
     """((out, lse), source) from the first op that takes these inputs, or None."""
+    if not q.numel() or not k.numel():
+        return None  # nothing to attend: the public call handles empty tensors (the CPU op divides by zero)
     Hq, Hkv = q.shape[1], k.shape[1]
     for name in _candidates(q.device.type, q.dtype, bias is not None):
         key = (name, q.device.type, q.dtype, q.shape[-1], bias is not None)
