@@ -108,12 +108,16 @@ async def test_next_token_grows_the_heatmap_by_one_row(model_dir):
         assert app.query_one(HeatmapView).current().weights.shape[0] == before + 1
 
 
-async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
+def nan_model_dir(tmp_path):
+    """A random model with one NaN in layer 1's k_proj, saved with tiny-code's tokenizer."""
     model = random_model(**MODEL_ARGS)
     with torch.no_grad():
         model.net.layers[1].self_attn.k_proj.weight[0, 0] = float("nan")
-    path = save_hf_dir(model, tmp_path / "nan", tokenizer_from=TINY)
-    app = AttnScopeApp(model=str(path), prompt=list(range(1, 25)), device="cpu")
+    return save_hf_dir(model, tmp_path / "nan", tokenizer_from=TINY)
+
+
+async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
+    app = AttnScopeApp(model=str(nan_model_dir(tmp_path)), prompt=list(range(1, 25)), device="cpu")
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, finished(app))
         check = next(c for c in app.result.checks if c.name == "nan")
@@ -319,11 +323,7 @@ async def test_80x24_collapses_the_navigator_and_wraps_panels(model_dir):
 
 
 async def test_checks_tab_reads_at_80_and_120_columns(tmp_path):
-    model = random_model(**MODEL_ARGS)
-    with torch.no_grad():
-        model.net.layers[1].self_attn.k_proj.weight[0, 0] = float("nan")
-    path = save_hf_dir(model, tmp_path / "nan", tokenizer_from=TINY)
-    app = AttnScopeApp(model=str(path), prompt=list(range(1, 25)), device="cpu")
+    app = AttnScopeApp(model=str(nan_model_dir(tmp_path)), prompt=list(range(1, 25)), device="cpu")
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, finished(app))
         checks = app.query_one("#checks-list", OptionList)

@@ -35,6 +35,7 @@ computed its own.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Callable
@@ -121,7 +122,16 @@ def take_lse_source() -> str | None:
 
 
 def supports(attend: AttendFn, feature: str) -> bool:
-    """Whether `attend` accepts the keyword of `feature` (see the module docstring)."""
+    """Whether `attend` accepts the keyword of `feature` (see the module docstring). Asked for every
+    layer of every forward, so a function's signature is read once (an unhashable callable each time)."""
+    try:
+        return _accepts(attend, feature)
+    except TypeError:  # unhashable: not cacheable
+        return _accepts.__wrapped__(attend, feature)
+
+
+@functools.lru_cache(maxsize=64)
+def _accepts(attend: AttendFn, feature: str) -> bool:
     try:
         params = inspect.signature(attend).parameters.values()
     except (TypeError, ValueError):

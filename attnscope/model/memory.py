@@ -154,34 +154,40 @@ def _where(device: torch.device) -> str:
     return "on this machine" if device.type == "cpu" else f"on {device}"
 
 
+def _short_of(need: int, device: torch.device | str) -> tuple[int, torch.device] | None:
+    """(bytes available, where) of the first place `need` bytes do not fit: host memory, where weights
+    are read, then the device when it is a GPU; None when they fit (or nothing is known)."""
+    for where in dict.fromkeys([torch.device("cpu"), torch.device(device)]):
+        free = available_memory(where)
+        if free is not None and need > free:
+            return free, where
+    return None
+
+
 def check_model_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
     """A `ConfigError` naming the sizes when the model of `config` in `dtype` cannot fit in the memory
     available (host memory, where weights are read, and the device's when it is a GPU)."""
-    device = torch.device(device)
     need = model_bytes(config, dtype)
-    for where in dict.fromkeys([torch.device("cpu"), device]):
-        free = available_memory(where)
-        if free is not None and need > free:
-            dtype_name = str(dtype).removeprefix("torch.")
-            params = format_count(parameter_count(config))
-            raise ConfigError(
-                f"config.json describes {config.num_hidden_layers:,} layers and {params} parameters: "
-                f"about {format_bytes(need)} in {dtype_name}, more than the "
-                f"{format_bytes(free)} of memory available {_where(where)}"
-            )
+    short = _short_of(need, device)
+    if short is not None:
+        free, where = short
+        raise ConfigError(
+            f"config.json describes {config.num_hidden_layers:,} layers and {format_count(parameter_count(config))} "
+            f"parameters: about {format_bytes(need)} in {str(dtype).removeprefix('torch.')}, more than the "
+            f"{format_bytes(free)} of memory available {_where(where)}"
+        )
 
 
 def check_weights_fit(numel: int, dtype: torch.dtype, device: torch.device | str, path: Path) -> None:
     """A `LoadError` naming the sizes when `numel` weights in `dtype` cannot fit in the memory available
     (host memory, where weights are read, and the device's when it is a GPU)."""
-    device = torch.device(device)
     need = numel * dtype.itemsize
-    for where in dict.fromkeys([torch.device("cpu"), device]):
-        free = available_memory(where)
-        if free is not None and need > free:
-            raise LoadError(f"{path}: the weights hold {format_count(numel)} parameters, about {format_bytes(need)} "
-                            f"in {str(dtype).removeprefix('torch.')}, more than the {format_bytes(free)} of memory "
-                            f"available {_where(where)}")
+    short = _short_of(need, device)
+    if short is not None:
+        free, where = short
+        raise LoadError(f"{path}: the weights hold {format_count(numel)} parameters, about {format_bytes(need)} "
+                        f"in {str(dtype).removeprefix('torch.')}, more than the {format_bytes(free)} of memory "
+                        f"available {_where(where)}")
 
 
 def check_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.dtype,
