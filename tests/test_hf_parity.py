@@ -84,3 +84,19 @@ def test_configs_read_from_hf(zoo):
     llama3 = zoo.loaded("llama-llama3-rope").config
     assert llama3.rope_scaling["rope_type"] == "llama3"
     assert llama3.group_size == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rms_norm_is_hf_llama_rms_norm_bit_for_bit(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from attnscope.model.llama import RMSNorm
+
+    gen = torch.Generator().manual_seed(0)
+    ours, theirs = RMSNorm(64, 1e-6), LlamaRMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(64, generator=gen))
+        theirs.weight.copy_(ours.weight)
+    ours, theirs = ours.to(dtype), theirs.to(dtype)
+    x = (torch.randn(3, 7, 64, generator=gen) * 5).to(dtype)
+    assert torch.equal(ours(x), theirs(x))
