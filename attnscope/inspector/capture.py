@@ -39,7 +39,7 @@ class LayerBuffers:
     With glibc's malloc, a tensor that lives on but is allocated in between a layer's temporaries
     takes its memory from the holes those leave (a piece of each); the next layer's temporaries of
     the same sizes then no longer fit there and the heap grows by some of them at every layer
-    (at 2048 tokens, ~4 MB a layer of a 30-layer capture's forward and ~8 MB a layer of the
+    (at 2048 tokens, ~4 MB a layer of a 30-layer capture's forward and ~5-8 MB a layer of the
     backend_vs_reference check). With the kept tensors in buffers allocated once (large ones are
     mapped apart from the heap), only temporaries come and go, and each layer reuses the memory
     of the one before, as in a plain forward. A tensor unlike its kind's buffer (another shape,
@@ -251,8 +251,7 @@ def row_stats(records: list[LayerRecord], step=None) -> None:
 
 def nonfinite_counts(x: torch.Tensor) -> torch.Tensor:
     """The count of NaN/Inf values along the last dimension of `x` ``[..., rows, n]`` (int64, shaped
-    ``[..., rows]``),
-    tested a band of rows (the second-to-last dimension) at a time, so the temporaries stay near
+    ``[..., rows]``), tested a band of rows at a time, so the temporaries stay near
     `NONFINITE_CHUNK_ELEMENTS` elements whatever the size of `x` (logits ``[B, T, vocab]``)."""
     counts = torch.empty(x.shape[:-1], dtype=torch.long, device=x.device)
     step = max(1, NONFINITE_CHUNK_ELEMENTS // max(1, x[..., :1, :].numel()))
