@@ -22,6 +22,7 @@ import torch
 from attnscope.backends import get_backend
 from attnscope.engine import Engine
 from attnscope.errors import UserError
+from attnscope.inspector.capture import row_stats
 from attnscope.inspector.checks import parse_checks, run_checks
 from attnscope.inspector.compare import Comparison, check_layouts, check_tokens, compare_runs, tolerance_for
 from attnscope.inspector.heads import REPEAT_LENGTH, HeadRole, head_roles, repeated_sequence
@@ -144,11 +145,7 @@ class Scope:
             decoding(max_new_tokens, max_new_tokens)
         result = Result(run, prompt, batched, new_ids.tolist())
         if roles or {"nan", "masked_rows"} & set(names):  # the row statistics they read, as a stage of its own
-            statistics = step_of(progress, "statistics")
-            for rec in run.records:
-                rec.stats  # noqa: B018 (computed once and kept)
-                if statistics is not None:
-                    statistics(rec.layer + 1, len(run.records))
+            row_stats(run.records, step_of(progress, "statistics"))
         result.checks, result.diffs = run_checks(run, names, atol, rtol, on_check=on_check, progress=progress)
         if roles:
             result.roles = head_roles(run, self.forward(self.role_probe()), step_of(progress, "roles"))

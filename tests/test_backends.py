@@ -95,6 +95,16 @@ def test_eager_row_chunking(monkeypatch):
     torch.testing.assert_close(eager.log_sum_exp(q, k, spec, 0.4), expected[1], atol=1e-6, rtol=0)
 
 
+def test_grouped_matmul_is_each_query_head_times_its_kv_head():
+    """A kv group's query rows times that kv head's keys (and the weights times its values), for a
+    chunk of rows that is not contiguous across the group: what a broadcasting matmul computes."""
+    q, k, v = qkv(2, 6, 2, 9, 13, 8)
+    qg = q.view(2, 2, 3, 9, 8)[..., 2:7, :]  # (B, Hkv, G, rows, D): rows 2..6 of every head
+    scores = eager.grouped_matmul(qg, k.transpose(-1, -2))  # (B, Hkv, G, rows, Sk)
+    torch.testing.assert_close(scores, qg @ k.unsqueeze(2).transpose(-1, -2))
+    torch.testing.assert_close(eager.grouped_matmul(scores, v), scores @ v.unsqueeze(2))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("spec", [causal(), causal() & sliding_window(3)], ids=repr)
 def test_nan_input_is_visible(backend, spec):

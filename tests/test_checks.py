@@ -384,3 +384,110 @@ def test_row_statistics_count_every_nonfinite_value(monkeypatch):
     assert int(bad.sum()) == 8 + 4  # rows 7 and 8 of heads 2 and 3
     assert int(stats.nonfinite_weights[0, 0, 6]) > 0 and int(stats.nonfinite_weights[0, 0].sum()) == int(
         stats.nonfinite_weights[0, 0, 6])
+
+
+@pytest.mark.parametrize("band", [None, 7, 3 * 11])  # one band; fewer elements than a row; 3 rows
+def test_nonfinite_counts_count_every_row_in_bands(monkeypatch, band):
+    """NaN and ±Inf counted per row, a band of rows at a time: the same counts as a dense count,
+    for logits-like ``[B, T, V]`` and for a transposed (non-contiguous) ``[B, H, S, D]`` output."""
+    if band is not None:
+        monkeypatch.setattr(capture, "NONFINITE_CHUNK_ELEMENTS", band)
+    logits = torch.randn(2, 10, 11)
+    logits[1, 7, 3], logits[1, 7, 4], logits[0, 9, 0] = float("nan"), float("inf"), float("-inf")
+    out = torch.randn(2, 6, 4, 5).transpose(1, 2)  # (B, H=4, S=6, D=5), strides of (B, S, H, D)
+    out[0, 2, 5, 1] = float("nan")
+    for x in (logits, out):
+        assert torch.equal(capture.nonfinite_counts(x), (~torch.isfinite(x)).sum(-1))
+    assert int(capture.nonfinite_counts(logits)[1, 7]) == 2
+
+
+def test_nan_in_the_logits_alone_is_found_at_its_row(monkeypatch):
+    """The logits are counted in bands of rows (never as one [B, T, vocab] temporary): NaN injected
+    after the last block, in rows far from the first band, is counted and placed (batch first)."""
+    monkeypatch.setattr(capture, "NONFINITE_CHUNK_ELEMENTS", 3 * MODEL_ARGS["vocab"])  # 3 rows a band
+    model = random_model(**MODEL_ARGS)
+
+    def poison(module, args, output):
+        output[1, 13, 0] = output[0, 17, 5] = float("nan")  # a NaN hidden value: every logit of its row is NaN
+
+    hook = model.net.norm.register_forward_hook(poison)
+    try:
+        found, _ = run(model, checks="nan", prompt=[PROMPT, PROMPT[:16]])
+    finally:
+        hook.remove()
+    check = found["nan"]
+    assert not check.passed
+    assert check.where == {"layer": None, "stage": "logits", "head": None, "position": 17, "batch": 0}
+    counts = check.figures["nonfinite_counts"]
+    assert counts["logits"] == 2 * MODEL_ARGS["vocab"]
+    assert counts["scores"] == counts["weights"] == counts["output"] == counts["residual"] == 0
+
+
+def test_a_runs_records_keep_one_buffer_per_kind():
+    """What a forward keeps of its layers (q, output, lse, residual counts, row statistics) lives in
+    one buffer per kind, and holds what the model gave its recorder and the statistics of each layer."""
+    scope = attnscope.Scope(random_model(**MODEL_ARGS), backend="sdpa")
+    run = scope.forward(PROMPT)
+    capture.row_stats(run.records)
+    plain = capture.Capture()  # no buffers: the model's own tensors
+    ids = run.inputs.ids
+    with torch.inference_mode():
+        scope.model.forward(ids, scope.attend, cache=scope.model.new_cache(*ids.shape), recorder=plain)
+
+    def storages(get):
+        return {get(rec).untyped_storage().data_ptr() for rec in run.records}
+
+    for get in (lambda r: r.q, lambda r: r.out, lambda r: r.lse, lambda r: r.residual_nonfinite,
+                lambda r: r.stats.entropy, lambda r: r.stats.nonfinite_output):
+        assert len(storages(get)) == 1
+    for rec in run.records:
+        mine = plain.records[rec.layer]
+        for name in ("q", "k", "v", "out", "lse", "residual_nonfinite"):
+            assert torch.equal(getattr(rec, name), getattr(mine, name)), name
+        alone = mine.stats
+        for name, value in vars(rec.stats).items():
+            torch.testing.assert_close(value, getattr(alone, name), rtol=0, atol=0, equal_nan=True, msg=name)
+    buffers = capture.LayerBuffers(2)
+    first = torch.zeros(3)
+    assert buffers.keep("x", 0, first).data_ptr() != first.data_ptr()  # copied into the buffer
+    unlike = torch.zeros(4)
+    assert buffers.keep("x", 1, unlike) is unlike  # another shape: kept as it is
+
+
+def _diff_by_definition(a, r, tol, rows):
+    """`diff` written out as its docstring says, one whole-tensor temporary after another."""
+    zero = torch.zeros(())
+    err = torch.where(torch.isnan(a) & torch.isnan(r), zero, (a - r).abs())
+    err = torch.where(torch.isnan(a) ^ torch.isnan(r), torch.full_like(err, float("inf")), err)
+    err = torch.where(rows[:, None, :, None], err, zero)
+    finite = r[torch.isfinite(r)]
+    atol = tol.atol * max(1.0, float(finite.abs().max())) if tol.scaled and finite.numel() else tol.atol
+    over = err > atol + tol.rtol * torch.nan_to_num(r.abs(), nan=0.0, posinf=0.0)
+    rel = err / r.abs().clamp_min(1e-6)
+    return err.amax(dim=(0, 2, 3)), rel.amax(dim=(0, 2, 3)), over.any(-1), err.amax(-1)
+
+
+@pytest.mark.parametrize("atol", [None, 1e-3])  # scaled by the reference's magnitude, or as given
+def test_diff_follows_its_definition(atol):
+    """NaN on one side is a difference (inf), on both sides none; rows left out are 0; the default
+    atol grows with the largest finite |reference|; a value over tolerance marks its row."""
+    from attnscope.inspector.checks import Tolerance, diff
+
+    gen = torch.Generator().manual_seed(3)
+    r = torch.randn(2, 3, 5, 4, generator=gen) * 4
+    a = r + torch.randn(2, 3, 5, 4, generator=gen) * 1e-4
+    a[0, 1, 2, 3] = float("nan")  # one side
+    a[1, 0, 4, 0] = r[1, 0, 4, 0] = float("nan")  # both sides
+    r[1, 2, 1, 1] = float("inf")
+    a[0, 2, 0, 0] += 0.5  # over any tolerance
+    a[1, 1, 3, 2] += 10.0  # in a row that is left out
+    rows = torch.ones(2, 5, dtype=torch.bool)
+    rows[1, 3] = False
+    tol = Tolerance.for_dtype(torch.float32, atol=atol)
+    got = diff(a, r, tol, rows)
+    for name, value, want in zip(("max_abs", "max_rel", "bad_rows", "row_max"),
+                                 (got.max_abs, got.max_rel, got.bad_rows, got.row_max),
+                                 _diff_by_definition(a, r, tol, rows), strict=True):
+        torch.testing.assert_close(value, want, rtol=0, atol=0, equal_nan=True, msg=name)
+    assert bool(got.bad_rows[0, 1, 2]) and bool(got.bad_rows[0, 2, 0]) and not bool(got.bad_rows[1, 1, 3])
+    assert got.first_bad() == (0, 2, 0)

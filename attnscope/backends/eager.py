@@ -1,9 +1,10 @@
 """The eager reference backend: float32 scores, explicit mask and softmax.
 
 GQA without copies: the query heads of one kv group are viewed as an extra dimension,
-q ``[B, Hkv, G, Sq, D]`` against k ``[B, Hkv, 1, Sk, D]``, so K and V broadcast instead of being
-repeated per query head. Query rows are processed in chunks so the float32 scores never exceed
-about `MAX_SCORE_ELEMENTS` at once.
+q ``[B, Hkv, G, Sq, D]``, and a chunk of their rows is multiplied with its kv head's K and V as one
+matrix of G × rows rows (`grouped_matmul`), so K and V are read, never repeated per query head (a
+matmul that broadcasts k ``[B, Hkv, 1, Sk, D]`` over G copies it G times first). Query rows are
+processed in chunks so the float32 scores never exceed about `MAX_SCORE_ELEMENTS` at once.
 """
 
 from __future__ import annotations
@@ -36,14 +37,22 @@ def masked_scores(
     dense = mask.dense(Sq, Sk, q.device)  # (B|1, Hq|1, Sq, Sk)
     allowed = group_mask(dense, Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
     qg = q.float().view(B, Hkv, Hq // Hkv, Sq, D)  # (B, Hkv, G, Sq, D)
-    kt = k.float().unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, Sk)
+    kt = k.float().transpose(-1, -2)  # (B, Hkv, D, Sk)
     step = max(1, (max_elements or MAX_SCORE_ELEMENTS) // max(1, B * Hq * Sk))
     chunks = [slice(start, min(Sq, start + step)) for start in range(0, Sq, step)]
     for rows, keys in zip(chunks, key_spans(dense, chunks), strict=True):
         keys = keys or slice(0, min(1, Sk))  # no key seen: one masked column keeps the shapes
-        scores = cap((qg[..., rows, :] @ kt[..., keys]).mul_(scale), softcap)  # (B, Hkv, G, rows, keys), one buffer
+        scores = cap(grouped_matmul(qg[..., rows, :], kt[..., keys]).mul_(scale), softcap)  # (B, Hkv, G, rows, keys)
         chunk = allowed[..., rows, keys]
         yield rows, keys, scores.masked_fill_(~chunk, float("-inf")), chunk
+
+
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [B, Hkv, G, rows, n] @ b [B, Hkv, n, m] -> [B, Hkv, G, rows, m]``: the G query heads of each
+    kv head as the rows of one product with that head's b (keys or values); only the chunk of `a` is
+    copied (to stack its rows), never b."""
+    B, Hkv, G, rows, n = a.shape
+    return (a.reshape(B, Hkv, G * rows, n) @ b).view(B, Hkv, G, rows, b.shape[-1])
 
 
 def key_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice | None]:
@@ -88,12 +97,12 @@ def attend(
     note_lse_source("eager")
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1]
-    vf = v.float().unsqueeze(2)  # (B, Hkv, 1, Sk, D)
+    vf = v.float()  # (B, Hkv, Sk, D)
     out = torch.empty(B, Hkv, Hq // Hkv, Sq, D, dtype=torch.float32, device=q.device)
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
     for rows, keys, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
         lse[..., rows] = row_lse(scores, sinks)
-        out[..., rows, :] = weights_from_lse(scores, lse[..., rows]) @ vf[..., keys, :]
+        out[..., rows, :] = grouped_matmul(weights_from_lse(scores, lse[..., rows]), vf[..., keys, :])
     return out.view(B, Hq, Sq, D).to(q.dtype), lse.view(B, Hq, Sq)
 
 
@@ -133,8 +142,9 @@ def log_weights(
 
 
 def weights_from_lse(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """exp(scores - lse) for masked scores (-inf where masked); rows with lse = -inf give 0, not NaN."""
-    return torch.exp(scores - safe_lse(lse).unsqueeze(-1))
+    """exp(scores - lse) for masked scores (-inf where masked), computed in the scores' own memory
+    (which the caller gives up); rows with lse = -inf give 0, not NaN."""
+    return scores.sub_(safe_lse(lse).unsqueeze(-1)).exp_()
 
 
 def safe_lse(lse: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,16 @@ returned: post-RoPE q ``[B, Hq, Sq, D]``, k and v ``[B, Hkv, Sk, D]``, the outpu
 Any region of the attention matrix is recomputed on demand as
 ``exp(q·k·scale - lse)``, a chunk of query rows at a time; per-row statistics (`RowStats`) are
 computed the same way, once, and kept: they are ``[B, Hq, Sq]`` each.
+
+What a capture keeps of every layer lives in one buffer per kind for all the layers (`LayerBuffers`):
+kept tensors allocated one by one among a layer's large temporaries (a forward's activations, the
+score chunks) leave the allocator's freed memory in pieces that the next layer's temporaries no
+longer fit, and the process grows with every layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +27,43 @@ from attnscope.masks import MaskSpec
 from attnscope.pooling import pool_edges
 
 STATS_CHUNK_ELEMENTS = 1 << 21  # float32 scores at once when summarizing a layer (several temporaries each)
+# elements tested at once by `nonfinite_counts`: torch.isfinite makes a float copy (abs) and three bool
+# tensors of its input, 7 bytes per float32 element, which over a prompt's logits is gigabytes
+NONFINITE_CHUNK_ELEMENTS = 1 << 20
+
+
+class LayerBuffers:
+    """What a loop over `n_layers` layers keeps of each one, copied into one buffer per kind
+    ``[n_layers, ...]``, allocated when the first layer's tensor of that kind arrives.
+
+    With glibc's malloc, a tensor that lives on but is allocated in between a layer's temporaries
+    takes its memory from the holes those leave (a piece of each); the next layer's temporaries of
+    the same sizes then no longer fit there and the heap grows by some of them at every layer
+    (at 2048 tokens, ~4 MB a layer of a 30-layer capture's forward and ~5-8 MB a layer of the
+    backend_vs_reference check). With the kept tensors in buffers allocated once (large ones are
+    mapped apart from the heap), only temporaries come and go, and each layer reuses the memory
+    of the one before, as in a plain forward. A tensor unlike its kind's buffer (another shape,
+    dtype or device, or a layer outside the range) is kept as it is."""
+
+    def __init__(self, n_layers: int):
+        self.n_layers = n_layers
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def keep(self, kind: str, layer: int, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` copied into row `layer` of the buffer of `kind`; that row (a view) is returned."""
+        buffer = self._buffers.get(kind)
+        if buffer is None:
+            buffer = self._buffers[kind] = tensor.new_empty((self.n_layers, *tensor.shape))
+        if (buffer.shape[1:] != tensor.shape or buffer.dtype != tensor.dtype or buffer.device != tensor.device
+                or not 0 <= layer < self.n_layers):
+            return tensor
+        return buffer[layer].copy_(tensor)
+
+    def keep_fields(self, layer: int, result):
+        """A dataclass of per-layer results (`RowStats`, a check's `Diff`) with each tensor field kept."""
+        return dataclasses.replace(result, **{
+            f.name: self.keep(f.name, layer, value) for f in dataclasses.fields(result)
+            if isinstance(value := getattr(result, f.name), torch.Tensor)})
 
 
 @dataclass
@@ -145,7 +188,8 @@ class LayerRecord:
 
     @property
     def stats(self) -> RowStats:
-        """Per-row statistics, computed once from q, k and lse (chunked) and kept."""
+        """Per-row statistics, computed once from q, k and lse (chunked) and kept (`row_stats` computes
+        those of many layers at once)."""
         if self._stats is None:
             self._stats = self._row_stats()
         return self._stats
@@ -190,8 +234,31 @@ class LayerRecord:
             first_token_mass=first.view(B, Hq, Sq), weight_sum=weight_sum.view(B, Hq, Sq),
             sink_weight=sink_weight, fully_masked=~allowed_any.view(B, Hq, Sq),
             nonfinite_scores=bad_scores.view(B, Hq, Sq), nonfinite_weights=bad_weights.view(B, Hq, Sq),
-            nonfinite_output=(~torch.isfinite(self.out)).sum(-1),
+            nonfinite_output=nonfinite_counts(self.out),
         )
+
+
+def row_stats(records: list[LayerRecord], step=None) -> None:
+    """Compute and keep the row statistics (`LayerRecord.stats`) of every record that lacks them, in
+    one buffer per statistic for all of them (`LayerBuffers`); `step(done, total)` after each record."""
+    buffers = LayerBuffers(len(records))
+    for i, rec in enumerate(records):
+        if rec._stats is None:
+            rec._stats = buffers.keep_fields(i, rec._row_stats())
+        if step is not None:
+            step(i + 1, len(records))
+
+
+def nonfinite_counts(x: torch.Tensor) -> torch.Tensor:
+    """The count of NaN/Inf values along the last dimension of `x` ``[..., rows, n]`` (int64, shaped
+    ``[..., rows]``), tested a band of rows at a time, so the temporaries stay near
+    `NONFINITE_CHUNK_ELEMENTS` elements whatever the size of `x` (logits ``[B, T, vocab]``)."""
+    counts = torch.empty(x.shape[:-1], dtype=torch.long, device=x.device)
+    step = max(1, NONFINITE_CHUNK_ELEMENTS // max(1, x[..., :1, :].numel()))
+    for start in range(0, x.shape[-2], step):
+        rows = slice(start, start + step)
+        counts[..., rows] = torch.count_nonzero(torch.isfinite(x[..., rows, :]).logical_not_(), dim=-1)
+    return counts
 
 
 def scores_are_finite(q: torch.Tensor, k: torch.Tensor, scale: float) -> bool:
@@ -211,19 +278,28 @@ class Capture:
     query rows by `layers()`, with k/v the latest (longest) cache views, so the records cover the
     whole sequence. With ``residuals=False`` the residual stream is not counted (a forward whose
     records are only compared with another's attention outputs); with ``keep_residuals=True`` each
-    record keeps its block's output (model comparison).
+    record keeps its block's output (model comparison). Given `n_layers` (one forward, not
+    ``append``), what the records keep of the forward (q, the output, the lse, the residual's counts
+    and the residual; k and v are the cache's own tensors) is copied into one buffer per kind
+    (`LayerBuffers`).
     """
 
-    def __init__(self, append: bool = False, on_layer=None, residuals: bool = True, keep_residuals: bool = False):
+    def __init__(self, append: bool = False, on_layer=None, residuals: bool = True, keep_residuals: bool = False,
+                 n_layers: int | None = None):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
         self.on_layer = on_layer  # called with the layer index once its block has run
         self.residuals = residuals  # count the residual stream's NaN/Inf (the nan check's last stage)
         self.keep_residuals = keep_residuals
+        self._buffers = LayerBuffers(n_layers) if n_layers is not None and not append else None
         self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
         take_lse_source()  # a note left by an earlier call is not this forward's
 
+    def _keep(self, kind: str, layer: int, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self._buffers is None else self._buffers.keep(kind, layer, tensor)
+
     def attention(self, layer: int, *, q, k, v, out, lse, mask, scale, softcap=None, sinks=None) -> None:
+        q, out, lse = self._keep("q", layer, q), self._keep("out", layer, out), self._keep("lse", layer, lse)
         self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale, softcap, sinks,
                                           lse_source=take_lse_source())
         if self.append:
@@ -234,12 +310,12 @@ class Capture:
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
         if self.residuals:
-            bad = (~torch.isfinite(hidden)).sum(-1)  # (B, Sq)
+            bad = self._keep("residual_nonfinite", layer, nonfinite_counts(hidden))  # (B, Sq)
             self.records[layer].residual_nonfinite = bad
             if self.append:
                 self._parts[layer]["residual"].append(bad)
         if self.keep_residuals:
-            self.records[layer].residual = hidden
+            self.records[layer].residual = self._keep("residual", layer, hidden)
         if self.on_layer is not None:
             self.on_layer(layer)
 

@@ -31,7 +31,7 @@ import torch
 
 from attnscope.backends import get_backend
 from attnscope.errors import UserError
-from attnscope.inspector.capture import LayerRecord
+from attnscope.inspector.capture import LayerBuffers, LayerRecord, nonfinite_counts
 from attnscope.inspector.report import Check, json_number
 from attnscope.inspector.run import Progress, Run, Step, step_of
 
@@ -93,19 +93,19 @@ def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: to
         rows: optional bool ``[B, S]`` of the rows to compare (e.g. real tokens, not padding).
     """
     a, r = actual.float(), reference.float()
-    zero = torch.zeros((), device=a.device)
+    err = (a - r).abs_()  # (B, H, S, D); the temporaries below are one bool or float tensor of this size each
+    nan_a, nan_r = torch.isnan(a), torch.isnan(r)
     # NaN on one side only is a difference; NaN on both sides is the same (the nan check reports it)
-    err = torch.where(torch.isnan(a) & torch.isnan(r), zero, (a - r).abs())
-    err = torch.where(torch.isnan(a) ^ torch.isnan(r), torch.full_like(err, float("inf")), err)
+    err.masked_fill_(nan_a & nan_r, 0.0).masked_fill_(nan_a.logical_xor_(nan_r), float("inf"))
+    del nan_a, nan_r
     if rows is not None:
-        err = torch.where(rows[:, None, :, None], err, zero)
-    finite = r[torch.isfinite(r)]
-    atol = tol.atol * max(1.0, float(finite.abs().max())) if tol.scaled and finite.numel() else tol.atol
-    over = err > atol + tol.rtol * torch.nan_to_num(r.abs(), nan=0.0, posinf=0.0)
-    rel = err / r.abs().clamp_min(1e-6)
+        err.masked_fill_(~rows[:, None, :, None], 0.0)
     per_head = (0, 2, 3)
-    return Diff(err.amax(dim=per_head) if err.numel() else torch.zeros(a.shape[1]),
-                rel.amax(dim=per_head) if rel.numel() else torch.zeros(a.shape[1]), over.any(-1),
+    max_rel = (err / r.abs().clamp_min_(1e-6)).amax(dim=per_head) if err.numel() else torch.zeros(a.shape[1])
+    r_abs = torch.nan_to_num(r.abs(), nan=0.0, posinf=0.0)  # |r| of the finite values, 0 elsewhere
+    atol = tol.atol * max(1.0, float(r_abs.max())) if tol.scaled and r_abs.numel() else tol.atol
+    over = err > r_abs.mul_(tol.rtol).add_(atol)
+    return Diff(err.amax(dim=per_head) if err.numel() else torch.zeros(a.shape[1]), max_rel, over.any(-1),
                 err.amax(-1) if err.numel() else None)
 
 
@@ -118,8 +118,9 @@ def _figures(d: Diff, tol: Tolerance) -> dict:
 def _layer_diffs(records: list[LayerRecord], others: list[LayerRecord], tol: Tolerance, rows=None,
                  upto: int | None = None) -> list[Diff]:
     sl = slice(None, upto)
-    return [diff(a.out[:, :, sl], b.out[:, :, sl], tol, None if rows is None else rows[:, sl])
-            for a, b in zip(records, others, strict=True)]
+    kept = LayerBuffers(len(records))
+    return [kept.keep_fields(i, diff(a.out[:, :, sl], b.out[:, :, sl], tol, None if rows is None else rows[:, sl]))
+            for i, (a, b) in enumerate(zip(records, others, strict=True))]
 
 
 def _first_failing(diffs: list[Diff]) -> tuple[int, tuple[int, int, int]] | None:
@@ -157,10 +158,10 @@ def nan_check(run: Run, step: Step | None = None) -> Check:
                          "position": int(s[i]), "batch": int(b[i])}
         if step is not None:
             step(rec.layer + 1, len(run.records))
-    logits_bad = ~torch.isfinite(run.logits)  # (B, T, vocab)
-    counts["logits"] = int(torch.count_nonzero(logits_bad))  # not .sum(): that makes an int64 copy first
+    logits_bad = nonfinite_counts(run.logits)  # (B, T)
+    counts["logits"] = int(logits_bad.sum())
     if first is None and counts["logits"]:
-        pos = logits_bad.any(-1).nonzero()[0]
+        pos = logits_bad.nonzero()[0]
         first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}
     passed = first is None
     message = "no NaN or Inf" if passed else (
@@ -225,12 +226,13 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
 def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = None) -> tuple[Check, list[Diff]]:
     """The backend's output against eager float32 on the same q, k, v, layer by layer."""
     eager = get_backend("eager")
-    diffs = []
-    for rec in run.records:
+    diffs, kept = [], LayerBuffers(len(run.records))
+    for i, rec in enumerate(run.records):
         features = {"softcap": rec.softcap, "sinks": rec.sinks}  # the layer's own, as the backend ran them
         ref, _ = eager(rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False,
                        **{name: value for name, value in features.items() if value is not None})
-        diffs.append(diff(rec.out, ref, tol, rows=run.inputs.real[:, -rec.q.shape[2]:]))
+        diffs.append(kept.keep_fields(i, diff(rec.out, ref, tol, rows=run.inputs.real[:, -rec.q.shape[2]:])))
+        del ref  # before the next layer's is computed
         if step is not None:
             step(rec.layer + 1, len(run.records))
     figures = _figures(_merge(diffs), tol)

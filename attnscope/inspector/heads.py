@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attnscope.inspector.capture import row_stats
 from attnscope.inspector.run import Run, Step
 
 ROLES = ("induction", "previous_token", "sink", "local", "broad")
@@ -71,6 +72,7 @@ def head_roles(run: Run, probe: Run, step: Step | None = None) -> list[list[Head
     """
     n = REPEAT_LENGTH
     start = probe.inputs.shape[1] - n  # first query of the second copy
+    row_stats(run.records)
     out = []
     for layer, (rec, rep_rec) in enumerate(zip(run.records, probe.records, strict=True)):
         stats = rec.stats

@@ -84,14 +84,14 @@ class Run:
                 on_layer=None, residuals: bool = False) -> Run:
         """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer (and
         its block's output, with `residuals`)."""
-        capture = Capture(on_layer=on_layer, keep_residuals=residuals)
+        capture = Capture(on_layer=on_layer, keep_residuals=residuals, n_layers=model.layout.n_layers)
         logits = model.forward(inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding,
                                positions=inputs.positions)  # (B, T, vocab)
         return cls(model, backend, attend, inputs, capture.layers(), logits.float())
 
     def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
         """The records of the same forward on other token ids ``[B, T]`` (same padding and positions)."""
-        capture = Capture(residuals=False)  # only the attention outputs are compared
+        capture = Capture(residuals=False, n_layers=self.model.layout.n_layers)  # only the outputs are compared
         B, T = ids.shape
         self.model.forward(ids, self.attend, cache=self.model.new_cache(B, T), recorder=capture,
                            mask=self.inputs.padding, positions=self.inputs.positions)
