@@ -40,7 +40,7 @@ import torch
 from attnscope import masks
 from attnscope.backends import AttendFn, require_features
 from attnscope.engine import Layout, greedy
-from attnscope.errors import LoadError, UnsupportedFeature, UserError
+from attnscope.errors import ConfigError, LoadError, UnsupportedFeature, UserError
 from attnscope.masks import MaskSpec
 
 IMPLEMENTATION = "attnscope"
@@ -332,12 +332,23 @@ def _config_masks(c, n_layers: int) -> list[MaskSpec]:
     out = []
     for kind in types[:n_layers]:
         if kind == "sliding_attention" and window:
-            out.append(masks.causal() & masks.sliding_window(int(window)))
+            out.append(masks.causal() & masks.sliding_window(_positive("sliding_window", window)))
         elif kind == "chunked_attention" and chunk:
-            out.append(masks.causal() & masks.chunked(int(chunk)))
+            out.append(masks.causal() & masks.chunked(_positive("attention_chunk_size", chunk)))
         else:
             out.append(masks.causal())
     return out
+
+
+def _positive(name: str, value) -> int:
+    """A config's window or chunk size; a ConfigError unless it is an integer >= 1."""
+    if not _is_positive_int(value):
+        raise ConfigError(f"the model's config sets {name} = {value!r}: it must be an integer >= 1")
+    return value
+
+
+def _is_positive_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1  # bools are not sizes here
 
 
 def from_transformers(model, tokenizer=None) -> HFEngine:
@@ -406,15 +417,14 @@ OPTIONAL_SIZE_KEYS = ("num_key_value_heads", "head_dim", "intermediate_size", "m
 
 
 def _check_sizes(config, file: Path) -> None:
-    """A `ConfigError` naming the key when a size is not a positive int (bools are not ints here)."""
-    from attnscope.errors import ConfigError
+    """A `ConfigError` naming the key when a size is not a positive int."""
     from attnscope.model.config import MAX_LAYERS, show
 
     for key in SIZE_KEYS + OPTIONAL_SIZE_KEYS:
         value = getattr(config, key, None)
         if value is None and key in OPTIONAL_SIZE_KEYS:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _is_positive_int(value):
             raise ConfigError(f"{file}: {key} must be a positive integer, got {show(value)}")
     if config.num_hidden_layers > MAX_LAYERS:
         raise ConfigError(f"{file}: num_hidden_layers {config.num_hidden_layers:,} is more than {MAX_LAYERS:,}")
