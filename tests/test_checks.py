@@ -468,10 +468,15 @@ def _diff_by_definition(a, r, tol, rows):
 
 
 @pytest.mark.parametrize("atol", [None, 1e-3])  # scaled by the reference's magnitude, or as given
-def test_diff_follows_its_definition(atol):
+@pytest.mark.parametrize("band", [1 << 22, 24, 48])  # elements at once: all 5 rows, 1 row, 2 rows of 5
+def test_diff_follows_its_definition(atol, band, monkeypatch):
     """NaN on one side is a difference (inf), on both sides none; rows left out are 0; the default
-    atol grows with the largest finite |reference|; a value over tolerance marks its row."""
+    atol grows with the largest finite |reference| (of the whole tensor, whatever band of rows is
+    compared at once); a value over tolerance marks its row."""
+    from attnscope.inspector import checks
     from attnscope.inspector.checks import Tolerance, diff
+
+    monkeypatch.setattr(checks, "DIFF_CHUNK_ELEMENTS", band)
 
     gen = torch.Generator().manual_seed(3)
     r = torch.randn(2, 3, 5, 4, generator=gen) * 4

@@ -86,12 +86,36 @@ class Diff:
         return int(b[i]), int(h[i]), int(s[i])
 
 
+# elements of a band of rows compared at once by `diff`: each element takes a few float and bool
+# temporaries, which over a prompt's logits (``[B, 1, T, vocab]``) would be gigabytes at once
+DIFF_CHUNK_ELEMENTS = 1 << 22
+
+
 def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: torch.Tensor | None = None) -> Diff:
-    """Compare ``[B, H, S, D]`` tensors elementwise: over tolerance where |a - r| > atol + rtol·|r|.
+    """Compare ``[B, H, S, D]`` tensors elementwise: over tolerance where |a - r| > atol + rtol·|r|,
+    a band of rows (S) at a time, so the temporaries stay near `DIFF_CHUNK_ELEMENTS` elements.
 
     Args:
         rows: optional bool ``[B, S]`` of the rows to compare (e.g. real tokens, not padding).
     """
+    B, H, S, D = actual.shape
+    step = max(1, DIFF_CHUNK_ELEMENTS // max(1, B * H * D))
+    bands = [slice(start, start + step) for start in range(0, S, step)]
+    atol = tol.atol
+    if tol.scaled:  # scaled by the largest finite |reference| of the whole tensor
+        atol *= max([1.0] + [float(_finite_abs(reference[:, :, band]).max()) for band in bands
+                             if reference[:, :, band].numel()])
+    parts = [_band_diff(actual[:, :, band], reference[:, :, band], atol, tol.rtol,
+                        None if rows is None else rows[:, band]) for band in bands]
+    if not parts or not actual.numel():
+        return Diff(torch.zeros(H), torch.zeros(H), torch.zeros(B, H, S, dtype=torch.bool, device=actual.device))
+    return Diff(torch.stack([p.max_abs for p in parts]).amax(0), torch.stack([p.max_rel for p in parts]).amax(0),
+                torch.cat([p.bad_rows for p in parts], 2), torch.cat([p.row_max for p in parts], 2))
+
+
+def _band_diff(actual: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float,
+               rows: torch.Tensor | None) -> Diff:
+    """`diff` of one band of rows, with the tolerance's atol already scaled."""
     a, r = actual.float(), reference.float()
     err = (a - r).abs_()  # (B, H, S, D); the temporaries below are one bool or float tensor of this size each
     nan_a, nan_r = torch.isnan(a), torch.isnan(r)
@@ -101,12 +125,14 @@ def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: to
     if rows is not None:
         err.masked_fill_(~rows[:, None, :, None], 0.0)
     per_head = (0, 2, 3)
-    max_rel = (err / r.abs().clamp_min_(1e-6)).amax(dim=per_head) if err.numel() else torch.zeros(a.shape[1])
-    r_abs = torch.nan_to_num(r.abs(), nan=0.0, posinf=0.0)  # |r| of the finite values, 0 elsewhere
-    atol = tol.atol * max(1.0, float(r_abs.max())) if tol.scaled and r_abs.numel() else tol.atol
-    over = err > r_abs.mul_(tol.rtol).add_(atol)
-    return Diff(err.amax(dim=per_head) if err.numel() else torch.zeros(a.shape[1]), max_rel, over.any(-1),
-                err.amax(-1) if err.numel() else None)
+    max_rel = (err / r.abs().clamp_min_(1e-6)).amax(dim=per_head)
+    over = err > _finite_abs(r).mul_(rtol).add_(atol)
+    return Diff(err.amax(dim=per_head), max_rel, over.any(-1), err.amax(-1))
+
+
+def _finite_abs(x: torch.Tensor) -> torch.Tensor:
+    """|x| in float32 where x is finite, 0 where it is NaN or ±inf (a new tensor)."""
+    return torch.nan_to_num(x.float().abs(), nan=0.0, posinf=0.0)
 
 
 def _figures(d: Diff, tol: Tolerance) -> dict:
