@@ -307,7 +307,7 @@ def test_no_color_in_a_terminal_draws_the_shade_ramp():
 
 
 def test_models_lists_every_bundled_model_grouped_and_the_error_names_them_all(tmp_path):
-    from attnscope.model.loader import sample_models_dir
+    from attnscope.samples import sample_models_dir
 
     root = sample_models_dir()
     bundled = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("config.json"))

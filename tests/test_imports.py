@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # functions alike); the package faces (`attnscope/__init__.py`, `attnscope.kernels`' lazy entry)
 # are the exceptions. The front ends (render, tui, cli) sit on top of the headless core.
 LAYERS = [
-    ("attnscope.errors", "attnscope.pooling", "attnscope.masks"),
+    ("attnscope.errors", "attnscope.pooling", "attnscope.masks", "attnscope.samples"),
     ("attnscope.backends", "attnscope.kernels"),
     ("attnscope.engine", "attnscope.model", "attnscope.hf"),
     ("attnscope.inspector",),
@@ -116,6 +116,25 @@ def test_a_run_imports_only_what_it_uses():
                           if m in sys.modules)}))
     """)
     assert out == {"code": 0, "loaded": []}
+
+
+def test_listing_the_sample_models_imports_no_torch():
+    """`attnscope models` reads directories and model cards: torch (~2 s to import) is not needed,
+    and the report module it renders with is plain data until a report is built."""
+    out = run_python("""
+        import contextlib, io, json, sys
+        sys.argv = ["attnscope", "models"]
+        from attnscope.cli import main
+        listing = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(listing):
+                main()
+        except SystemExit as exit:
+            code = exit.code
+        print(json.dumps({"code": code, "tiny-code": "tiny-code (default)" in listing.getvalue(),
+                          "loaded": sorted(m for m in ("torch", "transformers", "textual") if m in sys.modules)}))
+    """)
+    assert out == {"code": 0, "tiny-code": True, "loaded": []}
 
 
 def _module_files() -> dict[str, Path]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from attnscope import masks
 from attnscope.errors import UserError
-from attnscope.inspector.run import Run
+
+if TYPE_CHECKING:  # the report itself is plain data: reading or rendering one needs no torch
+    from attnscope.inspector.run import Run
 
 SCHEMA = "attnscope.report/1"
 
@@ -151,6 +152,8 @@ def build_report(run: Run, prompt, continuation: list[int], checks: list[Check],
                  batch: int = 0) -> Report:
     """The `Report` of row `batch` of a run: `prompt` as given (text or ids), the greedy
     `continuation` ids, the `checks` that ran and their `diffs`, the head `roles` if scored."""
+    from attnscope import masks  # (torch) only to build a report, not to read or render one
+
     model = run.model
     ids = run.inputs.ids[batch].tolist()
     tokens, new = tokens_of(run, ids), tokens_of(run, continuation, len(ids))

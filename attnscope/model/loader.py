@@ -25,29 +25,13 @@ from attnscope.model.config import SUPPORTED_MODEL_TYPES, ModelConfig, read_json
 from attnscope.model.llama import KVCache, Transformer
 from attnscope.model.memory import check_kv_cache_fits, check_model_fits
 from attnscope.model.tokenizer import Tokenizer
+from attnscope.samples import DEFAULT_MODEL, sample_models
 
-DEFAULT_MODEL = "tiny-code"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # progress(done, total, description) is called while weights load
 Progress = Callable[[int, int, str], None]
-
-
-def sample_models_dir() -> Path:
-    import attnscope.sample_models
-
-    return Path(attnscope.sample_models.__file__).parent
-
-
-def sample_models() -> dict[str, Path]:
-    """Bundled sample models by name: the top-level ones ("tiny-code"), then those in folders, named
-    by their path ("broken/nan-k-proj"), each group in alphabetical order. A sample is a Hugging Face
-    model directory or a directory holding a GGUF file."""
-    root = sample_models_dir()
-    found = {p.parent.relative_to(root) for p in root.rglob("config.json")}
-    found |= {p.parent.relative_to(root) for p in root.rglob("*.gguf") if p.is_file()}
-    return {d.as_posix(): root / d for d in sorted(found, key=lambda d: (len(d.parts), d.as_posix()))}
 
 
 def gguf_files(path: Path) -> list[Path]:
@@ -65,16 +49,6 @@ def is_gguf(path: Path) -> bool:
             return f.read(4) == b"GGUF"
     except OSError:
         return False
-
-
-def model_card_summary(path: Path) -> str:
-    """The first line after the title of a model's card (its README.md), or ""."""
-    card = path / "README.md"
-    if not card.is_file():
-        return ""
-    lines = [ln.strip() for ln in card.read_text().splitlines()]
-    body = [ln for ln in lines if ln and not ln.startswith("#") and ln != "---"]
-    return body[0] if body else ""
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

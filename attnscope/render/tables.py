@@ -166,7 +166,7 @@ MODEL_GROUPS = {"": "trained", "broken": "broken: tiny-code with one planted fau
 def models_table() -> Group:
     """The bundled sample models, a table per group (the trained ones, then each folder of variants):
     name (the default marked), size on disk, the card's first line."""
-    from attnscope.model.loader import DEFAULT_MODEL, model_card_summary, sample_models
+    from attnscope.samples import DEFAULT_MODEL, model_card_summary, sample_models
 
     groups: dict[str, list[tuple[str, object]]] = {}
     for name, path in sample_models().items():
