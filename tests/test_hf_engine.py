@@ -332,3 +332,30 @@ def test_without_transformers_the_hf_engine_is_one_line(gemma2_dir, monkeypatch)
     assert_user_error(CliRunner().invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1"]),
                       'the hf engine needs transformers: pip install "attnscope[hf]"')
     assert attnscope.load_model("tiny-code").engine == "native"  # the native engine never needs it
+
+
+def test_tui_names_the_soft_capped_score_of_a_cell(gemma2_dir):
+    """Gemma 2 caps its attention logits: the details panel gives the score that entered the
+    softmax under its real formula, c·tanh(q·k·scale / c), not as a plain q·k·scale."""
+    import asyncio
+
+    from test_tui import finished, wait_for
+
+    from attnscope.tui.app import AttnScopeApp
+    from attnscope.tui.heatmap_view import HeatmapView
+
+    async def scenario():
+        app = AttnScopeApp(model=str(gemma2_dir), prompt="w1 w2 w3 w4 w5 w6", backend="eager")
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, finished(app))
+            view = app.query_one(HeatmapView)
+            view.focus()
+            await pilot.press("down", "down", "right")
+            await wait_for(pilot, lambda: "scaled score" in app.query_one("#details").info)
+            rec = app.result.records[view.layer_idx]
+            cap = rec.softcap
+            assert cap is not None
+            info = app.query_one("#details").info
+            assert f"scaled score {cap:g}·tanh(q·k·scale / {cap:g}) {rec.score(view.head_idx, 2, 1):+.4f}" in info
+
+    asyncio.run(scenario())

@@ -274,8 +274,9 @@ class HeatmapView(Widget, can_focus=True):
         if q1 - q0 == 1 and k1 - k0 == 1:
             score = rec.score(self.head_idx, q0, k0)
             state = "allowed" if view.allowed[i, j] else "masked"
+            formula = "q·k·scale" if rec.softcap is None else f"{rec.softcap:g}·tanh(q·k·scale / {rec.softcap:g})"
             return (f"query {past + q0} {label(tokens[past + q0], 20)!s}  →  key {k0} {label(tokens[k0], 20)!s}\n"
-                    f"weight {weight:.6f}   scaled score q·k·scale {score:+.4f}   mask: {state}")
+                    f"weight {weight:.6f}   scaled score {formula} {score:+.4f}   mask: {state}")
         return (f"queries {past + q0}–{past + q1 - 1} × keys {k0}–{k1 - 1} (pooled cell)\n"
                 f"max weight {weight:.6f}   mask: {'some allowed' if view.allowed[i, j] else 'masked'}   "
                 "(+ to zoom into exact cells)")
