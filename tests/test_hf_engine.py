@@ -359,3 +359,29 @@ def test_tui_names_the_soft_capped_score_of_a_cell(gemma2_dir):
             assert f"scaled score {cap:g}·tanh(q·k·scale / {cap:g}) {rec.score(view.head_idx, 2, 1):+.4f}" in info
 
     asyncio.run(scenario())
+
+
+def test_learned_sink_share_is_what_transformers_leaves_off_the_keys(models):
+    """gpt-oss's sink logit joins each row's softmax and its weight is dropped: transformers' eager
+    probabilities over the keys sum to 1 − the sink's share. The report gives that share per head
+    (mean over rows), the per-head table shows it, and a model without sinks has none."""
+    from rich.console import Console
+
+    from attnscope.render.tables import head_table
+
+    model = models("gpt_oss")
+    tokens = ids()
+    with torch.no_grad():
+        ref = model(torch.tensor([tokens]), output_attentions=True, use_cache=False)
+    report = attnscope.Scope(attnscope.from_transformers(model), backend="eager").run(tokens, checks="none").report()
+    for layer in report.layers:
+        want = (1 - ref.attentions[layer.index][0].sum(-1)).mean(-1)  # (Hq,) mean over the rows
+        got = torch.tensor([h.sink_share for h in layer.heads])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert max(h.sink_share for layer in report.layers for h in layer.heads) > 0.05  # sinks that matter
+    console = Console(width=200, record=True)
+    console.print(head_table(report))
+    assert "s_aux" in console.export_text()
+    plain = attnscope.Scope(attnscope.from_transformers(models("llama"))).run(ids(8), checks="none").report()
+    assert all(h.sink_share is None for layer in plain.layers for h in layer.heads)
+    assert "sink_share" in plain.to_dict()["layers"][0]["heads"][0]

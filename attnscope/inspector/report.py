@@ -40,6 +40,7 @@ class HeadStats:
     flags: list[str] = field(default_factory=list)  # checks that found a problem in this head
     role: str | None = None  # induction, previous_token, sink, local, broad (None: no clear role)
     role_scores: dict[str, float] | None = None  # None when roles were not scored
+    sink_share: float | None = None  # mean over query rows of the learned sink's share (gpt-oss); None: no sinks
 
 
 @dataclass
@@ -95,9 +96,10 @@ class Report:
 
 
 def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[HeadStats]]:
-    """Per layer, per query head: means over the real query rows of entropy, max weight and
-    first-token mass; non-finite and fully-masked counts; the checks' largest differences
-    (`diffs`: check name -> per-layer `Diff`); the role when `roles` were scored."""
+    """Per layer, per query head: means over the real query rows of entropy, max weight,
+    first-token mass and (for a model with attention sinks) the learned sink's share; non-finite
+    and fully-masked counts; the checks' largest differences (`diffs`: check name -> per-layer
+    `Diff`); the role when `roles` were scored."""
     real = run.inputs.real[batch]  # (T,)
     n = max(1, int(real.sum()))
     out = []
@@ -108,6 +110,7 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
             return t[batch].masked_fill(~real, 0).sum(-1).div(n).tolist()  # (Hq,)
 
         entropy, max_w, sink = mean(s.entropy), mean(s.max_weight), mean(s.first_token_mass)
+        shares = None if rec.sinks is None else mean(s.sink_weight)
         bad = (s.nonfinite_scores + s.nonfinite_weights + s.nonfinite_output)[batch].sum(-1).tolist()
         empty = (s.fully_masked[batch] & real).sum(-1).tolist()
         worst = {name: d[layer].max_abs.tolist() for name, d in diffs.items()}
@@ -128,7 +131,8 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
             HeadStats(head=h, kv_head=h // rec.group_size, entropy=json_number(entropy[h]),
                       max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
                       nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
-                      **{name: json_number(d[h]) for name, d in worst.items()}, flags=flags(h), **role(h))
+                      **{name: json_number(d[h]) for name, d in worst.items()}, flags=flags(h), **role(h),
+                      sink_share=None if shares is None else json_number(shares[h]))
             for h in range(rec.q.shape[1])
         ])
     return out

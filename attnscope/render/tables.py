@@ -15,6 +15,8 @@ MAX_TOKENS_SHOWN = 96  # longer prompts show their first and last tokens
 STATS = (("entropy", "entropy", "mean attention entropy (nats)"),
          ("max_weight", "max w", "mean of each row's largest weight"),
          ("first_token_mass", "sink", "mean weight on the first token"))
+# a model with attention sinks (gpt-oss): the softmax share of each head's learned sink logit
+SINK_SHARE = ("sink_share", "s_aux", "mean share of the learned attention sink")
 
 
 def header(report: Report) -> Text:
@@ -64,16 +66,19 @@ def head_table(report: Report) -> Group:
     for h in range(n_heads):
         table.add_column(f"h{h}·kv{kv[h]}", justify="right")
     with_roles = any(h.role_scores is not None for layer in report.layers for h in layer.heads)
+    with_sinks = any(h.sink_share is not None for layer in report.layers for h in layer.heads)
+    stats = STATS + (SINK_SHARE,) * with_sinks
     for layer in report.layers:
-        for n, (key, short, _) in enumerate(STATS):
+        for n, (key, short, _) in enumerate(stats):
             values = [getattr(h, key) for h in layer.heads]
-            cells = [number_text(v, ".2f") for v in values]
-            last = n == len(STATS) - 1 and not with_roles
+            cells = [number_text(v, ".2f") if v is not None else Text("–", style="dim") for v in values]
+            last = n == len(stats) - 1 and not with_roles
             table.add_row(str(layer.index) if n == 0 else "", short, *cells, end_section=last)
         if with_roles:
             table.add_row("", "role", *[Text(ROLE_SHORT.get(h.role, "·"), style=ROLE_STYLE.get(h.role, "dim"))
                                          for h in layer.heads], end_section=True)
-    return captioned(table, "entropy: nats (uniform over T keys = ln T) · max w: row max · sink: weight on token 0")
+    caption = "entropy: nats (uniform over T keys = ln T) · max w: row max · sink: weight on token 0"
+    return captioned(table, caption + " · s_aux: the learned sink's share of the softmax" * with_sinks)
 
 
 ROLE_SHORT = {"induction": "induct", "previous_token": "prev", "sink": "sink", "local": "local",
