@@ -169,6 +169,8 @@ async def test_resize_to_80x24_and_bad_model_path(model_dir, tmp_path):
         await wait_for(pilot, lambda: broken.query_one("#error").has_class("shown"))
         assert "not found" in str(broken.query_one("#error", Static).render())
         assert broken.is_running
+        view = broken.query_one(HeatmapView)  # the map says the run failed, not that it waits for it
+        await wait_for(pilot, lambda: "the run failed" in "".join(s.text for s in view.render_line(0)))
 
 
 @needs_tokenizer

@@ -28,7 +28,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from attnscope.tui.heatmap_view import HeatmapView
+from attnscope.tui.heatmap_view import FAILED, WAITING, HeatmapView
 from attnscope.tui.help import HelpScreen
 from attnscope.tui.messages import CheckFinished, CursorMoved, LayerArrived, RunFailed, RunFinished
 from attnscope.tui.navigator import Navigator
@@ -135,6 +135,7 @@ class AttnScopeApp(App):
         self.run_id += 1
         self.result, self.checks_done = None, 0
         self.query_one("#error", Static).remove_class("shown")
+        self.query_one(HeatmapView).no_result(WAITING)
         self.query_one(Navigator).reset(self.model_name)
         self.query_one(ChecksPane).clear()
         self.query_one(StatusLine).start(loading=self.loaded is None)
@@ -231,6 +232,7 @@ class AttnScopeApp(App):
             (error := self.query_one("#error", Static)).update(f"error: {message.error}")
             error.add_class("shown")
             self.query_one(StatusLine).failed()
+            self.query_one(HeatmapView).no_result(FAILED)
 
     # ---- selection ---------------------------------------------------------------------------
     def show_head(self, layer: int, head: int, position: int | None = None) -> None:

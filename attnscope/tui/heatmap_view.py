@@ -19,6 +19,9 @@ from attnscope.render.colors import in_color
 from attnscope.render.heatmap import HeadMap, Heatmap, head_map, label, map_heatmap, small_multiples
 from attnscope.tui.messages import CursorMoved
 
+WAITING = "waiting for the model …"
+FAILED = "no map: the run failed (its error is shown above)"
+
 
 class HeatmapView(Widget, can_focus=True):
     BINDINGS = [
@@ -38,6 +41,7 @@ class HeatmapView(Widget, can_focus=True):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.result = None
+        self.placeholder = WAITING  # what the view says while it has no result
         self.layer_idx = 0
         self.head_idx = 0
         self.log_scale = False
@@ -155,6 +159,11 @@ class HeatmapView(Widget, can_focus=True):
             self._strips_key = key
         return self._strips[y] if y < len(self._strips) else Strip.blank(self.size.width, self.rich_style)
 
+    def no_result(self, placeholder: str) -> None:
+        """Say `placeholder` while there is no result to draw (a run that is starting, or failed)."""
+        self.placeholder = placeholder
+        self._changed()
+
     def _changed(self) -> None:
         """The state changed: draw the map again on the next frame."""
         self._generation += 1
@@ -163,7 +172,7 @@ class HeatmapView(Widget, can_focus=True):
     def renderable(self):
         """The rich renderable of the current state (a heatmap, or the kv group's heatmaps)."""
         if self.result is None:
-            return Text("waiting for the model …", style="dim")
+            return Text(self.placeholder, style="dim")
         if self.group:
             return self._render_group()
         view = self.current()
