@@ -99,16 +99,15 @@ def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: to
         rows: optional bool ``[B, S]`` of the rows to compare (e.g. real tokens, not padding).
     """
     B, H, S, D = actual.shape
-    step = max(1, DIFF_CHUNK_ELEMENTS // max(1, B * H * D))
+    if not actual.numel():
+        return Diff(torch.zeros(H), torch.zeros(H), torch.zeros(B, H, S, dtype=torch.bool, device=actual.device))
+    step = max(1, DIFF_CHUNK_ELEMENTS // (B * H * D))
     bands = [slice(start, start + step) for start in range(0, S, step)]
     atol = tol.atol
-    if tol.scaled:  # scaled by the largest finite |reference| of the whole tensor
-        atol *= max([1.0] + [float(_finite_abs(reference[:, :, band]).max()) for band in bands
-                             if reference[:, :, band].numel()])
+    if tol.scaled:  # scaled by the largest finite |reference| of the whole tensor (one read-back)
+        atol *= max(1.0, float(torch.stack([_finite_abs(reference[:, :, band]).amax() for band in bands]).amax()))
     parts = [_band_diff(actual[:, :, band], reference[:, :, band], atol, tol.rtol,
                         None if rows is None else rows[:, band]) for band in bands]
-    if not parts or not actual.numel():
-        return Diff(torch.zeros(H), torch.zeros(H), torch.zeros(B, H, S, dtype=torch.bool, device=actual.device))
     return Diff(torch.stack([p.max_abs for p in parts]).amax(0), torch.stack([p.max_rel for p in parts]).amax(0),
                 torch.cat([p.bad_rows for p in parts], 2), torch.cat([p.row_max for p in parts], 2))
 
