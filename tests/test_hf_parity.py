@@ -100,3 +100,36 @@ def test_rms_norm_is_hf_llama_rms_norm_bit_for_bit(dtype):
     ours, theirs = ours.to(dtype), theirs.to(dtype)
     x = (torch.randn(3, 7, 64, generator=gen) * 5).to(dtype)
     assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_is_hf_llama_rope_bit_for_bit(dtype):
+    """The table of cos and signed sin, and the rotation as one roll, give HF's LlamaRotaryEmbedding
+    and apply_rotary_pos_emb exactly: for a decode step's single position, a range past the table's
+    first size (it grows), and per-row positions; a replaced inv_freq rebuilds the table."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    from attnscope.model.config import ModelConfig
+    from attnscope.model.llama import RotaryEmbedding, apply_rope
+
+    hf_config = LlamaConfig(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                            max_position_embeddings=2048, rope_theta=5000.0)
+    ours, theirs = RotaryEmbedding(ModelConfig.from_hf(hf_config.to_dict())), LlamaRotaryEmbedding(hf_config)
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, h, 7, 32, generator=gen).to(dtype) for h in (4, 2))
+
+    def hf(positions):  # positions (B, T)
+        cos, sin = theirs(q, positions)
+        return apply_rotary_pos_emb(q, k, cos, sin)
+
+    for start in (0, 300, 1000):  # 1000 + 7 > the first table's 256 rows
+        rope = ours(start, 7, None, dtype, q.device)
+        want_q, want_k = hf(torch.arange(start, start + 7).expand(2, 7))
+        assert torch.equal(apply_rope(q, *rope), want_q) and torch.equal(apply_rope(k, *rope), want_k)
+    rows = torch.tensor([[0, 0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10, 11]])  # a left-padded row and a later one
+    rope = ours(0, 7, rows, dtype, q.device)
+    assert torch.equal(apply_rope(q, *rope), hf(rows)[0])
+    ours.inv_freq = ours.inv_freq / 2  # as the GGUF loader's rope_freqs do
+    theirs.inv_freq = theirs.inv_freq / 2
+    assert torch.equal(apply_rope(q, *ours(40, 7, None, dtype, q.device)), hf(torch.arange(40, 47).expand(2, 7))[0])

@@ -57,6 +57,43 @@ def test_kernel_lse_is_the_eager_lse(spec, Sq, Sk, empty):
     assert bool((out[~finite] == 0).all())  # rows with no key: out 0, not NaN
 
 
+@pytest.mark.parametrize("spec", [masks.causal(), masks.causal() & masks.sliding_window(5),
+                                  masks.causal() & masks.padding([17, 12], "left")], ids=repr)
+def test_a_decode_step_packs_each_kv_group_into_one_head(monkeypatch, spec):
+    """One query row of GQA: the kernel runs once with each kv group's query heads as the rows of one
+    head (K and V read once per kv head), and gives the eager reference's output and lse."""
+    q, k, v = qkv(2, 8, 2, 1, 17)
+    seen = []
+    call = sdpa._call
+
+    def recording(name, q, k, v, *rest):
+        seen.append((tuple(q.shape), k.shape[1]))
+        return call(name, q, k, v, *rest)
+
+    monkeypatch.setattr(sdpa, "_call", recording)
+    take_lse_source()
+    out, lse = sdpa.attend(q, k, v, spec, 0.3)
+    assert seen == [((2, 2, 4, 16), 2)] and take_lse_source() == CPU_OP
+    want_out, want_lse = eager.attend(q, k, v, spec, 0.3)
+    assert out.shape == (2, 8, 1, 16) and lse.shape == (2, 8, 1)
+    torch.testing.assert_close(out, want_out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(lse, want_lse, atol=1e-5, rtol=0)
+
+
+def test_a_per_head_mask_is_not_packed(monkeypatch):
+    """A mask that differs between the query heads of a group keeps one head per query head."""
+    q, k, v = qkv(1, 4, 2, 1, 9)
+    allowed = torch.ones(1, 4, 1, 9, dtype=torch.bool)
+    allowed[:, 1, :, 4:] = False  # head 1 (kv group 0) sees fewer keys than head 0
+    spec = masks.custom(allowed)
+    seen = []
+    call = sdpa._call
+    monkeypatch.setattr(sdpa, "_call", lambda name, q, *rest: seen.append(tuple(q.shape)) or call(name, q, *rest))
+    out, _ = sdpa.attend(q, k, v, spec, 0.3)
+    assert seen == [(1, 4, 1, 16)]
+    torch.testing.assert_close(out, eager.attend(q, k, v, spec, 0.3)[0], atol=1e-5, rtol=0)
+
+
 def test_gqa_is_expanded_only_for_an_op_that_needs_it(monkeypatch):
     """The CPU kernel reads kv head h // G itself; an op that does not gets k and v expanded, with
     the same result."""

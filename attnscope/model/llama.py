@@ -73,27 +73,47 @@ def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
+    """cos and sin of the rotation angles of positions 0 .. n-1, computed once into a table that grows
+    as longer sequences come: a lookup per forward instead of ~10 ops (a decode step is mostly fixed
+    per-op cost), with the same elementwise ops on the same floats. The table's sin has its first
+    half negated: `apply_rope` multiplies it by the half that `rotate_half` negates."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.inv_freq = rope_inv_freq(config)  # (D/2,) plain CPU tensor: not a checkpoint entry
+        self._tables: dict[tuple, tuple] = {}  # (device, dtype) -> (the inv_freq it was built from, cos, signed sin)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin ``[T, D]`` for positions ``[T]``, or ``[B, 1, T, D]`` for per-row positions ``[B, T]``."""
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq.to(positions.device)  # (..., T, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (..., T, D)
-        if emb.dim() == 3:
-            emb = emb.unsqueeze(1)  # (B, 1, T, D): broadcast over heads
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+    def forward(self, start: int, length: int, positions: torch.Tensor | None, dtype: torch.dtype, device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin ``[T, D]`` of positions ``start .. start + length - 1``, or ``[B, 1, T, D]`` of
+        per-row `positions` ``[B, T]`` when given."""
+        if positions is None:
+            cos, sin = self._table(start + length, dtype, device)
+            return cos[start:start + length], sin[start:start + length]
+        cos, sin = self._table(int(positions.max()) + 1 if positions.numel() else 0, dtype, device)
+        return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)  # (B, 1, T, D): broadcast over heads
+
+    def _table(self, end: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin ``[n, D]``, n >= `end`; rebuilt when `inv_freq` is another tensor (replace it,
+        as the GGUF loader does, rather than writing into it)."""
+        inv_freq = self.inv_freq
+        found = self._tables.get((device, dtype))
+        if found is None or found[0] is not inv_freq or len(found[1]) < end:
+            n = max(end, 2 * len(found[1]) if found is not None else 256)
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, whatever mode the forward runs in
+                freqs = torch.arange(n, device=device).float().unsqueeze(-1) * inv_freq.to(device)  # (n, D/2)
+                emb = torch.cat((freqs, freqs), dim=-1)  # (n, D)
+                sin = emb.sin()
+                sin[:, :freqs.shape[-1]].neg_()
+                found = self._tables[(device, dtype)] = (inv_freq, emb.cos().to(dtype), sin.to(dtype))
+        return found[1], found[2]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x ``[B, H, T, D]`` by the angles of its positions (cos, sin ``[T, D]`` or ``[B, 1, T, D]``)."""
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x ``[B, H, T, D]`` by the angles of its positions: HF's ``x·cos + rotate_half(x)·sin``
+    with ``rotate_half(x) = cat(-x2, x1)``, computed as ``x·cos + cat(x2, x1)·cat(-sin1, sin2)``: the
+    same products bit for bit, since (-a)·b = a·(-b), and ``cat(x2, x1)`` is one `roll`."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * signed_sin
 
 
 class KVCache:
@@ -237,10 +257,9 @@ class Transformer(nn.Module):
         """
         B, T = ids.shape
         past = cache.length if cache is not None else 0
-        if positions is None:
-            positions = torch.arange(past, past + T, device=ids.device)  # (T,) absolute positions
         x = self.embed_tokens(ids)  # (B, T, hidden)
-        rope = self.rotary_emb(positions, x.dtype)  # cos, sin: (T, D) or (B, 1, T, D)
+        # cos, signed sin of positions past .. past + T - 1: (T, D); or of per-row positions: (B, 1, T, D)
+        rope = self.rotary_emb(past, T, positions, x.dtype, ids.device)
         attend = attend or eager_attend
         for i, block in enumerate(self.layers):
             layer_mask = block.self_attn.mask if mask is None else block.self_attn.mask & mask
