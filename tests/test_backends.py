@@ -253,3 +253,30 @@ def test_empty_inputs(backend, B, Sq, Sk):
     q, k, v = q[:B], k[:B], v[:B]
     out, lse = get_backend(backend)(q, k, v, causal(), 0.3)
     assert out.shape == (B, 4, Sq, 8) and lse.shape == (B, 4, Sq)
+
+
+def test_spans_of_the_keys_seen_and_hidden():
+    allowed = torch.ones(8, 8, dtype=torch.bool).tril()  # causal
+    bands = [slice(0, 3), slice(3, 6), slice(6, 8)]
+    assert eager.key_spans(allowed, bands) == [slice(0, 3), slice(0, 6), slice(0, 8)]
+    assert eager.hidden_spans(allowed, bands) == [slice(1, 8), slice(4, 8), slice(7, 8)]
+    everything = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    assert eager.hidden_spans(everything, bands) == [slice(0, 0)] * 3
+    assert eager.key_spans(~everything, bands) == [None] * 3
+
+
+@pytest.mark.parametrize("spec", [*SPECS, masks.causal() & masks.document([0] * 5 + [1] * 6),
+                                  masks.causal() & masks.padding([11, 7], "left")], ids=repr)
+def test_masked_scores_are_minus_inf_exactly_where_masked(spec):
+    """Chunks mask only the keys some row of theirs may not see; every masked score is still -inf
+    and every allowed one is q·k·scale."""
+    q, k, _ = qkv(2, 4, 2, 11, 11, 8)
+    dense = spec.dense(11, 11).expand(2, 4, 11, 11)
+    want = (q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) * 0.3).masked_fill(~dense, float("-inf"))
+    seen = torch.full((2, 4, 11, 11), float("nan"))
+    for rows, keys, scores, _ in eager.masked_scores(q, k, spec, 0.3, max_elements=2 * 4 * 11 * 3):
+        seen[:, :, rows, keys] = scores.reshape(2, 4, rows.stop - rows.start, keys.stop - keys.start)
+    outside = seen.isnan()  # keys no row of a chunk may see are not computed
+    assert bool((~dense[outside]).all())
+    torch.testing.assert_close(seen[~outside], want[~outside], atol=1e-6, rtol=0)
+    assert torch.equal(seen[~outside] == float("-inf"), ~dense[~outside])

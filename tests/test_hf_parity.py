@@ -87,19 +87,21 @@ def test_configs_read_from_hf(zoo):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_rms_norm_is_hf_llama_rms_norm_bit_for_bit(dtype):
+@pytest.mark.parametrize("size", [64, 576, 3000])  # the mean as sum / n must hold for sizes not a power of 2
+def test_rms_norm_is_hf_llama_rms_norm_bit_for_bit(dtype, size):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     from attnscope.model.llama import RMSNorm
 
-    gen = torch.Generator().manual_seed(0)
-    ours, theirs = RMSNorm(64, 1e-6), LlamaRMSNorm(64, eps=1e-6)
+    gen = torch.Generator().manual_seed(size)
+    ours, theirs = RMSNorm(size, 1e-6), LlamaRMSNorm(size, eps=1e-6)
     with torch.no_grad():
-        ours.weight.copy_(torch.randn(64, generator=gen))
+        ours.weight.copy_(torch.randn(size, generator=gen))
         theirs.weight.copy_(ours.weight)
     ours, theirs = ours.to(dtype), theirs.to(dtype)
-    x = (torch.randn(3, 7, 64, generator=gen) * 5).to(dtype)
-    assert torch.equal(ours(x), theirs(x))
+    with torch.no_grad():
+        for x in (torch.randn(3, 7, size, generator=gen) * 5, torch.randn(1, 1, size, generator=gen) * 5):
+            assert torch.equal(ours(x.to(dtype)), theirs(x.to(dtype)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -40,11 +40,16 @@ def masked_scores(
     kt = k.float().transpose(-1, -2)  # (B, Hkv, D, Sk)
     step = max(1, (max_elements or MAX_SCORE_ELEMENTS) // max(1, B * Hq * Sk))
     chunks = [slice(start, min(Sq, start + step)) for start in range(0, Sq, step)]
-    for rows, keys in zip(chunks, key_spans(dense, chunks), strict=True):
+    for rows, keys, hidden in zip(chunks, key_spans(dense, chunks), hidden_spans(dense, chunks), strict=True):
         keys = keys or slice(0, min(1, Sk))  # no key seen: one masked column keeps the shapes
         scores = cap(grouped_matmul(qg[..., rows, :], kt[..., keys]).mul_(scale), softcap)  # (B, Hkv, G, rows, keys)
         chunk = allowed[..., rows, keys]
-        yield rows, keys, scores.masked_fill_(~chunk, float("-inf")), chunk
+        # only the keys that some row of the chunk may not see are masked (under a causal mask, the
+        # chunk's own diagonal block: a small part of the row)
+        lo, hi = max(hidden.start, keys.start) - keys.start, min(hidden.stop, keys.stop) - keys.start
+        if lo < hi:
+            scores[..., lo:hi].masked_fill_(~chunk[..., lo:hi], float("-inf"))
+        yield rows, keys, scores, chunk
 
 
 def grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -58,14 +63,27 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def key_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice | None]:
     """For each band of query rows, the slice from the first to the last key that some row of it
     may see in `allowed` ``[..., Sq, Sk]`` (None when none may), read back in one transfer."""
+    # a uint8 max over the rows finds the keys seen (~15× faster than a bool any())
+    spans = _column_spans(allowed, bands, lambda band, dims: band.amax(dim=dims))
+    return [span if span.stop > span.start else None for span in spans]
+
+
+def hidden_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice]:
+    """For each band of query rows, the slice from the first to the last key that some row of it may
+    not see in `allowed` ``[..., Sq, Sk]`` (empty when every row may see every key)."""
+    return _column_spans(allowed, bands, lambda band, dims: band.amin(dim=dims) ^ 1)
+
+
+def _column_spans(allowed: torch.Tensor, bands: list[slice], mark) -> list[slice]:
+    """The slice from the first to the last key column that `mark(band as uint8, dims)` sets to 1 for
+    each band of rows of `allowed` (empty when none), read back in one transfer."""
     Sk = allowed.shape[-1]
     if not bands or Sk == 0:
-        return [None] * len(bands)
-    # a uint8 max over the rows finds the keys seen (~15× faster than a bool any())
+        return [slice(0, 0)] * len(bands)
     lead = tuple(range(allowed.dim() - 1))
-    seen = torch.stack([allowed[..., rows, :].view(torch.uint8).amax(dim=lead) for rows in bands])  # (bands, Sk)
-    spans = torch.stack([seen.amax(1), seen.argmax(1), Sk - seen.flip(1).argmax(1)], 1).tolist()
-    return [slice(lo, hi) if any_seen else None for any_seen, lo, hi in spans]
+    marked = torch.stack([mark(allowed[..., rows, :].view(torch.uint8), lead) for rows in bands])  # (bands, Sk)
+    spans = torch.stack([marked.amax(1), marked.argmax(1), Sk - marked.flip(1).argmax(1)], 1).tolist()
+    return [slice(lo, hi) if any_marked else slice(0, 0) for any_marked, lo, hi in spans]
 
 
 def cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -100,9 +118,18 @@ def attend(
     vf = v.float()  # (B, Hkv, Sk, D)
     out = torch.empty(B, Hkv, Hq // Hkv, Sq, D, dtype=torch.float32, device=q.device)
     lse = torch.empty(B, Hkv, Hq // Hkv, Sq, dtype=torch.float32, device=q.device)
+    sink = None if sinks is None else sinks.float().view(1, Hkv, Hq // Hkv, 1, 1)
     for rows, keys, scores, _ in masked_scores(q, k, mask, scale, softcap=softcap):
-        lse[..., rows] = row_lse(scores, sinks)
-        out[..., rows, :] = grouped_matmul(weights_from_lse(scores, lse[..., rows]), vf[..., keys, :])
+        # one exp per score: p = exp(s - max) in the scores' memory, out = (p @ v) / Σp, lse = max + log Σp
+        peak = scores.amax(-1, keepdim=True)  # (B, Hkv, G, rows, 1); -inf for a row with no allowed key
+        peak.masked_fill_(peak.abs() == float("inf"), 0.0)  # as torch.logsumexp: exp(-inf - 0) = 0, not NaN
+        p = scores.sub_(peak).exp_()
+        total = p.sum(-1, keepdim=True)
+        if sink is not None:  # a sink adds a term to the denominator and nothing to the values
+            total = total + torch.exp(sink - peak)
+        lse[..., rows] = (peak + total.log()).squeeze(-1)  # -inf for a row with no key and no sink
+        # a row with no key and no sink: 0 / 1 = 0; a NaN row stays NaN
+        out[..., rows, :] = grouped_matmul(p, vf[..., keys, :]).div_(total.masked_fill(total == 0, 1.0))
     return out.view(B, Hq, Sq, D).to(q.dtype), lse.view(B, Hq, Sq)
 
 
