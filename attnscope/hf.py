@@ -95,12 +95,14 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     features = require_features(call.attend, {"softcap": kwargs.get("softcap"), "sinks": kwargs.get("s_aux")},
                                 where)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    out, lse = call.attend(query, key, value, spec, scale, need_lse=call.recorder is not None, **features)
+    need_lse = call.recorder is not None and call.recorder.wants_lse
+    out, lse = call.attend(query, key, value, spec, scale, need_lse=need_lse, **features)
     if call.recorder is not None:
         dev = engine.device
         sinks = features.get("sinks")
         call.recorder.attention(layer, q=query.to(dev), k=key.to(dev), v=value.to(dev), out=out.to(dev),
-                                lse=lse.to(dev), mask=spec, scale=scale, softcap=features.get("softcap"),
+                                lse=None if lse is None else lse.to(dev), mask=spec, scale=scale,
+                                softcap=features.get("softcap"),
                                 sinks=None if sinks is None else sinks.detach().float().to(dev))
     return out.transpose(1, 2).contiguous(), None  # (B, Sq, Hq, D), as transformers expects
 

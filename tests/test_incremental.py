@@ -80,6 +80,8 @@ def test_chunked_prefill_equals_full(tiny, zoo, backend):
 class StepRecorder:
     """Keeps what every attention call saw, one dict per forward call (layer -> keyword arguments)."""
 
+    wants_lse = True
+
     def __init__(self):
         self.steps: list[dict[int, dict]] = []
 
@@ -213,3 +215,30 @@ def test_sample_model_full_equals_incremental(sample, backend):
     tol = {"atol": 1e-5 * scale, "rtol": 1e-5}
     torch.testing.assert_close(token_by_token_logits(net, ids, backend), full, **tol)
     torch.testing.assert_close(chunked_logits(net, ids, [T // 2, T - T // 2], backend), full, **tol)
+
+
+@pytest.mark.parametrize("engine", ["native", "hf"])
+def test_reruns_that_compare_outputs_skip_the_lse(tiny, zoo, engine):
+    """The token-by-token pass and the causality reruns compare attention outputs only: their
+    records hold no lse and the backend is told it need not compute one; the run's own forward
+    asks for it."""
+    from attnscope.inspector.run import Inputs, Run
+
+    model = zoo.loaded(tiny.name) if engine == "native" else attnscope.load_model(tiny.path, engine="hf")
+    sdpa = get_backend("sdpa")
+    asked = []
+
+    def attend(*args, need_lse=True, **kwargs):
+        asked.append(need_lse)
+        return sdpa(*args, need_lse=need_lse, **kwargs)
+
+    inputs = Inputs.pad(tiny.ids(12).tolist(), "left", "cpu")
+    with torch.inference_mode():
+        run = Run.forward(model, "sdpa", attend, inputs)
+        assert asked and all(asked) and all(rec.lse is not None for rec in run.records)
+        asked.clear()
+        records, _ = run.incremental()
+        assert len(asked) == 12 * len(records) and not any(asked) and all(rec.lse is None for rec in records)
+        asked.clear()
+        records = run.rerun(inputs.ids)
+        assert asked and not any(asked) and all(rec.lse is None for rec in records)

@@ -89,7 +89,7 @@ class LayerRecord:
     k: torch.Tensor  # [B, Hkv, Sk, D] post-RoPE keys, cache included
     v: torch.Tensor  # [B, Hkv, Sk, D]
     out: torch.Tensor  # [B, Hq, Sq, D] attention output (before o_proj)
-    lse: torch.Tensor  # [B, Hq, Sq] float32
+    lse: torch.Tensor | None  # [B, Hq, Sq] float32; None from a capture that does not keep it (`Capture`)
     mask: MaskSpec
     scale: float
     softcap: float | None = None  # logit soft-capping c·tanh(score / c), applied before the mask
@@ -281,16 +281,18 @@ class Capture:
     record keeps its block's output (model comparison). Given `n_layers` (one forward, not
     ``append``), what the records keep of the forward (q, the output, the lse, the residual's counts
     and the residual; k and v are the cache's own tensors) is copied into one buffer per kind
-    (`LayerBuffers`).
+    (`LayerBuffers`). With ``lse=False`` the records have no lse (None), and the attention function
+    is told it need not compute it (a forward whose outputs alone are compared).
     """
 
     def __init__(self, append: bool = False, on_layer=None, residuals: bool = True, keep_residuals: bool = False,
-                 n_layers: int | None = None):
+                 n_layers: int | None = None, lse: bool = True):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
         self.on_layer = on_layer  # called with the layer index once its block has run
         self.residuals = residuals  # count the residual stream's NaN/Inf (the nan check's last stage)
         self.keep_residuals = keep_residuals
+        self.wants_lse = lse  # False: records without lse (the backend may skip it)
         self._buffers = LayerBuffers(n_layers) if n_layers is not None and not append else None
         self._parts: dict[int, dict[str, list[torch.Tensor]]] = {}
         take_lse_source()  # a note left by an earlier call is not this forward's
@@ -299,14 +301,16 @@ class Capture:
         return tensor if self._buffers is None else self._buffers.keep(kind, layer, tensor)
 
     def attention(self, layer: int, *, q, k, v, out, lse, mask, scale, softcap=None, sinks=None) -> None:
-        q, out, lse = self._keep("q", layer, q), self._keep("out", layer, out), self._keep("lse", layer, lse)
+        q, out = self._keep("q", layer, q), self._keep("out", layer, out)
+        lse = self._keep("lse", layer, lse) if self.wants_lse and lse is not None else None
         self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale, softcap, sinks,
                                           lse_source=take_lse_source())
         if self.append:
             parts = self._parts.setdefault(layer, {"q": [], "out": [], "lse": [], "residual": []})
             parts["q"].append(q)
             parts["out"].append(out)
-            parts["lse"].append(lse)
+            if lse is not None:
+                parts["lse"].append(lse)
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
         if self.residuals:
@@ -328,7 +332,8 @@ class Capture:
         for rec in records:
             parts = self._parts[rec.layer]
             residual = torch.cat(parts["residual"], 1) if parts["residual"] else None
+            lse = torch.cat(parts["lse"], 2) if parts["lse"] else None
             joined.append(LayerRecord(rec.layer, torch.cat(parts["q"], 2), rec.k, rec.v, torch.cat(parts["out"], 2),
-                                      torch.cat(parts["lse"], 2), rec.mask, rec.scale, rec.softcap, rec.sinks,
+                                      lse, rec.mask, rec.scale, rec.softcap, rec.sinks,
                                       residual, rec.lse_source))
         return joined

@@ -90,8 +90,10 @@ class Run:
         return cls(model, backend, attend, inputs, capture.layers(), logits.float())
 
     def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
-        """The records of the same forward on other token ids ``[B, T]`` (same padding and positions)."""
-        capture = Capture(residuals=False, n_layers=self.model.layout.n_layers)  # only the outputs are compared
+        """The records of the same forward on other token ids ``[B, T]`` (same padding and positions),
+        without lse."""
+        # only the outputs are compared: no lse, no residual counts
+        capture = Capture(residuals=False, n_layers=self.model.layout.n_layers, lse=False)
         B, T = ids.shape
         self.model.forward(ids, self.attend, cache=self.model.new_cache(B, T), recorder=capture,
                            mask=self.inputs.padding, positions=self.inputs.positions)
@@ -99,9 +101,10 @@ class Run:
 
     def incremental(self, step: Step | None = None) -> tuple[list[LayerRecord], torch.Tensor]:
         """The same tokens one at a time through the model's KV cache: the records joined over the
-        steps, and the logits ``[B, T, vocab]`` float32; `step(done, total)` after each token."""
+        steps (without lse), and the logits ``[B, T, vocab]`` float32; `step(done, total)` after each
+        token."""
         B, T = self.inputs.shape
-        capture = Capture(append=True, residuals=False)  # only the attention outputs are compared
+        capture = Capture(append=True, residuals=False, lse=False)  # only the attention outputs are compared
         cache = self.model.new_cache(B, T)
         steps = []
         for t in range(T):

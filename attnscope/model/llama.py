@@ -27,6 +27,8 @@ from attnscope.model.config import ModelConfig
 class Recorder(Protocol):
     """What the inspector sees of a forward pass (see `attnscope.inspector.capture.Capture`)."""
 
+    wants_lse: bool  # False: the recorder compares outputs only, and the attention may skip the lse (lse=None)
+
     def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float,
                   softcap: float | None = None, sinks: torch.Tensor | None = None) -> None:
         """Each attention call: post-RoPE q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (cache included),
@@ -181,7 +183,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, Hkv, past + T, D)
-        out, lse = attend(q, k, v, mask, self.scale, need_lse=recorder is not None)  # (B, Hq, T, D)
+        out, lse = attend(q, k, v, mask, self.scale, need_lse=recorder is not None and recorder.wants_lse)
         if recorder is not None:
             recorder.attention(self.layer, q=q, k=k, v=v, out=out, lse=lse, mask=mask, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, Hq * D)
