@@ -9,7 +9,8 @@ load (absolute times on a shared machine mean little):
      transformers' eager forward with ``output_attentions=True`` on the same weights and tokens
      (the forward alone, in its own process, after loading). Goals: <= 20 s, <= 4x.
   2. head roles at 4096 tokens (the roles of the run's own prompt and the induction probe's
-     forward): their share of that run, in process. Goal: <= 5 %.
+     forward): their share of that run, in process. Goal: <= 5 %. The run's stages are printed
+     under it (the forward, the row statistics, each check, the roles).
   3. a 30-layer model of the 135M class (hidden 576, 9 query / 3 kv heads, head_dim 64, vocab
      49152; random weights, saved by transformers), a 24-token prompt and 16 new tokens: `attnscope
      run` with the default checks and roles against transformers loading the same directory and
@@ -91,8 +92,16 @@ def timed(fn):
     return times
 with torch.inference_mode():
     if kind == "roles":
-        runs = []
-        out["run"] = timed(lambda: runs.append(scope.run(ids, checks="all", roles=True).report()))
+        runs, stages, last = [], {}, [0.0]
+        def progress(done, total, stage):  # the time since the previous call, to the stage reporting now
+            now = time.perf_counter()
+            stages.setdefault(stage, [0.0] * repeats)[len(runs)] += now - last[0]
+            last[0] = now
+        def whole():
+            last[0] = time.perf_counter()
+            runs.append(scope.run(ids, checks="all", roles=True, progress=progress).report())
+        out["run"] = timed(whole)
+        out["stages"] = stages
         result = scope.run(ids, checks="none", roles=True)
         out["roles"] = timed(lambda: head_roles(result.run, scope.forward(scope.role_probe())))
     else:
@@ -201,6 +210,8 @@ def main() -> None:
                                         text=True, check=True).stdout.strip().splitlines()[-1])
         roles, run = median(out["roles"]), median(out["run"])
         row("2. head roles at 4096 tokens", roles, run, "the run (checks, roles, report)", "<= 5 %", percent=True)
+        print("   stages of that run: " + ", ".join(f"{stage} {median(times):.2f} s"
+                                                   for stage, times in out["stages"].items()))
     if 3 in args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "random-135m"
