@@ -80,7 +80,7 @@ class RotaryEmbedding(nn.Module):
     """cos and sin of the rotation angles of positions 0 .. n-1, computed once into a table that grows
     as longer sequences come: a lookup per forward instead of ~10 ops (a decode step is mostly fixed
     per-op cost), with the same elementwise ops on the same floats. The table's sin has its first
-    half negated: `apply_rope` multiplies it by the half that `rotate_half` negates."""
+    half negated: `apply_rope` multiplies it by the half that HF's `rotate_half` negates."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
