@@ -40,8 +40,9 @@ def masked_scores(
     kt = k.float().transpose(-1, -2)  # (B, Hkv, D, Sk)
     step = max(1, (max_elements or MAX_SCORE_ELEMENTS) // max(1, B * Hq * Sk))
     chunks = [slice(start, min(Sq, start + step)) for start in range(0, Sq, step)]
-    for rows, keys, hidden in zip(chunks, key_spans(dense, chunks), hidden_spans(dense, chunks), strict=True):
-        keys = keys or slice(0, min(1, Sk))  # no key seen: one masked column keeps the shapes
+    key_cols, hidden_cols = _column_spans(dense, chunks, _seen, _hidden)  # one read-back for both
+    for rows, keys, hidden in zip(chunks, key_cols, hidden_cols, strict=True):
+        keys = keys if keys.stop > keys.start else slice(0, min(1, Sk))  # none seen: one masked column keeps shapes
         scores = cap(grouped_matmul(qg[..., rows, :], kt[..., keys]).mul_(scale), softcap)  # (B, Hkv, G, rows, keys)
         chunk = allowed[..., rows, keys]
         # only the keys that some row of the chunk may not see are masked (under a causal mask, the
@@ -63,27 +64,36 @@ def grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def key_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice | None]:
     """For each band of query rows, the slice from the first to the last key that some row of it
     may see in `allowed` ``[..., Sq, Sk]`` (None when none may), read back in one transfer."""
-    # a uint8 max over the rows finds the keys seen (~15× faster than a bool any())
-    spans = _column_spans(allowed, bands, lambda band, dims: band.amax(dim=dims))
-    return [span if span.stop > span.start else None for span in spans]
+    return [span if span.stop > span.start else None for span in _column_spans(allowed, bands, _seen)[0]]
 
 
 def hidden_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice]:
     """For each band of query rows, the slice from the first to the last key that some row of it may
     not see in `allowed` ``[..., Sq, Sk]`` (empty when every row may see every key)."""
-    return _column_spans(allowed, bands, lambda band, dims: band.amin(dim=dims) ^ 1)
+    return _column_spans(allowed, bands, _hidden)[0]
 
 
-def _column_spans(allowed: torch.Tensor, bands: list[slice], mark) -> list[slice]:
-    """The slice from the first to the last key column that `mark(band as uint8, dims)` sets to 1 for
-    each band of rows of `allowed` (empty when none), read back in one transfer."""
+def _seen(band: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return band.amax(dim=dims)  # a uint8 max over the rows finds the keys seen (~15× faster than a bool any())
+
+
+def _hidden(band: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return band.amin(dim=dims) ^ 1
+
+
+def _column_spans(allowed: torch.Tensor, bands: list[slice], *marks) -> list[list[slice]]:
+    """For each `mark(band as uint8, dims)` (1 for the key columns it marks), the slice from the first
+    to the last marked column of each band of rows of `allowed` (empty when none); all read back in
+    one transfer."""
     Sk = allowed.shape[-1]
     if not bands or Sk == 0:
-        return [slice(0, 0)] * len(bands)
+        return [[slice(0, 0)] * len(bands) for _ in marks]
     lead = tuple(range(allowed.dim() - 1))
-    marked = torch.stack([mark(allowed[..., rows, :].view(torch.uint8), lead) for rows in bands])  # (bands, Sk)
+    uint8 = [allowed[..., rows, :].view(torch.uint8) for rows in bands]
+    marked = torch.stack([mark(band, lead) for mark in marks for band in uint8])  # (marks × bands, Sk)
     spans = torch.stack([marked.amax(1), marked.argmax(1), Sk - marked.flip(1).argmax(1)], 1).tolist()
-    return [slice(lo, hi) if any_marked else slice(0, 0) for any_marked, lo, hi in spans]
+    flat = [slice(lo, hi) if any_marked else slice(0, 0) for any_marked, lo, hi in spans]
+    return [flat[i * len(bands):(i + 1) * len(bands)] for i in range(len(marks))]
 
 
 def cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
