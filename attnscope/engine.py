@@ -10,6 +10,8 @@ knows which one it has:
 - `Engine.forward`: logits for token ids, every attention call made through `attend` and shown to a
   recorder (`attnscope.model.llama.Recorder`), appending to a cache when one is given;
 - `Engine.new_cache` / `Engine.decode`: incremental decoding, one token per step, through the cache;
+  `Engine.forward_token_by_token`: a prompt's tokens one at a time through the cache (the
+  `full_vs_incremental` check);
 - `Engine.layer_masks`: the `MaskSpec` of every layer;
 - `Engine.tokenizer`: text to ids and back (or None: prompts are ids).
 """
@@ -89,6 +91,27 @@ class Engine(Protocol):
     def decode(self, logits: torch.Tensor, cache: Any, attend: AttendFn, max_new_tokens: int, *,
                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy continuation ``[B, <= max_new_tokens]`` from a prefill's `logits`, one token per step."""
+
+    def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,
+                               mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
+                               step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """What T forwards of one token each through `cache` give (`one_token_at_a_time`): the logits
+        ``[B, T, vocab]`` and the same attention calls shown to `recorder`, in whatever order the
+        engine computes them fastest; `step(done, total)` as it goes, counting tokens × layers."""
+
+
+def one_token_at_a_time(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,
+                        mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
+                        step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`Engine.forward_token_by_token` as T forwards of one token each, in token order."""
+    T, n = ids.shape[1], engine.layout.n_layers
+    logits = []
+    for t in range(T):
+        logits.append(engine.forward(ids[:, t:t + 1], attend, cache=cache, recorder=recorder, mask=mask,
+                                     positions=None if positions is None else positions[:, t:t + 1]))
+        if step is not None:
+            step((t + 1) * n, T * n)
+    return torch.cat(logits, dim=1)
 
 
 def greedy(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], logits: torch.Tensor,

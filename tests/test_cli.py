@@ -125,7 +125,8 @@ def test_progress_shows_on_a_terminal_and_not_with_quiet(monkeypatch, command):
     if command[0] != "check":
         stages += ["head roles · layers"]
     if command[0] != "heads":
-        stages += ["full_vs_incremental · tokens", "causality · perturbations", "backend_vs_reference · layers"]
+        stages += ["full_vs_incremental · tokens × layers", "causality · perturbations",
+                   "backend_vs_reference · layers"]
     for stage in stages:
         assert stage in frames, stage
     written.truncate(0)

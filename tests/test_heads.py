@@ -82,7 +82,7 @@ def test_heads_command(tmp_path):
 
 def test_progress_reports_every_stage_to_its_total():
     """Scope.run's progress callback: each stage in order, counting up to its total (layers,
-    tokens, perturbations)."""
+    tokens, tokens × layers, perturbations)."""
     calls = []
     model = random_model(**MODEL_ARGS)
     prompt = list(range(5, 17))
@@ -92,7 +92,7 @@ def test_progress_reports_every_stage_to_its_total():
     assert order == ["forward", "decode", "statistics", "nan", "full_vs_incremental", "backend_vs_reference",
                      "causality", "roles"]
     layers = MODEL_ARGS["layers"]
-    totals = {"forward": layers, "decode": 3, "statistics": layers, "nan": layers, "full_vs_incremental": 12,
+    totals = {"forward": layers, "decode": 3, "statistics": layers, "nan": layers, "full_vs_incremental": 12 * layers,
               "backend_vs_reference": layers, "causality": 3, "roles": layers}
     for stage, total in totals.items():
         mine = [(done, t) for s, done, t in calls if s == stage]

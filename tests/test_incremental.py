@@ -7,6 +7,8 @@ forwards without a cache. Also run on every bundled sample model.
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from conftest import SEQ_LEN
@@ -242,3 +244,60 @@ def test_reruns_that_compare_outputs_skip_the_lse(tiny, zoo, engine):
         asked.clear()
         records = run.rerun(inputs.ids)
         assert asked and not any(asked) and all(rec.lse is None for rec in records)
+
+
+class CallLog:
+    """Every call a forward shows its recorder: (kind, layer) -> the calls' arguments, in order."""
+
+    wants_lse = False  # as the full_vs_incremental check asks
+
+    def __init__(self):
+        self.calls: dict[tuple[str, int], list[dict]] = {}
+
+    def attention(self, layer, **kw):
+        self.calls.setdefault(("attention", layer), []).append(kw)
+
+    def residual(self, layer, hidden):
+        self.calls.setdefault(("residual", layer), []).append({"hidden": hidden})
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.stride() == b.stride() and torch.equal(a, b)
+    return repr(a) == repr(b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("side", [None, "left", "right"])
+def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side):
+    """The native engine takes a prompt through its cache token by token layer by layer: the logits,
+    the cache and every call its recorder sees are those of T one-token forwards, bit for bit (a
+    model with sliding-window layers; padded rows with their mask and rotary positions)."""
+    from attnscope.engine import one_token_at_a_time
+    from attnscope.inspector.run import Inputs
+
+    engine = zoo.loaded("mistral-sliding")
+    rows = [zoo["mistral-sliding"].ids(20, seed=s)[0].tolist() for s in (1, 2)]
+    inputs = Inputs.pad([rows[0]] if side is None else [rows[0], rows[1][:13]], side or "right", "cpu")
+    B, T = inputs.shape
+    attend = get_backend(backend)
+    results = {}
+    for how in ("layer by layer", "one token at a time"):
+        cache, log, steps = engine.new_cache(B, T), CallLog(), []
+        run = engine.forward_token_by_token if how == "layer by layer" else partial(one_token_at_a_time, engine)
+        with torch.inference_mode():
+            logits = run(inputs.ids, attend, cache=cache, recorder=log, mask=inputs.padding,
+                         positions=inputs.positions, step=lambda done, total, seen=steps: seen.append((done, total)))
+        results[how] = logits, cache, log, steps
+    (logits, cache, log, steps), (logits_1, cache_1, log_1, steps_1) = results.values()
+    n = engine.layout.n_layers
+    assert steps == [(i, n * T) for i in range(1, n * T + 1)] and steps_1 == [(t * n, n * T) for t in range(1, T + 1)]
+    assert torch.equal(logits, logits_1)
+    assert cache.length == cache_1.length == T
+    assert all(torch.equal(a, b) for a, b in zip(cache.k + cache.v, cache_1.k + cache_1.v, strict=True))
+    assert log.calls.keys() == log_1.calls.keys() and len(log.calls) == 2 * n
+    for key, calls in log.calls.items():
+        assert len(calls) == len(log_1.calls[key]) == T
+        for t, (call, call_1) in enumerate(zip(calls, log_1.calls[key], strict=True)):
+            assert call.keys() == call_1.keys()
+            assert all(same(call[name], call_1[name]) for name in call), (key, t)

@@ -333,7 +333,7 @@ def run_checks(run: Run, names: Sequence[str] = CHECK_NAMES, atol: float | None 
                on_check=None, progress: Progress | None = None) -> tuple[list[Check], dict[str, list[Diff]]]:
     """Run the named checks on a run. Returns (checks, per-layer diffs by check name).
     `on_check(check)` is called as each one finishes; `progress(done, total, name)` as each loops
-    (layers, tokens of full_vs_incremental, perturbations of causality)."""
+    (layers, tokens × layers of full_vs_incremental, perturbations of causality)."""
     names = parse_checks(names)
     tol = Tolerance.for_dtype(run.model.dtype, atol, rtol)
     checks, diffs = [], {}

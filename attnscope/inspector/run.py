@@ -63,10 +63,6 @@ class Inputs:
         T = self.ids.shape[1]
         return T - 1 - self.real.flip(-1).long().argmax(-1)
 
-    def step(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Ids and positions ``[B, 1]`` of token `t` alone (incremental decoding)."""
-        return self.ids[:, t:t + 1], None if self.positions is None else self.positions[:, t:t + 1]
-
 
 @dataclass
 class Run:
@@ -105,15 +101,10 @@ class Run:
         token."""
         B, T = self.inputs.shape
         capture = Capture(append=True, residuals=False, lse=False)  # only the attention outputs are compared
-        cache = self.model.new_cache(B, T)
-        steps = []
-        for t in range(T):
-            ids, positions = self.inputs.step(t)
-            steps.append(self.model.forward(ids, self.attend, cache=cache, recorder=capture,
-                                            mask=self.inputs.padding, positions=positions))
-            if step is not None:
-                step(t + 1, T)
-        return capture.layers(), torch.cat(steps, dim=1).float()
+        logits = self.model.forward_token_by_token(self.inputs.ids, self.attend, cache=self.model.new_cache(B, T),
+                                                   recorder=capture, mask=self.inputs.padding,
+                                                   positions=self.inputs.positions, step=step)
+        return capture.layers(), logits.float()
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         """Each token's text (token ids as strings when the model has no tokenizer)."""

@@ -450,6 +450,12 @@ class LoadedModel:
                 mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(ids, cache, recorder=recorder, attend=attend, mask=mask, positions=positions)
 
+    def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache, recorder=None,
+                               mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
+                               step=None) -> torch.Tensor:
+        return self.net.forward_token_by_token(ids, cache, recorder=recorder, attend=attend, mask=mask,
+                                               positions=positions, step=step)  # layer by layer
+
     def decode(self, logits: torch.Tensor, cache: KVCache, attend: AttendFn, max_new_tokens: int, *,
                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         return self.net.decode(logits, cache, max_new_tokens, list(self.layout.eos_token_ids) or None,

@@ -89,7 +89,8 @@ def exports(out: Console, renderables, svg: Path | None = None, html: Path | Non
 STAGE_LABELS = {
     "loading": "loading", "forward": "forward · layers", "decode": "decoding · tokens",
     "statistics": "row statistics · layers", "nan": "nan · layers",
-    "full_vs_incremental": "full_vs_incremental · tokens", "backend_vs_reference": "backend_vs_reference · layers",
+    "full_vs_incremental": "full_vs_incremental · tokens × layers",
+    "backend_vs_reference": "backend_vs_reference · layers",
     "causality": "causality · perturbations", "roles": "head roles · layers",
 }
 
