@@ -96,9 +96,9 @@ class Run:
         return capture.layers()
 
     def incremental(self, step: Step | None = None) -> tuple[list[LayerRecord], torch.Tensor]:
-        """The same tokens one at a time through the model's KV cache: the records joined over the
-        steps (without lse), and the logits ``[B, T, vocab]`` float32; `step(done, total)` after each
-        token."""
+        """The same tokens one at a time through the model's KV cache (`Engine.forward_token_by_token`):
+        the records joined over the steps (without lse), and the logits ``[B, T, vocab]`` float32;
+        `step(done, total)` as it goes, counting tokens × layers."""
         B, T = self.inputs.shape
         capture = Capture(append=True, residuals=False, lse=False)  # only the attention outputs are compared
         logits = self.model.forward_token_by_token(self.inputs.ids, self.attend, cache=self.model.new_cache(B, T),
