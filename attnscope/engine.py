@@ -96,8 +96,9 @@ class Engine(Protocol):
                                mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
                                step: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """What T forwards of one token each through `cache` give (`one_token_at_a_time`): the logits
-        ``[B, T, vocab]`` and the same attention calls shown to `recorder`, in whatever order the
-        engine computes them fastest; `step(done, total)` as it goes, counting tokens × layers."""
+        ``[B, T, vocab]`` and, layer by layer, the same calls shown to `recorder` in token order (the
+        layers may interleave differently: the engine runs in the order it computes fastest);
+        `step(done, total)` as it goes, counting tokens × layers."""
 
 
 def one_token_at_a_time(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,

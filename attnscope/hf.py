@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,7 +265,7 @@ class HFEngine:
 
     def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache, recorder=None,
                                mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                               step=None) -> torch.Tensor:
+                               step: Callable[[int, int], None] | None = None) -> torch.Tensor:
         return one_token_at_a_time(self, ids, attend, cache=cache, recorder=recorder, mask=mask,
                                    positions=positions, step=step)  # the model's own forward, token by token
 

@@ -269,31 +269,38 @@ def same(a, b) -> bool:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("side", [None, "left", "right"])
-def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side):
-    """The native engine takes a prompt through its cache token by token layer by layer: the logits,
-    the cache and every call its recorder sees are those of T one-token forwards, bit for bit (a
-    model with sliding-window layers; padded rows with their mask and rotary positions)."""
+@pytest.mark.parametrize("past", [0, 7])
+def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side, past):
+    """The native engine takes a prompt through its cache token by token a layer at a time: the
+    logits, the cache and every call its recorder sees are those of T one-token forwards, bit for
+    bit (a model with sliding-window layers; padded rows with their mask and rotary positions; an
+    empty cache and one that holds a prefill)."""
     from attnscope.engine import one_token_at_a_time
     from attnscope.inspector.run import Inputs
 
     engine = zoo.loaded("mistral-sliding")
-    rows = [zoo["mistral-sliding"].ids(20, seed=s)[0].tolist() for s in (1, 2)]
-    inputs = Inputs.pad([rows[0]] if side is None else [rows[0], rows[1][:13]], side or "right", "cpu")
-    B, T = inputs.shape
+    rows = [zoo["mistral-sliding"].ids(past + 20, seed=s)[0].tolist() for s in (1, 2)]
+    inputs = Inputs.pad([rows[0]] if side is None else [rows[0], rows[1][:past + 13]], side or "right", "cpu")
+    B, total = inputs.shape
+    T = total - past
+    ids, positions = inputs.ids[:, past:], None if inputs.positions is None else inputs.positions[:, past:]
     attend = get_backend(backend)
     results = {}
     for how in ("layer by layer", "one token at a time"):
-        cache, log, steps = engine.new_cache(B, T), CallLog(), []
+        cache, log, steps = engine.new_cache(B, total), CallLog(), []
         run = engine.forward_token_by_token if how == "layer by layer" else partial(one_token_at_a_time, engine)
         with torch.inference_mode():
-            logits = run(inputs.ids, attend, cache=cache, recorder=log, mask=inputs.padding,
-                         positions=inputs.positions, step=lambda done, total, seen=steps: seen.append((done, total)))
+            if past:
+                engine.forward(inputs.ids[:, :past], attend, cache=cache, mask=inputs.padding,
+                               positions=None if inputs.positions is None else inputs.positions[:, :past])
+            logits = run(ids, attend, cache=cache, recorder=log, mask=inputs.padding, positions=positions,
+                         step=lambda done, total, seen=steps: seen.append((done, total)))
         results[how] = logits, cache, log, steps
     (logits, cache, log, steps), (logits_1, cache_1, log_1, steps_1) = results.values()
     n = engine.layout.n_layers
     assert steps == [(i, n * T) for i in range(1, n * T + 1)] and steps_1 == [(t * n, n * T) for t in range(1, T + 1)]
     assert torch.equal(logits, logits_1)
-    assert cache.length == cache_1.length == T
+    assert cache.length == cache_1.length == total
     assert all(torch.equal(a, b) for a, b in zip(cache.k + cache.v, cache_1.k + cache_1.v, strict=True))
     assert log.calls.keys() == log_1.calls.keys() and len(log.calls) == 2 * n
     for key, calls in log.calls.items():

@@ -452,7 +452,7 @@ class LoadedModel:
 
     def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache, recorder=None,
                                mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                               step=None) -> torch.Tensor:
+                               step: Callable[[int, int], None] | None = None) -> torch.Tensor:
         return self.net.forward_token_by_token(ids, cache, recorder=recorder, attend=attend, mask=mask,
                                                positions=positions, step=step)  # layer by layer
 
