@@ -10,14 +10,15 @@ knows which one it has:
 - `Engine.forward`: logits for token ids, every attention call made through `attend` and shown to a
   recorder (`attnscope.model.llama.Recorder`), appending to a cache when one is given;
 - `Engine.new_cache` / `Engine.decode`: incremental decoding, one token per step, through the cache;
-  `Engine.forward_token_by_token`: a prompt's tokens one at a time through the cache (the
-  `full_vs_incremental` check);
+  `token_by_token`: a prompt's tokens one at a time through the cache (the `full_vs_incremental`
+  check), through an engine's optional ``forward_token_by_token`` when it has a faster order;
 - `Engine.layer_masks`: the `MaskSpec` of every layer;
 - `Engine.tokenizer`: text to ids and back (or None: prompts are ids).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,19 +93,23 @@ class Engine(Protocol):
                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy continuation ``[B, <= max_new_tokens]`` from a prefill's `logits`, one token per step."""
 
-    def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,
-                               mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                               step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """What T forwards of one token each through `cache` give (`one_token_at_a_time`): the logits
-        ``[B, T, vocab]`` and, layer by layer, the same calls shown to `recorder` in token order (the
-        layers may interleave differently: the engine runs in the order it computes fastest);
-        `step(done, total)` as it goes, counting tokens × layers."""
+
+def token_by_token(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,
+                   mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
+                   step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """What T forwards of one token each through `cache` give: the logits ``[B, T, vocab]`` and, layer
+    by layer, the same calls shown to `recorder` in token order; `step(done, total)` as it goes,
+    counting tokens × layers. Through the engine's own ``forward_token_by_token`` (same arguments)
+    when it has one, which may interleave the layers in the order it computes fastest (the native
+    engine: a layer at a time); else T one-token `Engine.forward` calls."""
+    run = getattr(engine, "forward_token_by_token", None) or functools.partial(one_token_at_a_time, engine)
+    return run(ids, attend, cache=cache, recorder=recorder, mask=mask, positions=positions, step=step)
 
 
 def one_token_at_a_time(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,
                         mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
                         step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """`Engine.forward_token_by_token` as T forwards of one token each, in token order."""
+    """`token_by_token` as T one-token `Engine.forward` calls, in token order."""
     T, n = ids.shape[1], engine.layout.n_layers
     logits = []
     for t in range(T):

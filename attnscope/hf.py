@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ import torch
 
 from attnscope import masks
 from attnscope.backends import AttendFn, require_features
-from attnscope.engine import Layout, greedy, one_token_at_a_time
+from attnscope.engine import Layout, greedy
 from attnscope.errors import ConfigError, LoadError, UnsupportedFeature, UserError
 from attnscope.masks import MaskSpec
 
@@ -262,12 +262,6 @@ class HFEngine:
             return self.forward(ids, attend, cache=cache, mask=mask, positions=pos)
 
         return greedy(step, logits, max_new_tokens, self.layout.eos_token_ids, positions)
-
-    def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache, recorder=None,
-                               mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                               step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        return one_token_at_a_time(self, ids, attend, cache=cache, recorder=recorder, mask=mask,
-                                   positions=positions, step=step)  # the model's own forward, token by token
 
     @contextmanager
     def _watching(self, call: _Call) -> Iterator[None]:

@@ -308,3 +308,46 @@ def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side, pa
         for t, (call, call_1) in enumerate(zip(calls, log_1.calls[key], strict=True)):
             assert call.keys() == call_1.keys()
             assert all(same(call[name], call_1[name]) for name in call), (key, t)
+
+
+def test_an_engine_without_an_order_of_its_own_runs_one_token_forwards(zoo):
+    """`token_by_token` (what `full_vs_incremental` runs) on an engine that implements the protocol
+    without the optional `forward_token_by_token`: T one-token forwards in token order, with the
+    logits of the native engine's layer-at-a-time pass."""
+    from attnscope.engine import token_by_token
+
+    native = zoo.loaded("mistral-sliding")
+    widths = []
+
+    class Plain:
+        layout = native.layout
+
+        def new_cache(self, batch, max_len):
+            return native.new_cache(batch, max_len)
+
+        def forward(self, ids, attend, **kwargs):
+            widths.append(ids.shape[1])
+            return native.forward(ids, attend, **kwargs)
+
+    class Order:
+        wants_lse = False
+
+        def __init__(self):
+            self.layers = []
+
+        def attention(self, layer, **kw):
+            self.layers.append(layer)
+
+        def residual(self, layer, hidden):
+            pass
+
+    ids = zoo["mistral-sliding"].ids(20)
+    attend = get_backend("sdpa")
+    n = native.layout.n_layers
+    plain_order, native_order = Order(), Order()
+    with torch.inference_mode():
+        plain = token_by_token(Plain(), ids, attend, cache=native.new_cache(1, 20), recorder=plain_order)
+        ours = token_by_token(native, ids, attend, cache=native.new_cache(1, 20), recorder=native_order)
+    assert widths == [1] * 20 and plain_order.layers == list(range(n)) * 20
+    assert native_order.layers == [i for i in range(n) for _ in range(20)]  # the native engine's own order
+    assert torch.equal(plain, ours)

@@ -17,7 +17,7 @@ import torch
 
 from attnscope import masks
 from attnscope.backends import AttendFn
-from attnscope.engine import Engine
+from attnscope.engine import Engine, token_by_token
 from attnscope.inspector.capture import Capture, LayerRecord
 
 # progress(done, total, stage): how far a stage of the work is ("forward": layers, "statistics":
@@ -96,14 +96,14 @@ class Run:
         return capture.layers()
 
     def incremental(self, step: Step | None = None) -> tuple[list[LayerRecord], torch.Tensor]:
-        """The same tokens one at a time through the model's KV cache (`Engine.forward_token_by_token`):
+        """The same tokens one at a time through the model's KV cache (`attnscope.engine.token_by_token`):
         the records joined over the steps (without lse), and the logits ``[B, T, vocab]`` float32;
         `step(done, total)` as it goes, counting tokens × layers."""
         B, T = self.inputs.shape
         capture = Capture(append=True, residuals=False, lse=False)  # only the attention outputs are compared
-        logits = self.model.forward_token_by_token(self.inputs.ids, self.attend, cache=self.model.new_cache(B, T),
-                                                   recorder=capture, mask=self.inputs.padding,
-                                                   positions=self.inputs.positions, step=step)
+        logits = token_by_token(self.model, self.inputs.ids, self.attend, cache=self.model.new_cache(B, T),
+                                recorder=capture, mask=self.inputs.padding, positions=self.inputs.positions,
+                                step=step)
         return capture.layers(), logits.float()
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:

@@ -453,8 +453,9 @@ class LoadedModel:
     def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache, recorder=None,
                                mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
                                step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """`attnscope.engine.token_by_token`, a layer at a time (`Transformer.forward_token_by_token`)."""
         return self.net.forward_token_by_token(ids, cache, recorder=recorder, attend=attend, mask=mask,
-                                               positions=positions, step=step)  # layer by layer
+                                               positions=positions, step=step)
 
     def decode(self, logits: torch.Tensor, cache: KVCache, attend: AttendFn, max_new_tokens: int, *,
                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
