@@ -256,12 +256,16 @@ def test_empty_inputs(backend, B, Sq, Sk):
 
 
 def test_spans_of_the_keys_seen_and_hidden():
+    """Per band of rows, the keys some row may see and those some row may not (as `masked_scores`
+    reads both back at once)."""
     allowed = torch.ones(8, 8, dtype=torch.bool).tril()  # causal
     bands = [slice(0, 3), slice(3, 6), slice(6, 8)]
     assert eager.key_spans(allowed, bands) == [slice(0, 3), slice(0, 6), slice(0, 8)]
-    assert eager.hidden_spans(allowed, bands) == [slice(1, 8), slice(4, 8), slice(7, 8)]
+    seen, hidden = eager._column_spans(allowed, bands, eager._seen, eager._hidden)
+    assert seen == [slice(0, 3), slice(0, 6), slice(0, 8)]
+    assert hidden == [slice(1, 8), slice(4, 8), slice(7, 8)]
     everything = torch.ones(1, 1, 8, 8, dtype=torch.bool)
-    assert eager.hidden_spans(everything, bands) == [slice(0, 0)] * 3
+    assert eager._column_spans(everything, bands, eager._hidden) == [[slice(0, 0)] * 3]
     assert eager.key_spans(~everything, bands) == [None] * 3
 
 

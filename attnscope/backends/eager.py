@@ -67,12 +67,6 @@ def key_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice | None]:
     return [span if span.stop > span.start else None for span in _column_spans(allowed, bands, _seen)[0]]
 
 
-def hidden_spans(allowed: torch.Tensor, bands: list[slice]) -> list[slice]:
-    """For each band of query rows, the slice from the first to the last key that some row of it may
-    not see in `allowed` ``[..., Sq, Sk]`` (empty when every row may see every key)."""
-    return _column_spans(allowed, bands, _hidden)[0]
-
-
 def _seen(band: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return band.amax(dim=dims)  # a uint8 max over the rows finds the keys seen (~15× faster than a bool any())
 
