@@ -137,3 +137,14 @@ def greedy(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], lo
         if i + 1 < max_new_tokens:
             logits = step(next_ids, None if positions is None else positions[:, -1:] + i + 1)  # (B, 1, vocab)
     return torch.cat(new, dim=1) if new else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
+
+
+def in_float32(module: torch.nn.Module, *args, **kwargs):
+    """``module(*args, **kwargs)`` with its floating parameters and buffers upcast to float32 for this
+    call (a float32 copy of each; the module keeps its own), through `torch.func.functional_call`:
+    the float32 computation that a low-precision model rounds."""
+    from torch.func import functional_call
+
+    tensors = {name: t.float() if t.is_floating_point() else t
+               for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    return functional_call(module, tensors, args, kwargs)

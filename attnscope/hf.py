@@ -28,6 +28,7 @@ compare tensors on one device; logits come back there too.
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ import torch
 
 from attnscope import masks
 from attnscope.backends import AttendFn, require_features
-from attnscope.engine import Layout, greedy
+from attnscope.engine import Layout, greedy, in_float32
 from attnscope.errors import ConfigError, LoadError, UnsupportedFeature, UserError
 from attnscope.masks import MaskSpec
 
@@ -240,6 +241,72 @@ class HFEngine:
 
     def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache=None, recorder=None,
                 mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return self._forward(ids, attend, self.model, cache=cache, recorder=recorder, mask=mask, positions=positions)
+
+    def forward_float32(self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None,
+                        positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of `forward` computed in float32 (the weights upcast for this call,
+        `attnscope.engine.in_float32`) with the eager attention; a `MemoryError` when a float32 copy
+        of the weights cannot fit beside the model."""
+        from attnscope.backends.eager import attend as eager_attend
+        from attnscope.model.memory import check_float32_copy_fits
+
+        check_float32_copy_fits(self.model, self.device)
+        return self._forward(ids, eager_attend, functools.partial(in_float32, self.model), recorder=recorder,
+                             mask=mask, positions=positions)
+
+    def forward_isolated(self, ids: torch.Tensor, attend: AttendFn, *, cache, parallel, incremental, reference=None,
+                         mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
+                         step=None) -> bool:
+        """Each decoder layer's attention on the parallel forward's own input to that layer (see
+        `attnscope.model.llama.Transformer.forward_isolated`): one parallel forward keeps every decoder
+        layer's input (forward pre-hooks) and shows its attention to `parallel`; each layer then runs
+        in float32 on its input (`in_float32`, eager attention) for `reference`; then T one-token
+        forwards through `cache` in which a pre-hook replaces every decoder layer's input by the
+        parallel one at that token, for `incremental`. Returns False (having run nothing) when the
+        model's decoder layers cannot be found."""
+        if self._layers is None:
+            return False
+        from attnscope.backends.eager import attend as eager_attend
+
+        inputs: dict[int, tuple[tuple, dict]] = {}  # layer -> (args, kwargs) of its parallel call
+
+        def keep(i):
+            def hook(module, args, kwargs):
+                inputs[i] = (args, kwargs)
+            return hook
+
+        with _hooks(self._layers, keep):
+            self.forward(ids, attend, recorder=parallel, mask=mask, positions=positions)
+        if reference is not None:
+            for i, layer in enumerate(self._layers):
+                args, kwargs = inputs[i]
+                with self._watching(_Call(self, eager_attend, reference, mask)), torch.no_grad():
+                    in_float32(layer, *_upcast(args), **_upcast(kwargs))
+        token = [0]
+
+        def replace(i):
+            def hook(module, args, kwargs):
+                given_args, given_kwargs = inputs[i]
+                t = token[0]
+                if args:
+                    return (given_args[0][:, t:t + 1], *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": given_kwargs["hidden_states"][:, t:t + 1]}
+            return hook
+
+        T, n = ids.shape[1], self.layout.n_layers
+        with _hooks(self._layers, replace):
+            for t in range(T):
+                token[0] = t
+                self.forward(ids[:, t:t + 1], attend, cache=cache, recorder=incremental, mask=mask,
+                             positions=None if positions is None else positions[:, t:t + 1])
+                if step is not None:
+                    step((t + 1) * n, T * n)
+        return True
+
+    def _forward(self, ids: torch.Tensor, attend: AttendFn, call_model, *, cache=None, recorder=None,
+                 mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward`, the model called through `call_model` (the model itself, or its float32 call)."""
         if self.model.training:
             raise UserError("the model is in training mode (dropout would make every run differ): call model.eval()")
         B, T = ids.shape
@@ -249,7 +316,7 @@ class HFEngine:
         if positions is not None:
             kwargs["position_ids"] = positions.to(self.device)
         with self._watching(call), torch.no_grad():
-            out = self.model(input_ids=ids.to(self.device), use_cache=cache is not None,
+            out = call_model(input_ids=ids.to(self.device), use_cache=cache is not None,
                              **{self._cache_kw: cache}, **kwargs)
         if call.layers_seen == 0:
             raise UnsupportedFeature(f"{type(self.model).__name__} ran without calling its attention through "
@@ -295,6 +362,28 @@ class HFEngine:
         lay = self.layout
         return (f"HFEngine({self.name!r}, {lay.model_type}, layers={lay.n_layers}, heads={lay.n_heads}/"
                 f"{lay.n_kv_heads}, dtype={self.dtype}, device={self.device})")
+
+
+@contextmanager
+def _hooks(layers: torch.nn.ModuleList, make_hook) -> Iterator[None]:
+    """``make_hook(i)`` registered as a forward pre-hook (with kwargs) on each layer i, for the duration."""
+    handles = [layer.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _upcast(value):
+    """Floating tensors in `value` (a tensor, or tuples, lists and dicts of them) as float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_upcast(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _upcast(v) for k, v in value.items()}
+    return value
 
 
 def _key_mask(padding: MaskSpec | None, batch: int, k_len: int, device) -> torch.Tensor | None:

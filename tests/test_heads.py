@@ -92,7 +92,8 @@ def test_progress_reports_every_stage_to_its_total():
     assert order == ["forward", "decode", "statistics", "nan", "full_vs_incremental", "backend_vs_reference",
                      "causality", "roles"]
     layers = MODEL_ARGS["layers"]
-    totals = {"forward": layers, "decode": 3, "statistics": layers, "nan": layers, "full_vs_incremental": 12 * layers,
+    totals = {"forward": layers, "decode": 3, "statistics": layers, "nan": layers,
+              "full_vs_incremental": 12 * layers,  # tokens × layers (float32: free-running only)
               "backend_vs_reference": layers, "causality": 3, "roles": layers}
     for stage, total in totals.items():
         mine = [(done, t) for s, done, t in calls if s == stage]

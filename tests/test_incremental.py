@@ -116,6 +116,19 @@ def test_incremental_records_match_full_records(tiny, zoo):
             assert repr(step[layer]["mask"]) == repr(rec.mask)
 
 
+def test_joined_records_keep_each_field_in_its_place(tiny, zoo):
+    """An append capture's joined records (the token-by-token pass) keep the residual's NaN counts
+    as ``residual_nonfinite`` ``[B, T]`` and the lse's source as ``lse_source``."""
+    net = zoo.loaded(tiny.name).net
+    ids = tiny.ids(6)
+    capture = Capture(append=True)
+    token_by_token_logits(net, ids, backend="sdpa", recorder=capture)
+    for rec in capture.layers():
+        assert rec.residual is None
+        assert rec.residual_nonfinite is not None and tuple(rec.residual_nonfinite.shape) == (1, 6)
+        assert isinstance(rec.lse_source, str) and rec.lse_source
+
+
 def test_eager_and_sdpa_agree(tiny, zoo):
     net = zoo.loaded(tiny.name).net
     ids = tiny.ids(SEQ_LEN)

@@ -376,8 +376,8 @@ def noise_free_diff(monkeypatch):
 
     real_diff = checks.diff
 
-    def diff(actual, reference, tol, rows=None):
-        d = real_diff(actual, reference, tol, rows)
+    def diff(actual, reference, tol, rows=None, limit=None):
+        d = real_diff(actual, reference, tol, rows, limit)
         head_over = d.bad_rows.any(-1).any(0)  # (H,)
         return checks.Diff(d.max_abs * head_over, d.max_rel * head_over, d.bad_rows,
                            None if d.row_max is None else d.row_max * d.bad_rows)

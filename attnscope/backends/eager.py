@@ -137,6 +137,35 @@ def attend(
     return out.view(B, Hq, Sq, D).to(q.dtype), lse.view(B, Hq, Sq)
 
 
+def attend_rounded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *,
+    softcap: float | None = None, sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The textbook attention in q's own dtype, the low-precision baseline of flash-attention's rule
+    (its tests' ``attention_ref(..., upcast=False)``): scores q·kᵀ·scale in the dtype, the softmax in
+    float32 rounded to the dtype, p·v in the dtype. Returns out ``[B, Hq, Sq, D]``; a row with no
+    allowed key gives 0. Rows in chunks of about `MAX_SCORE_ELEMENTS` scores, K and V never repeated."""
+    check_shapes(q, k, v, mask)
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    allowed = group_mask(mask.dense(Sq, Sk, q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
+    qg = q.view(B, Hkv, G, Sq, D)
+    kt = k.transpose(-1, -2)  # (B, Hkv, D, Sk)
+    out = torch.empty_like(qg)
+    sink = None if sinks is None else sinks.to(torch.float32).view(1, Hkv, G, 1, 1)
+    step = max(1, MAX_SCORE_ELEMENTS // max(1, B * Hq * Sk))
+    for start in range(0, Sq, step):
+        rows = slice(start, start + step)
+        scores = cap(grouped_matmul(qg[..., rows, :], kt) * scale, softcap)  # (B, Hkv, G, rows, Sk) in q's dtype
+        scores = scores.float().masked_fill_(~allowed[..., rows, :], float("-inf"))
+        if sink is not None:  # one more logit per row, with no value
+            scores = torch.cat([scores, sink.expand(*scores.shape[:-1], 1)], dim=-1)
+        p = torch.softmax(scores, dim=-1)[..., :Sk].nan_to_num_(nan=0.0).to(q.dtype)  # no key: 0, not NaN
+        out[..., rows, :] = grouped_matmul(p, v)
+    return out.view(B, Hq, Sq, D)
+
+
 def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, *,
                 softcap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """lse ``[B, Hq, Sq]`` of the scaled, masked scores, in float32, without the attention output."""

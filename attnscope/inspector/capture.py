@@ -334,6 +334,6 @@ class Capture:
             residual = torch.cat(parts["residual"], 1) if parts["residual"] else None
             lse = torch.cat(parts["lse"], 2) if parts["lse"] else None
             joined.append(LayerRecord(rec.layer, torch.cat(parts["q"], 2), rec.k, rec.v, torch.cat(parts["out"], 2),
-                                      lse, rec.mask, rec.scale, rec.softcap, rec.sinks,
-                                      residual, rec.lse_source))
+                                      lse, rec.mask, rec.scale, softcap=rec.softcap, sinks=rec.sinks,
+                                      residual_nonfinite=residual, lse_source=rec.lse_source))
         return joined

@@ -58,6 +58,11 @@ class Check:
     where: dict[str, Any] | None = None  # layer, head, position, stage of the worst place
     message: str = ""
 
+    @property
+    def skipped(self) -> str | None:
+        """Why the check did not run (it passes), or None when it ran."""
+        return self.figures.get("skipped")
+
 
 @dataclass
 class Report:

@@ -64,6 +64,18 @@ class Inputs:
         return T - 1 - self.real.flip(-1).long().argmax(-1)
 
 
+@dataclass(frozen=True)
+class Isolated:
+    """Per layer, its attention on one input (the parallel forward's own input to that layer) three
+    ways: `parallel` (all positions at once), `incremental` (a position at a time through the KV
+    cache, the rows joined), and `reference`, the same computation in float32 (None for a float32
+    model, whose parallel path is its own reference)."""
+
+    parallel: list[LayerRecord]
+    incremental: list[LayerRecord]
+    reference: list[LayerRecord] | None
+
+
 @dataclass
 class Run:
     """One forward pass of `inputs` through `model` with `attend`, and what it recorded."""
@@ -104,6 +116,41 @@ class Run:
         logits = token_by_token(self.model, self.inputs.ids, self.attend, cache=self.model.new_cache(B, T),
                                 recorder=capture, mask=self.inputs.padding, positions=self.inputs.positions,
                                 step=step)
+        return capture.layers(), logits.float()
+
+    def isolated(self, step: Step | None = None) -> Isolated | None:
+        """Every layer's attention on the same input, the parallel forward's own input to that layer,
+        computed in parallel, a token at a time through a KV cache, and (float16/bfloat16 models) in
+        float32 (`Engine.forward_isolated`; see `Isolated`); `step(done, total)` as it goes, counting
+        tokens × layers. None when the engine cannot run it."""
+        forward = getattr(self.model, "forward_isolated", None)
+        if forward is None:
+            return None
+        B, T = self.inputs.shape
+        n = self.model.layout.n_layers
+        parallel = Capture(residuals=False, n_layers=n)
+        incremental = Capture(append=True, residuals=False)
+        reference = Capture(residuals=False, n_layers=n) if self.model.dtype != torch.float32 else None
+        ran = forward(self.inputs.ids, self.attend, cache=self.model.new_cache(B, T), parallel=parallel,
+                      incremental=incremental, reference=reference, mask=self.inputs.padding,
+                      positions=self.inputs.positions, step=step)
+        if ran is False:  # the engine cannot isolate this model's layers
+            return None
+        return Isolated(parallel.layers(), incremental.layers(), None if reference is None else reference.layers())
+
+    def float32_forward(self) -> tuple[list[LayerRecord], torch.Tensor] | str:
+        """The same inputs through the model computed in float32 (its weights upcast for the call, the
+        eager float32 attention; `Engine.forward_float32`): every layer's records (outputs, no lse)
+        and the logits ``[B, T, vocab]``; or why it could not run, in a line for the report."""
+        forward = getattr(self.model, "forward_float32", None)
+        if forward is None:
+            return f"the {self.model.engine} engine has no float32 forward"
+        capture = Capture(residuals=False, n_layers=self.model.layout.n_layers, lse=False)
+        try:
+            logits = forward(self.inputs.ids, recorder=capture, mask=self.inputs.padding,
+                             positions=self.inputs.positions)
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            return f"no float32 forward: {exc}"
         return capture.layers(), logits.float()
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from attnscope.backends import AttendFn
 from attnscope.backends.eager import attend as eager_attend
-from attnscope.engine import greedy
+from attnscope.engine import greedy, in_float32
 from attnscope.masks import MaskSpec, causal, sliding_window
 from attnscope.model.config import ModelConfig
 
@@ -214,8 +214,20 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope, attend, cache, recorder, mask) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, attend, cache, recorder, mask)
+        x = x + self.attention(x, rope, attend, cache, recorder, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def attention(self, x, rope, attend, cache, recorder, mask) -> torch.Tensor:
+        """What the block adds to the residual stream x ``[B, T, hidden]`` through attention."""
+        return self.self_attn(self.input_layernorm(x), rope, attend, cache, recorder, mask)
+
+    def attention_in_float32(self, x, rope, recorder, mask) -> torch.Tensor:
+        """`attention` computed in float32 whatever the weights' dtype: the weights upcast for this call
+        (`torch.func.functional_call`), x and the rotary table ``rope`` float32, the eager float32
+        reference attention. The exact answer that a low-precision `attention` on the same x rounds."""
+        h = in_float32(self.input_layernorm, x.float())
+        return in_float32(self.self_attn, h, rope, eager_attend, None, recorder, mask)
+
 
 
 class Transformer(nn.Module):
@@ -300,6 +312,47 @@ class Transformer(nn.Module):
                     step(i * T + t + 1, n * T)
         cache.length = past + T
         return torch.cat([self._logits(x) for x in xs], dim=1)  # (B, T, vocab)
+
+    def forward_isolated(self, ids: torch.Tensor, cache: KVCache, *, parallel: Recorder, incremental: Recorder,
+                         reference: Recorder | None = None, attend: AttendFn | None = None,
+                         mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
+                         step: Callable[[int, int], None] | None = None) -> None:
+        """Each layer's attention on the same input, the parallel forward's own input to that layer
+        (teacher forcing at every layer), so that a difference seen at layer i is layer i's alone:
+
+        - `parallel`: the layer on all T positions at once, as `forward` runs it;
+        - `incremental`: the layer on one position at a time through `cache` (empty: positions 0 .. T-1
+          are written to it one by one): its norm, projections, RoPE at the token's position, the cache
+          write and the attention over the cache all run, as a decode step runs them;
+        - `reference` (optional): the layer's attention computed in float32 on the same input
+          (`Block.attention_in_float32`), the exact answer that both of the others round.
+
+        Layers run one after the other; the input of layer i + 1 is layer i's parallel output.
+        `step(done, total)` after each token of each layer."""
+        T = ids.shape[1]
+        x, rope = self._embed(ids, 0, positions)  # (B, T, hidden)
+        ropes = [self.rotary_emb(t, 1, None if positions is None else positions[:, t:t + 1], x.dtype, ids.device)
+                 for t in range(T)]
+        rope32 = self.rotary_emb(0, T, positions, torch.float32, ids.device) if reference is not None else None
+        attend = attend or eager_attend
+        n = len(self.layers)
+        for i, block in enumerate(self.layers):
+            layer_mask = self._layer_mask(i, mask)
+            for t in range(T):
+                cache.length = t  # the tokens this layer has cached before token t
+                block.attention(x[:, t:t + 1], ropes[t], attend, cache, incremental, layer_mask)
+                if step is not None:
+                    step(i * T + t + 1, n * T)
+            if reference is not None:
+                block.attention_in_float32(x, rope32, reference, layer_mask)
+            x = block(x, rope, attend, None, parallel, layer_mask)  # (B, T, hidden): the next layer's input
+        cache.length = T
+
+    def forward_float32(self, ids: torch.Tensor, recorder: Recorder | None = None, mask: MaskSpec | None = None,
+                        positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward` computed in float32 whatever the weights' dtype (upcast for this call), with the
+        eager float32 attention: logits ``[B, T, vocab]``."""
+        return in_float32(self, ids, None, recorder, eager_attend, mask, positions)
 
     def _embed(self, ids: torch.Tensor, past: int, positions: torch.Tensor | None):
         """The embeddings ``[B, T, hidden]`` of ids ``[B, T]`` that follow `past` tokens, and the cos and

@@ -23,7 +23,7 @@ from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.masks import MaskSpec
 from attnscope.model.config import SUPPORTED_MODEL_TYPES, ModelConfig, read_json, show
 from attnscope.model.llama import KVCache, Transformer
-from attnscope.model.memory import check_kv_cache_fits, check_model_fits
+from attnscope.model.memory import check_float32_copy_fits, check_kv_cache_fits, check_model_fits
 from attnscope.model.tokenizer import Tokenizer
 from attnscope.samples import DEFAULT_MODEL, sample_models
 
@@ -456,6 +456,21 @@ class LoadedModel:
         """`attnscope.engine.token_by_token`, a layer at a time (`Transformer.forward_token_by_token`)."""
         return self.net.forward_token_by_token(ids, cache, recorder=recorder, attend=attend, mask=mask,
                                                positions=positions, step=step)
+
+    def forward_isolated(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache, parallel, incremental,
+                         reference=None, mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
+                         step: Callable[[int, int], None] | None = None) -> None:
+        """Every layer's attention on the parallel forward's own input to it, in parallel, a token at a
+        time through `cache` and in float32 (`Transformer.forward_isolated`)."""
+        self.net.forward_isolated(ids, cache, parallel=parallel, incremental=incremental, reference=reference,
+                                  attend=attend, mask=mask, positions=positions, step=step)
+
+    def forward_float32(self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None,
+                        positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of `forward` computed in float32 with the eager attention (`Transformer.forward_float32`);
+        a `MemoryError` when a float32 copy of the weights cannot fit beside the model."""
+        check_float32_copy_fits(self.net, self.device)
+        return self.net.forward_float32(ids, recorder=recorder, mask=mask, positions=positions)
 
     def decode(self, logits: torch.Tensor, cache: KVCache, attend: AttendFn, max_new_tokens: int, *,
                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:

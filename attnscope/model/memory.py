@@ -204,3 +204,16 @@ def check_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.d
             f"{layout.head_dim} × {dtype.itemsize} bytes per position), more than the {format_bytes(free)} "
             f"of memory available {_where(device)}: ask for fewer new tokens or a shorter prompt"
         )
+
+
+def check_float32_copy_fits(module: torch.nn.Module, device: torch.device | str) -> None:
+    """A `MemoryError` naming the sizes when a float32 copy of `module`'s floating parameters and
+    buffers (what `attnscope.engine.in_float32` makes for one call) cannot fit beside the model in
+    the memory available (host memory, and the device's when it is a GPU)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()}
+    need = sum(t.numel() for t in tensors.values()) * 4
+    short = _short_of(need, device)
+    if short is not None:
+        free, where = short
+        raise MemoryError(f"a float32 copy of the weights needs {format_bytes(need)}, more than the "
+                          f"{format_bytes(free)} of memory available {_where(where)}")

@@ -45,6 +45,8 @@ def where_text(check: Check) -> str:
 
 
 def mark(check: Check) -> Text:
+    if check.skipped is not None:
+        return Text("-", style="dim")
     return Text("✓", style="green") if check.passed else Text("✗", style="bold red")
 
 
