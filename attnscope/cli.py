@@ -309,7 +309,9 @@ def _findings(runs, title: str) -> tuple[list, bool]:
 
     n_checks = sum(len(checks) for *_, checks in runs)
     n_failed = sum(not c.passed for *_, checks in runs for c in checks)
-    summary = Text(f"{n_checks - n_failed} passed, {n_failed} failed", style="bold red" if n_failed else "green")
+    n_skipped = sum(c.skipped is not None for *_, checks in runs for c in checks)
+    summary = Text(f"{n_checks - n_failed - n_skipped} passed, {n_failed} failed"
+                   + (f", {n_skipped} skipped" if n_skipped else ""), style="bold red" if n_failed else "green")
     return [ChecksView([(n, b, p, checks) for n, p, b, checks in runs], title=title), summary], not n_failed
 
 

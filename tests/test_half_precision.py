@@ -249,3 +249,41 @@ def test_hf_engine_finds_a_lost_cache_write_at_its_layer(hf_deep, monkeypatch):
     assert (check.where["layer"], check.where["position"], check.where["path"]) == (FAULT_LAYER, DROPPED, "isolated")
     ratios = check.figures["per_layer_error_ratio"]
     assert max(r for i, r in enumerate(ratios) if i != FAULT_LAYER) <= 1.0 < ratios[FAULT_LAYER]
+
+
+def test_a_padded_batch_is_isolated_row_by_row():
+    """Left padding in bfloat16: every row's real tokens pass, isolated, and the padding rows (no key
+    to attend to) are left out of the comparison rather than compared as -inf against -inf."""
+    rows = [prompt_ids(40, 0), prompt_ids(17, 1)]
+    result = attnscope.Scope(deep("bfloat16"), backend="sdpa").run(rows, checks="all")
+    found = {c.name: c for c in result.checks}
+    assert all(c.passed for c in found.values()), {name: c.message for name, c in found.items()}
+    assert found["full_vs_incremental"].figures["isolated"]
+
+
+def test_without_room_for_a_float32_forward_the_end_to_end_figures_gate_nothing(monkeypatch):
+    """Where a float32 copy of the weights does not fit, the report says so, the logits are shown
+    against the dtype's constant tolerance, and only the isolated layers decide."""
+    from attnscope.model import loader
+
+    def no_room(module, device):
+        raise MemoryError("a float32 copy of the weights needs 9 GB, more than the 1 GB available")
+
+    monkeypatch.setattr(loader, "check_float32_copy_fits", no_room)
+    check = checks_of("bfloat16", "sdpa", prompt_ids(160, 1), "full_vs_incremental")["full_vs_incremental"]
+    assert check.passed, check.message
+    calibration = check.figures["calibration"]
+    assert calibration["end_to_end"].startswith("none (no float32 forward: a float32 copy of the weights needs 9 GB")
+    assert calibration["layers"] == "float32 computation of each layer's attention on the same input"
+    assert check.figures["free_running"]["gates"] == "nothing"
+    assert check.figures["free_running"]["over_tolerance"]  # the constant tolerance cries wolf; nobody listens
+
+
+def test_float32_isolates_only_to_name_the_layer_of_a_difference(monkeypatch):
+    model = attnscope.load_model("deep-random", dtype="float32")
+    clean = attnscope.Scope(model).run(prompt_ids(24), checks="full_vs_incremental").checks[0]
+    assert clean.passed and not clean.figures["isolated"]
+    inject(monkeypatch, model, "dropped cache write")
+    faulty = attnscope.Scope(model).run(prompt_ids(24), checks="full_vs_incremental").checks[0]
+    assert not faulty.passed and faulty.figures["isolated"]
+    assert (faulty.where["layer"], faulty.where["position"], faulty.where["path"]) == (FAULT_LAYER, DROPPED, "isolated")

@@ -530,15 +530,15 @@ def causality_tolerance(run: Run, tol: Tolerance) -> tuple[Tolerance, str]:
     """What the causality check allows, and how that was decided:
 
     - eager in float32 on a batch-invariant engine: nothing (bit for bit);
-    - an explicit --atol/--rtol: that, as given;
-    - another backend or dtype on a batch-invariant engine: what a rerun of the same tokens changes,
-      times `RULE_FACTOR`, plus `RULE_ATOL` (a deterministic backend changes nothing);
+    - an explicit --atol/--rtol, or float32: the constant tolerance;
+    - float16/bfloat16 on a batch-invariant engine: what a rerun of the same tokens changes, times
+      `RULE_FACTOR`, plus `RULE_ATOL` (a deterministic backend changes nothing);
     - an engine that is not batch invariant (mixture-of-experts layers group tokens per expert, so
       changing later tokens may change an earlier token's rounding, which a rerun of the same tokens
       does not show): the dtype's constant tolerance."""
     if run.exact:
         return EXACT, "bit-exact (eager float32)"
-    if tol.given:
+    if not tol.calibrated:
         return tol, _constant(run, tol)
     if run.model.batch_invariant:
         return (Tolerance(RULE_ATOL, 0.0, True, RULE_FACTOR, given=False),

@@ -134,7 +134,10 @@ def run_heading(index: int, backend: str, prompt: str, checks: list[Check], widt
     """The heading of one prompt × backend run: prompt index, backend, the prompt (cut to the width)
     and its tally."""
     failed = sum(not c.passed for c in checks)
-    tally = f"✗ {failed} of {len(checks)} failed" if failed else f"✓ {len(checks)} passed"
+    skipped = sum(c.skipped is not None for c in checks)
+    tally = f"✗ {failed} of {len(checks)} failed" if failed else f"✓ {len(checks) - skipped} passed"
+    if skipped:
+        tally += f", {skipped} skipped"
     head = f"prompt {index} · {backend} · "
     room = max(8, width - len(head) - len(tally) - 2 - 2)  # 2 quotes, 2 spaces
     text = prompt.replace("\n", "⏎").replace("\t", "⇥")
