@@ -1,25 +1,31 @@
 """The engine seam: what the inspector, the checks and the views need from a model.
 
 An engine is a model that attnscope can run with any attention function and watch while it runs.
-Two implement it: ``native`` (`attnscope.model.loader.LoadedModel`, our Llama-family model) and,
-next, ``hf`` (any transformers causal LM, through its AttentionInterface). Nothing above this seam
-knows which one it has:
+Two implement it: ``native`` (`attnscope.model.native.LoadedModel`, our Llama-family model) and
+``hf`` (any transformers causal LM, through its AttentionInterface: `attnscope.hf.HFEngine`).
+Nothing above this seam knows which one it has. This module holds the contracts, and the one loop
+that runs over any engine:
 
 - `Layout`: the sizes a view or a check needs (layers, query and kv heads, head dim, vocabulary,
   positions) and the special token ids;
+- `Recorder`: what a forward shows of every attention call and of the residual stream;
 - `Engine.forward`: logits for token ids, every attention call made through `attend` and shown to a
-  recorder (`attnscope.model.llama.Recorder`), appending to a cache when one is given;
+  recorder, appending to a cache when one is given;
 - `Engine.new_cache` / `Engine.decode`: incremental decoding, one token per step, through the cache;
   `token_by_token`: a prompt's tokens one at a time through the cache (the `full_vs_incremental`
   check), through an engine's optional ``forward_token_by_token`` when it has a faster order;
+- optional, for the calibrated checks: ``forward_isolated`` (every layer on the parallel forward's
+  own input to it, in parallel, a token at a time through a cache, and in float32) and
+  ``forward_float32`` (the logits computed in float32); see `attnscope.inspector.run.Run`;
 - `Engine.layer_masks`: the `MaskSpec` of every layer;
-- `Engine.tokenizer`: text to ids and back (or None: prompts are ids).
+- `Engine.tokenizer`: text to ids and back (or None: prompts are ids);
+- `Progress`: the callback type of work that reports how far it is.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +34,9 @@ import torch
 
 from attnscope.backends import AttendFn
 from attnscope.masks import MaskSpec
+
+# progress(done, total, description): how far a piece of work is (loading weights, a run's stages)
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,21 @@ class Layout:
     def group_size(self) -> int:
         """Query heads per kv head."""
         return self.n_heads // self.n_kv_heads
+
+
+class Recorder(Protocol):
+    """What the inspector sees of a forward pass (see `attnscope.inspector.capture.Capture`)."""
+
+    wants_lse: bool  # False: the recorder compares outputs only, and the attention may skip the lse (lse=None)
+
+    def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float,
+                  softcap: float | None = None, sinks: torch.Tensor | None = None) -> None:
+        """Each attention call: post-RoPE q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (cache included),
+        the output [B, Hq, Sq, D], lse [B, Hq, Sq], the mask it used, and the features it used (logit
+        soft-capping, sink logits [Hq]; see `attnscope.backends`)."""
+
+    def residual(self, layer: int, hidden: torch.Tensor) -> None:
+        """The residual stream [B, Sq, hidden] after each block."""
 
 
 class Tokenizer(Protocol):
@@ -83,7 +107,7 @@ class Engine(Protocol):
     def new_cache(self, batch: int, max_len: int) -> Any:
         """An empty KV cache for `batch` rows of up to `max_len` tokens."""
 
-    def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: Any = None, recorder: Any = None,
+    def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: Any = None, recorder: Recorder | None = None,
                 mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[B, T, vocab]`` of ids ``[B, T]`` that follow what `cache` holds; every attention call
         made through `attend` and shown to `recorder`; `mask` combined with every layer's own;
@@ -94,7 +118,8 @@ class Engine(Protocol):
         """Greedy continuation ``[B, <= max_new_tokens]`` from a prefill's `logits`, one token per step."""
 
 
-def token_by_token(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,
+def token_by_token(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any,
+                   recorder: Recorder | None = None,
                    mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
                    step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """What T forwards of one token each through `cache` give: the logits ``[B, T, vocab]`` and, layer
@@ -106,7 +131,8 @@ def token_by_token(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache
     return run(ids, attend, cache=cache, recorder=recorder, mask=mask, positions=positions, step=step)
 
 
-def one_token_at_a_time(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any, recorder: Any = None,
+def one_token_at_a_time(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any,
+                        recorder: Recorder | None = None,
                         mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
                         step: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """`token_by_token` as T one-token `Engine.forward` calls, in token order."""
@@ -118,33 +144,3 @@ def one_token_at_a_time(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, 
         if step is not None:
             step((t + 1) * n, T * n)
     return torch.cat(logits, dim=1)
-
-
-def greedy(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], logits: torch.Tensor,
-           max_new_tokens: int, eos_token_ids: Sequence[int] = (), positions: torch.Tensor | None = None
-           ) -> torch.Tensor:
-    """Greedy decoding from a prefill's `logits` ``[B, T, vocab]``: `step(ids [B, 1], positions [B, 1] or
-    None)` runs one token through the engine's cache and returns its logits. `positions` are the
-    prefill's rotary positions ``[B, T]`` (padded rows), if any. Returns the new ids
-    ``[B, <= max_new_tokens]``; stops when every row produced an end-of-sequence token."""
-    eos = torch.tensor(list(eos_token_ids), device=logits.device, dtype=torch.long)
-    new = []
-    for i in range(max_new_tokens):
-        next_ids = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        new.append(next_ids)
-        if eos.numel() and bool(torch.isin(next_ids, eos).all()):
-            break
-        if i + 1 < max_new_tokens:
-            logits = step(next_ids, None if positions is None else positions[:, -1:] + i + 1)  # (B, 1, vocab)
-    return torch.cat(new, dim=1) if new else logits.new_zeros(logits.shape[0], 0, dtype=torch.long)
-
-
-def in_float32(module: torch.nn.Module, *args, **kwargs):
-    """``module(*args, **kwargs)`` with its floating parameters and buffers upcast to float32 for this
-    call (a float32 copy of each; the module keeps its own), through `torch.func.functional_call`:
-    the float32 computation that a low-precision model rounds."""
-    from torch.func import functional_call
-
-    tensors = {name: t.float() if t.is_floating_point() else t
-               for name, t in [*module.named_parameters(), *module.named_buffers()]}
-    return functional_call(module, tensors, args, kwargs)

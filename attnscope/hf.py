@@ -40,9 +40,10 @@ import torch
 
 from attnscope import masks
 from attnscope.backends import AttendFn, require_features
-from attnscope.engine import Layout, greedy, in_float32
+from attnscope.engine import Layout
 from attnscope.errors import ConfigError, LoadError, UnsupportedFeature, UserError
 from attnscope.masks import MaskSpec
+from attnscope.model.compute import greedy, in_float32
 
 IMPLEMENTATION = "attnscope"
 EXTRA = 'pip install "attnscope[hf]"'
@@ -246,7 +247,7 @@ class HFEngine:
     def forward_float32(self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None,
                         positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of `forward` computed in float32 (the weights upcast for this call,
-        `attnscope.engine.in_float32`) with the eager attention; a `MemoryError` when a float32 copy
+        `attnscope.model.compute.in_float32`) with the eager attention; a `MemoryError` when a float32 copy
         of the weights cannot fit beside the model."""
         from attnscope.backends.eager import attend as eager_attend
         from attnscope.model.memory import check_float32_copy_fits
@@ -472,7 +473,7 @@ def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: 
     come from the files (attnscope never runs weights that transformers initialized at random)."""
     transformers = _transformers()
     from attnscope.model import memory
-    from attnscope.model.loader import weight_files, weights_summary
+    from attnscope.model.checkpoint import weight_files, weights_summary
     from attnscope.model.tokenizer import Tokenizer
 
     files = weight_files(path, allow_pickle)

@@ -71,7 +71,7 @@ def build(root: Path, hidden: int, layers: int, vocab: int) -> Path:
     from safetensors.torch import save_file
 
     from attnscope.model import ModelConfig, Transformer
-    from attnscope.model.loader import hf_name
+    from attnscope.model.checkpoint import hf_name
 
     config = ModelConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 256 * 256,
                          num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 256,

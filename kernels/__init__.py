@@ -98,7 +98,7 @@ def attend(
         BackendUnavailable: Triton cannot run here, the tensors are on a device the kernels cannot
             use, or the mask is not causal / sliding-window.
     """
-    from attnscope.backends import check_shapes, note_lse_source
+    from attnscope.backends.base import check_shapes, note_lse_source
 
     check_shapes(q, k, v, mask)
     window = mask_window(mask)

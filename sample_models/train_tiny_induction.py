@@ -51,7 +51,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 import attnscope
 from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, repeated_sequence
 from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import LoadedModel
+from attnscope.model.native import LoadedModel
 from attnscope.sample_models import training
 
 HERE = Path(__file__).resolve().parent

@@ -34,8 +34,9 @@ import attnscope
 from attnscope.backends import get_backend
 from attnscope.inspector.heads import HeadRole
 from attnscope.model import ModelConfig, Transformer
+from attnscope.model.checkpoint import hf_name
 from attnscope.model.llama import RMSNorm
-from attnscope.model.loader import LoadedModel, hf_name
+from attnscope.model.native import LoadedModel
 
 # ------------------------------------------------------------------------------- attnscope's model API
 

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from attnscope.model import ModelConfig, Transformer
-from attnscope.model.loader import LoadedModel, hf_name
+from attnscope.model.checkpoint import hf_name
+from attnscope.model.native import LoadedModel
 
 
 def random_model(*, layers: int, vocab: int, hidden: int, max_positions: int, intermediate: int | None = None,

@@ -28,7 +28,7 @@ from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.model import memory
 from attnscope.model.config import MAX_LAYERS, ModelConfig
 from attnscope.model.llama import Transformer
-from attnscope.model.loader import config_layout
+from attnscope.model.native import config_layout
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -20,7 +20,7 @@ from attnscope.errors import UserError
 from attnscope.inspector import capture
 from attnscope.inspector.checks import CHECK_NAMES
 from attnscope.model import KVCache
-from attnscope.model.loader import LoadedModel
+from attnscope.model.native import LoadedModel
 from attnscope.testing import assert_backend_matches, assert_causal, assert_incremental_matches_full, assert_no_nan
 
 PROMPT = [(7 * i + 3) % 90 + 1 for i in range(20)]  # 20 tokens: causality cuts at 5, 10, 15

@@ -48,7 +48,8 @@ def checks_of(dtype: str, backend: str, ids: list[int], checks="all") -> dict:
 
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
-@pytest.mark.parametrize("n, seed", [(32, 0), (160, 1), (512, 2)])
+@pytest.mark.parametrize("n, seed", [(32, 0), pytest.param(160, 1, marks=pytest.mark.slow),
+                                     pytest.param(512, 2, marks=pytest.mark.slow)])
 def test_a_correct_deep_model_passes_every_check(dtype, backend, n, seed):
     found = checks_of(dtype, backend, prompt_ids(n, seed))
     assert set(found) == set(CHECK_NAMES)
@@ -62,6 +63,7 @@ def test_a_correct_deep_model_passes_every_check(dtype, backend, n, seed):
     assert max(free[-6:]) > 4 * max(fvi["per_layer_max_abs_diff"])
 
 
+@pytest.mark.slow
 def test_flex_passes_on_the_deep_model():
     """flex on the CPU runs its unfused path (~50 ms a call): a short prompt."""
     pytest.importorskip("torch.nn.attention.flex_attention")
@@ -69,6 +71,7 @@ def test_flex_passes_on_the_deep_model():
     assert all(c.passed for c in found.values()), {name: c.message for name, c in found.items()}
 
 
+@pytest.mark.slow
 def test_the_old_constant_tolerance_cries_wolf_on_the_same_run():
     """What the calibration fixes: with bfloat16's constant tolerance given explicitly (as the check
     ran before), the same correct model fails full_vs_incremental end to end."""
@@ -146,8 +149,8 @@ def inject(monkeypatch, model, fault: str) -> None:
     monkeypatch.setattr(net, "new_cache", new_cache)
 
 
-@pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend", ["sdpa", pytest.param("eager", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("fault", FAULTS)
 def test_a_fault_in_one_layer_is_found_at_that_layer_only(monkeypatch, dtype, backend, fault):
     model = attnscope.load_model("deep-random", dtype=dtype)  # a model of its own: the fault is patched in
@@ -264,12 +267,12 @@ def test_a_padded_batch_is_isolated_row_by_row():
 def test_without_room_for_a_float32_forward_the_end_to_end_figures_gate_nothing(monkeypatch):
     """Where a float32 copy of the weights does not fit, the report says so, the logits are shown
     against the dtype's constant tolerance, and only the isolated layers decide."""
-    from attnscope.model import loader
+    from attnscope.model import native
 
     def no_room(module, device):
         raise MemoryError("a float32 copy of the weights needs 9 GB, more than the 1 GB available")
 
-    monkeypatch.setattr(loader, "check_float32_copy_fits", no_room)
+    monkeypatch.setattr(native, "check_float32_copy_fits", no_room)
     check = checks_of("bfloat16", "sdpa", prompt_ids(160, 1), "full_vs_incremental")["full_vs_incremental"]
     assert check.passed, check.message
     calibration = check.figures["calibration"]

@@ -201,7 +201,7 @@ def test_pooled_heatmap_of_a_long_prompt_from_a_result():
 
     import attnscope
     from attnscope.model import ModelConfig, Transformer
-    from attnscope.model.loader import LoadedModel
+    from attnscope.model.native import LoadedModel
     from attnscope.render.heatmap import head_heatmap
 
     torch.manual_seed(0)

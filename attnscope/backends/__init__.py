@@ -35,20 +35,58 @@ computed its own.
 
 from __future__ import annotations
 
-import functools
-import inspect
-import threading
 from collections.abc import Callable
 
-import torch
-
+from attnscope.backends.base import (
+    FEATURES,
+    AttendFn,
+    apply_sinks,
+    check_shapes,
+    group_mask,
+    note_lse_source,
+    supports,
+    take_lse_source,
+)
 from attnscope.errors import BackendUnavailable, UnsupportedFeature, UserError
-from attnscope.masks import MaskSpec
 
-AttendFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+__all__ = ["FEATURES", "AttendFn", "apply_sinks", "available_backends", "backend_name", "check_shapes", "get_backend",
+           "group_mask", "note_lse_source", "register_backend", "require_features", "supports", "take_lse_source"]
 
-BACKEND_NAMES = ("eager", "sdpa", "flex", "triton")
-FEATURES = {"softcap": "attention logit soft-capping", "sinks": "attention sinks"}
+
+def _eager() -> AttendFn:
+    from attnscope.backends.eager import attend
+
+    return attend
+
+
+def _sdpa() -> AttendFn:
+    from attnscope.backends.sdpa import attend
+
+    return attend
+
+
+def _flex() -> AttendFn:
+    from attnscope.backends import flex
+
+    reason = flex.unavailable_reason()
+    if reason:
+        raise BackendUnavailable(f"backend 'flex' is not available: {reason}")
+    return flex.attend
+
+
+def _triton() -> AttendFn:
+    from attnscope import kernels
+
+    reason = kernels.unavailable_reason()
+    if reason:
+        raise BackendUnavailable(f"backend 'triton' is not available: {reason}")
+    return kernels.attend
+
+
+# the one registry: a name -> how to get its attend function (built-ins import their module only when
+# asked for: flex pulls in torch's compiler stack, triton the kernels)
+_BUILT_IN: dict[str, Callable[[], AttendFn]] = {"eager": _eager, "sdpa": _sdpa, "flex": _flex, "triton": _triton}
+BACKEND_NAMES = tuple(_BUILT_IN)
 _REGISTERED: dict[str, AttendFn] = {}
 
 
@@ -58,40 +96,22 @@ def register_backend(name: str, attend: AttendFn) -> None:
     `attend` follows the contract above. This is how a kernel under development is compared with
     the eager reference: ``Scope(model, backend=name).run(prompt, checks="all")``.
     """
-    if name in BACKEND_NAMES:
+    if name in _BUILT_IN:
         raise ValueError(f"{name!r} is a built-in backend")
     _REGISTERED[name] = attend
 
 
 def available_backends() -> list[str]:
-    return [*BACKEND_NAMES, *_REGISTERED]
+    return [*_BUILT_IN, *_REGISTERED]
 
 
 def get_backend(name: str) -> AttendFn:
     """The attend function of backend `name`; a clear error when unknown or unavailable."""
     if name in _REGISTERED:
         return _REGISTERED[name]
-    if name == "eager":
-        from attnscope.backends.eager import attend
-    elif name == "sdpa":
-        from attnscope.backends.sdpa import attend
-    elif name == "flex":
-        from attnscope.backends import flex
-
-        reason = flex.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(f"backend 'flex' is not available: {reason}")
-        attend = flex.attend
-    elif name == "triton":
-        from attnscope import kernels
-
-        reason = kernels.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(f"backend 'triton' is not available: {reason}")
-        attend = kernels.attend
-    else:
-        raise UserError(f"unknown backend {name!r} (choose from: {', '.join(available_backends())})")
-    return attend
+    if name in _BUILT_IN:
+        return _BUILT_IN[name]()
+    raise UserError(f"unknown backend {name!r} (choose from: {', '.join(available_backends())})")
 
 
 def backend_name(attend: AttendFn) -> str:
@@ -105,40 +125,6 @@ def backend_name(attend: AttendFn) -> str:
     return getattr(attend, "__name__", repr(attend))
 
 
-_LSE_SOURCE = threading.local()
-
-
-def note_lse_source(source: str) -> None:
-    """Called by a backend in each attention call: where that call's lse comes from (a kernel's
-    name, or ``eager`` for the eager reference's pass)."""
-    _LSE_SOURCE.value = source
-
-
-def take_lse_source() -> str | None:
-    """The source the last attention call in this thread noted (None when it noted none), cleared."""
-    source = getattr(_LSE_SOURCE, "value", None)
-    _LSE_SOURCE.value = None
-    return source
-
-
-def supports(attend: AttendFn, feature: str) -> bool:
-    """Whether `attend` accepts the keyword of `feature` (see the module docstring). Asked for every
-    layer of every forward, so a function's signature is read once (an unhashable callable each time)."""
-    try:
-        return _accepts(attend, feature)
-    except TypeError:  # unhashable: not cacheable
-        return _accepts.__wrapped__(attend, feature)
-
-
-@functools.lru_cache(maxsize=64)
-def _accepts(attend: AttendFn, feature: str) -> bool:
-    try:
-        params = inspect.signature(attend).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == feature or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
 def require_features(attend: AttendFn, features: dict, where: str) -> dict:
     """The features of `features` that are set (not None), after checking that `attend` implements
     each; raises `UnsupportedFeature` naming the feature, the backend and `where` it is used."""
@@ -148,37 +134,3 @@ def require_features(attend: AttendFn, features: dict, where: str) -> dict:
             raise UnsupportedFeature(f"{where} uses {FEATURES[name]}, which backend {backend_name(attend)!r} "
                                      f"does not implement (use --backend eager)")
     return used
-
-
-def apply_sinks(out: torch.Tensor, lse_keys: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output and lse ``[B, Hq, Sq]`` of an attention over the keys alone, with one sink logit per
-    query head (``[Hq]``) joining each row's softmax: the sink adds a term to the denominator and
-    nothing to the values, so the output is rescaled by ``exp(lse_keys - lse)``."""
-    lse = torch.logaddexp(lse_keys.float(), sinks.float().view(1, -1, 1))
-    return out * torch.exp(lse_keys - lse).unsqueeze(-1).to(out.dtype), lse
-
-
-def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> None:
-    """Validate the attention interface's shapes; raises ValueError naming the mismatch."""
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, S, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    if k.shape != v.shape:
-        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
-    (B, Hq, Sq, D), (Bk, Hkv, Sk, Dk) = q.shape, k.shape
-    if B != Bk or D != Dk:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
-    if Hq % Hkv:
-        raise ValueError(f"query heads ({Hq}) not divisible by kv heads ({Hkv})")
-    if Sq > Sk:
-        raise ValueError(f"more queries ({Sq}) than keys ({Sk})")
-    if not isinstance(mask, MaskSpec):
-        raise TypeError(f"mask must be a MaskSpec, got {type(mask).__name__}")
-
-
-def group_mask(allowed: torch.Tensor, n_kv: int) -> torch.Tensor:
-    """View a ``[B|1, Hq|1, Sq, Sk]`` mask as ``[B|1, Hkv|1, G|1, Sq, Sk]`` to match grouped scores."""
-    b, h, sq, sk = allowed.shape
-    if h == 1:
-        return allowed.unsqueeze(2)
-    return allowed.reshape(b, n_kv, h // n_kv, sq, sk)

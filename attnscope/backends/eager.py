@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from attnscope.backends import check_shapes, group_mask, note_lse_source
+from attnscope.backends.base import check_shapes, group_mask, note_lse_source
 from attnscope.masks import MaskSpec
 
 # 16 MiB of float32 scores per chunk. A chunk and its few temporaries stay below glibc's largest

@@ -22,7 +22,8 @@ import warnings
 
 import torch
 
-from attnscope.backends import apply_sinks, check_shapes, eager, note_lse_source
+from attnscope.backends import eager
+from attnscope.backends.base import apply_sinks, check_shapes, note_lse_source
 from attnscope.masks import MaskSpec
 
 _run_by_device: dict[str, object] = {}  # device type -> the flex_attention that runs there

@@ -34,7 +34,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from attnscope.backends import apply_sinks, check_shapes, note_lse_source
+from attnscope.backends.base import apply_sinks, check_shapes, note_lse_source
 from attnscope.backends.eager import log_sum_exp
 from attnscope.masks import Causal, MaskSpec
 

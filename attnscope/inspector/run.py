@@ -17,12 +17,11 @@ import torch
 
 from attnscope import masks
 from attnscope.backends import AttendFn
-from attnscope.engine import Engine, token_by_token
+from attnscope.engine import Engine, Progress, token_by_token
 from attnscope.inspector.capture import Capture, LayerRecord
 
-# progress(done, total, stage): how far a stage of the work is ("forward": layers, "statistics":
-# layers, each check by its name: its loop, "roles": layers); for live views, None when unwatched
-Progress = Callable[[int, int, str], None]
+# a run's `Progress` reports its stages by name ("forward": layers, "statistics": layers, each check
+# by its name: its loop, "roles": layers); for live views, None when unwatched
 Step = Callable[[int, int], None]  # (done, total) of one stage
 
 

@@ -102,7 +102,8 @@ class ModelConfig:
     num_hidden_layers: int = 4
     num_attention_heads: int = 8  # query heads (Hq)
     num_key_value_heads: int = 2  # kv heads (Hkv); Hq % Hkv == 0
-    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    # None: hidden_size // num_attention_heads; an int once built (__post_init__)
+    head_dim: int = None  # type: ignore[assignment]
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-5
     rope_theta: float = 10000.0

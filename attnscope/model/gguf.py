@@ -366,7 +366,7 @@ class GGUFTensors:
     the llama architecture put back in Hugging Face's order."""
 
     def __init__(self, file: GGUFFile, config: ModelConfig, keys: list[str]):
-        from attnscope.model.loader import hf_name
+        from attnscope.model.checkpoint import hf_name
 
         gguf = _gguf()
         self.file = file.path
@@ -446,10 +446,10 @@ class GGUFTensors:
 
 
 def load_gguf(path: Path, dtype: torch.dtype, device: torch.device, progress=None):
-    """A `attnscope.model.loader.LoadedModel` from GGUF file `path` (see the module docstring)."""
+    """A `attnscope.model.native.LoadedModel` from GGUF file `path` (see the module docstring)."""
     from attnscope.model.llama import Transformer
-    from attnscope.model.loader import LoadedModel, load_state_dict
     from attnscope.model.memory import check_model_fits
+    from attnscope.model.native import LoadedModel, load_state_dict
 
     file = GGUFFile(path)
     config = read_config(file)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,24 +19,10 @@ from torch import nn
 
 from attnscope.backends import AttendFn
 from attnscope.backends.eager import attend as eager_attend
-from attnscope.engine import greedy, in_float32
+from attnscope.engine import Recorder
 from attnscope.masks import MaskSpec, causal, sliding_window
+from attnscope.model.compute import greedy, in_float32
 from attnscope.model.config import ModelConfig
-
-
-class Recorder(Protocol):
-    """What the inspector sees of a forward pass (see `attnscope.inspector.capture.Capture`)."""
-
-    wants_lse: bool  # False: the recorder compares outputs only, and the attention may skip the lse (lse=None)
-
-    def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float,
-                  softcap: float | None = None, sinks: torch.Tensor | None = None) -> None:
-        """Each attention call: post-RoPE q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (cache included),
-        the output [B, Hq, Sq, D], lse [B, Hq, Sq], the mask it used, and the features it used (logit
-        soft-capping, sink logits [Hq]; see `attnscope.backends`)."""
-
-    def residual(self, layer: int, hidden: torch.Tensor) -> None:
-        """The residual stream [B, Sq, hidden] after each block."""
 
 
 class RMSNorm(nn.Module):

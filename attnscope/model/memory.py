@@ -208,7 +208,7 @@ def check_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.d
 
 def check_float32_copy_fits(module: torch.nn.Module, device: torch.device | str) -> None:
     """A `MemoryError` naming the sizes when a float32 copy of `module`'s floating parameters and
-    buffers (what `attnscope.engine.in_float32` makes for one call) cannot fit beside the model in
+    buffers (what `attnscope.model.compute.in_float32` makes for one call) cannot fit beside the model in
     the memory available (host memory, and the device's when it is a GPU)."""
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()}
     need = sum(t.numel() for t in tensors.values()) * 4
