@@ -278,8 +278,60 @@ def test_without_room_for_a_float32_forward_the_end_to_end_figures_gate_nothing(
     calibration = check.figures["calibration"]
     assert calibration["end_to_end"].startswith("none (no float32 forward: a float32 copy of the weights needs 9 GB")
     assert calibration["layers"] == "float32 computation of each layer's attention on the same input"
-    assert check.figures["free_running"]["gates"] == "nothing"
+    assert check.figures["gates"] == ["isolated layers"]
     assert check.figures["free_running"]["over_tolerance"]  # the constant tolerance cries wolf; nobody listens
+    assert "not calibrated" in check.message
+
+
+def test_a_wrong_decode_position_is_found_by_isolation_without_a_float32_forward(monkeypatch):
+    """The rotary position a decode step gets from the model's own bookkeeping (`_embed` after the
+    cached tokens) is what the isolated pass uses too: one position off is found at the first layer
+    even where no float32 forward can calibrate the logits."""
+    from attnscope.model import native
+
+    def no_room(module, device):
+        raise MemoryError("no room")
+
+    model = attnscope.load_model("deep-random", dtype="bfloat16")
+    net = model.net
+    embed = net._embed
+
+    def off_by_one(ids, past, positions):
+        return embed(ids, past + 1 if ids.shape[1] == 1 and past > 0 else past, positions)
+
+    monkeypatch.setattr(native, "check_float32_copy_fits", no_room)
+    monkeypatch.setattr(net, "_embed", off_by_one)
+    check = attnscope.Scope(model, backend="sdpa").run(prompt_ids(32), checks="full_vs_incremental").checks[0]
+    assert not check.passed
+    assert (check.where["layer"], check.where["position"], check.where["path"]) == (0, 1, "isolated")
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_an_engine_that_cannot_isolate_is_judged_by_its_logits(monkeypatch, dtype):
+    """Without isolation, the free-running layers (two trajectories of rounding) are shown, not judged:
+    the correct model passes on prompts where they cross the rule, and a lost cache write still
+    fails, by the logits."""
+    model = attnscope.load_model("deep-random", dtype=dtype)
+    monkeypatch.setattr(model, "forward_isolated", None, raising=False)
+    for seed in range(4):
+        check = attnscope.Scope(model, backend="sdpa").run(prompt_ids(32, seed), checks="full_vs_incremental").checks[0]
+        assert check.passed, check.message
+        assert not check.figures["isolated"] and check.figures["gates"] == ["logits"]
+    inject(monkeypatch, model, "dropped cache write")
+    check = attnscope.Scope(model, backend="sdpa").run(prompt_ids(32), checks="full_vs_incremental").checks[0]
+    assert not check.passed and check.where["stage"] == "logits"
+    assert check.figures["free_running"]["first_layer_over"] == FAULT_LAYER
+
+
+@pytest.mark.parametrize("model, dtype, ids", [("tiny-code", "float16", [821, 958, 285]),
+                                               ("tiny-code", "bfloat16", [194, 513]),
+                                               ("deep-random", "float16", [0, 527])])
+def test_short_prompts_leave_room_for_one_rounding_of_the_output(model, dtype, ids):
+    """A head's baseline error over two or three rows can be tiny: a correct backend one rounding away
+    from it passes (these prompts failed with a fixed atol of 1e-5)."""
+    result = attnscope.Scope(attnscope.load_model(model, dtype=dtype), backend="sdpa").run(
+        ids, checks="backend_vs_reference,full_vs_incremental")
+    assert all(c.passed for c in result.checks), [c.message for c in result.checks]
 
 
 def test_float32_isolates_only_to_name_the_layer_of_a_difference(monkeypatch):

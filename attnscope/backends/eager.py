@@ -150,19 +150,22 @@ def attend_rounded(
     Hkv, Sk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     allowed = group_mask(mask.dense(Sq, Sk, q.device), Hkv)  # (B|1, Hkv|1, G|1, Sq, Sk)
-    qg = q.view(B, Hkv, G, Sq, D)
+    qg = (q * scale).view(B, Hkv, G, Sq, D)  # scaled first, as flash-attention's reference does (no overflow)
     kt = k.transpose(-1, -2)  # (B, Hkv, D, Sk)
     out = torch.empty_like(qg)
     sink = None if sinks is None else sinks.to(torch.float32).view(1, Hkv, G, 1, 1)
     step = max(1, MAX_SCORE_ELEMENTS // max(1, B * Hq * Sk))
     for start in range(0, Sq, step):
         rows = slice(start, start + step)
-        scores = cap(grouped_matmul(qg[..., rows, :], kt) * scale, softcap)  # (B, Hkv, G, rows, Sk) in q's dtype
-        scores = scores.float().masked_fill_(~allowed[..., rows, :], float("-inf"))
+        chunk = allowed[..., rows, :]
+        scores = cap(grouped_matmul(qg[..., rows, :], kt), softcap)  # (B, Hkv, G, rows, Sk) in q's dtype
+        scores = scores.float().masked_fill_(~chunk, float("-inf"))
         if sink is not None:  # one more logit per row, with no value
             scores = torch.cat([scores, sink.expand(*scores.shape[:-1], 1)], dim=-1)
-        p = torch.softmax(scores, dim=-1)[..., :Sk].nan_to_num_(nan=0.0).to(q.dtype)  # no key: 0, not NaN
-        out[..., rows, :] = grouped_matmul(p, v)
+        p = torch.softmax(scores, dim=-1)[..., :Sk]
+        if sink is None:  # a row with no allowed key: 0, not the NaN of a softmax over nothing (a NaN stays)
+            p = p.masked_fill(~chunk.any(-1, keepdim=True), 0.0)
+        out[..., rows, :] = grouped_matmul(p.to(q.dtype), v)
     return out.view(B, Hq, Sq, D)
 
 

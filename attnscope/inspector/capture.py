@@ -271,6 +271,32 @@ def scores_are_finite(q: torch.Tensor, k: torch.Tensor, scale: float) -> bool:
     return bool(bound < 1e37)  # NaN compares False
 
 
+@dataclass(frozen=True)
+class LayerOutput:
+    """One layer's attention output ``[B, Hq, Sq, D]`` and lse ``[B, Hq, Sq]`` (None when not kept)."""
+
+    out: torch.Tensor
+    lse: torch.Tensor | None
+
+
+class OutputCapture:
+    """A recorder that keeps each layer's attention output (and lse) only: what the comparisons read
+    of a float32 reference, without the float32 q, k and v it was computed from."""
+
+    def __init__(self, lse: bool = True):
+        self.wants_lse = lse
+        self._layers: dict[int, LayerOutput] = {}
+
+    def attention(self, layer: int, *, out, lse, **_) -> None:
+        self._layers[layer] = LayerOutput(out, lse if self.wants_lse else None)
+
+    def residual(self, layer: int, hidden: torch.Tensor) -> None:
+        pass
+
+    def layers(self) -> list[LayerOutput]:
+        return [self._layers[i] for i in range(len(self._layers))]
+
+
 class Capture:
     """A recorder for `Transformer.forward`: one `LayerRecord` per layer.
 

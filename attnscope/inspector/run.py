@@ -18,7 +18,7 @@ import torch
 from attnscope import masks
 from attnscope.backends import AttendFn
 from attnscope.engine import Engine, Progress, token_by_token
-from attnscope.inspector.capture import Capture, LayerRecord
+from attnscope.inspector.capture import Capture, LayerOutput, LayerRecord, OutputCapture
 
 # a run's `Progress` reports its stages by name ("forward": layers, "statistics": layers, each check
 # by its name: its loop, "roles": layers); for live views, None when unwatched
@@ -72,7 +72,7 @@ class Isolated:
 
     parallel: list[LayerRecord]
     incremental: list[LayerRecord]
-    reference: list[LayerRecord] | None
+    reference: list[LayerOutput] | None
 
 
 @dataclass
@@ -117,11 +117,11 @@ class Run:
                                 step=step)
         return capture.layers(), logits.float()
 
-    def isolated(self, step: Step | None = None) -> Isolated | None:
+    def isolated(self, step: Step | None = None, reference: bool = True) -> Isolated | None:
         """Every layer's attention on the same input, the parallel forward's own input to that layer,
-        computed in parallel, a token at a time through a KV cache, and (float16/bfloat16 models) in
-        float32 (`Engine.forward_isolated`; see `Isolated`); `step(done, total)` as it goes, counting
-        tokens × layers. None when the engine cannot run it."""
+        computed in parallel, a token at a time through a KV cache, and (float16/bfloat16 models, with
+        `reference`) in float32 (`Engine.forward_isolated`; see `Isolated`); `step(done, total)` as it
+        goes, counting tokens × layers. None when the engine cannot run it."""
         forward = getattr(self.model, "forward_isolated", None)
         if forward is None:
             return None
@@ -129,27 +129,31 @@ class Run:
         n = self.model.layout.n_layers
         parallel = Capture(residuals=False, n_layers=n)
         incremental = Capture(append=True, residuals=False)
-        reference = Capture(residuals=False, n_layers=n) if self.model.dtype != torch.float32 else None
+        float32 = OutputCapture() if reference and self.model.dtype != torch.float32 else None
         ran = forward(self.inputs.ids, self.attend, cache=self.model.new_cache(B, T), parallel=parallel,
-                      incremental=incremental, reference=reference, mask=self.inputs.padding,
+                      incremental=incremental, reference=float32, mask=self.inputs.padding,
                       positions=self.inputs.positions, step=step)
         if ran is False:  # the engine cannot isolate this model's layers
             return None
-        return Isolated(parallel.layers(), incremental.layers(), None if reference is None else reference.layers())
+        return Isolated(parallel.layers(), incremental.layers(), None if float32 is None else float32.layers())
 
-    def float32_forward(self) -> tuple[list[LayerRecord], torch.Tensor] | str:
+    def float32_forward(self) -> tuple[list[LayerOutput], torch.Tensor] | str:
         """The same inputs through the model computed in float32 (its weights upcast for the call, the
-        eager float32 attention; `Engine.forward_float32`): every layer's records (outputs, no lse)
-        and the logits ``[B, T, vocab]``; or why it could not run, in a line for the report."""
+        eager float32 attention; `Engine.forward_float32`): every layer's attention output and the
+        logits ``[B, T, vocab]``; or why it could not run, in a line for the report."""
         forward = getattr(self.model, "forward_float32", None)
         if forward is None:
             return f"the {self.model.engine} engine has no float32 forward"
-        capture = Capture(residuals=False, n_layers=self.model.layout.n_layers, lse=False)
+        capture = OutputCapture(lse=False)
         try:
             logits = forward(self.inputs.ids, recorder=capture, mask=self.inputs.padding,
                              positions=self.inputs.positions)
         except (MemoryError, torch.OutOfMemoryError) as exc:
             return f"no float32 forward: {exc}"
+        except RuntimeError as exc:  # a failed allocation on the CPU
+            if "alloc" not in str(exc) and "memory" not in str(exc):
+                raise
+            return f"no float32 forward: {str(exc).splitlines()[0]}"
         return capture.layers(), logits.float()
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:

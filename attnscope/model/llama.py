@@ -316,7 +316,8 @@ class Transformer(nn.Module):
         `step(done, total)` after each token of each layer."""
         T = ids.shape[1]
         x, rope = self._embed(ids, 0, positions)  # (B, T, hidden)
-        ropes = [self.rotary_emb(t, 1, None if positions is None else positions[:, t:t + 1], x.dtype, ids.device)
+        # each token's rotary angles as a decode step gets them: `_embed` after the t tokens cached
+        ropes = [self._embed(ids[:, t:t + 1], t, None if positions is None else positions[:, t:t + 1])[1]
                  for t in range(T)]
         rope32 = self.rotary_emb(0, T, positions, torch.float32, ids.device) if reference is not None else None
         attend = attend or eager_attend
@@ -335,9 +336,17 @@ class Transformer(nn.Module):
 
     def forward_float32(self, ids: torch.Tensor, recorder: Recorder | None = None, mask: MaskSpec | None = None,
                         positions: torch.Tensor | None = None) -> torch.Tensor:
-        """`forward` computed in float32 whatever the weights' dtype (upcast for this call), with the
-        eager float32 attention: logits ``[B, T, vocab]``."""
-        return in_float32(self, ids, None, recorder, eager_attend, mask, positions)
+        """`forward` computed in float32 whatever the weights' dtype, with the eager float32 attention:
+        logits ``[B, T, vocab]``. A module at a time (`in_float32`: the embedding, each block, the norm
+        and the head upcast for their call), so the float32 weights of one block, never of the whole
+        model, exist at once besides the model's own."""
+        x = in_float32(self.embed_tokens, ids)  # (B, T, hidden) float32
+        rope = self.rotary_emb(0, ids.shape[1], positions, torch.float32, ids.device)
+        for i, block in enumerate(self.layers):
+            x = in_float32(block, x, rope, eager_attend, None, recorder, self._layer_mask(i, mask))
+            if recorder is not None:
+                recorder.residual(i, x)
+        return in_float32(self.lm_head, in_float32(self.norm, x))
 
     def _embed(self, ids: torch.Tensor, past: int, positions: torch.Tensor | None):
         """The embeddings ``[B, T, hidden]`` of ids ``[B, T]`` that follow `past` tokens, and the cos and

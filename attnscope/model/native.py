@@ -98,9 +98,12 @@ class LoadedModel:
 
     def forward_float32(self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None,
                         positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of `forward` computed in float32 with the eager attention (`Transformer.forward_float32`);
-        a `MemoryError` when a float32 copy of the weights cannot fit beside the model."""
-        check_float32_copy_fits(self.net, self.device)
+        """Logits of `forward` computed in float32 with the eager attention (`Transformer.forward_float32`,
+        a module at a time); a `MemoryError` when the largest module's float32 copy (the embedding, as
+        a rule) cannot fit beside the model."""
+        net = self.net
+        pieces = [net.embed_tokens, net.lm_head, *net.layers]  # what is upcast at once, one at a time
+        check_float32_copy_fits(max(pieces, key=lambda m: sum(p.numel() for p in m.parameters())), self.device)
         return self.net.forward_float32(ids, recorder=recorder, mask=mask, positions=positions)
 
     def decode(self, logits: torch.Tensor, cache: KVCache, attend: AttendFn, max_new_tokens: int, *,
