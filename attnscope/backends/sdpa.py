@@ -73,6 +73,7 @@ def attend(
             lse_keys = lse_keys.float().add(q.sum(-1, dtype=torch.float32), alpha=0.0)
     if sinks is None:
         return out, lse_keys if need_lse else None
+    assert lse_keys is not None  # want_lse: always computed when there are sinks
     return apply_sinks(out, lse_keys, sinks)
 
 

@@ -104,6 +104,14 @@ class LayerRecord:
         return self.q.shape[1] // self.k.shape[1]
 
     @property
+    def kept_lse(self) -> torch.Tensor:
+        """The lse, which the probabilities and statistics are recomputed from (a record captured
+        without it cannot give them)."""
+        if self.lse is None:
+            raise ValueError(f"layer {self.layer}'s record was captured without its lse")
+        return self.lse
+
+    @property
     def shape(self) -> tuple[int, int]:
         """(Sq, Sk) of the attention matrix."""
         return self.q.shape[2], self.k.shape[2]
@@ -123,7 +131,7 @@ class LayerRecord:
         """Float32 log attention weights q·k·scale − lse of one query head, ``[queries, keys]``; -inf
         where masked (and for every key of a row that has none)."""
         return eager.log_weights(self.q[batch, head, queries], self.k[batch, head // self.group_size, keys],
-                                 self.lse[batch, head, queries], self.allowed(head, batch)[queries, keys],
+                                 self.kept_lse[batch, head, queries], self.allowed(head, batch)[queries, keys],
                                  self.scale, self.softcap)
 
     def score(self, head: int, query: int, key: int, batch: int = 0) -> float:
@@ -144,7 +152,7 @@ class LayerRecord:
         scores = eager.cap((self.q[batch, head].float() * k).sum(-1) * self.scale, self.softcap)  # (Sq,)
         allowed = self.allowed(head, batch)[torch.arange(Sq, device=self.q.device), keys.clamp(min=0)]
         scores = scores.masked_fill(~(valid & allowed), float("-inf"))
-        return weights_from_lse(scores[:, None], self.lse[batch, head])[:, 0]
+        return weights_from_lse(scores[:, None], self.kept_lse[batch, head])[:, 0]
 
     def pooled(self, head: int, height: int, width: int, reduce: str = "max", batch: int = 0,
                queries: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
@@ -204,7 +212,7 @@ class LayerRecord:
         Hkv = self.k.shape[1]
         shape = (B, Hkv, Hq // Hkv, Sq)
         device = self.q.device
-        lse = eager.safe_lse(self.lse).view(shape)
+        lse = eager.safe_lse(self.kept_lse).view(shape)
         entropy, max_weight, first, weight_sum = (torch.zeros(shape, device=device) for _ in range(4))
         argmax, bad_scores, bad_weights = (torch.zeros(shape, dtype=torch.long, device=device) for _ in range(3))
         allowed_any = torch.zeros(shape, dtype=torch.bool, device=device)
@@ -226,7 +234,7 @@ class LayerRecord:
                 bad_weights[..., rows] = ((~torch.isfinite(p)) & allowed).sum(-1)
             # masked keys: 0 · -inf = NaN, left out; a row with a NaN weight keeps NaN (unknown, not 0)
             entropy[..., rows] = torch.where(torch.isfinite(sums), p.mul_(t).nansum(-1).neg_(), sums)
-        lse_flat = self.lse.float()
+        lse_flat = self.kept_lse.float()
         sink_weight = (torch.zeros_like(lse_flat) if self.sinks is None
                        else torch.exp(self.sinks.float().view(1, Hq, 1) - eager.safe_lse(lse_flat)))
         return RowStats(

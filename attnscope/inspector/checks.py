@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -164,7 +165,7 @@ def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: to
     parts = [_band_diff(actual[:, :, band], reference[:, :, band], atol, tol.rtol,
                         None if rows is None else rows[:, band], limit) for band in bands]
     return Diff(torch.stack([p.max_abs for p in parts]).amax(0), torch.stack([p.max_rel for p in parts]).amax(0),
-                torch.cat([p.bad_rows for p in parts], 2), torch.cat([p.row_max for p in parts], 2))
+                torch.cat([p.bad_rows for p in parts], 2), torch.cat([_row_max(p) for p in parts], 2))
 
 
 def _band_diff(actual: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float,
@@ -198,11 +199,12 @@ def compare(actual: torch.Tensor, baseline: torch.Tensor, reference: torch.Tenso
         rows: optional bool ``[B, S]`` of the rows to compare.
     """
     if not tol.calibrated or reference is None:
-        return diff(actual, baseline if delta == "baseline" else reference, tol.uncalibrated(), rows)
+        return diff(actual, baseline if delta == "baseline" or reference is None else reference, tol.uncalibrated(),
+                    rows)
     shown = diff(actual, baseline if delta == "baseline" else reference, EXACT, rows)
     noise = _noise(baseline, reference, rows)  # (H,)
     magnitude = _head_magnitude(reference) if tol.scaled else torch.ones_like(noise)
-    limit = noise * tol.factor + magnitude.clamp_min(1.0) * tol.atol  # (H,)
+    limit = noise * (tol.factor or 0.0) + magnitude.clamp_min(1.0) * tol.atol  # (H,)
     error = diff(actual, reference, EXACT, rows, limit=limit)
     return Diff(shown.max_abs, shown.max_rel, error.bad_rows, shown.row_max, error.max_abs, noise, limit)
 
@@ -232,6 +234,11 @@ def _head_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(bands).amax(0) if bands else torch.zeros(H, device=x.device)
 
 
+def _row_max(d: Diff) -> torch.Tensor:
+    assert d.row_max is not None  # `_band_diff` always sets it
+    return d.row_max
+
+
 def _finite_abs(x: torch.Tensor) -> torch.Tensor:
     """|x| in float32 where x is finite, 0 where it is NaN or ±inf (a new tensor)."""
     return torch.nan_to_num(x.float().abs(), nan=0.0, posinf=0.0)
@@ -257,7 +264,7 @@ def _first_failing(diffs: list[Diff]) -> tuple[int, tuple[int, int, int]] | None
 def nan_check(run: Run, step: Step | None = None) -> Check:
     """NaN/Inf anywhere in the forward pass, localized to the first layer, stage, head and position."""
     counts = dict.fromkeys((*STAGES, "logits"), 0)
-    first = None
+    first: dict[str, Any] | None = None
     for rec in run.records:
         stats = rec.stats
         per_stage = {"scores": stats.nonfinite_scores, "weights": stats.nonfinite_weights,
@@ -283,17 +290,17 @@ def nan_check(run: Run, step: Step | None = None) -> Check:
     if first is None and counts["logits"]:
         pos = logits_bad.nonzero()[0]
         first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}
-    passed = first is None
-    message = "no NaN or Inf" if passed else (
+    message = "no NaN or Inf" if first is None else (
         f"first non-finite value at layer {first['layer']}, stage {first['stage']}"
         + (f", head {first['head']}" if first["head"] is not None else "") + f", position {first['position']}")
-    return Check("nan", passed, {"nonfinite_counts": counts}, first, message)
+    return Check("nan", first is None, {"nonfinite_counts": counts}, first, message)
 
 
 def masked_rows_check(run: Run) -> Check:
     """Query rows of real tokens with no allowed key; rows whose weights (and sink) do not sum to 1."""
     real = run.inputs.real  # (B, T) bool
-    empty, off = [], []
+    empty: list[dict] = []
+    off: list[dict] = []
     worst = 0.0
     for rec in run.records:
         stats = rec.stats
@@ -307,7 +314,7 @@ def masked_rows_check(run: Run) -> Check:
         for kind, found in ((empty, e), (off, o)):
             for b, h, s in found.nonzero().tolist()[:50]:
                 kind.append({"layer": rec.layer, "head": h, "position": s, "batch": b})
-    where = (empty or off or [None])[0]
+    where = (empty or off)[0] if empty or off else None
     passed = not empty and not off
     padding_rows = sum(int((rec.stats.fully_masked & ~real[:, None, :]).sum()) for rec in run.records)
     message = "every real query row has keys and weights summing to 1" if passed else (
@@ -471,13 +478,17 @@ def _per_layer(diffs: list[Diff]) -> list:
 
 def _worst_ratio(diffs: list[Diff]) -> float | None:
     """The largest error vs float32 over its limit of calibrated diffs (None when none is)."""
-    ratios = [(d.error / d.limit).max() for d in diffs if d.limit is not None and d.limit.numel()]
-    return json_number(round(float(torch.stack(ratios).max()), 4)) if ratios else None
+    ratios = [(d.error / d.limit).max() for d in diffs
+              if d.error is not None and d.limit is not None and d.limit.numel()]
+    if not ratios:
+        return None
+    ratio = json_number(round(float(torch.stack(ratios).max()), 4))
+    return ratio if isinstance(ratio, float) else float("inf")
 
 
 def _over(d: Diff, head: int) -> str:
     """How far over its calibrated limit a head is, for a message ("" for a constant tolerance)."""
-    if d.limit is None:
+    if d.limit is None or d.error is None:
         return ""
     return (f"; error vs float32 {float(d.error[head]):.3g} > limit {float(d.limit[head]):.3g}, "
             f"{RULE_FACTOR:g}x the parallel path's own")
@@ -499,7 +510,8 @@ def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = Non
                               **features)
         rows = run.inputs.real[:, -rec.q.shape[2]:]
         if tol.calibrated and rec.q.dtype in HALF:
-            baseline = eager.attend_rounded(rec.q, rec.k, rec.v, rec.mask, rec.scale, **features)
+            baseline = eager.attend_rounded(rec.q, rec.k, rec.v, rec.mask, rec.scale, softcap=rec.softcap,
+                                            sinks=rec.sinks)
             d = compare(rec.out, baseline, ref, tol, rows, delta="reference")
             del baseline
         else:
@@ -538,7 +550,8 @@ def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = Non
     tol, calibration = causality_tolerance(run, tol)
     with torch.inference_mode():
         rerun = run.rerun(ids) if tol.calibrated and cut_points else None
-    worst, first = 0.0, None
+    worst = 0.0
+    first: dict[str, Any] | None = None
     for n, p in enumerate(cut_points):
         if step is not None:
             step(n, len(cut_points))

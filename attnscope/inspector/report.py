@@ -30,17 +30,18 @@ class Token:
 class HeadStats:
     head: int  # query head index
     kv_head: int  # the kv head it reads (GQA)
-    entropy: float  # mean over query rows, in nats
-    max_weight: float  # mean over query rows of the row's largest weight
-    first_token_mass: float  # mean over query rows of the weight on position 0 (attention sink)
+    # numbers as JSON holds them (`json_number`): a float, or "nan" / "inf" / "-inf"
+    entropy: float | str  # mean over query rows, in nats
+    max_weight: float | str  # mean over query rows of the row's largest weight
+    first_token_mass: float | str  # mean over query rows of the weight on position 0 (attention sink)
     nonfinite: int = 0  # NaN/Inf values in this head's scores, weights and output
     fully_masked_rows: int = 0  # query rows of real tokens with no allowed key
     full_vs_incremental: float | str | None = None  # max |Δ| of the attention output (None: not checked)
     backend_vs_reference: float | str | None = None  # max |Δ| against eager float32 (None: not checked)
     flags: list[str] = field(default_factory=list)  # checks that found a problem in this head
     role: str | None = None  # induction, previous_token, sink, local, broad (None: no clear role)
-    role_scores: dict[str, float] | None = None  # None when roles were not scored
-    sink_share: float | None = None  # mean over query rows of the learned sink's share (gpt-oss); None: no sinks
+    role_scores: dict[str, float | str] | None = None  # None when roles were not scored
+    sink_share: float | str | None = None  # mean over rows of the learned sink's share (gpt-oss); None: no sinks
 
 
 @dataclass

@@ -135,7 +135,7 @@ class Result:
 
         Sq, Sk = rec.shape
         probs = kernels.attention_probs(
-            rec.q[batch, head], rec.k[batch, head // rec.group_size], rec.lse[batch, head], scale=rec.scale,
+            rec.q[batch, head], rec.k[batch, head // rec.group_size], rec.kept_lse[batch, head], scale=rec.scale,
             causal=True, window=kernels.mask_window(rec.mask), q_offset=Sk - Sq, rows=queries, cols=keys,
             pool=(height, width), reduce=reduce)
         return probs.cpu().numpy()

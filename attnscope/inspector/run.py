@@ -55,7 +55,8 @@ class Inputs:
     @property
     def shape(self) -> tuple[int, int]:
         """(B, T)."""
-        return tuple(self.ids.shape)
+        B, T = self.ids.shape
+        return B, T
 
     def last(self) -> torch.Tensor:
         """[B] index of each row's last real token."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -148,6 +149,7 @@ class Attention(nn.Module):
         # This layer's mask. With a KV cache the scores are (new tokens) x (cache + new tokens):
         # the spec is bottom-right aligned, so new token i at position past + i sees keys <= past + i.
         if config.layer_types[layer] == "sliding_attention":
+            assert config.sliding_window is not None  # ModelConfig gives sliding layers a window
             self.mask: MaskSpec = causal() & sliding_window(config.sliding_window)
         else:
             self.mask = causal()
@@ -165,7 +167,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, Hq, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -232,9 +234,14 @@ class Transformer(nn.Module):
         self.rotary_emb = RotaryEmbedding(config)
 
     @property
+    def blocks(self) -> list[Block]:
+        """The decoder blocks, in order (``self.layers``, typed)."""
+        return [block for block in self.layers if isinstance(block, Block)]
+
+    @property
     def masks(self) -> list[MaskSpec]:
         """The mask spec of each layer."""
-        return [block.self_attn.mask for block in self.layers]
+        return [block.self_attn.mask for block in self.blocks]
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         w = self.embed_tokens.weight
@@ -322,7 +329,7 @@ class Transformer(nn.Module):
         rope32 = self.rotary_emb(0, T, positions, torch.float32, ids.device) if reference is not None else None
         attend = attend or eager_attend
         n = len(self.layers)
-        for i, block in enumerate(self.layers):
+        for i, block in enumerate(self.blocks):
             layer_mask = self._layer_mask(i, mask)
             for t in range(T):
                 cache.length = t  # the tokens this layer has cached before token t
@@ -355,7 +362,7 @@ class Transformer(nn.Module):
         return x, self.rotary_emb(past, ids.shape[1], positions, x.dtype, ids.device)
 
     def _layer_mask(self, i: int, mask: MaskSpec | None) -> MaskSpec:
-        own = self.layers[i].self_attn.mask
+        own = cast(Block, self.layers[i]).self_attn.mask
         return own if mask is None else own & mask
 
     def _layer(self, i: int, x, rope, attend: AttendFn, cache: KVCache | None, recorder: Recorder | None,
