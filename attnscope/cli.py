@@ -212,9 +212,7 @@ JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML 
 
 
 def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
-    """The --prompt texts, then the prompts file's lines (`-`: stdin). Lines end at a newline only
-    (with a carriage return before it dropped): a form feed or another Unicode line separator stays
-    inside its prompt; blank lines are skipped; a literal \\n is a newline."""
+    """The --prompt texts, then the prompts file's (`-`: stdin), by `attnscope.prompts.prompt_lines`."""
     found = list(prompts)
     if prompts_file is not None:
         stdin = str(prompts_file) == "-"
@@ -230,8 +228,9 @@ def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
         except UnicodeDecodeError as exc:
             raise fail(f"--prompts {prompts_file}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
                        f"{exc.start})") from None
-        lines = [line.removesuffix("\r") for line in text.split("\n")]
-        found += [line.replace("\\n", "\n") for line in lines if line.strip()]
+        from attnscope.prompts import prompt_lines
+
+        found += prompt_lines(text)
     if not found:
         raise fail("give at least one --prompt TEXT or --prompts FILE (one prompt per line)")
     return found

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # functions alike); the package faces (`attnscope/__init__.py`, `attnscope.kernels`' lazy entry)
 # are the exceptions. The front ends (render, tui, cli) sit on top of the headless core.
 LAYERS = [
-    ("attnscope.errors", "attnscope.pooling", "attnscope.masks", "attnscope.samples", "attnscope.sample_models"),
+    ("attnscope.errors", "attnscope.pooling", "attnscope.masks", "attnscope.samples", "attnscope.sample_models",
+     "attnscope.prompts"),
     ("attnscope.backends", "attnscope.kernels"),
     ("attnscope.engine", "attnscope.model", "attnscope.hf"),
     ("attnscope.inspector",),

@@ -19,6 +19,11 @@ Two optional features, passed only when a layer uses them (models of the ``hf`` 
   and takes probability mass but has no value (gpt-oss). The lse includes it, so the weights
   recomputed from the lse are the model's own and sum to less than 1.
 
+A backend may also offer ``attend.pooled_probabilities(q [Sq, D], k [Sk, D], lse [Sq], *, scale,
+mask, q_offset, rows, cols, pool, reduce) -> [h, w]``: how the views get a pooled map of one head
+from its own kernel (the triton backend's probability kernel); without it they recompute the map
+from q, k and the lse in float32.
+
 A backend implements a feature by accepting its keyword; the caller refuses a backend that does
 not (`require_features`), naming the feature: it is never silently computed without it.
 

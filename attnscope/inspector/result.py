@@ -125,19 +125,18 @@ class Result:
     def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
                          batch: int = 0, queries: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
         """A height × width pooled map (numpy float32) of one head, computed tile by tile: for
-        screens and long prompts, never materializing the full matrix. With the triton backend
-        the map comes from the probability kernel (`attnscope.kernels.attention_probs`)."""
+        screens and long prompts, never materializing the full matrix. A backend whose attend
+        function offers ``pooled_probabilities`` (`attnscope.backends`: the triton backend's
+        probability kernel) computes it; else the eager recomputation from q, k and the lse."""
         rec = self.check_place(layer, head)
         check_region(rec, queries, keys, batch)
-        if self.backend != "triton":
+        pooled = getattr(self.run.attend, "pooled_probabilities", None)
+        if pooled is None:
             return rec.pooled(head, height, width, reduce, batch, queries, keys)
-        from attnscope import kernels
-
         Sq, Sk = rec.shape
-        probs = kernels.attention_probs(
-            rec.q[batch, head], rec.k[batch, head // rec.group_size], rec.kept_lse[batch, head], scale=rec.scale,
-            causal=True, window=kernels.mask_window(rec.mask), q_offset=Sk - Sq, rows=queries, cols=keys,
-            pool=(height, width), reduce=reduce)
+        probs = pooled(rec.q[batch, head], rec.k[batch, head // rec.group_size], rec.kept_lse[batch, head],
+                       scale=rec.scale, mask=rec.mask, q_offset=Sk - Sq, rows=queries, cols=keys,
+                       pool=(height, width), reduce=reduce)
         return probs.cpu().numpy()
 
     def attention_group(self, layer: int, kv_head: int, batch: int = 0, reduce: str | None = None) -> torch.Tensor:

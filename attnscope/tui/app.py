@@ -28,6 +28,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from attnscope.prompts import escape, unescape
 from attnscope.tui.heatmap_view import FAILED, WAITING, HeatmapView
 from attnscope.tui.help import HelpScreen
 from attnscope.tui.messages import CheckFinished, CursorMoved, LayerArrived, RunFailed, RunFinished
@@ -41,11 +42,6 @@ def one_line(error: BaseException) -> str:
     """An unexpected exception as one line: its type and message."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def prompt_text(field: str) -> str:
-    """The prompt a one-line prompt field holds: ``\\n`` is a newline."""
-    return field.replace("\\n", "\n")
 
 
 class Cancelled(Exception):
@@ -96,7 +92,7 @@ class AttnScopeApp(App):
                 yield Navigator(id="nav")
             with Vertical(id="main"):
                 text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
-                yield Input(value=text.replace("\n", "\\n"), id="prompt",
+                yield Input(value=escape(text), id="prompt",
                             placeholder="type a prompt and press enter (\\n for a newline)",
                             select_on_focus=False)  # tabbing in must not make typing replace the prompt
                 yield Static("", id="error")
@@ -257,7 +253,7 @@ class AttnScopeApp(App):
         """Run the prompt; the cursor stays in it, so what is typed next is still text, never keys."""
         if not event.value.strip():
             return self.notify("the prompt is empty", severity="warning")
-        self.start_run(prompt_text(event.value))
+        self.start_run(unescape(event.value))
 
     def on_cursor_moved(self, message: CursorMoved) -> None:
         self.query_one(Details).info = message.info
@@ -343,7 +339,7 @@ class AttnScopeApp(App):
 
     def action_rerun(self) -> None:
         if (prompt := self.query_one("#prompt", Input).value).strip():
-            self.start_run(prompt_text(prompt))
+            self.start_run(unescape(prompt))
 
     def action_next_token(self) -> None:
         """Append the greedy next token to the analyzed sequence and run again."""
