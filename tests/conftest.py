@@ -217,3 +217,18 @@ def model_copy(zoo, tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def samples() -> dict[str, Path]:
+    """The sample models by name (`attnscope.samples.sample_models()`); fails, never skips, when a
+    committed one is missing (see tests/support/samples.py)."""
+    from support.samples import committed_samples
+
+    return committed_samples()
+
+
+@pytest.fixture(scope="session")
+def tiny_code(samples) -> Path:
+    """The directory of the committed tiny-code sample model."""
+    return samples["tiny-code"]

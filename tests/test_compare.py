@@ -26,12 +26,9 @@ from test_cli import assert_user_error, invoke
 import attnscope
 from attnscope.errors import UserError
 from attnscope.inspector.compare import SCHEMA, compare_document
-from attnscope.model.loader import sample_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = sample_models().get("tiny-code")
-needs_tiny = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
 ARGS = dict(layers=3, vocab=1024, hidden=64, max_positions=256)
 IDS = torch.randint(1, 1024, (40,), generator=torch.Generator().manual_seed(0)).tolist()
 LAYER, KV_HEAD = 1, 1  # where the faults are planted
@@ -136,13 +133,11 @@ def test_probabilities_and_js_equal_the_dense_matrices(model):
     assert 0 < float(c.js_mean.max()) <= math.log(2)
 
 
-def test_layouts_and_tokenizations_must_match(model, tmp_path):
+def test_layouts_and_tokenizations_must_match(model, tmp_path, tiny_code):
     with pytest.raises(UserError, match="layers is 3 in A and 2 in B"):
         attnscope.compare(model, random_model(**{**ARGS, "layers": 2}), IDS)
-    if TINY is None:
-        return
-    a = save_hf_dir(model, tmp_path / "a", tokenizer_from=TINY)
-    b = save_hf_dir(model, tmp_path / "b", tokenizer_from=TINY)
+    a = save_hf_dir(model, tmp_path / "a", tokenizer_from=tiny_code)
+    b = save_hf_dir(model, tmp_path / "b", tokenizer_from=tiny_code)
     (b / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))
     with pytest.raises(UserError, match=r"token 0 is 0 \('<\|endoftext\|>'\) in a and 316 \('def'\) in b"):
         attnscope.compare(str(a), str(b), "def f(x):")
@@ -152,11 +147,9 @@ def test_layouts_and_tokenizations_must_match(model, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dirs(model, tmp_path_factory) -> dict[str, Path]:
-    if TINY is None:
-        pytest.skip("the tiny-code sample model is not built")
+def dirs(model, tmp_path_factory, tiny_code) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compare")
-    return {part or "same": save_hf_dir(perturbed(model, part), root / (part or "same"), tokenizer_from=TINY)
+    return {part or "same": save_hf_dir(perturbed(model, part), root / (part or "same"), tokenizer_from=tiny_code)
             for part in ("", "k_proj")}
 
 
@@ -187,18 +180,18 @@ def test_cli_exit_0_against_itself_and_1_on_a_divergence(dirs, tmp_path):
     assert svg.read_text().startswith("<svg")
 
 
-def test_cli_bad_input_is_one_line(dirs, tmp_path):
+def test_cli_bad_input_is_one_line(dirs, tmp_path, tiny_code):
     assert_user_error(invoke("compare", "-m", str(dirs["same"]), "-p", "x"), "give two models")
     assert_user_error(invoke("compare", "-m", str(dirs["same"]), "-m", str(dirs["same"])), "--prompt")
     other = random_model(**{**ARGS, "layers": 2})
-    two = save_hf_dir(other, tmp_path / "two", tokenizer_from=TINY)
+    two = save_hf_dir(other, tmp_path / "two", tokenizer_from=tiny_code)
     out = tmp_path / "c.json"
     assert_user_error(invoke("compare", "-m", str(dirs["same"]), "-m", str(two), "-p", "x", "--json", str(out)),
                       "different layouts: layers is 3 in same and 2 in two")
     assert not out.exists()
 
 
-@needs_tiny
+@pytest.mark.usefixtures("samples")  # tiny-code and tiny-code-q4: missing, the test fails
 def test_the_quantized_sample_diverges_from_tiny_code():
     result = invoke("compare", "-m", "tiny-code", "-m", "tiny-code-q4", "-p", "def f(x):")
     assert result.exit_code == 1, result.output

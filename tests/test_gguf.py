@@ -37,8 +37,6 @@ from attnscope.sample_models.make_gguf import Vocab, bpe_vocab, quantize, write_
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TINY = sample_models().get("tiny-code")
-needs_tiny = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
 TEXTS = ["def fibonacci(n):\n    if n < 2:\n        return n", "  two leading spaces", "tabs\tand  gaps",
          "unicode: é ü 🙂 ∑", "<|endoftext|> in the text", "12345 numbers 3.14"]
@@ -70,7 +68,7 @@ def spm_vocab() -> Vocab:
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory) -> dict[str, tuple[Path, Vocab | None]]:
+def sources(tmp_path_factory, tiny_code) -> dict[str, tuple[Path, Vocab | None]]:
     """The models the files are written from: HF directories, and the vocabulary to write (None: the
     directory's byte-level BPE)."""
     root = tmp_path_factory.mktemp("gguf-sources")
@@ -78,12 +76,11 @@ def sources(tmp_path_factory) -> dict[str, tuple[Path, Vocab | None]]:
     out = {
         # Qwen3 with head_dim 128 (transformers' GGUF loader reads no head_dim for qwen3 and takes its default)
         "qwen3": (hf_dir(build_hf_model("qwen3", seed=3, vocab_size=1024, hidden_size=256, intermediate_size=512,
-                                        head_dim=128), root / "qwen3", TINY), None),
+                                        head_dim=128), root / "qwen3", tiny_code), None),
         "llama-spm": (hf_dir(build_hf_model("llama-gqa", seed=4, vocab_size=len(vocab.tokens)), root / "llama-spm"),
                       vocab),
+        "tiny-code": (tiny_code, None),
     }
-    if TINY is not None:
-        out["tiny-code"] = (TINY, None)
     return out
 
 
@@ -142,12 +139,11 @@ def test_logits_and_tokens_match_transformers_gguf_loading(sources, name, kind, 
         torch.testing.assert_close(result.logits, expected, atol=1e-4, rtol=0)
 
 
-@needs_tiny
-def test_the_llama_q_k_permutation_is_undone(sources, tmp_path, monkeypatch):
+def test_the_llama_q_k_permutation_is_undone(sources, tmp_path, monkeypatch, tiny_code):
     """The rows of q and k come back in Hugging Face's order; left in llama.cpp's the logits are far off
     (the parity above rests on it)."""
     file = write(sources, "tiny-code", "F32", tmp_path)
-    original = attnscope.Scope(attnscope.load_model(TINY)).run(PROMPT).logits
+    original = attnscope.Scope(attnscope.load_model(tiny_code)).run(PROMPT).logits
     torch.testing.assert_close(attnscope.Scope(attnscope.load_model(file)).run(PROMPT).logits, original,
                                atol=0, rtol=0)
     init = gguf_loader.GGUFTensors.__init__
@@ -164,14 +160,13 @@ def test_the_llama_q_k_permutation_is_undone(sources, tmp_path, monkeypatch):
 # ---- (b) F32 / F16 files reproduce the model they came from ----------------------------------------------
 
 
-@needs_tiny
 @pytest.mark.parametrize("kind", ["F32", "F16"])
-def test_float_files_reproduce_tiny_code(sources, kind, tmp_path):
+def test_float_files_reproduce_tiny_code(sources, kind, tmp_path, tiny_code):
     """tiny-code's weights are float16: both files hold exactly its weights, so the logits are equal."""
     file = write(sources, "tiny-code", kind, tmp_path)
     model = attnscope.load_model(file)
     assert model.name == f"tiny-code-{kind}" and model.config.tie_word_embeddings
-    original = attnscope.Scope(attnscope.load_model(TINY)).run(PROMPT)
+    original = attnscope.Scope(attnscope.load_model(tiny_code)).run(PROMPT)
     result = attnscope.Scope(model).run(PROMPT)
     assert result.ids == original.ids
     torch.testing.assert_close(result.logits, original.logits, atol=0, rtol=0)
@@ -323,13 +318,13 @@ def test_bad_files_are_one_line_errors(bad_files, name):
     assert expected in str(info.value) and file.name in str(info.value)
 
 
-def test_bad_files_exit_2_with_one_line_on_every_command(bad_files, tmp_path):
+def test_bad_files_exit_2_with_one_line_on_every_command(bad_files, tmp_path, tiny_code):
     """Through the CLI: exit code 2, one line on stderr, no traceback, no output file."""
     out = tmp_path / "report.json"
     for name in ("truncated-data", "unsupported-type"):
         file, expected = bad_files[name]
         for args in (["run", "-p", "def f(x):", "--json", str(out)], ["check", "-p", "x"], ["heads"],
-                     ["compare", "-m", str(TINY), "-p", "x", "--json", str(out)]):
+                     ["compare", "-m", str(tiny_code), "-p", "x", "--json", str(out)]):
             assert_user_error(invoke(*args, "-m", str(file)), expected)
         assert not out.exists()
 

@@ -14,9 +14,7 @@ from typer.testing import CliRunner
 import attnscope
 from attnscope.cli import app
 from attnscope.inspector.heads import REPEAT_LENGTH, THRESHOLDS, pick_role, repeated_sequence
-from attnscope.model.loader import sample_models
 
-INDUCTION = sample_models().get("tiny-induction")
 MODEL_ARGS = dict(layers=2, vocab=64, hidden=64, max_positions=256, seed=1, bos_token_id=0)
 
 
@@ -55,9 +53,8 @@ def test_role_choice():
     assert pick_role({"induction": 0.1, "previous_token": 0.1, "sink": 0.3, "local": 0.3, "broad": 0.5}) is None
 
 
-@pytest.mark.skipif(INDUCTION is None, reason="the tiny-induction sample model is not built")
-def test_tiny_induction_heads_are_found_as_documented():
-    card = (INDUCTION / "README.md").read_text()
+def test_tiny_induction_heads_are_found_as_documented(samples):
+    card = (samples["tiny-induction"] / "README.md").read_text()
     documented = {(int(layer), int(head), role) for layer, head, role in
                   re.findall(r"layer (\d+) head (\d+): (induction|previous_token)", card)}
     assert any(role == "induction" for *_, role in documented)
@@ -69,7 +66,7 @@ def test_tiny_induction_heads_are_found_as_documented():
     assert any(r.role == "induction" for r in roles[1])
 
 
-@pytest.mark.skipif(INDUCTION is None, reason="the tiny-induction sample model is not built")
+@pytest.mark.usefixtures("samples")  # tiny-induction: missing, the test fails
 def test_heads_command(tmp_path):
     out = tmp_path / "roles.json"
     result = CliRunner().invoke(app, ["heads", "-m", "tiny-induction", "--json", str(out)])

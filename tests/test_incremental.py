@@ -12,6 +12,7 @@ from functools import partial
 import pytest
 import torch
 from conftest import SEQ_LEN
+from support.samples import COMMITTED_SAMPLES
 
 import attnscope
 from attnscope.backends import get_backend
@@ -208,15 +209,13 @@ def test_cache_overflow_raises(zoo):
         net(zoo["llama-gqa"].ids(5), cache)
 
 
-SAMPLE_MODELS = sorted(name for name in sample_models() if not name.startswith("broken/"))  # the healthy ones
+# the healthy ones: every committed one (missing, the `samples` fixture fails the test) and any other found
+SAMPLE_MODELS = sorted(name for name in {*COMMITTED_SAMPLES, *sample_models()} if not name.startswith("broken/"))
 
 
-@pytest.mark.parametrize(
-    "sample",
-    SAMPLE_MODELS or [pytest.param(None, marks=pytest.mark.skip(reason="no bundled sample models yet"))],
-)
+@pytest.mark.parametrize("sample", SAMPLE_MODELS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sample_model_full_equals_incremental(sample, backend):
+def test_sample_model_full_equals_incremental(sample, backend, samples):
     model = attnscope.load_model(sample)
     net = model.net
     T = min(40, net.config.max_position_embeddings)

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from models import random_model
 
 import attnscope
-import attnscope.samples
 from attnscope import kernels, masks
 from attnscope.backends import get_backend
 from attnscope.backends.eager import attend as eager_attend
@@ -298,7 +297,7 @@ def test_scope_with_triton_backend_passes_every_check(sliding_window):
                                    atol=1e-5)
 
 
-@pytest.mark.skipif(attnscope.samples.sample_models().get("tiny-code") is None, reason="no tiny-code")
+@pytest.mark.usefixtures("tiny_code")  # the committed default model: missing, the test fails
 def test_check_command_with_the_triton_backend_on_the_default_model():
     from typer.testing import CliRunner
 

@@ -10,24 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 from models import random_model, save_hf_dir
+from support.samples import sample
 from textual.widgets import Input, OptionList, Static, TabbedContent
 
-from attnscope.model.loader import sample_models
 from attnscope.tui.app import AttnScopeApp
 from attnscope.tui.heatmap_view import HeatmapView
 from attnscope.tui.navigator import Navigator
 
-TINY = sample_models().get("tiny-code")
-# a small random model, saved in HF layout with the tiny-code tokenizer when present (else token ids)
+# a small random model, saved in HF layout with the tiny-code tokenizer
 MODEL_ARGS = dict(layers=3, vocab=1024, hidden=64, max_positions=512)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return save_hf_dir(random_model(**MODEL_ARGS), tmp_path_factory.mktemp("tui") / "random", tokenizer_from=TINY)
-
-
-needs_tokenizer = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
+def model_dir(tmp_path_factory, tiny_code) -> Path:
+    return save_hf_dir(random_model(**MODEL_ARGS), tmp_path_factory.mktemp("tui") / "random",
+                       tokenizer_from=tiny_code)
 
 
 async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
@@ -45,7 +42,6 @@ def finished(app: AttnScopeApp):
 PROMPT = "def fibonacci(n):\n    if n < 2:\n        return n"
 
 
-@needs_tokenizer
 async def test_navigate_heads_and_move_the_cell_cursor(model_dir):
     app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
     async with app.run_test(size=(120, 36)) as pilot:
@@ -80,7 +76,6 @@ async def test_navigate_heads_and_move_the_cell_cursor(model_dir):
         assert (view.layer_idx, view.head_idx) == (2, 3)
 
 
-@needs_tokenizer
 async def test_zoom_into_a_long_prompt_and_back(model_dir):
     app = AttnScopeApp(model=str(model_dir), prompt="x = 1\n" * 60, device="cpu")
     async with app.run_test(size=(100, 30)) as pilot:
@@ -95,7 +90,6 @@ async def test_zoom_into_a_long_prompt_and_back(model_dir):
         assert not view.zoomed and not view.current().exact
 
 
-@needs_tokenizer
 async def test_next_token_grows_the_heatmap_by_one_row(model_dir):
     app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
     async with app.run_test(size=(120, 36)) as pilot:
@@ -113,7 +107,7 @@ def nan_model_dir(tmp_path):
     model = random_model(**MODEL_ARGS)
     with torch.no_grad():
         model.net.layers[1].self_attn.k_proj.weight[0, 0] = float("nan")
-    return save_hf_dir(model, tmp_path / "nan", tokenizer_from=TINY)
+    return save_hf_dir(model, tmp_path / "nan", tokenizer_from=sample("tiny-code"))
 
 
 async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
@@ -136,7 +130,6 @@ async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
         assert "✖" in glyphs
 
 
-@needs_tokenizer
 async def test_changing_the_prompt_while_running_cancels_the_old_run(model_dir):
     app = AttnScopeApp(model=str(model_dir), prompt="import os\n" * 40, device="cpu")
     async with app.run_test(size=(120, 36)) as pilot:
@@ -148,7 +141,6 @@ async def test_changing_the_prompt_while_running_cancels_the_old_run(model_dir):
         assert "".join(app.result.tokens[1:]) == "def f(x):"
 
 
-@needs_tokenizer
 async def test_resize_to_80x24_and_bad_model_path(model_dir, tmp_path):
     app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
     async with app.run_test(size=(140, 40)) as pilot:
@@ -173,7 +165,6 @@ async def test_resize_to_80x24_and_bad_model_path(model_dir, tmp_path):
         await wait_for(pilot, lambda: "the run failed" in "".join(s.text for s in view.render_line(0)))
 
 
-@needs_tokenizer
 async def test_help_and_screenshot(model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
@@ -214,7 +205,6 @@ def rendered(widget) -> list[str]:
     return ["".join(segment.text for segment in widget.render_line(y)) for y in range(widget.size.height)]
 
 
-@needs_tokenizer
 async def test_text_typed_after_enter_stays_in_the_prompt(model_dir, tmp_path, monkeypatch):
     """After enter the cursor stays in the prompt: what is typed next is text, never `s` (an SVG in
     the current directory) or `n` (one more decoded token). Tabbing in keeps the text."""
@@ -245,7 +235,6 @@ async def test_text_typed_after_enter_stays_in_the_prompt(model_dir, tmp_path, m
         assert prompt.value == "def f(x):sn!"
 
 
-@needs_tokenizer
 async def test_a_multi_line_prompt_is_one_line_with_backslash_n(model_dir):
     app = AttnScopeApp(model=str(model_dir), prompt="def f(x):\n    return x", device="cpu")
     async with app.run_test(size=(120, 36)) as pilot:
@@ -258,7 +247,6 @@ async def test_a_multi_line_prompt_is_one_line_with_backslash_n(model_dir):
         assert "".join(app.result.tokens[1:]) == "def f(x):\n    return x "
 
 
-@needs_tokenizer
 async def test_tab_keys_focus_their_pane(model_dir):
     app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
     async with app.run_test(size=(120, 36)) as pilot:
@@ -272,7 +260,6 @@ async def test_tab_keys_focus_their_pane(model_dir):
         assert app.query_one("#tokens-table").cursor_row == 2 and view.cursor == (0, 0)
 
 
-@needs_tokenizer
 async def test_a_resize_recomputes_the_heatmap_and_its_title(model_dir):
     """Started at 80×24 the map is pooled; at 160×48 the same prompt gets exact cells with token labels
     (as a fresh start at that size), and back at 80×24 the overview again — never a stale title over
@@ -298,7 +285,6 @@ async def test_a_resize_recomputes_the_heatmap_and_its_title(model_dir):
             assert fresh.weights.shape == shown.weights.shape
 
 
-@needs_tokenizer
 async def test_80x24_collapses_the_navigator_and_wraps_panels(model_dir):
     app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
     async with app.run_test(size=(80, 24)) as pilot:
@@ -359,7 +345,7 @@ async def test_without_color_the_heatmap_uses_the_shade_ramp(tmp_path, monkeypat
 
 # ---- appearance -------------------------------------------------------------------------------
 
-needs_tiny = pytest.mark.skipif(TINY is None, reason="the tiny-code sample model is not built")
+needs_tiny = pytest.mark.usefixtures("tiny_code")  # the committed sample: missing, the test fails
 
 
 async def _ready(pilot):

@@ -1,0 +1,147 @@
+"""What the commands share: their options, the one-line failure, loading a model, and the checks of
+a command's arguments that only the command line has (output paths, tolerances, places)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141  # 128 + SIGINT, 128 + SIGPIPE (what a shell reports)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`), a "
+                                       "Hugging Face model directory, a GGUF file, or a Hub id (org/name) in the "
+                                       "local cache.")]
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa, flex or triton.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
+ChecksOpt = Annotated[str, typer.Option("--checks", help="Comma-separated checks to run: nan, masked_rows, "
+                                        "full_vs_incremental, backend_vs_reference, causality; 'all' or 'none'.")]
+AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance of the comparing checks "
+                                               "(default by dtype: float32 1e-5, float16 5e-3, bfloat16 1e-2).")]
+RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default by dtype: float32 1e-4, "
+                                               "float16 5e-3, bfloat16 1e-2).")]
+PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickled pytorch_model.bin weights "
+                                         "(loaded with torch.load(weights_only=True)).")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="native (attnscope's Llama-family model), hf (the "
+                                        "transformers model, any causal LM) or auto (native for llama, mistral, "
+                                        "qwen2 and qwen3, else hf).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress on stderr (there is none when stderr is "
+                                        "not a terminal).")]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line on stderr and return the exit for bad input (raise it)."""
+    typer.echo(f"attnscope: error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn the core's UserError (bad paths, files, flags, prompts) into one line and exit code 2."""
+    from attnscope.errors import UserError
+
+    try:
+        yield
+    except UserError as exc:
+        raise fail(str(exc)) from None
+
+
+def resolve_device_flag(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = "auto", bars=None):
+    """Load a model, its progress on `bars` (`attnscope.render.console.StageBars`) when given."""
+    from attnscope.model.loader import load_model
+
+    if bars is not None:
+        bars.describe("loading", f"loading {model}")
+    progress = None if bars is None else (lambda done, total, what: bars(done, total, "loading"))
+    return load_model(model, dtype=dtype, device=resolve_device_flag(device), engine=engine, allow_pickle=allow_pickle,
+                      progress=progress)
+
+
+ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "
+                                      "always or never.")]
+SvgOpt = Annotated[Path | None, typer.Option("--svg", help="Also save what is printed as SVG here.")]
+HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also save what is printed as HTML here.")]
+
+
+def validate_outputs(*flags: tuple[str, Path | None]) -> None:
+    from attnscope.output import check_output_paths
+
+    with user_errors():
+        check_output_paths(*flags)
+
+
+def validate_tolerances(atol: float | None, rtol: float | None) -> None:
+    from attnscope.inspector.checks import check_tolerance
+
+    with user_errors():
+        check_tolerance("--atol", atol)
+        check_tolerance("--rtol", rtol)
+
+
+def validate_place(scope, prompt: str, layer: int | None, head: int | None, query: int | None) -> None:
+    """The prompt, --layer, --head and --query against the model's tokenizer and layout, before the run."""
+    from attnscope.inspector.report import check_head_range
+
+    layout = scope.model.layout
+    check_head_range(layer, head, layout.n_layers, layout.n_heads)
+    n = len(scope.encode(prompt))
+    if query is not None and not 0 <= query < n:
+        raise fail(f"--query {query} is out of range (the prompt has {n} tokens: 0..{n - 1})")
+
+
+def parse_check_names(text: str) -> tuple[str, ...]:
+    from attnscope.errors import UserError
+    from attnscope.inspector.checks import parse_checks
+
+    try:
+        names = parse_checks(text)
+    except UserError as exc:
+        raise fail(str(exc)) from None
+    if not names and text.strip() != "none":
+        raise fail(f"unknown check {text!r} (give names, 'all' or 'none')")
+    return names
+
+
+PromptListOpt = Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")]
+PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
+                                                     "(\\n in a line is a newline).")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per prompt × "
+                                               "backend × check).")]
+
+
+def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """The --prompt texts, then the prompts file's (`-`: stdin), by `attnscope.prompts.prompt_lines`."""
+    found = list(prompts)
+    if prompts_file is not None:
+        stdin = str(prompts_file) == "-"
+        if not stdin and not prompts_file.exists():
+            raise fail(f"--prompts {prompts_file}: no such file")
+        if not stdin and prompts_file.is_dir():
+            raise fail(f"--prompts {prompts_file}: is a directory")
+        try:
+            data = sys.stdin.buffer.read() if stdin else prompts_file.read_bytes()
+            text = data.decode("utf-8")
+        except OSError as exc:
+            raise fail(f"--prompts {prompts_file}: cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise fail(f"--prompts {prompts_file}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                       f"{exc.start})") from None
+        from attnscope.prompts import prompt_lines
+
+        found += prompt_lines(text)
+    if not found:
+        raise fail("give at least one --prompt TEXT or --prompts FILE (one prompt per line)")
+    return found
