@@ -22,7 +22,7 @@ LAYERS = [
     ("attnscope.backends", "attnscope.kernels"),
     ("attnscope.engine", "attnscope.model", "attnscope.hf"),
     ("attnscope.inspector",),
-    ("attnscope.scope", "attnscope.testing", "attnscope.junit", "attnscope.output"),
+    ("attnscope.scope", "attnscope.session", "attnscope.testing", "attnscope.junit", "attnscope.output"),
     ("attnscope.render",),
     ("attnscope.tui", "attnscope.cli", "attnscope.__main__"),
 ]
@@ -77,7 +77,7 @@ CORE_MODULES = [
 
 def test_core_works_without_ui_libraries(tmp_path):
     """With rich/textual/typer made unimportable, the core still loads a model and runs a Scope."""
-    from conftest import build_hf_model
+    from support.models import build_hf_model
 
     path = tmp_path / "tiny"
     build_hf_model("qwen2-sliding").save_pretrained(path)

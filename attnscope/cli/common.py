@@ -51,23 +51,15 @@ def user_errors():
         raise fail(str(exc)) from None
 
 
-def resolve_device_flag(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = "auto", bars=None):
-    """Load a model, its progress on `bars` (`attnscope.render.console.StageBars`) when given."""
-    from attnscope.model.loader import load_model
+    """Load a model (`attnscope.session.Session.load`), its progress on `bars`
+    (`attnscope.render.console.StageBars`) when given."""
+    from attnscope.session import Session
 
     if bars is not None:
         bars.describe("loading", f"loading {model}")
     progress = None if bars is None else (lambda done, total, what: bars(done, total, "loading"))
-    return load_model(model, dtype=dtype, device=resolve_device_flag(device), engine=engine, allow_pickle=allow_pickle,
-                      progress=progress)
+    return Session(model, dtype=dtype, device=device, engine=engine, allow_pickle=allow_pickle).load(progress=progress)
 
 
 ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "

@@ -20,7 +20,6 @@ from attnscope.cli.common import (
     QuietOpt,
     fail,
     load,
-    resolve_device_flag,
     user_errors,
     validate_outputs,
 )
@@ -102,6 +101,7 @@ def tui(
     with user_errors():
         from attnscope.backends import get_backend
         from attnscope.model.loader import check_engine, resolve_dtype
+        from attnscope.session import resolve_device
 
         get_backend(backend)
         resolve_dtype(dtype)
@@ -109,7 +109,7 @@ def tui(
         from attnscope.tui.app import AttnScopeApp
 
         tui_app = AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype,
-                               device=resolve_device_flag(device), max_new_tokens=max_new_tokens,
+                               device=resolve_device(device), max_new_tokens=max_new_tokens,
                                allow_pickle=allow_pickle, engine=engine, compare=compare_with)
         tui_app.run()
     raise typer.Exit(tui_app.return_code or EXIT_OK)

@@ -29,6 +29,7 @@ from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual.worker import get_current_worker
 
 from attnscope.prompts import escape, unescape
+from attnscope.session import Session
 from attnscope.tui.heatmap_view import FAILED, WAITING, HeatmapView
 from attnscope.tui.help import HelpScreen
 from attnscope.tui.messages import CheckFinished, CursorMoved, LayerArrived, RunFailed, RunFinished
@@ -74,12 +75,10 @@ class AttnScopeApp(App):
                  dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False,
                  engine: str = "auto", compare: str | None = None):
         super().__init__()
-        self.model_name, self.backend, self.dtype, self.device = model, backend, dtype, device
-        self.allow_pickle, self.initial_prompt, self.max_new_tokens = allow_pickle, prompt, max_new_tokens
-        self.engine = engine
-        self.compare_name = compare  # model B of the Diff tab's "vs B", or None
-        self.loaded = None  # the engine, loaded by the first run
-        self.compared = None  # model B, loaded by the first run
+        # the models (B: the Diff tab's "vs B"), loaded by the first run, and how they run
+        self.session = Session(model, backend=backend, dtype=dtype, device=device, engine=engine,
+                               allow_pickle=allow_pickle, compare_with=compare)
+        self.initial_prompt, self.max_new_tokens = prompt, max_new_tokens
         self.result = None  # the finished run shown, or None while one runs
         self.run_id = self.checks_done = 0
         self.failure = 0  # the exit code the last run leaves: 0, 2 (bad input) or 1 (an error)
@@ -112,8 +111,9 @@ class AttnScopeApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}" + (
-            f" · vs {self.compare_name}" if self.compare_name else "")
+        session = self.session
+        self.sub_title = f"{session.model_name} · {session.backend} · {session.dtype} · {session.device}" + (
+            f" · vs {session.compare_with}" if session.compare_with else "")
         self.watch(self.query_one(Navigator), "selected", self.head_selected, init=False)
         if self.initial_prompt:
             self.start_run(self.initial_prompt)
@@ -132,17 +132,15 @@ class AttnScopeApp(App):
         self.result, self.checks_done = None, 0
         self.query_one("#error", Static).remove_class("shown")
         self.query_one(HeatmapView).no_result(WAITING)
-        self.query_one(Navigator).reset(self.model_name)
+        self.query_one(Navigator).reset(self.session.model_name)
         self.query_one(ChecksPane).clear()
-        self.query_one(StatusLine).start(loading=self.loaded is None)
+        self.query_one(StatusLine).start(loading=self.session.loaded is None)
         self.run_model(prompt, self.run_id)
 
     @work(thread=True, exclusive=True, group="run")
     def run_model(self, prompt, run_id: int) -> None:
         from attnscope.errors import UserError
         from attnscope.inspector.checks import CHECK_NAMES
-        from attnscope.model.loader import load_model
-        from attnscope.scope import Scope
 
         worker = get_current_worker()
 
@@ -153,18 +151,19 @@ class AttnScopeApp(App):
                 self.post_message(message)
 
         try:
-            if self.loaded is None:
-                self.loaded = load_model(self.model_name, dtype=self.dtype, device=self.device,
-                                         engine=self.engine, allow_pickle=self.allow_pickle)
+            n_layers = self.session.load().layout.n_layers
             post(None)
-            n_layers = self.loaded.layout.n_layers
-            result = Scope(self.loaded, backend=self.backend).run(
+            result = self.session.run(
                 prompt, max_new_tokens=self.max_new_tokens, checks=CHECK_NAMES, roles=True,
                 on_layer=lambda layer: post(LayerArrived(layer, n_layers, run_id)),
                 on_check=lambda check: post(CheckFinished(check, run_id)))
             post(None)
             result.report()  # statistics computed here, off the event loop
-            post(RunFinished(result, run_id, self.compare_with(prompt)))
+            try:
+                comparison = self.session.compare(prompt)
+            except UserError as exc:  # shown in the Diff tab, not a failed run
+                comparison = str(exc)
+            post(RunFinished(result, run_id, comparison))
         except Cancelled:
             return
         except UserError as exc:
@@ -172,27 +171,10 @@ class AttnScopeApp(App):
         except Exception as exc:  # a bug, not bad input: one line in the app too, and exit code 1
             self.post_message(RunFailed(one_line(exc), run_id, exit_code=1))
 
-    def compare_with(self, prompt):
-        """The comparison of the prompt against the --compare model (in the worker), the error that
-        stopped it, or None without one."""
-        from attnscope.errors import UserError
-        from attnscope.model.loader import load_model
-        from attnscope.scope import compare
-
-        if self.compare_name is None:
-            return None
-        try:
-            if self.compared is None:
-                self.compared = load_model(self.compare_name, dtype=self.dtype, device=self.device,
-                                           engine=self.engine, allow_pickle=self.allow_pickle)
-            return compare(self.loaded, self.compared, prompt, backend=self.backend)
-        except UserError as exc:
-            return str(exc)
-
     def on_layer_arrived(self, message: LayerArrived) -> None:
         if message.run_id == self.run_id:
-            layout = self.loaded.layout
-            mask = self.loaded.layer_masks()[message.layer]
+            model = self.session.load()
+            layout, mask = model.layout, model.layer_masks()[message.layer]
             self.query_one(Navigator).add_layer(message.layer, layout.n_heads, layout.n_kv_heads, repr(mask))
             self.query_one(StatusLine).captured(message.layer, message.n_layers, 5)
 
@@ -345,7 +327,7 @@ class AttnScopeApp(App):
         """Append the greedy next token to the analyzed sequence and run again."""
         if self.result is None:
             self.notify("wait for the run to finish", timeout=2)
-        elif len(self.result.ids) + 1 > self.loaded.layout.max_positions:
+        elif len(self.result.ids) + 1 > self.session.load().layout.max_positions:
             self.notify("the model has no more positions", severity="warning")
         else:
             self.start_run([*self.result.ids, int(self.result.logits[-1].argmax())])
