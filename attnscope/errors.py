@@ -25,3 +25,18 @@ class BackendUnavailable(UserError):
 
 class UnsupportedFeature(UserError):
     """A model feature (logit soft-capping, attention sinks, ...) that the chosen backend does not implement."""
+
+
+class ArgumentError(UserError, ValueError):
+    """A bad value of an argument of the core, named as the core names it (``window``, ``layer``):
+    "window must be >= 1, got 0". A front end that takes the argument under another name says so
+    with `message_for`: the command line writes "--window must be >= 1, got 0"."""
+
+    def __init__(self, argument: str, detail: str):
+        self.argument, self.detail = argument, detail
+        super().__init__(f"{argument} {detail}")
+
+    def message_for(self, names: dict[str, str]) -> str:
+        """The message with the argument under its front end's name (`names`: core name -> that name;
+        an argument not in it keeps its own)."""
+        return f"{names.get(self.argument, self.argument)} {self.detail}"

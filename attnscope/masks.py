@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from attnscope.errors import ArgumentError
 from attnscope.pooling import pool_edges
 
 # Square masks above this many elements (B·H·C²) are not cached as a square; the exact block is.
@@ -515,19 +516,21 @@ def from_parts(k_len: int, *, window: int | None = None, padding_count: int = 0,
                chunk: int | None = None) -> MaskSpec:
     """The spec of a sequence of `k_len` positions: causal (or prefix-LM over the first `prefix`),
     & a sliding `window`, & `padding_count` padding positions on `side`, & `documents` (one id per
-    position), & chunks of `chunk` positions. Raises ValueError naming a part that does not fit."""
+    position), & chunks of `chunk` positions. Raises `ArgumentError` (a ValueError) naming a part that
+    does not fit."""
     if window is not None and window < 1:
-        raise ValueError(f"--window must be >= 1, got {window}")
+        raise ArgumentError("window", f"must be >= 1, got {window}")
     if side not in ("left", "right"):
-        raise ValueError(f"--side must be left or right, got {side!r}")
+        raise ArgumentError("side", f"must be left or right, got {side!r}")
     if not 0 <= padding_count <= k_len:
-        raise ValueError(f"--padding {padding_count} must be within 0..{k_len} (the sequence has {k_len} positions)")
+        raise ArgumentError("padding_count", f"{padding_count} must be within 0..{k_len} (the sequence has {k_len} "
+                                             "positions)")
     if chunk is not None and chunk < 1:
-        raise ValueError(f"--chunk must be >= 1, got {chunk}")
+        raise ArgumentError("chunk", f"must be >= 1, got {chunk}")
     if prefix is not None and not 0 <= prefix <= k_len:
-        raise ValueError(f"--prefix {prefix} must be within 0..{k_len}")
+        raise ArgumentError("prefix", f"{prefix} must be within 0..{k_len}")
     if documents is not None and len(documents) != k_len:
-        raise ValueError(f"--documents has {len(documents)} ids for {k_len} positions (--k-len)")
+        raise ArgumentError("documents", f"has {len(documents)} ids for {k_len} positions")
     spec = prefix_lm(prefix) if prefix is not None else causal()
     if window is not None:
         spec = spec & sliding_window(window)

@@ -43,12 +43,19 @@ def fail(message: str) -> typer.Exit:
 @contextlib.contextmanager
 def user_errors():
     """Turn the core's UserError (bad paths, files, flags, prompts) into one line and exit code 2."""
-    from attnscope.errors import UserError
+    from attnscope.errors import ArgumentError, UserError
 
     try:
         yield
+    except ArgumentError as exc:  # the core's name of an argument, as the command line's flag
+        raise fail(exc.message_for(FLAGS)) from None
     except UserError as exc:
         raise fail(str(exc)) from None
+
+
+# the core's names of arguments that the command line takes under a flag
+FLAGS = {"window": "--window", "side": "--side", "padding_count": "--padding", "chunk": "--chunk",
+         "prefix": "--prefix", "documents": "--documents", "layer": "--layer", "head": "--head"}
 
 
 def load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = "auto", bars=None):

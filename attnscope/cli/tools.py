@@ -11,6 +11,7 @@ import typer
 from attnscope.cli.app import app
 from attnscope.cli.common import (
     EXIT_OK,
+    FLAGS,
     BackendOpt,
     DeviceOpt,
     DtypeOpt,
@@ -61,11 +62,14 @@ def mask(
             raise fail(f"--block must look like 4x4 (positive sizes), got {block!r}") from None
 
     from attnscope import masks
+    from attnscope.errors import ArgumentError
 
     try:  # a mask larger than a summary reads is refused here, before anything is drawn
         spec = masks.from_parts(k_len, window=window, padding_count=pad, side=side, prefix=prefix,
                                 documents=doc_ids, chunk=chunk)
         masks.check_scan(spec, q_len, k_len, block_size)
+    except ArgumentError as exc:
+        raise fail(exc.message_for(FLAGS)) from None
     except ValueError as exc:
         raise fail(str(exc)) from None
     if as_json:

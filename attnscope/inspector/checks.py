@@ -439,7 +439,7 @@ def _part(step: Step | None, offset: int, total: int) -> Step | None:
 
 
 def _constant(run: Run, tol: Tolerance) -> str:
-    given = "as given (--atol/--rtol)" if tol.given else f"of {str(run.model.dtype).removeprefix('torch.')}"
+    given = "as given (atol/rtol)" if tol.given else f"of {str(run.model.dtype).removeprefix('torch.')}"
     return f"constant tolerance {given}"
 
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from attnscope.errors import UserError
+from attnscope.errors import ArgumentError
 
 if TYPE_CHECKING:  # the report itself is plain data: reading or rendering one needs no torch
     from attnscope.inspector.run import Run
@@ -213,9 +213,9 @@ def pick_head(report: Report, layer: int | None = None, head: int | None = None)
 def check_head_range(layer: int | None, head: int | None, n_layers: int, n_heads: int) -> None:
     """A UserError when `layer` or `head` (None: not given) is outside a model's layers or heads."""
     if layer is not None and not 0 <= layer < n_layers:
-        raise UserError(f"--layer {layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
+        raise ArgumentError("layer", f"{layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")
     if head is not None and not 0 <= head < n_heads:
-        raise UserError(f"--head {head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
+        raise ArgumentError("head", f"{head} is out of range (each layer has {n_heads} heads: 0..{n_heads - 1})")
 
 
 def finite(value: Any) -> Any:
