@@ -89,8 +89,8 @@ def _probability_diffs(a: LayerRecord, b: LayerRecord, real: torch.Tensor) -> tu
     0 on padding rows; from q·k·scale − lse, a chunk of query rows at a time."""
     B, Hq, Sq, _ = a.q.shape
     Hkv = a.k.shape[1]
-    lse_a = a.lse.float().view(B, Hkv, Hq // Hkv, Sq)
-    lse_b = b.lse.float().view(B, Hkv, Hq // Hkv, Sq)
+    lse_a = a.kept_lse.float().view(B, Hkv, Hq // Hkv, Sq)
+    lse_b = b.kept_lse.float().view(B, Hkv, Hq // Hkv, Sq)
     row_max = torch.zeros(B, Hkv, Hq // Hkv, Sq, device=a.q.device)
     js = torch.zeros_like(row_max)
     zero = torch.zeros((), device=a.q.device)
@@ -194,7 +194,8 @@ class Comparison:
         js = np.nan_to_num(self.js_mean, nan=np.inf)
         prob = np.nan_to_num(self.probability_max, nan=np.inf)
         order = np.lexsort((-prob.ravel(), -js.ravel()))
-        return tuple(int(i) for i in np.unravel_index(order[0], js.shape))
+        layer, head = np.unravel_index(order[0], js.shape)
+        return int(layer), int(head)
 
     @property
     def passed(self) -> bool:
@@ -281,10 +282,11 @@ class Comparison:
                            _divergence_message(self, layer_first))
         logits_max = float(self.logits.max_abs.max())
         agree, n = int(self.top1[self.real].sum()), int(self.real.sum())
-        logits_ok = self.logits.first_bad() is None
+        first_bad = self.logits.first_bad()
+        logits_ok = first_bad is None
         where = None
-        if not logits_ok:
-            b, _, s = self.logits.first_bad()
+        if first_bad is not None:
+            b, _, s = first_bad
             where = {"layer": None, "head": None, "position": s, "batch": b, "stage": "logits"}
         message = (f"logits max |Δ| {logits_max:.3g}; the greedy next token agrees at {agree}/{n} positions"
                    + ("" if logits_ok else " (over tolerance)"))

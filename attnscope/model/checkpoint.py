@@ -221,6 +221,7 @@ def weights_summary(files: list[Path]) -> tuple[int, int | None]:
             numel += file.stat().st_size // 4
             continue
         header = _Tensors(file)._open  # a valid safetensors file, or a LoadError
+        assert header is not None  # a safetensors file is opened, not read into a state dict
         for key in header.keys():
             shape = header.get_slice(key).get_shape()
             count = 1
