@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.reference import qkv, reference_attention
 
 from attnscope import masks
 from attnscope.backends import eager, get_backend
@@ -15,23 +16,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 BACKENDS = ["eager", "sdpa", "flex"]
 TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-
-
-def reference(q, k, v, allowed, scale):
-    groups = q.shape[1] // k.shape[1]
-    k = k.double().repeat_interleave(groups, dim=1)  # query head h reads kv head h // groups
-    v = v.double().repeat_interleave(groups, dim=1)
-    scores = (q.double() @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    return torch.softmax(scores, -1) @ v, lse, torch.softmax(scores, -1)
-
-
-def qkv(B, Hq, Hkv, Sq, Sk, D, dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, Hq, Sq, D, generator=gen) * 1.5
-    k = torch.randn(B, Hkv, Sk, D, generator=gen) * 1.5
-    v = torch.randn(B, Hkv, Sk, D, generator=gen)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 CASES = [
@@ -55,7 +39,7 @@ def test_backend_matches_reference(backend, dtype, case, spec):
     out, lse = get_backend(backend)(q, k, v, spec, D**-0.5)
     assert out.shape == (B, Hq, Sq, D) and out.dtype == dtype
     assert lse.shape == (B, Hq, Sq) and lse.dtype == torch.float32
-    ref_out, ref_lse, _ = reference(q, k, v, spec.dense(Sq, Sk), D**-0.5)
+    ref_out, ref_lse, _ = reference_attention(q, k, v, spec.dense(Sq, Sk), D**-0.5)
     torch.testing.assert_close(out.double(), ref_out, atol=TOL[dtype], rtol=0)
     torch.testing.assert_close(lse.double(), ref_lse, atol=TOL[dtype], rtol=0)
 
@@ -76,7 +60,7 @@ def test_probabilities_from_lse():
     spec = causal() & sliding_window(5)
     allowed = spec.dense(7, 12)
     _, lse = eager.attend(q, k, v, spec, D**-0.5)
-    _, _, ref_probs = reference(q, k, v, allowed, D**-0.5)
+    _, _, ref_probs = reference_attention(q, k, v, allowed, D**-0.5)
     for h in range(4):
         p = probabilities(q[0, h], k[0, h // 2], lse[0, h], allowed[0, 0], D**-0.5)
         torch.testing.assert_close(p.double(), ref_probs[0, h], atol=1e-6, rtol=0)
@@ -219,7 +203,7 @@ def test_flex_runs_every_mask_kind(spec, Sq):
     q, k, v = qkv(B, Hq, Hkv, Sq, Sk, D)
     out, lse = get_backend("flex")(q, k, v, spec, D**-0.5)
     allowed = spec.dense(Sq, Sk).expand(B, Hq, Sq, Sk)
-    ref_out, ref_lse, _ = reference(q, k, v, allowed, D**-0.5)
+    ref_out, ref_lse, _ = reference_attention(q, k, v, allowed, D**-0.5)
     empty = ~allowed.any(-1)
     assert torch.equal(lse == float("-inf"), empty)
     torch.testing.assert_close(out.double()[~empty], ref_out[~empty], atol=2e-5, rtol=0)

@@ -31,6 +31,8 @@ runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("samples")  # the committed samples: missing, every test fails
 
 SUB, BEFORE, NOT_ROOT = "subprocess", "before the run", "not as root"
+# subprocess rows (~2 s each) left to the full suite: check-atol-nan and the other mask rows cover them in process
+SLOW_ROWS = {"atol-nan", "mask-huge-q-len"}
 RUN = ["run", "-p", "x = 1", "-n", "0", "--checks", "none"]  # the cheapest run of the default model
 CHECK = ["check", "-p", "x = 1", "--checks", "nan"]
 RECURRING = ",".join(str(i % 2) for i in range(12000))  # document ids whose keys are not one interval
@@ -149,6 +151,8 @@ def fill(arg, out: Path, inputs: Path):
 def params():
     for name, argv, code, fragment, flags in ROWS:
         marks = [pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")] if NOT_ROOT in flags else []
+        if name in SLOW_ROWS:
+            marks.append(pytest.mark.slow)
         yield pytest.param(argv, code, fragment, flags, id=name, marks=marks)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VOCAB
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
+from support.models import VOCAB
 from test_cli import assert_user_error
 from test_loader import edit_config, edit_tensors, write_word_tokenizer
 from typer.testing import CliRunner
@@ -547,7 +547,7 @@ def test_huge_configs_never_reach_the_model_builder():
 def test_a_kv_cache_that_cannot_fit_is_refused_before_it_is_allocated():
     """The native engine checks the cache's size in `new_cache`: a run asking for 10^10 new tokens on a
     config that allows them fails at once with the numbers, not after allocating terabytes."""
-    from models import random_model
+    from support.models import random_model
 
     model = random_model(layers=2, vocab=96, hidden=64, max_positions=10**12)
     with pytest.raises(UserError, match=r"KV cache of 1 × 10,000,000,004 positions needs .*TiB"):

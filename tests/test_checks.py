@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import random_model
+from support.models import random_model
 
 import attnscope
 from attnscope import masks

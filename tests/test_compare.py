@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import random_model, save_hf_dir
 from rich.console import Console
+from support.models import random_model, save_hf_dir
 from test_cli import assert_user_error, invoke
 
 import attnscope

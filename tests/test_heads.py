@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from models import random_model
+from support.models import random_model
 from typer.testing import CliRunner
 
 import attnscope

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import PARITY_MODELS, random_ids
+from support.models import ARCHITECTURES, PARITY_MODELS, build_architecture, random_ids
 from test_cli import assert_user_error
 from typer.testing import CliRunner
 
@@ -25,60 +25,13 @@ transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 T = 40  # tokens: five times the sliding window
-ALTERNATING = ["sliding_attention", "full_attention"]
-COMMON = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.1, pad_token_id=0,
-              bos_token_id=1, eos_token_id=2)
-# name -> (config class, model class, overrides, what the architecture exercises)
-ARCHITECTURES = {
-    "llama": ("LlamaConfig", "LlamaForCausalLM", {}, "GQA, RoPE"),
-    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}, "q/k RMSNorm per head, head_dim ≠ hidden/heads"),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
-               {"head_dim": 16, "sliding_window": 8, "layer_types": ALTERNATING, "attn_logit_softcapping": 5.0,
-                "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 16},
-               "attention logit soft-capping, alternating sliding-window and global layers"),
-    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM",
-                    {"head_dim": 16, "sliding_window": 8, "layer_types": ALTERNATING, "query_pre_attn_scalar": 16},
-                    "q/k norms, local and global RoPE bases, sliding-window layers"),
-    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": 8}, "fused qkv projection, sliding window"),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}, "q/k RMSNorm over all heads, post-norm blocks"),
-    "granite": ("GraniteConfig", "GraniteForCausalLM",
-                {"attention_multiplier": 0.3, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
-                 "logits_scaling": 4.0}, "a custom attention scale (attention_multiplier)"),
-    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
-                {"head_dim": 16, "sliding_window": 8, "layer_types": ALTERNATING, "num_local_experts": 4,
-                 "num_experts_per_tok": 2, "intermediate_size": 64, "initializer_range": 0.05},
-                "attention sinks, mixture of experts, alternating sliding windows"),
-}
-
-
-def build(name: str, seed: int = 0):
-    """A random `name` model in eval mode, q/k weights scaled up so attention is far from uniform."""
-    config_cls, model_cls, overrides, _ = ARCHITECTURES[name]
-    if not hasattr(transformers, config_cls):
-        pytest.skip(f"transformers {transformers.__version__} has no {config_cls}")
-    transformers.utils.logging.set_verbosity_error()
-    config = getattr(transformers, config_cls)(**{**COMMON, **overrides}, attn_implementation="eager")
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)(config).float().eval()
-    with torch.no_grad():
-        for pname, param in model.named_parameters():
-            if "norm" in pname and pname.endswith("weight"):
-                param.normal_(1.0, 0.2)
-            elif pname.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
-                param.mul_(3.0)
-            elif pname.endswith("sinks"):
-                param.normal_(0.0, 1.0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def models():
     cache = {}
 
     def get(name):
         if name not in cache:
-            cache[name] = build(name)
+            cache[name] = build_architecture(name)
         return cache[name]
 
     return get
@@ -146,7 +99,7 @@ def test_padded_batch_rows_compute_what_they_would_alone(models):
 # --- each check fires on a fault injected through the hf engine --------------------------------------------
 
 def test_nan_weight_is_found_at_its_layer():
-    model = build("llama")
+    model = build_architecture("llama")
     with torch.no_grad():
         model.model.layers[1].self_attn.k_proj.weight[0, 0] = float("nan")
     result = attnscope.Scope(attnscope.from_transformers(model)).run(ids(), checks="nan")
@@ -320,7 +273,7 @@ def test_device_map_that_splits_layers(gemma2_dir, tmp_path):
 def test_from_transformers_refuses_what_it_cannot_watch(models):
     with pytest.raises(UserError, match="expected a transformers PreTrainedModel"):
         attnscope.from_transformers(torch.nn.Linear(2, 2))
-    model = build("llama").train()
+    model = build_architecture("llama").train()
     with pytest.raises(UserError, match="training mode"):
         attnscope.Scope(attnscope.from_transformers(model)).run(ids(4), checks="none")
 

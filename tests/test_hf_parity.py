@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SEQ_LEN
+from support.models import SEQ_LEN
 
 import attnscope
 

@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import SEQ_LEN
+from support.models import SEQ_LEN
 from support.samples import COMMITTED_SAMPLES
 
 import attnscope

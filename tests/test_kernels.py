@@ -11,6 +11,7 @@ each test here (for `unavailable_reason()`). The interpreter is slow, so shapes 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import subprocess
@@ -20,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from models import random_model
+from support.models import random_model
+from support.reference import qkv as random_qkv
 
 import attnscope
 from attnscope import kernels, masks
@@ -58,12 +60,7 @@ def interpreter(monkeypatch):
         monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
-def qkv(B, Hq, Hkv, Sq, Sk, D, dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, Hq, Sq, D, generator=gen) * 1.5
-    k = torch.randn(B, Hkv, Sk, D, generator=gen) * 1.5
-    v = torch.randn(B, Hkv, Sk, D, generator=gen)
-    return q.to(DEVICE, dtype), k.to(DEVICE, dtype), v.to(DEVICE, dtype)
+qkv = functools.partial(random_qkv, device=DEVICE)  # seeded q, k, v on the device the kernels run on
 
 
 def allowed_mask(B, Sq, Sk, causal=True, window=None, q_offset=None) -> torch.Tensor:
@@ -281,7 +278,7 @@ PROMPT = [(7 * i + 3) % 90 + 1 for i in range(20)]
 MODEL_ARGS = dict(layers=2, vocab=96, hidden=64, max_positions=128, device=DEVICE)  # D = 16, GQA 4/2
 
 
-@pytest.mark.parametrize("sliding_window", [None, 6])
+@pytest.mark.parametrize("sliding_window", [None, pytest.param(6, marks=pytest.mark.slow)])
 def test_scope_with_triton_backend_passes_every_check(sliding_window):
     sliding = {} if sliding_window is None else dict(  # the first layer slides
         sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"])
@@ -297,6 +294,7 @@ def test_scope_with_triton_backend_passes_every_check(sliding_window):
                                    atol=1e-5)
 
 
+@pytest.mark.slow  # the fast lane keeps the triton backend through a Scope (above)
 @pytest.mark.usefixtures("tiny_code")  # the committed default model: missing, the test fails
 def test_check_command_with_the_triton_backend_on_the_default_model():
     from typer.testing import CliRunner

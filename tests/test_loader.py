@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MAX_POSITIONS, VOCAB, random_ids
 from safetensors.torch import load_file, save_file
+from support.models import MAX_POSITIONS, VOCAB, random_ids
 
 import attnscope
 from attnscope.errors import BackendUnavailable, ConfigError, LoadError, UserError

@@ -4,9 +4,12 @@ missing or refuses the inputs; the report says which ran (`lse_source`)."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
-from models import random_model
+from support.models import random_model
+from support.reference import qkv as random_qkv
 
 import attnscope
 from attnscope import masks
@@ -36,10 +39,7 @@ def mask_id(x) -> str:
     return repr(x) if isinstance(x, masks.MaskSpec) else str(x)
 
 
-def qkv(B, Hq, Hkv, Sq, Sk, D=16, dtype=torch.float32, device="cpu", seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, h, s, D, generator=gen) * 1.5 for h, s in ((Hq, Sq), (Hkv, Sk), (Hkv, Sk)))
-    return q.to(device, dtype), k.to(device, dtype), v.to(device, dtype)
+qkv = functools.partial(random_qkv, v_scale=1.5)  # v as spread as q and k
 
 
 @pytest.mark.parametrize(("spec", "Sq", "Sk", "empty"), MASKS, ids=mask_id)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import random_model
+from support.models import random_model
+from support.reference import reference_attention
 from torch.nn.attention.bias import causal_lower_right
 from torch.nn.attention.flex_attention import create_mask
 from transformers import masking_utils as hf
@@ -450,17 +451,6 @@ def test_fully_masked_rows_give_zero_and_minus_inf(backend, dtype, spec):
     assert torch.allclose(out.float(), ref, atol=tol, rtol=tol)
 
 
-def reference_attention(q, k, v, allowed, scale):
-    """float64 attention with K/V repeated per query head; a fully-masked row gives out 0, lse -inf."""
-    groups = q.shape[1] // k.shape[1]
-    k = k.double().repeat_interleave(groups, dim=1)
-    v = v.double().repeat_interleave(groups, dim=1)
-    scores = (q.double() @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, -1)
-    probs = torch.exp(scores - lse.unsqueeze(-1)).nan_to_num(0.0)
-    return probs @ v, lse
-
-
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("q_len", "k_len"), [(12, 12), (5, 12), (1, 9), (1, 10)])
@@ -480,7 +470,7 @@ def test_fully_masked_rows_match_a_float64_reference(backend, dtype, q_len, k_le
     assert (out[:, :, empty] == 0).all()
     assert (lse[:, :, empty] == float("-inf")).all()
     assert torch.isfinite(lse[:, :, ~empty]).all()
-    ref_out, ref_lse = reference_attention(q, k, v, spec.dense(q_len, k_len), D**-0.5)
+    ref_out, ref_lse, _ = reference_attention(q, k, v, spec.dense(q_len, k_len), D**-0.5)
     tol = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
     torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=0)
     torch.testing.assert_close(lse[:, :, ~empty].double(), ref_lse[:, :, ~empty], atol=tol, rtol=0)

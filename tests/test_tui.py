@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from models import random_model, save_hf_dir
+from support.models import random_model, save_hf_dir
 from support.samples import sample
 from textual.widgets import Input, OptionList, Static, TabbedContent
 
