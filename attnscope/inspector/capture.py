@@ -289,20 +289,28 @@ class LayerOutput:
 
 class OutputCapture:
     """A recorder that keeps each layer's attention output (and lse) only: what the comparisons read
-    of a float32 reference, without the float32 q, k and v it was computed from."""
+    of the isolated pass and of a float32 reference, without the q, k and v they were computed from.
+    Successive calls of a layer (a token at a time) are joined along the query rows."""
 
     def __init__(self, lse: bool = True):
         self.wants_lse = lse
-        self._layers: dict[int, LayerOutput] = {}
+        self._out: dict[int, list[torch.Tensor]] = {}
+        self._lse: dict[int, list[torch.Tensor]] = {}
 
     def attention(self, layer: int, *, out, lse, **_) -> None:
-        self._layers[layer] = LayerOutput(out, lse if self.wants_lse else None)
+        self._out.setdefault(layer, []).append(out)
+        if self.wants_lse and lse is not None:
+            self._lse.setdefault(layer, []).append(lse)
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
         pass
 
     def layers(self) -> list[LayerOutput]:
-        return [self._layers[i] for i in range(len(self._layers))]
+        def joined(parts: list[torch.Tensor]) -> torch.Tensor:
+            return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
+
+        return [LayerOutput(joined(self._out[i]), joined(self._lse[i]) if i in self._lse else None)
+                for i in range(len(self._out))]
 
 
 class Capture:

@@ -459,7 +459,7 @@ def _isolated_diffs(isolated, tol: Tolerance, real: torch.Tensor) -> tuple[list[
     refs = isolated.reference or [None] * len(isolated.parallel)
     outs, lses = [], []
     for i, (par, inc, ref) in enumerate(zip(isolated.parallel, isolated.incremental, refs, strict=True)):
-        rows = real[:, -par.q.shape[2]:]
+        rows = real[:, -par.out.shape[2]:]
         outs.append(kept.keep_fields(i, compare(inc.out, par.out, None if ref is None else ref.out, tol, rows)))
         if inc.lse is not None and par.lse is not None:
             ref_lse = None if ref is None else _as_rows(ref.lse)
