@@ -75,7 +75,8 @@ class Recorder(Protocol):
 
 
 class Tokenizer(Protocol):
-    vocab_size: int
+    @property
+    def vocab_size(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
@@ -87,13 +88,15 @@ class Engine(Protocol):
 
     engine: str  # "native" or "hf": which implementation runs the model
     name: str  # shown in reports: a sample model's name or the directory's
-    path: Path | None
-    tokenizer: Tokenizer | None
     # True when a token's results do not depend on the other tokens of the forward beyond what
     # attention lets through (no batched expert routing, no data-dependent kernel choice): the
     # causality check then asks for bit-identical outputs with the eager float32 backend
     batch_invariant: bool
 
+    @property
+    def path(self) -> Path | None: ...  # the model's directory or file; None for a model built in memory
+    @property
+    def tokenizer(self) -> Tokenizer | None: ...
     @property
     def layout(self) -> Layout: ...
     @property

@@ -40,3 +40,9 @@ class ArgumentError(UserError, ValueError):
         """The message with the argument under its front end's name (`names`: core name -> that name;
         an argument not in it keeps its own)."""
         return f"{names.get(self.argument, self.argument)} {self.detail}"
+
+
+def one_line(error: BaseException) -> str:
+    """An unexpected exception (a bug, not bad input) as one line: its type and message."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -233,9 +233,9 @@ class HFEngine:
     def new_cache(self, batch: int, max_len: int):
         from transformers import DynamicCache
 
-        from attnscope.model.memory import check_kv_cache_fits
+        from attnscope.model.memory import require_kv_cache_fits
 
-        check_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)
+        require_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)
         # without a config every layer keeps all its keys (a sliding layer's window is in its mask), so
         # key i is position i in every layer, as the mask specs assume
         return DynamicCache()
@@ -250,9 +250,9 @@ class HFEngine:
         `attnscope.model.compute.in_float32`) with the eager attention; a `MemoryError` when a float32 copy
         of the weights cannot fit beside the model."""
         from attnscope.backends.eager import attend as eager_attend
-        from attnscope.model.memory import check_float32_copy_fits
+        from attnscope.model.memory import require_float32_copy_fits
 
-        check_float32_copy_fits(self.model, self.device)
+        require_float32_copy_fits(self.model, self.device)
         return self._forward(ids, eager_attend, functools.partial(in_float32, self.model), recorder=recorder,
                              mask=mask, positions=positions)
 
@@ -483,11 +483,11 @@ def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: 
         layers = getattr(config.get_text_config(), "num_hidden_layers", None)
     except Exception as exc:  # transformers' config classes raise many kinds; all mean a bad config.json
         raise LoadError(f"{path / 'config.json'}: transformers cannot read it: {exc}") from None
-    _check_sizes(config.get_text_config(), path / "config.json")
+    _validate_sizes(config.get_text_config(), path / "config.json")
     numel, layers_in_files = weights_summary(files)
-    if layers_in_files is not None and layers > layers_in_files:
+    if layers_in_files is not None and layers is not None and layers > layers_in_files:
         raise LoadError(f"{path / 'config.json'} describes {layers:,} layers but the weights hold {layers_in_files}")
-    memory.check_weights_fit(max(numel, _parameter_count(transformers, config, path)), dtype, device, path)
+    memory.require_weights_fit(max(numel, _parameter_count(transformers, config, path)), dtype, device, path)
     try:
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, trust_remote_code=False, output_loading_info=True,
@@ -508,7 +508,7 @@ SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_s
 OPTIONAL_SIZE_KEYS = ("num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings")
 
 
-def _check_sizes(config, file: Path) -> None:
+def _validate_sizes(config, file: Path) -> None:
     """A `ConfigError` naming the key when a size is not a positive int."""
     from attnscope.model.config import MAX_LAYERS, show
 

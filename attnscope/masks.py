@@ -59,8 +59,10 @@ _CHUNK_CELLS = 1 << 22  # cells evaluated at once
 class MaskSpec:
     """Base class of mask specs: frozen dataclasses that implement `predicate` and `__repr__`."""
 
-    # Positions the spec is defined for (the length of its ids / lengths / tensor), None = any.
-    max_len: int | None = None
+    @property
+    def max_len(self) -> int | None:
+        """Positions the spec is defined for (the length of its ids / lengths / tensor), None = any."""
+        return None
 
     def predicate(
         self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
@@ -109,7 +111,7 @@ class MaskSpec:
         Returns:
             A cached tensor (often a view): treat it as read-only.
         """
-        _check_sizes(q_len, k_len)
+        _validate_sizes(q_len, k_len)
         if self.max_len is not None and k_len > self.max_len:
             raise ValueError(f"{self!r} covers {self.max_len} positions, the mask needs {k_len}")
         device = str(torch.device(device or "cpu"))
@@ -145,8 +147,8 @@ class MaskSpec:
 
     def blocks(self, q_len: int, k_len: int, block_m: int = 64, block_n: int = 64, device=None) -> BlockMap:
         """The tile map of a ``block_m × block_n`` grid: each tile full, partial or empty (any size
-        that `check_scan` accepts)."""
-        check_scan(self, q_len, k_len, (block_m, block_n))
+        that `validate_scan` accepts)."""
+        validate_scan(self, q_len, k_len, (block_m, block_n))
         n_batch, n_heads = _evaluate(self, max(0, k_len - 1), min(1, q_len), k_len, "cpu").shape[:2]
         states = torch.stack([torch.stack([tile_states(self, q_len, k_len, (block_m, block_n), batch=b, head=h)
                                            for h in range(n_heads)]) for b in range(n_batch)])
@@ -167,7 +169,7 @@ class BlockMap:
         return float((self.states == EMPTY).float().mean()) if self.states.numel() else 0.0
 
 
-def _check_sizes(q_len: int, k_len: int) -> None:
+def _validate_sizes(q_len: int, k_len: int) -> None:
     if q_len < 0 or k_len < 0:
         raise ValueError(f"mask sizes must be non-negative, got q_len={q_len}, k_len={k_len}")
     if q_len > k_len:
@@ -204,7 +206,7 @@ def _additive(spec: MaskSpec, q_len: int, k_len: int, dtype: torch.dtype, device
 def cache_stats() -> dict[str, int]:
     """Hits and misses of the dense-mask cache since the process started (or `cache_clear`)."""
     info = _materialize.cache_info()
-    return {"hits": info.hits, "misses": info.misses, "size": info.currsize, "maxsize": info.maxsize}
+    return {"hits": info.hits, "misses": info.misses, "size": info.currsize, "maxsize": info.maxsize or 0}
 
 
 def cache_clear() -> None:
@@ -553,7 +555,7 @@ def summary(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | Non
            "allowed": found.allowed, "masked": cells - found.allowed,
            "density": found.allowed / cells if cells else 0.0,
            "fully_masked_rows": [int(i) + past for i in found.empty_rows]}
-    if found.tiles is not None:
+    if found.tiles is not None and block is not None:
         states = found.tiles
         out["blocks"] = {"block_m": block[0], "block_n": block[1], "shape": list(states.shape),
                          "full": int((states == FULL).sum()), "partial": int((states == PARTIAL).sum()),
@@ -604,7 +606,7 @@ class MaskScan:
 
 def scan(spec: MaskSpec, q_len: int, k_len: int, *, rows: int = 1, cols: int = 1,
          block: tuple[int, int] | None = None, batch: int = 0, head: int = 0) -> MaskScan:
-    """Summarize a mask of any size that `check_scan` accepts, never materializing it.
+    """Summarize a mask of any size that `validate_scan` accepts, never materializing it.
 
     Args:
         spec: the mask; its queries are the last `q_len` of `k_len` positions.
@@ -612,7 +614,7 @@ def scan(spec: MaskSpec, q_len: int, k_len: int, *, rows: int = 1, cols: int = 1
         block: (block_m, block_n) for tile states, or None.
         batch, head: which of a per-batch or per-head spec's masks.
     """
-    check_scan(spec, q_len, k_len, block, batch)
+    validate_scan(spec, q_len, k_len, block, batch)
     grids = [(torch.arange(q_len + 1), torch.tensor([0, k_len])),
              (torch.from_numpy(pool_edges(q_len, rows)), torch.from_numpy(pool_edges(k_len, cols)))]
     if block is not None:
@@ -622,12 +624,12 @@ def scan(spec: MaskSpec, q_len: int, k_len: int, *, rows: int = 1, cols: int = 1
     return MaskScan(q_len, k_len, counts[0][:, 0], counts[1], *grids[1], tiles, block)
 
 
-def check_scan(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | None = None,
+def validate_scan(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | None = None,
                batch: int = 0) -> None:
     """Raise ValueError, with the sizes, for a mask larger than `scan` reads: more than
     `MAX_SCAN_LEN` keys or `MAX_SCAN_ROWS` query rows; more than `MAX_SCAN_CELLS` cells when its
     rows are not single intervals; more than `MAX_TILES` tiles of `block`."""
-    _check_sizes(q_len, k_len)
+    _validate_sizes(q_len, k_len)
     if spec.max_len is not None and k_len > spec.max_len:
         raise ValueError(f"{spec!r} covers {spec.max_len} positions, the mask needs {k_len}")
     if k_len > MAX_SCAN_LEN:
@@ -725,7 +727,7 @@ def _tile_states(counts: torch.Tensor, row_edges, col_edges) -> torch.Tensor:
 def tile_states(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int], *, batch: int = 0,
                 head: int = 0) -> torch.Tensor:
     """EMPTY / PARTIAL / FULL of every ``block_m × block_n`` tile: int8 (ceil(q/bm), ceil(k/bn))."""
-    check_scan(spec, q_len, k_len, block, batch)
+    validate_scan(spec, q_len, k_len, block, batch)
     row_edges, col_edges = _tile_edges(q_len, block[0]), _tile_edges(k_len, block[1])
     (counts,) = region_counts(spec, q_len, k_len, [(row_edges, col_edges)], batch=batch, head=head)
     return _tile_states(counts, row_edges, col_edges)

@@ -28,7 +28,7 @@ def replaced(path: Path) -> bool:
         return True
 
 
-def check_output_paths(*flags: tuple[str, Path | None]) -> None:
+def validate_output_paths(*flags: tuple[str, Path | None]) -> None:
     """A UserError when an output path (given with its flag) cannot be written: its directory does
     not exist or is not writable, it is a directory, or two flags name the same file."""
     seen: dict[str, str] = {}
@@ -50,9 +50,9 @@ def check_output_paths(*flags: tuple[str, Path | None]) -> None:
             raise UserError(f"{same} and {flag} both name {target}")
 
 
-def write_outputs(outputs: Iterable[tuple[str, Path | None, str]]) -> None:
+def write_outputs(given: Iterable[tuple[str, Path | None, str]]) -> None:
     """Write every (flag, path, text) whose path is not None, all or none (module docstring)."""
-    outputs = [(flag, Path(path), text) for flag, path, text in outputs if path is not None]
+    outputs = [(flag, Path(path), text) for flag, path, text in given if path is not None]
     staged: list[tuple[Path, Path]] = []  # (temporary file, path) of the outputs written by rename
     renamed: list[Path] = []
     where = ""  # the flag and path being written, for the error
@@ -81,6 +81,15 @@ def write_outputs(outputs: Iterable[tuple[str, Path | None, str]]) -> None:
         if isinstance(exc, OSError):
             raise UserError(f"{where}: cannot write: {exc.strerror or exc}") from None
         raise
+
+
+def unused_path(directory: Path, stem: str, suffix: str) -> Path:
+    """``directory/stem.suffix``, or ``stem-2.suffix``, ``stem-3.suffix``... when that exists."""
+    path, n = directory / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{stem}-{n}{suffix}"
+    return path
 
 
 def _mode(path: Path) -> int:

@@ -8,6 +8,9 @@ skipped. No torch: the CLI reads prompts before it loads anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+Prompt = str | Sequence[int]  # text, or token ids
 
 def unescape(line: str) -> str:
     """The prompt a one-line text holds: each literal ``\\n`` a newline."""

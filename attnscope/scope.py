@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -24,18 +25,23 @@ from attnscope.engine import Engine
 from attnscope.errors import UserError
 from attnscope.inspector.capture import row_stats
 from attnscope.inspector.checks import parse_checks, run_checks
-from attnscope.inspector.compare import Comparison, check_layouts, check_tokens, compare_runs, tolerance_for
+from attnscope.inspector.compare import (
+    Comparison,
+    compare_runs,
+    require_same_layout,
+    require_same_tokens,
+    tolerance_for,
+)
 from attnscope.inspector.heads import REPEAT_LENGTH, HeadRole, head_roles, repeated_sequence
 from attnscope.inspector.report import Check
 from attnscope.inspector.result import Result
 from attnscope.inspector.run import Inputs, Progress, Run, step_of
-
-Prompt = str | Sequence[int]
+from attnscope.prompts import Prompt
 
 __all__ = ["Comparison", "Prompt", "Result", "Scope", "compare"]
 
 
-def check_text(prompt: str) -> None:
+def validate_text(prompt: str) -> None:
     """A UserError when a prompt is not text that UTF-8 can hold: bytes that were not UTF-8 (Python
     keeps them in argv as lone surrogates) or a lone surrogate itself."""
     try:
@@ -60,7 +66,7 @@ class Scope:
         if isinstance(prompt, str):
             if not prompt:
                 raise UserError("the prompt is empty")
-            check_text(prompt)
+            validate_text(prompt)
             if self.model.tokenizer is None:
                 raise UserError(f"{self.model.path} has no tokenizer.json: pass token ids, not text")
             ids = self.model.tokenizer.encode(prompt)
@@ -81,7 +87,8 @@ class Scope:
         if padding_side not in ("left", "right"):
             raise UserError(f"padding side must be 'left' or 'right', got {padding_side!r}")
         batched = not isinstance(prompt, str) and bool(prompt) and not isinstance(prompt[0], int)
-        encoded = [self.encode(p) for p in (prompt if batched else [prompt])]
+        prompts = cast(Sequence[Prompt], prompt if batched else [prompt])
+        encoded = [self.encode(p) for p in prompts]
         total, limit = max(len(r) for r in encoded), self.model.layout.max_positions
         if total + max_new_tokens > limit:
             raise UserError(
@@ -184,10 +191,10 @@ def compare(model_a: Engine | str, model_b: Engine | str, prompt: Prompt, *, bac
         model_a = load_model(model_a) if isinstance(model_a, (str, Path)) else model_a
         model_b = load_model(model_b) if isinstance(model_b, (str, Path)) else model_b
     names = (model_a.name, model_b.name) if model_a.name != model_b.name else ("A", "B")
-    check_layouts(model_a.layout, model_b.layout, names)
+    require_same_layout(model_a.layout, model_b.layout, names)
     scope_a, scope_b = Scope(model_a, backend=backend), Scope(model_b, backend=backend)
     ids_a, ids_b = scope_a.encode(prompt), scope_b.encode(prompt)
-    check_tokens(ids_a, ids_b, _texts(model_a, ids_a), _texts(model_b, ids_b), names)
+    require_same_tokens(ids_a, ids_b, _texts(model_a, ids_a), _texts(model_b, ids_b), names)
     with torch.inference_mode():
         run_a = scope_a.forward(ids_a, residuals=True)
         run_b = scope_b.forward(ids_b, residuals=True)

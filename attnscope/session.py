@@ -11,9 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attnscope.engine import Engine, Progress
+from attnscope.errors import UserError
+
+if TYPE_CHECKING:
+    from attnscope.inspector.compare import Comparison
+    from attnscope.inspector.result import Result
 
 
 def resolve_device(device: str) -> str:
@@ -49,18 +54,34 @@ class Session:
                                             engine=self.engine, allow_pickle=self.allow_pickle, progress=progress)
         return self._models[name]
 
+    def describe(self) -> str:
+        """The session in one line: "tiny-code · sdpa · float32 · cpu · vs tiny-code-q4"."""
+        vs = f" · vs {self.compare_with}" if self.compare_with else ""
+        return f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}{vs}"
+
     @property
     def loaded(self) -> Engine | None:
         """The session's model when it has been loaded, else None."""
         return self._models.get(self.model_name)
 
-    def run(self, prompt: Any, *, on_layer: Callable[[int], None] | None = None, **run_options):
+    def run(self, prompt: Any, *, on_layer: Callable[[int], None] | None = None, **run_options) -> Result:
         """`attnscope.Scope.run` of the session's model and backend on `prompt` (loading it first)."""
         from attnscope.scope import Scope
 
         return Scope(self.load(), backend=self.backend).run(prompt, on_layer=on_layer, **run_options)
 
-    def compare(self, prompt: str | Sequence[int], atol: float | None = None, rtol: float | None = None):
+    def run_and_compare(self, prompt: Any, **run_options) -> tuple[Result, Comparison | str | None]:
+        """`run`, with its report computed, then `compare` when the session compares: a comparison
+        the models refuse (other tokenizers, other layouts) is its reason as text, not a failed run."""
+        result = self.run(prompt, **run_options)
+        result.report()  # computed here, in the caller's thread (the TUI's worker, not its event loop)
+        try:
+            return result, self.compare(prompt)
+        except UserError as exc:
+            return result, str(exc)
+
+    def compare(self, prompt: str | Sequence[int], atol: float | None = None,
+                rtol: float | None = None) -> Comparison | None:
         """Where `compare_with` parts ways with the session's model on `prompt` (`attnscope.compare`),
         or None when the session compares with nothing."""
         from attnscope.scope import compare

@@ -98,9 +98,9 @@ def attend(
         BackendUnavailable: Triton cannot run here, the tensors are on a device the kernels cannot
             use, or the mask is not causal / sliding-window.
     """
-    from attnscope.backends.base import check_shapes, note_lse_source
+    from attnscope.backends.base import note_lse_source, validate_shapes
 
-    check_shapes(q, k, v, mask)
+    validate_shapes(q, k, v, mask)
     window = mask_window(mask)
     reason = unavailable_reason()
     if reason:

@@ -271,7 +271,7 @@ def attention(
     Returns:
         out ``[B, Hq, Sq, D]`` in q's dtype, and with `return_lse` also lse ``[B, Hq, Sq]`` float32.
     """
-    _check_tensors(q=q, k=k, v=v)
+    _validate_tensors(q=q, k=k, v=v)
     for name, t, shape in (("q", q, "[B, Hq, Sq, D]"), ("k", k, "[B, Hkv, Sk, D]"), ("v", v, "[B, Hkv, Sk, D]")):
         if t.dim() != 4:
             raise ValueError(f"{name} must be {shape}, got shape {tuple(t.shape)}")
@@ -283,10 +283,10 @@ def attention(
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch size or head_dim")
     if Hq % Hkv:
         raise ValueError(f"query heads ({Hq}) must be a multiple of kv heads ({Hkv})")
-    _check_head_dim(D)
-    scale = _check_scale(scale, D)
-    window = _check_window(window, causal)
-    offsets, q_offset = _check_q_offset(q_offset, B, Sq, Sk, q.device)
+    _validate_head_dim(D)
+    scale = _validate_scale(scale, D)
+    window = _validate_window(window, causal)
+    offsets, q_offset = _validate_q_offset(q_offset, B, Sq, Sk, q.device)
     for name, value in (("kv_chunk", kv_chunk), ("block_m", block_m), ("block_n", block_n)):
         if value is not None and (not isinstance(value, int) or value < 16):
             raise ValueError(f"{name} must be an int >= 16, got {value!r}")
@@ -369,7 +369,7 @@ def _splits(n_programs: int, span: int, block_n: int, kv_chunk: int | None, devi
 # Validation shared with `attention_probs`
 
 
-def _check_tensors(**tensors: torch.Tensor) -> None:
+def _validate_tensors(**tensors: torch.Tensor) -> None:
     """Tensors, float16/bfloat16/float32 alike, on one device that the kernels can run on."""
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor):
@@ -383,15 +383,15 @@ def _check_tensors(**tensors: torch.Tensor) -> None:
             raise TypeError(f"{names[0]} is {first.dtype} but {name} is {t.dtype}: use one dtype")
         if t.device != first.device:
             raise ValueError(f"{names[0]} is on {first.device} but {name} is on {t.device}: use one device")
-    _check_device(first.device)
+    _validate_device(first.device)
 
 
-def _check_head_dim(D: int) -> None:
+def _validate_head_dim(D: int) -> None:
     if not 1 <= D <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim {D} is not supported (1..{MAX_HEAD_DIM}; e.g. 32, 64, 80, 96, 128, 256)")
 
 
-def _check_device(device: torch.device) -> None:
+def _validate_device(device: torch.device) -> None:
     if device.type == "cuda" or (INTERPRETING and device.type == "cpu"):
         return
     if device.type == "cpu":
@@ -400,7 +400,7 @@ def _check_device(device: torch.device) -> None:
     raise ValueError(f"the Triton kernels run on CUDA tensors, got device {device}")
 
 
-def _check_scale(scale: float | None, D: int) -> float:
+def _validate_scale(scale: float | None, D: int) -> float:
     if scale is None:
         return D**-0.5
     if isinstance(scale, torch.Tensor) or not math.isfinite(float(scale)):
@@ -408,7 +408,7 @@ def _check_scale(scale: float | None, D: int) -> float:
     return float(scale)
 
 
-def _check_window(window: int | None, causal: bool) -> int | None:
+def _validate_window(window: int | None, causal: bool) -> int | None:
     if window is None:
         return None
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -418,7 +418,7 @@ def _check_window(window: int | None, causal: bool) -> int | None:
     return window
 
 
-def _check_q_offset(q_offset, B: int, Sq: int, Sk: int, device: torch.device) -> tuple[torch.Tensor | None, int]:
+def _validate_q_offset(q_offset, B: int, Sq: int, Sk: int, device: torch.device) -> tuple[torch.Tensor | None, int]:
     """(per-batch int32 offsets or None, scalar offset) after checking ``-Sq <= q_offset <= Sk - Sq``."""
     if q_offset is None:
         if Sq > Sk:

@@ -20,11 +20,11 @@ from attnscope.pooling import pool_edges
 
 from .flash import (
     INTERPRETING,
-    _check_head_dim,
-    _check_q_offset,
-    _check_scale,
-    _check_tensors,
-    _check_window,
+    _validate_head_dim,
+    _validate_q_offset,
+    _validate_scale,
+    _validate_tensors,
+    _validate_window,
 )
 
 
@@ -198,7 +198,7 @@ def attention_probs(
         float32 ``[rows, cols]`` (or ``[R', C']`` when pooled), with a leading ``G`` for a group;
         masked entries are 0.
     """
-    _check_tensors(q=q, k=k)
+    _validate_tensors(q=q, k=k)
     if q.dim() not in (2, 3) or k.dim() != 2:
         raise ValueError(f"q must be [Sq, D] or [G, Sq, D] and k [Sk, D], got {tuple(q.shape)} and {tuple(k.shape)}")
     if q.shape[-1] != k.shape[-1]:
@@ -215,12 +215,12 @@ def attention_probs(
     lse2 = (lse if grouped else lse.unsqueeze(0)).float()  # (G, Sq)
     G, Sq, D = q3.shape
     Sk = k.shape[0]
-    _check_head_dim(D)
-    scale = _check_scale(scale, D)
-    window = _check_window(window, causal)
+    _validate_head_dim(D)
+    scale = _validate_scale(scale, D)
+    window = _validate_window(window, causal)
     if isinstance(q_offset, torch.Tensor) and q_offset.numel() != 1:
         raise TypeError("attention_probs takes one head of one batch row: q_offset must be an int")
-    _, q_offset = _check_q_offset(q_offset, 1, Sq, Sk, q.device)
+    _, q_offset = _validate_q_offset(q_offset, 1, Sq, Sk, q.device)
     r0, r1 = _region(rows, Sq, "rows")
     c0, c1 = _region(cols, Sk, "cols")
     BLOCK_M, BLOCK_N = _blocks(D, q.dtype, block_m, block_n)
@@ -247,8 +247,8 @@ def attention_probs(
     if r1 > r0 and c1 > c0:
         re = torch.as_tensor(row_edges, dtype=torch.int32).to(q.device)
         ce = torch.as_tensor(col_edges, dtype=torch.int32).to(q.device)
-        grid = (out.shape[1], out.shape[2], G)
-        _attn_probs_pooled[grid](q3, k, lse2, out, re, ce, *strides, *out.stride(), r0, c0,
+        pooled_grid = (out.shape[1], out.shape[2], G)
+        _attn_probs_pooled[pooled_grid](q3, k, lse2, out, re, ce, *strides, *out.stride(), r0, c0,
                                  q_offset, kv_len, window or 0, scale, REDUCE_MAX=reduce == "max", **args)
     return out if grouped else out[0]
 

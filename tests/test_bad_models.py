@@ -212,9 +212,9 @@ def test_kv_cache_check(zoo):
     config = config_layout(ModelConfig(num_hidden_layers=2, max_position_embeddings=10**12))
     per_position = 2 * 2 * config.n_kv_heads * config.head_dim * 4
     assert memory.kv_cache_bytes(config, 3, 10, torch.float32) == 3 * 10 * per_position
-    memory.check_kv_cache_fits(config, 1, 1024, torch.float32)  # fits anywhere
+    memory.require_kv_cache_fits(config, 1, 1024, torch.float32)  # fits anywhere
     with pytest.raises(UserError) as info:
-        memory.check_kv_cache_fits(config, 1, 10**12, torch.float32, "cpu")
+        memory.require_kv_cache_fits(config, 1, 10**12, torch.float32, "cpu")
     msg = str(info.value)
     assert "KV cache" in msg and "1,000,000,000,000 positions" in msg and "memory available" in msg
     assert "2 layers × 2 kv heads × head_dim 32 × 4 bytes" in msg and "\n" not in msg
@@ -541,7 +541,7 @@ def test_random_configs_reach_the_model(random_model_dir, monkeypatch):
 def test_huge_configs_never_reach_the_model_builder():
     config = ModelConfig.from_hf({**BASE, "num_hidden_layers": MAX_LAYERS, "hidden_size": 2**31})
     with pytest.raises(ConfigError, match="memory available"):
-        memory.check_model_fits(config, torch.float16)
+        memory.require_model_fits(config, torch.float16)
 
 
 def test_a_kv_cache_that_cannot_fit_is_refused_before_it_is_allocated():

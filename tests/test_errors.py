@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from attnscope import masks
 from attnscope.cli import app
 from attnscope.errors import ArgumentError, UserError
-from attnscope.inspector.report import check_head_range
+from attnscope.inspector.report import validate_head_range
 
 
 def test_the_core_speaks_of_its_own_arguments():
@@ -19,7 +19,7 @@ def test_the_core_speaks_of_its_own_arguments():
     with pytest.raises(ArgumentError, match=r"^padding_count 6 must be within 0\.\.5"):
         masks.from_parts(5, padding_count=6)
     with pytest.raises(ArgumentError, match=r"^layer 9 is out of range \(the model has 4 layers: 0\.\.3\)$"):
-        check_head_range(9, None, 4, 8)
+        validate_head_range(9, None, 4, 8)
 
 
 def test_the_command_line_names_its_flags():

@@ -276,7 +276,7 @@ def test_without_room_for_a_float32_forward_the_end_to_end_figures_gate_nothing(
     def no_room(module, device):
         raise MemoryError("a float32 copy of the weights needs 9 GB, more than the 1 GB available")
 
-    monkeypatch.setattr(native, "check_float32_copy_fits", no_room)
+    monkeypatch.setattr(native, "require_float32_copy_fits", no_room)
     check = checks_of("bfloat16", "sdpa", prompt_ids(160, 1), "full_vs_incremental")["full_vs_incremental"]
     assert check.passed, check.message
     calibration = check.figures["calibration"]
@@ -303,7 +303,7 @@ def test_a_wrong_decode_position_is_found_by_isolation_without_a_float32_forward
     def off_by_one(ids, past, positions):
         return embed(ids, past + 1 if ids.shape[1] == 1 and past > 0 else past, positions)
 
-    monkeypatch.setattr(native, "check_float32_copy_fits", no_room)
+    monkeypatch.setattr(native, "require_float32_copy_fits", no_room)
     monkeypatch.setattr(net, "_embed", off_by_one)
     check = attnscope.Scope(model, backend="sdpa").run(prompt_ids(32), checks="full_vs_incremental").checks[0]
     assert not check.passed

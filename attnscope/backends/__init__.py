@@ -46,16 +46,16 @@ from attnscope.backends.base import (
     FEATURES,
     AttendFn,
     apply_sinks,
-    check_shapes,
     group_mask,
     note_lse_source,
     supports,
     take_lse_source,
+    validate_shapes,
 )
 from attnscope.errors import BackendUnavailable, UnsupportedFeature, UserError
 
-__all__ = ["FEATURES", "AttendFn", "apply_sinks", "available_backends", "backend_name", "check_shapes", "get_backend",
-           "group_mask", "note_lse_source", "register_backend", "require_features", "supports", "take_lse_source"]
+__all__ = ["FEATURES", "AttendFn", "apply_sinks", "available_backends", "backend_name", "get_backend", "group_mask",
+           "note_lse_source", "register_backend", "require_features", "supports", "take_lse_source", "validate_shapes"]
 
 
 def _eager() -> AttendFn:

@@ -1,7 +1,7 @@
 """The attention interface's contract, and what every implementation of it shares.
 
 `AttendFn` is the type of a backend's attend function (see `attnscope.backends` for the contract);
-`check_shapes` validates its arguments; `group_mask` views a mask per kv group; `apply_sinks` adds
+`validate_shapes` validates its arguments; `group_mask` views a mask per kv group; `apply_sinks` adds
 learned sink logits to an attention over the keys; `supports` says whether a function implements an
 optional feature (`FEATURES`); `note_lse_source` / `take_lse_source` pass where a call's lse came
 from to the recorder. The implementations (eager, sdpa, flex, and the Triton kernels) import this
@@ -66,7 +66,7 @@ def apply_sinks(out: torch.Tensor, lse_keys: torch.Tensor, sinks: torch.Tensor) 
     return out * torch.exp(lse_keys - lse).unsqueeze(-1).to(out.dtype), lse
 
 
-def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> None:
+def validate_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> None:
     """Validate the attention interface's shapes; raises ValueError naming the mismatch."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, S, D], got {tuple(q.shape)}, {tuple(k.shape)}, "

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from attnscope.backends.base import check_shapes, group_mask, note_lse_source
+from attnscope.backends.base import group_mask, note_lse_source, validate_shapes
 from attnscope.masks import MaskSpec
 
 # 16 MiB of float32 scores per chunk. A chunk and its few temporaries stay below glibc's largest
@@ -115,7 +115,7 @@ def attend(
 
     A fully-masked row has lse = -inf and weights 0, not NaN (see `safe_lse`); NaN scores still
     propagate: they are a finding, not something to hide."""
-    check_shapes(q, k, v, mask)
+    validate_shapes(q, k, v, mask)
     note_lse_source("eager")
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1]
@@ -145,7 +145,7 @@ def attend_rounded(
     (its tests' ``attention_ref(..., upcast=False)``): scores q·kᵀ·scale in the dtype, the softmax in
     float32 rounded to the dtype, p·v in the dtype. Returns out ``[B, Hq, Sq, D]``; a row with no
     allowed key gives 0. Rows in chunks of about `MAX_SCORE_ELEMENTS` scores, K and V never repeated."""
-    check_shapes(q, k, v, mask)
+    validate_shapes(q, k, v, mask)
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     G = Hq // Hkv

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from attnscope.backends import eager
-from attnscope.backends.base import apply_sinks, check_shapes, note_lse_source
+from attnscope.backends.base import apply_sinks, note_lse_source, validate_shapes
 from attnscope.masks import MaskSpec
 
-_run_by_device: dict[str, object] = {}  # device type -> the flex_attention that runs there
+_run_by_device: dict[str, Callable[..., Any]] = {}  # device type -> the flex_attention that runs there
 
 
 def unavailable_reason() -> str | None:
@@ -43,7 +45,7 @@ def attend(
     softcap: float | None = None, sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention through FlexAttention; see `attnscope.backends` for the contract."""
-    check_shapes(q, k, v, mask)
+    validate_shapes(q, k, v, mask)
     B, Hq, Sq, D = q.shape
     Hkv, Sk = k.shape[1], k.shape[2]
     if not q.numel():  # no rows: nothing for flex_attention to do

@@ -34,7 +34,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from attnscope.backends.base import apply_sinks, check_shapes, note_lse_source
+from attnscope.backends.base import apply_sinks, note_lse_source, validate_shapes
 from attnscope.backends.eager import log_sum_exp
 from attnscope.masks import Causal, MaskSpec
 
@@ -51,7 +51,7 @@ def attend(
     sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention through torch's SDPA kernels; see `attnscope.backends` for the contract."""
-    check_shapes(q, k, v, mask)
+    validate_shapes(q, k, v, mask)
     Sq, Sk = q.shape[2], k.shape[2]
     causal = isinstance(mask, Causal) and Sq == Sk
     bias = None if isinstance(mask, Causal) and Sq in (1, Sk) else mask.additive(Sq, Sk, q.dtype, q.device)

@@ -76,26 +76,26 @@ HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also save what is 
 
 
 def validate_outputs(*flags: tuple[str, Path | None]) -> None:
-    from attnscope.output import check_output_paths
+    from attnscope.output import validate_output_paths
 
     with user_errors():
-        check_output_paths(*flags)
+        validate_output_paths(*flags)
 
 
 def validate_tolerances(atol: float | None, rtol: float | None) -> None:
-    from attnscope.inspector.checks import check_tolerance
+    from attnscope.inspector.checks import validate_tolerance
 
     with user_errors():
-        check_tolerance("--atol", atol)
-        check_tolerance("--rtol", rtol)
+        validate_tolerance("--atol", atol)
+        validate_tolerance("--rtol", rtol)
 
 
 def validate_place(scope, prompt: str, layer: int | None, head: int | None, query: int | None) -> None:
     """The prompt, --layer, --head and --query against the model's tokenizer and layout, before the run."""
-    from attnscope.inspector.report import check_head_range
+    from attnscope.inspector.report import validate_head_range
 
     layout = scope.model.layout
-    check_head_range(layer, head, layout.n_layers, layout.n_heads)
+    validate_head_range(layer, head, layout.n_layers, layout.n_heads)
     n = len(scope.encode(prompt))
     if query is not None and not 0 <= query < n:
         raise fail(f"--query {query} is out of range (the prompt has {n} tokens: 0..{n - 1})")

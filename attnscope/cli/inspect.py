@@ -217,7 +217,7 @@ exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
         from rich.text import Text
 
         from attnscope.backends import get_backend
-        from attnscope.inspector.compare import check_layouts, compare_document
+        from attnscope.inspector.compare import compare_document, require_same_layout
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
         from attnscope.render.compare_view import compare_view
@@ -227,7 +227,7 @@ exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
         get_backend(backend)  # an unknown or unavailable backend fails before any work
         out = output_console(color)
         a, b = (load(name, dtype, device, allow_pickle, engine) for name in model)
-        check_layouts(a.layout, b.layout, (a.name, b.name) if a.name != b.name else ("A", "B"))
+        require_same_layout(a.layout, b.layout, (a.name, b.name) if a.name != b.name else ("A", "B"))
         comparisons, parts = [], []
         with stage_bars(quiet) as bars:
             for n, text in enumerate(prompt_list):

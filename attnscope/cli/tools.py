@@ -67,7 +67,7 @@ def mask(
     try:  # a mask larger than a summary reads is refused here, before anything is drawn
         spec = masks.from_parts(k_len, window=window, padding_count=pad, side=side, prefix=prefix,
                                 documents=doc_ids, chunk=chunk)
-        masks.check_scan(spec, q_len, k_len, block_size)
+        masks.validate_scan(spec, q_len, k_len, block_size)
     except ArgumentError as exc:
         raise fail(exc.message_for(FLAGS)) from None
     except ValueError as exc:
@@ -104,12 +104,12 @@ def tui(
                    "without one, use attnscope run or attnscope check)")
     with user_errors():
         from attnscope.backends import get_backend
-        from attnscope.model.loader import check_engine, resolve_dtype
+        from attnscope.model.loader import resolve_dtype, validate_engine
         from attnscope.session import resolve_device
 
         get_backend(backend)
         resolve_dtype(dtype)
-        check_engine(engine)
+        validate_engine(engine)
         from attnscope.tui.app import AttnScopeApp
 
         tui_app = AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype,

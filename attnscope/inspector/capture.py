@@ -318,7 +318,7 @@ class Capture:
 
     With ``append=True`` successive calls (incremental decoding) are gathered and joined along the
     query rows by `layers()`, with k/v the latest (longest) cache views, so the records cover the
-    whole sequence. With ``residuals=False`` the residual stream is not counted (a forward whose
+    whole sequence. With ``count_nonfinite=False`` the residual stream's NaN/Inf are not counted (a forward whose
     records are only compared with another's attention outputs); with ``keep_residuals=True`` each
     record keeps its block's output (model comparison). Given `n_layers` (one forward, not
     ``append``), what the records keep of the forward (q, the output, the lse, the residual's counts
@@ -327,12 +327,12 @@ class Capture:
     is told it need not compute it (a forward whose outputs alone are compared).
     """
 
-    def __init__(self, append: bool = False, on_layer=None, residuals: bool = True, keep_residuals: bool = False,
+    def __init__(self, append: bool = False, on_layer=None, count_nonfinite: bool = True, keep_residuals: bool = False,
                  n_layers: int | None = None, lse: bool = True):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
         self.on_layer = on_layer  # called with the layer index once its block has run
-        self.residuals = residuals  # count the residual stream's NaN/Inf (the nan check's last stage)
+        self.count_nonfinite = count_nonfinite  # count the residual stream's NaN/Inf (the nan check's last stage)
         self.keep_residuals = keep_residuals
         self.wants_lse = lse  # False: records without lse (the backend may skip it)
         self._buffers = LayerBuffers(n_layers) if n_layers is not None and not append else None
@@ -355,7 +355,7 @@ class Capture:
                 parts["lse"].append(lse)
 
     def residual(self, layer: int, hidden: torch.Tensor) -> None:
-        if self.residuals:
+        if self.count_nonfinite:
             bad = self._keep("residual_nonfinite", layer, nonfinite_counts(hidden))  # (B, Sq)
             self.records[layer].residual_nonfinite = bad
             if self.append:

@@ -76,8 +76,8 @@ class Tolerance:
 
     @classmethod
     def for_dtype(cls, dtype: torch.dtype, atol: float | None = None, rtol: float | None = None) -> Tolerance:
-        check_tolerance("atol", atol)
-        check_tolerance("rtol", rtol)
+        validate_tolerance("atol", atol)
+        validate_tolerance("rtol", rtol)
         default_atol, default_rtol = DEFAULT_TOLERANCES[dtype]
         constant = cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
                        scaled=atol is None, given=atol is not None or rtol is not None)
@@ -110,7 +110,7 @@ class Tolerance:
 EXACT = Tolerance(0.0, 0.0, False)
 
 
-def check_tolerance(name: str, value: float | None) -> None:
+def validate_tolerance(name: str, value: float | None) -> None:
     """A UserError unless a tolerance (None: the default) is a finite number >= 0 (a NaN one would
     pass every comparison)."""
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

@@ -38,15 +38,16 @@ from attnscope.errors import UserError
 from attnscope.inspector.capture import STATS_CHUNK_ELEMENTS, LayerRecord
 from attnscope.inspector.checks import DEFAULT_TOLERANCES, Diff, Tolerance, diff
 from attnscope.inspector.report import Check, json_number, model_info, tokens_of
-from attnscope.inspector.result import check_place, check_region
+from attnscope.inspector.result import record_at, validate_region
 from attnscope.inspector.run import Run
 from attnscope.pooling import pool_edges
+from attnscope.prompts import Prompt
 
 SCHEMA = "attnscope.compare/1"
 LAYOUT_FIELDS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size")
 
 
-def check_layouts(a: Layout, b: Layout, names: tuple[str, str] = ("A", "B")) -> None:
+def require_same_layout(a: Layout, b: Layout, names: tuple[str, str] = ("A", "B")) -> None:
     """A UserError naming the first size in which two models' layouts differ."""
     for field in LAYOUT_FIELDS:
         va, vb = getattr(a, field), getattr(b, field)
@@ -55,7 +56,7 @@ def check_layouts(a: Layout, b: Layout, names: tuple[str, str] = ("A", "B")) -> 
                             f"and {vb} in {names[1]}")
 
 
-def check_tokens(ids_a: list[int], ids_b: list[int], texts_a: list[str], texts_b: list[str],
+def require_same_tokens(ids_a: list[int], ids_b: list[int], texts_a: list[str], texts_b: list[str],
                  names: tuple[str, str] = ("A", "B")) -> None:
     """A UserError showing the first token where two tokenizations of the same prompt differ."""
     for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)):
@@ -117,7 +118,7 @@ class Comparison:
 
     run_a: Run
     run_b: Run
-    prompt: object  # as given: text or ids
+    prompt: Prompt  # as given: text or ids
     tolerance: Tolerance
     output: list[Diff]  # per layer: the attention output, per query head
     residual: list[Diff]  # per layer: the block's output (one "head")
@@ -234,14 +235,14 @@ class Comparison:
         """The tokens of one row as text (the views ask a `Result` the same)."""
         return self.token_texts(self.batch_ids[batch])
 
-    def check_place(self, layer: int, head: int | None = None) -> RecordPair:
-        return check_place(self.records, self.n_heads, layer, head)
+    def record_at(self, layer: int, head: int | None = None) -> RecordPair:
+        return record_at(self.records, self.n_heads, layer, head)
 
     def attention(self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None),
                   batch: int = 0) -> torch.Tensor:
         """Float32 ``|P_B − P_A|`` ``[queries, keys]`` of one query head, recomputed from both models' q, k, lse."""
-        pair = self.check_place(layer, head)
-        check_region(pair, queries, keys, batch)
+        pair = self.record_at(layer, head)
+        validate_region(pair, queries, keys, batch)
         pa = pair.a.probabilities(head, queries, keys, batch)
         return (pair.b.probabilities(head, queries, keys, batch) - pa).abs()
 
@@ -251,8 +252,8 @@ class Comparison:
         time: the full matrix is never built."""
         if reduce not in ("max", "mean"):
             raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
-        pair = self.check_place(layer, head)
-        check_region(pair, queries, keys, batch)
+        pair = self.record_at(layer, head)
+        validate_region(pair, queries, keys, batch)
         q0, q1, _ = queries.indices(pair.shape[0])
         k0, k1, _ = keys.indices(pair.shape[1])
         row_edges, col_edges = pool_edges(q1 - q0, height), pool_edges(k1 - k0, width)
@@ -382,7 +383,7 @@ def _divergence_message(c: Comparison, first: dict | None) -> str:
 
 
 @torch.inference_mode()
-def compare_runs(run_a: Run, run_b: Run, prompt: object, tolerance: Tolerance) -> Comparison:
+def compare_runs(run_a: Run, run_b: Run, prompt: Prompt, tolerance: Tolerance) -> Comparison:
     """Compare two runs of the same token ids (each captured with its residual stream)."""
     real = run_a.inputs.real
     output, residual, qkv, prob_rows, js_rows = [], [], [], [], []

@@ -55,7 +55,7 @@ def pick_role(scores: dict[str, float]) -> str | None:
     passing = {r: s for r, s in scores.items() if s >= THRESHOLDS[r]}
     if "previous_token" in passing:
         passing.pop("local", None)
-    return max(passing, key=passing.get) if passing else None
+    return max(passing, key=lambda r: passing[r]) if passing else None
 
 
 def head_roles(run: Run, probe: Run, step: Step | None = None) -> list[list[HeadRole]]:
@@ -81,7 +81,7 @@ def head_roles(run: Run, probe: Run, step: Step | None = None) -> list[list[Head
         layer_roles = []
         for h in range(rec.q.shape[1]):
             near = [rec.weights_at(h, off) for off in range(4)]  # (Sq,) each: weight on the key `off` back
-            prev, local = near[1][1:], sum(near)
+            prev, local = near[1][1:], torch.stack(near).sum(0)
             # query at t in the 2nd copy attends to t - n + 1: the token after t's earlier occurrence
             induction = rep_rec.weights_at(h, n - 1)[start:]
             entropy = stats.entropy[0, h]

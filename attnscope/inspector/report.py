@@ -127,7 +127,10 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
             found += ["masked_rows"] if empty[h] else []
             return found + [name for name, o in over.items() if o[h]]
 
-        def role(h, layer=layer):
+        def worst_of(h, worst=worst) -> dict[str, Any]:  # full_vs_incremental=..., backend_vs_reference=...
+            return {name: json_number(d[h]) for name, d in worst.items()}
+
+        def role(h, layer=layer) -> dict[str, Any]:
             if roles is None:
                 return {}
             r = roles[layer][h]
@@ -137,7 +140,7 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
             HeadStats(head=h, kv_head=h // rec.group_size, entropy=json_number(entropy[h]),
                       max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
                       nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
-                      **{name: json_number(d[h]) for name, d in worst.items()}, flags=flags(h), **role(h),
+                      **worst_of(h), flags=flags(h), **role(h),
                       sink_share=None if shares is None else json_number(shares[h]))
             for h in range(rec.q.shape[1])
         ])
@@ -198,7 +201,7 @@ def pick_head(report: Report, layer: int | None = None, head: int | None = None)
     """The (layer, head) to draw and why: as asked, or the most structured head (the lowest mean
     entropy among heads with finite statistics), within `layer` or `head` when one is given. A
     UserError when the layer or head is out of range."""
-    check_head_range(layer, head, len(report.layers), len(report.layers[0].heads) if report.layers else 0)
+    validate_head_range(layer, head, len(report.layers), len(report.layers[0].heads) if report.layers else 0)
     if layer is not None and head is not None:
         return layer, head, ""
     candidates = [(h.entropy, lr.index, h.head) for lr in report.layers for h in lr.heads
@@ -210,7 +213,7 @@ def pick_head(report: Report, layer: int | None = None, head: int | None = None)
     return best_layer, best_head, " · lowest mean entropy"
 
 
-def check_head_range(layer: int | None, head: int | None, n_layers: int, n_heads: int) -> None:
+def validate_head_range(layer: int | None, head: int | None, n_layers: int, n_heads: int) -> None:
     """A UserError when `layer` or `head` (None: not given) is outside a model's layers or heads."""
     if layer is not None and not 0 <= layer < n_layers:
         raise ArgumentError("layer", f"{layer} is out of range (the model has {n_layers} layers: 0..{n_layers - 1})")

@@ -9,6 +9,7 @@ take ``batch=`` (the row) and ``.logits`` is ``[B, T, vocab]``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,12 +21,13 @@ from attnscope.inspector.checks import Diff
 from attnscope.inspector.heads import HeadRole
 from attnscope.inspector.report import Check, HeadStats, Report, build_report, head_stats
 from attnscope.inspector.run import Run
+from attnscope.prompts import Prompt
 
 
 @dataclass
 class Result:
     run: Run
-    prompt: object  # as given: text or ids, or a list of those for a batch
+    prompt: Prompt | Sequence[Prompt]  # as given: text or ids, or a list of those for a batch
     batched: bool
     continuation_ids_by_row: list[list[int]]
     checks: list[Check] = field(default_factory=list)
@@ -111,15 +113,15 @@ class Result:
         return (min(where["layer"], self.n_layers - 1), min(where["head"], self.n_heads - 1)) if where else None
 
     # ---- views ---------------------------------------------------------------------------------
-    def check_place(self, layer: int, head: int | None = None) -> LayerRecord:
+    def record_at(self, layer: int, head: int | None = None) -> LayerRecord:
         """The record of `layer`; a UserError naming the valid range when layer or head is outside it."""
-        return check_place(self.records, self.n_heads, layer, head)
+        return record_at(self.records, self.n_heads, layer, head)
 
     def attention(self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None),
                   batch: int = 0) -> torch.Tensor:
         """Float32 attention probabilities ``[queries, keys]`` of query head `head` in `layer`."""
-        rec = self.check_place(layer, head)
-        check_region(rec, queries, keys, batch)
+        rec = self.record_at(layer, head)
+        validate_region(rec, queries, keys, batch)
         return rec.probabilities(head, queries, keys, batch=batch)
 
     def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
@@ -128,8 +130,8 @@ class Result:
         screens and long prompts, never materializing the full matrix. A backend whose attend
         function offers ``pooled_probabilities`` (`attnscope.backends`: the triton backend's
         probability kernel) computes it; else the eager recomputation from q, k and the lse."""
-        rec = self.check_place(layer, head)
-        check_region(rec, queries, keys, batch)
+        rec = self.record_at(layer, head)
+        validate_region(rec, queries, keys, batch)
         pooled = getattr(self.run.attend, "pooled_probabilities", None)
         if pooled is None:
             return rec.pooled(head, height, width, reduce, batch, queries, keys)
@@ -141,7 +143,7 @@ class Result:
 
     def attention_group(self, layer: int, kv_head: int, batch: int = 0, reduce: str | None = None) -> torch.Tensor:
         """The query heads that read `kv_head`: stacked ``[G, q, k]``, or summed with reduce="sum"."""
-        rec = self.check_place(layer)
+        rec = self.record_at(layer)
         if not 0 <= kv_head < rec.k.shape[1]:
             raise UserError(f"kv head {kv_head} is out of range (0..{rec.k.shape[1] - 1})")
         heads = range(kv_head * rec.group_size, (kv_head + 1) * rec.group_size)
@@ -159,7 +161,7 @@ class Result:
                             self.roles, batch)
 
 
-def check_place(records: list, n_heads: int, layer: int, head: int | None = None):
+def record_at(records: list, n_heads: int, layer: int, head: int | None = None):
     """``records[layer]``; a UserError naming the valid range when layer or head is outside it."""
     if not 0 <= layer < len(records):
         raise UserError(f"layer {layer} is out of range (the model has {len(records)} layers: 0..{len(records) - 1})")
@@ -168,7 +170,7 @@ def check_place(records: list, n_heads: int, layer: int, head: int | None = None
     return records[layer]
 
 
-def check_region(rec, queries: slice, keys: slice, batch: int) -> None:
+def validate_region(rec, queries: slice, keys: slice, batch: int) -> None:
     """A UserError when a region or a batch row is outside record `rec` (an empty view would hide it)."""
     B = rec.q.shape[0]
     if not 0 <= batch < B:

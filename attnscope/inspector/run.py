@@ -101,7 +101,7 @@ class Run:
         """The records of the same forward on other token ids ``[B, T]`` (same padding and positions),
         without lse."""
         # only the outputs are compared: no lse, no residual counts
-        capture = Capture(residuals=False, n_layers=self.model.layout.n_layers, lse=False)
+        capture = Capture(count_nonfinite=False, n_layers=self.model.layout.n_layers, lse=False)
         B, T = ids.shape
         self.model.forward(ids, self.attend, cache=self.model.new_cache(B, T), recorder=capture,
                            mask=self.inputs.padding, positions=self.inputs.positions)
@@ -112,7 +112,7 @@ class Run:
         the records joined over the steps (without lse), and the logits ``[B, T, vocab]`` float32;
         `step(done, total)` as it goes, counting tokens × layers."""
         B, T = self.inputs.shape
-        capture = Capture(append=True, residuals=False, lse=False)  # only the attention outputs are compared
+        capture = Capture(append=True, count_nonfinite=False, lse=False)  # only the attention outputs are compared
         logits = token_by_token(self.model, self.inputs.ids, self.attend, cache=self.model.new_cache(B, T),
                                 recorder=capture, mask=self.inputs.padding, positions=self.inputs.positions,
                                 step=step)

@@ -160,13 +160,12 @@ class _Tensors:
     def __init__(self, file: Path):
         self.file = file
         if file.suffix in PICKLE_SUFFIXES:
-            self._state = _torch_load(file)
-            self._open = None
+            self._state: dict[str, torch.Tensor] | None = _torch_load(file)
             return
         from safetensors import SafetensorError, safe_open
 
         try:
-            self._open = safe_open(str(file), framework="pt")
+            self._open = safe_open(str(file), framework="pt")  # read when _state is None
         except (SafetensorError, OSError, ValueError) as exc:
             raise LoadError(f"{file}: not a valid safetensors file ({exc})") from None
         self._state = None
@@ -220,8 +219,7 @@ def weights_summary(files: list[Path]) -> tuple[int, int | None]:
         if file.suffix in PICKLE_SUFFIXES:
             numel += file.stat().st_size // 4
             continue
-        header = _Tensors(file)._open  # a valid safetensors file, or a LoadError
-        assert header is not None  # a safetensors file is opened, not read into a state dict
+        header = _Tensors(file)._open  # a valid safetensors file (opened, not read), or a LoadError
         for key in header.keys():
             shape = header.get_slice(key).get_shape()
             count = 1
@@ -272,9 +270,10 @@ def load_state_dict(model: Transformer, files: list[Path], progress: Progress | 
             wanted.append((name, key))
         for name, key in wanted:
             state[key] = tensors.get(name, dtype)
-    if model.config.tie_word_embeddings:
-        state.setdefault("lm_head.weight", state.get("embed_tokens.weight"))
-        state.setdefault("embed_tokens.weight", state.get("lm_head.weight"))
+    if model.config.tie_word_embeddings:  # the one of the two that the file has serves as both
+        for a, b in (("lm_head.weight", "embed_tokens.weight"), ("embed_tokens.weight", "lm_head.weight")):
+            if a not in state and b in state:
+                state[a] = state[b]
     missing = [k for k in expected if state.get(k) is None]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""

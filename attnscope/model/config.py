@@ -50,7 +50,7 @@ def show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_int(key: str, value: Any, minimum: int = 1, maximum: int = INT64_MAX) -> int:
+def validate_int(key: str, value: Any, minimum: int = 1, maximum: int = INT64_MAX) -> int:
     """`value` when it is an integer (not a bool) from `minimum` to `maximum`, else a `ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key} must be an integer, got {show(value)}")
@@ -61,7 +61,7 @@ def check_int(key: str, value: Any, minimum: int = 1, maximum: int = INT64_MAX) 
     return value
 
 
-def check_positive(key: str, value: Any) -> float:
+def validate_positive(key: str, value: Any) -> float:
     """`value` as a float when it is a finite number > 0 (not a bool), else a `ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key} must be a number, got {show(value)}")
@@ -74,13 +74,13 @@ def check_positive(key: str, value: Any) -> float:
     return number
 
 
-def check_bool(key: str, value: Any) -> bool:
+def validate_bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key} must be true or false, got {show(value)}")
     return value
 
 
-def check_token_ids(key: str, value: Any, vocab_size: int, *, several: bool) -> None:
+def validate_token_ids(key: str, value: Any, vocab_size: int, *, several: bool) -> None:
     """A token id (or, with `several`, a list of them) inside ``[0, vocab_size)``, or None."""
     if value is None:
         return
@@ -121,8 +121,8 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
                      "num_key_value_heads", "max_position_embeddings"):
-            check_int(name, getattr(self, name))
-        check_int("num_hidden_layers", self.num_hidden_layers, maximum=MAX_LAYERS)
+            validate_int(name, getattr(self, name))
+        validate_int("num_hidden_layers", self.num_hidden_layers, maximum=MAX_LAYERS)
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ConfigError(
@@ -130,7 +130,7 @@ class ModelConfig:
                     f"({self.num_attention_heads}) and config.json gives no head_dim"
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
-        check_int("head_dim", self.head_dim)
+        validate_int("head_dim", self.head_dim)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
                 f"num_attention_heads ({self.num_attention_heads}) is not divisible by "
@@ -138,15 +138,15 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        check_positive("rms_norm_eps", self.rms_norm_eps)
-        check_positive("rope_theta", self.rope_theta)
-        self.rope_scaling = check_rope_scaling(self.rope_scaling)
+        validate_positive("rms_norm_eps", self.rms_norm_eps)
+        validate_positive("rope_theta", self.rope_theta)
+        self.rope_scaling = validate_rope_scaling(self.rope_scaling)
         for name in ("qkv_bias", "o_bias", "mlp_bias", "qk_norm", "tie_word_embeddings"):
-            check_bool(name, getattr(self, name))
+            validate_bool(name, getattr(self, name))
         if self.sliding_window is not None:
-            check_int("sliding_window", self.sliding_window)
-        check_token_ids("bos_token_id", self.bos_token_id, self.vocab_size, several=False)
-        check_token_ids("eos_token_id", self.eos_token_id, self.vocab_size, several=True)
+            validate_int("sliding_window", self.sliding_window)
+        validate_token_ids("bos_token_id", self.bos_token_id, self.vocab_size, several=False)
+        validate_token_ids("eos_token_id", self.eos_token_id, self.vocab_size, several=True)
         if not isinstance(self.layer_types, list):
             raise ConfigError(f"layer_types must be a list of layer types, got {show(self.layer_types)}")
         if not self.layer_types:
@@ -195,10 +195,10 @@ class ModelConfig:
                     "num_attention_heads"):
             if key not in cfg:
                 raise ConfigError(f"config.json needs an integer {key}")
-        layers = check_int("num_hidden_layers", cfg["num_hidden_layers"], maximum=MAX_LAYERS)
+        layers = validate_int("num_hidden_layers", cfg["num_hidden_layers"], maximum=MAX_LAYERS)
 
         rope_theta, rope_scaling = _read_rope(cfg)
-        attention_bias = check_bool("attention_bias", get("attention_bias", False))
+        attention_bias = validate_bool("attention_bias", get("attention_bias", False))
         if model_type == "qwen2":
             qkv_bias, o_bias = True, False
         elif model_type == "mistral":
@@ -211,10 +211,10 @@ class ModelConfig:
         if not isinstance(layer_types, list):
             raise ConfigError(f"layer_types must be a list of layer types, got {show(layer_types)}")
         if model_type in ("qwen2", "qwen3"):
-            if not check_bool("use_sliding_window", get("use_sliding_window", False)):
+            if not validate_bool("use_sliding_window", get("use_sliding_window", False)):
                 sliding_window = None
             if not layer_types and sliding_window is not None:
-                first_sliding = check_int("max_window_layers", get("max_window_layers", layers), minimum=0)
+                first_sliding = validate_int("max_window_layers", get("max_window_layers", layers), minimum=0)
                 layer_types = ["full_attention"] * min(first_sliding, layers)
                 layer_types += ["sliding_attention"] * (layers - len(layer_types))
         elif model_type == "llama":
@@ -228,18 +228,18 @@ class ModelConfig:
             num_hidden_layers=layers,
             num_attention_heads=cfg["num_attention_heads"],
             num_key_value_heads=get("num_key_value_heads", cfg["num_attention_heads"]),
-            head_dim=cfg.get("head_dim"),
+            head_dim=cfg.get("head_dim"),  # type: ignore[arg-type]  # None: derived in __post_init__
             max_position_embeddings=get("max_position_embeddings", 2048),
             rms_norm_eps=get("rms_norm_eps", 1e-6),
             rope_theta=rope_theta,
             rope_scaling=rope_scaling,
             qkv_bias=qkv_bias,
             o_bias=o_bias,
-            mlp_bias=check_bool("mlp_bias", get("mlp_bias", False)),
+            mlp_bias=validate_bool("mlp_bias", get("mlp_bias", False)),
             qk_norm=model_type == "qwen3",
             sliding_window=sliding_window,
             layer_types=list(layer_types),
-            tie_word_embeddings=check_bool("tie_word_embeddings", get("tie_word_embeddings", False)),
+            tie_word_embeddings=validate_bool("tie_word_embeddings", get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=cfg.get("eos_token_id"),
         )
@@ -312,15 +312,15 @@ def _read_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
             return name(key), merged[key]
         return key, default if cfg.get(key) is None else cfg[key]
 
-    theta = check_positive(*pick("rope_theta", 10000.0))
+    theta = validate_positive(*pick("rope_theta", 10000.0))
     key, partial = pick("partial_rotary_factor", 1.0)
-    if check_positive(key, partial) != 1.0:
+    if validate_positive(key, partial) != 1.0:
         raise ConfigError(f"unsupported rope option {key} {show(partial)} (supported: 1)")
     rope_type = merged.get("rope_type")
     if rope_type is None:
         rope_type = "default" if merged.get("type") is None else merged["type"]
     scaling = {"rope_type": rope_type, **{k: v for k, v in merged.items() if k in _ROPE_KEYS}}
-    return theta, check_rope_scaling(scaling, name)
+    return theta, validate_rope_scaling(scaling, name)
 
 
 # what each supported rope type reads from the scaling dict
@@ -329,7 +329,7 @@ _ROPE_NEEDS = {"default": (), "linear": ("factor",),
                "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
-def check_rope_scaling(scaling: Any, name=lambda key: f"rope_scaling.{key}") -> dict[str, Any] | None:
+def validate_rope_scaling(scaling: Any, name=lambda key: f"rope_scaling.{key}") -> dict[str, Any] | None:
     """The rope scaling dict reduced to what its type reads, checked (None for default rope); `name`
     gives the config.json name of a key for error messages."""
     if scaling is None:
@@ -347,9 +347,9 @@ def check_rope_scaling(scaling: Any, name=lambda key: f"rope_scaling.{key}") -> 
         if key not in scaling:
             raise ConfigError(f"rope_scaling of type {rope_type!r} needs {key!r}")
         if key == "original_max_position_embeddings":
-            check_int(name(key), scaling[key])
+            validate_int(name(key), scaling[key])
         else:
-            check_positive(name(key), scaling[key])
+            validate_positive(name(key), scaling[key])
     if rope_type == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
         raise ConfigError(
             f"{name('high_freq_factor')} ({show(scaling['high_freq_factor'])}) must be larger than "

@@ -413,16 +413,16 @@ class GGUFTensors:
         if len(shape) == 1:  # a vector: read whole; a permuted bias is a column of rows
             values = self._file.read_rows(name, 0, 1).reshape(shape[0], 1)
             rows_out, step = out.view(shape[0], 1), shape[0]
-            bands = [(0, shape[0], values)]
+            bands: list[tuple[int, int, torch.Tensor | None]] = [(0, shape[0], values)]
         else:
             rows, cols = shape[0], math.prod(shape[1:])
             rows_out = out.view(rows, cols)
             step = max(1, CHUNK_ELEMENTS // cols)
             if permute:  # bands of whole heads: the permutation stays inside a head
                 step = max(head_dim, step // head_dim * head_dim)
-            bands = ((s, min(s + step, rows), None) for s in range(0, rows, step))
-        for start, stop, values in bands:
-            band = self._file.read_rows(name, start, stop) if values is None else values  # (rows, cols)
+            bands = [(s, min(s + step, rows), None) for s in range(0, rows, step)]  # read band by band
+        for start, stop, given in bands:
+            band = self._file.read_rows(name, start, stop) if given is None else given  # (rows, cols)
             target = rows_out[start:stop]
             if permute:
                 # llama.cpp's rows of a head are interleaved pairs (i, i + D/2): undo LlamaModel.permute
@@ -448,12 +448,12 @@ class GGUFTensors:
 def load_gguf(path: Path, dtype: torch.dtype, device: torch.device, progress=None):
     """A `attnscope.model.native.LoadedModel` from GGUF file `path` (see the module docstring)."""
     from attnscope.model.llama import Transformer
-    from attnscope.model.memory import check_model_fits
+    from attnscope.model.memory import require_model_fits
     from attnscope.model.native import LoadedModel, load_state_dict
 
     file = GGUFFile(path)
     config = read_config(file)
-    check_model_fits(config, dtype, device)  # from the config alone, before anything is allocated
+    require_model_fits(config, dtype, device)  # from the config alone, before anything is allocated
     tokenizer = read_tokenizer(file)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise ConfigError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "

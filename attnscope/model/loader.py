@@ -127,7 +127,7 @@ def _hub_snapshot(repo_id: str) -> Path:
 ENGINES = ("auto", "native", "hf")
 
 
-def check_engine(engine: str) -> None:
+def validate_engine(engine: str) -> None:
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r} (choose from: {', '.join(ENGINES)})")
 
@@ -160,7 +160,7 @@ def load_model(
         An engine: a `LoadedModel` (native; ``.net`` is the `Transformer`) or an
         `attnscope.hf.HFEngine` (``.model`` is the transformers model); both have ``.tokenizer``.
     """
-    check_engine(engine)
+    validate_engine(engine)
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     path = resolve_model_path(name_or_path)

@@ -164,7 +164,7 @@ def _short_of(need: int, device: torch.device | str) -> tuple[int, torch.device]
     return None
 
 
-def check_model_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+def require_model_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
     """A `ConfigError` naming the sizes when the model of `config` in `dtype` cannot fit in the memory
     available (host memory, where weights are read, and the device's when it is a GPU)."""
     need = model_bytes(config, dtype)
@@ -178,7 +178,7 @@ def check_model_fits(config: ModelConfig, dtype: torch.dtype, device: torch.devi
         )
 
 
-def check_weights_fit(numel: int, dtype: torch.dtype, device: torch.device | str, path: Path) -> None:
+def require_weights_fit(numel: int, dtype: torch.dtype, device: torch.device | str, path: Path) -> None:
     """A `LoadError` naming the sizes when `numel` weights in `dtype` cannot fit in the memory available
     (host memory, where weights are read, and the device's when it is a GPU)."""
     need = numel * dtype.itemsize
@@ -190,7 +190,7 @@ def check_weights_fit(numel: int, dtype: torch.dtype, device: torch.device | str
                         f"available {_where(where)}")
 
 
-def check_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.dtype,
+def require_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.dtype,
                         device: torch.device | str = "cpu") -> None:
     """A `UserError` naming the sizes when a KV cache of `batch` rows × `max_len` positions in `dtype`
     cannot fit in the memory available on `device`. An engine calls it before allocating a cache."""
@@ -206,7 +206,7 @@ def check_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.d
         )
 
 
-def check_float32_copy_fits(module: torch.nn.Module, device: torch.device | str) -> None:
+def require_float32_copy_fits(module: torch.nn.Module, device: torch.device | str) -> None:
     """A `MemoryError` naming the sizes when a float32 copy of `module`'s floating parameters and
     buffers (what `attnscope.model.compute.in_float32` makes for one call) cannot fit beside the model in
     the memory available (host memory, and the device's when it is a GPU)."""

@@ -15,7 +15,7 @@ from attnscope.masks import MaskSpec
 from attnscope.model.checkpoint import load_state_dict, read_config, weight_files
 from attnscope.model.config import ModelConfig
 from attnscope.model.llama import KVCache, Transformer
-from attnscope.model.memory import check_float32_copy_fits, check_kv_cache_fits, check_model_fits
+from attnscope.model.memory import require_float32_copy_fits, require_kv_cache_fits, require_model_fits
 from attnscope.model.tokenizer import Tokenizer
 
 
@@ -74,7 +74,7 @@ class LoadedModel:
         return self.net.masks
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        check_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)  # before allocating it
+        require_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)  # before allocating it
         return self.net.new_cache(batch, max_len)
 
     def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache | None = None, recorder=None,
@@ -103,7 +103,7 @@ class LoadedModel:
         a rule) cannot fit beside the model."""
         net = self.net
         pieces = [net.embed_tokens, net.lm_head, *net.layers]  # what is upcast at once, one at a time
-        check_float32_copy_fits(max(pieces, key=lambda m: sum(p.numel() for p in m.parameters())), self.device)
+        require_float32_copy_fits(max(pieces, key=lambda m: sum(p.numel() for p in m.parameters())), self.device)
         return self.net.forward_float32(ids, recorder=recorder, mask=mask, positions=positions)
 
     def decode(self, logits: torch.Tensor, cache: KVCache, attend: AttendFn, max_new_tokens: int, *,
@@ -124,7 +124,7 @@ def load_native(path: Path, dtype: torch.dtype, device: torch.device, *, allow_p
     available before anything is allocated, the network built on the meta device and the weights
     loaded into it (`attnscope.model.checkpoint.load_state_dict`), then moved to `device`."""
     config = read_config(path)
-    check_model_fits(config, dtype, device)  # from the config alone, before anything is allocated
+    require_model_fits(config, dtype, device)  # from the config alone, before anything is allocated
     tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise ConfigError(

@@ -76,7 +76,7 @@ class Tokenizer:
                 "vocabulary has no token for it and no unknown token"
             )
         ids = encoding.ids
-        return [self.bos_id, *ids] if self.add_bos else ids
+        return [self.bos_id, *ids] if self.add_bos and self.bos_id is not None else ids
 
     def _dropped(self, text: str, offsets: list[tuple[int, int]]) -> int | None:
         """The index of the first character the tokenizer drops, or None. A character no token covers

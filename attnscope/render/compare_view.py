@@ -4,6 +4,7 @@ map of the mean Jensen–Shannon divergence, and the difference heatmap of the w
 from __future__ import annotations
 
 import numpy as np
+from rich.console import RenderableType
 from rich.text import Text
 
 from attnscope.render.diffmap import DiffMap
@@ -23,7 +24,7 @@ def compare_view(comparison, *, width: int, log: bool = False) -> list:
     prompt = comparison.prompt
     shown = repr(_short(prompt)) if isinstance(prompt, str) else f"{len(comparison.ids)} token ids"
     divergence, logits = comparison.checks()
-    parts = [Text(f"prompt {shown} · {len(comparison.ids)} tokens", style="bold"),
+    parts: list[RenderableType] = [Text(f"prompt {shown} · {len(comparison.ids)} tokens", style="bold"),
              Text(("✓ " if divergence.passed else "✗ ") + divergence.message,
                   style="green" if divergence.passed else "red"),
              Text(("✓ " if logits.passed else "✗ ") + logits.message, style="green" if logits.passed else "red"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from rich.color import Color
@@ -34,6 +35,9 @@ from attnscope.render.colors import (
     viridis,
     viridis_table,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 LABEL_WIDTH = 7  # characters of token text per label
 CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
@@ -232,7 +236,8 @@ class Heatmap:
         def parts(ramp: int) -> list[list[tuple[str, Style | str]]]:
             if not color:
                 return [[(SHADES, ""), (f"  {scale.label()}", "")], [("· masked", "")], [("! NaN/Inf", "")]]
-            found = [[*(("█", Style(color=viridis(k / (ramp - 1)))) for k in range(ramp)), (f" {scale.label()}", "")],
+            found: list[list[tuple[str, Style | str]]] = [
+                [*(("█", Style(color=viridis(k / (ramp - 1)))) for k in range(ramp)), (f" {scale.label()}", "")],
                      [("█", Style(color=MASKED_COLOR)), (" masked", "")],
                      [("█", Style(color=NONFINITE_COLOR)), (" NaN/Inf", "")]]
             if self.query_labels and m == 1:  # two query rows per line: the upper one is the left label
@@ -282,6 +287,30 @@ class TopKeys:
             yield line
 
 
+class HeadPlace(Protocol):
+    """One layer's place in `HeadMaps`: its matrix shape and which cells the mask allows."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def allowed(self, head: int, batch: int = 0) -> torch.Tensor: ...
+
+
+class HeadMaps(Protocol):
+    """What the heatmaps need of something with a map per (layer, head): a `Result` (attention
+    probabilities) or a `Comparison` (``|P_B − P_A|``)."""
+
+    def record_at(self, layer: int, head: int | None = None) -> HeadPlace: ...
+
+    def row_tokens(self, batch: int = 0) -> list[str]: ...
+
+    def attention(self, layer: int, head: int, queries: slice = ..., keys: slice = ...,
+                  batch: int = 0) -> torch.Tensor: ...
+
+    def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
+                         batch: int = 0, queries: slice = ..., keys: slice = ...) -> np.ndarray: ...
+
+
 @dataclass
 class HeadMap:
     """The cells shown for one head: exact probabilities, or a pooled map of the whole matrix."""
@@ -293,12 +322,12 @@ class HeadMap:
     exact: bool
 
 
-def head_map(result, layer: int, head: int, exact_cells: tuple[int, int], pooled_cells: tuple[int, int],
+def head_map(result: HeadMaps, layer: int, head: int, exact_cells: tuple[int, int], pooled_cells: tuple[int, int],
              batch: int = 0, origin: tuple[int, int] | None = None) -> HeadMap:
     """Exact cells when the matrix fits `exact_cells` (rows, cols), else the max-pooled map of
     `pooled_cells`, computed by the inspector band by band (the full matrix is never built). With
     `origin` (first query row, first key), the exact window of `exact_cells` there (a zoom)."""
-    rec = result.check_place(layer, head)
+    rec = result.record_at(layer, head)
     Sq, Sk = rec.shape
     (rows, cols), (pooled_rows, pooled_cols) = exact_cells, pooled_cells
     allowed = rec.allowed(head, batch).cpu().numpy()
@@ -315,12 +344,12 @@ def head_map(result, layer: int, head: int, exact_cells: tuple[int, int], pooled
     return HeadMap(w, a, re, ce, False)
 
 
-def map_heatmap(result, layer: int, head: int, view: HeadMap, *, title: str = "", log: bool = False,
+def map_heatmap(result: HeadMaps, layer: int, head: int, view: HeadMap, *, title: str = "", log: bool = False,
                 compact: bool = False, max_lines: int = 32, cursor: tuple[int, int] | None = None,
                 batch: int = 0, color: bool | None = None) -> Heatmap:
     """The `Heatmap` of a `HeadMap`: token labels on exact cells, positions on pooled ones (`color`:
     see `Heatmap`)."""
-    Sq, Sk = result.records[layer].shape
+    Sq, Sk = result.record_at(layer).shape
     past = Sk - Sq
     labels = result.row_tokens(batch)
     q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
@@ -332,7 +361,7 @@ def map_heatmap(result, layer: int, head: int, view: HeadMap, *, title: str = ""
                    compact=compact, cursor=cursor, color=color)
 
 
-def head_heatmap(result, layer: int, head: int, *, width: int = 120, max_lines: int = 32, log: bool = False,
+def head_heatmap(result: HeadMaps, layer: int, head: int, *, width: int = 120, max_lines: int = 32, log: bool = False,
                  title: str = "", compact: bool = False, batch: int = 0, color: bool | None = None) -> Heatmap:
     """The heatmap of one head of a `Result`: exact when it fits `width` × 2·`max_lines` cells, else
     max-pooled by the inspector tile by tile (the full matrix is never built)."""
@@ -344,8 +373,8 @@ def head_heatmap(result, layer: int, head: int, *, width: int = 120, max_lines: 
                        batch=batch, color=color)
 
 
-def small_multiples(result, layer: int, heads, *, width: int, cell_width: int, max_lines: int, log: bool = False,
-                    title: str = "", label=None, color: bool | None = None) -> Group:
+def small_multiples(result: HeadMaps, layer: int, heads, *, width: int, cell_width: int, max_lines: int,
+                    log: bool = False, title: str = "", label=None, color: bool | None = None) -> Group:
     """Several heads of one layer as small heatmaps in a grid that fills `width` (``run --heads all``,
     the TUI's GQA group); `label(head)` titles each."""
     per_row = max(1, width // (cell_width + 2))

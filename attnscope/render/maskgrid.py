@@ -94,7 +94,7 @@ class MaskView:
 
     def __init__(self, spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0,
                  title: str | None = None, max_rows: int = 48):
-        masks.check_scan(spec, q_len, k_len, block)
+        masks.validate_scan(spec, q_len, k_len, block)
         past = k_len - q_len
         if title is None:
             title = f"{spec!r} · q {q_len} × k {k_len}"

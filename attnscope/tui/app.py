@@ -19,30 +19,30 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
+from attnscope.errors import UserError, one_line
+from attnscope.output import unused_path, write_outputs
 from attnscope.prompts import escape, unescape
 from attnscope.session import Session
 from attnscope.tui.heatmap_view import FAILED, WAITING, HeatmapView
 from attnscope.tui.help import HelpScreen
-from attnscope.tui.messages import CheckFinished, CursorMoved, LayerArrived, RunFailed, RunFinished
+from attnscope.tui.messages import CheckFinished, CursorMoved, JumpTo, LayerArrived, RunFailed, RunFinished
 from attnscope.tui.navigator import Navigator
 from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, StatusLine, TokensPane
 
+if TYPE_CHECKING:
+    from attnscope.inspector.result import Result
+
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
-
-
-def one_line(error: BaseException) -> str:
-    """An unexpected exception as one line: its type and message."""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Cancelled(Exception):
@@ -59,10 +59,10 @@ class AttnScopeApp(App):
         Binding("s", "screenshot", "SVG"),
         Binding("n", "next_token", "next token"),
         Binding("ctrl+r", "rerun", "rerun"),
-        Binding("right_square_bracket", "step_head(1)", "next head"),
-        Binding("left_square_bracket", "step_head(-1)", "previous head", show=False),
-        Binding("right_curly_bracket", "step_layer(1)", "next layer", show=False),
-        Binding("left_curly_bracket", "step_layer(-1)", "previous layer", show=False),
+        Binding("right_square_bracket", "step(1, 0)", "next head"),
+        Binding("left_square_bracket", "step(-1, 0)", "previous head", show=False),
+        Binding("right_curly_bracket", "step(0, 1)", "next layer", show=False),
+        Binding("left_curly_bracket", "step(0, -1)", "previous layer", show=False),
         Binding("b", "toggle_navigator", "navigator", show=False),
         Binding("escape", "leave_prompt", "leave the prompt", show=False),
         *(Binding(str(i + 1), f"tab('{name}')", name, show=False) for i, name in enumerate(TABS)),
@@ -75,11 +75,10 @@ class AttnScopeApp(App):
                  dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False,
                  engine: str = "auto", compare: str | None = None):
         super().__init__()
-        # the models (B: the Diff tab's "vs B"), loaded by the first run, and how they run
         self.session = Session(model, backend=backend, dtype=dtype, device=device, engine=engine,
                                allow_pickle=allow_pickle, compare_with=compare)
         self.initial_prompt, self.max_new_tokens = prompt, max_new_tokens
-        self.result = None  # the finished run shown, or None while one runs
+        self.result: Result | None = None  # the finished run shown, or None while one runs
         self.run_id = self.checks_done = 0
         self.failure = 0  # the exit code the last run leaves: 0, 2 (bad input) or 1 (an error)
 
@@ -111,9 +110,7 @@ class AttnScopeApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        session = self.session
-        self.sub_title = f"{session.model_name} · {session.backend} · {session.dtype} · {session.device}" + (
-            f" · vs {session.compare_with}" if session.compare_with else "")
+        self.sub_title = self.session.describe()
         self.watch(self.query_one(Navigator), "selected", self.head_selected, init=False)
         if self.initial_prompt:
             self.start_run(self.initial_prompt)
@@ -139,9 +136,6 @@ class AttnScopeApp(App):
 
     @work(thread=True, exclusive=True, group="run")
     def run_model(self, prompt, run_id: int) -> None:
-        from attnscope.errors import UserError
-        from attnscope.inspector.checks import CHECK_NAMES
-
         worker = get_current_worker()
 
         def post(message) -> None:  # the callbacks of a superseded run stop it
@@ -153,16 +147,10 @@ class AttnScopeApp(App):
         try:
             n_layers = self.session.load().layout.n_layers
             post(None)
-            result = self.session.run(
-                prompt, max_new_tokens=self.max_new_tokens, checks=CHECK_NAMES, roles=True,
+            result, comparison = self.session.run_and_compare(  # a refused comparison: shown in the Diff tab
+                prompt, max_new_tokens=self.max_new_tokens, checks="all", roles=True,
                 on_layer=lambda layer: post(LayerArrived(layer, n_layers, run_id)),
                 on_check=lambda check: post(CheckFinished(check, run_id)))
-            post(None)
-            result.report()  # statistics computed here, off the event loop
-            try:
-                comparison = self.session.compare(prompt)
-            except UserError as exc:  # shown in the Diff tab, not a failed run
-                comparison = str(exc)
             post(RunFinished(result, run_id, comparison))
         except Cancelled:
             return
@@ -197,9 +185,8 @@ class AttnScopeApp(App):
                                                  min(view.head_idx, result.n_heads - 1))
         self.show_head(layer, head)
         view.prewarm_in_background(result)  # every head's overview, so that switching heads only draws
-        # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the
-        # garbage collector's full passes off those ~400k objects, or browsing pauses for ~250 ms
-        # every twenty-odd head switches while it walks them.
+        # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the collector's
+        # full passes off those ~400k objects, or browsing pauses ~250 ms every twenty-odd head switches.
         gc.freeze()
         self.failure = 0
         self.query_one(StatusLine).finished(result)
@@ -240,24 +227,16 @@ class AttnScopeApp(App):
     def on_cursor_moved(self, message: CursorMoved) -> None:
         self.query_one(Details).info = message.info
 
-    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        """Enter on a check jumps to the layer, head and position where it is worst."""
-        if self.result is None or event.option_list.id != "checks-list":
+    def on_jump_to(self, message: JumpTo) -> None:
+        """A check's worst place or a prompt token chosen in a pane: show it in the Heatmap tab."""
+        if self.result is None:
             return
-        key, view = event.option.id, self.query_one(HeatmapView)
-        where = next(((c.where or {}) for c in self.result.checks if c.name == key), {})
-        if where.get("layer") is None:
-            return self.notify(f"{key}: nothing to jump to", timeout=3)
         self.action_tab("heatmap")
-        head = where.get("head") if where.get("head") is not None else view.head_idx
-        self.show_head(where["layer"], head, where.get("position"))
-
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        """Enter on a prompt token makes it the query row."""
-        key = event.row_key.value
-        if self.result is not None and event.data_table.id == "tokens-table" and key.startswith("q"):
-            self.action_tab("heatmap")
-            self.query_one(HeatmapView).focus_position(int(key[1:]))
+        view = self.query_one(HeatmapView)
+        if message.layer is not None:
+            self.show_head(message.layer, view.head_idx if message.head is None else message.head, message.position)
+        elif message.position is not None:
+            view.focus_position(message.position)
 
     # ---- actions -----------------------------------------------------------------------------
     async def action_quit(self) -> None:
@@ -287,32 +266,19 @@ class AttnScopeApp(App):
         if not left.display and self.focused is self.query_one(Navigator):
             self.query_one(HeatmapView).focus()
 
-    def action_step_head(self, step: int) -> None:
-        """The next (or previous) head, on into the next layer, from any pane."""
-        if self.result is not None:
-            view, n = self.query_one(HeatmapView), self.result.n_heads
-            index = (view.layer_idx * n + view.head_idx + step) % (self.result.n_layers * n)
-            self.query_one(Navigator).select_head(*divmod(index, n))
-
-    def action_step_layer(self, step: int) -> None:
-        """The same head of the next (or previous) layer."""
+    def action_step(self, heads: int, layers: int) -> None:
+        """The head `heads` on (into the next layer), or the same head `layers` on, from any pane."""
         if self.result is not None:
             view = self.query_one(HeatmapView)
-            self.query_one(Navigator).select_head((view.layer_idx + step) % self.result.n_layers, view.head_idx)
+            self.query_one(Navigator).step((view.layer_idx, view.head_idx), self.result.n_layers, self.result.n_heads,
+                                           heads=heads, layers=layers)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
     def action_screenshot(self) -> None:
         """Save what is on the screen as SVG in the current directory, and say where."""
-        from attnscope.errors import UserError
-        from attnscope.output import write_outputs
-
-        stamp, n = time.strftime("%Y-%m-%dT%H-%M-%S"), 1
-        path = Path.cwd() / f"attnscope_{stamp}.svg"
-        while path.exists():  # two in one second
-            n += 1
-            path = Path.cwd() / f"attnscope_{stamp}-{n}.svg"
+        path = unused_path(Path.cwd(), time.strftime("attnscope_%Y-%m-%dT%H-%M-%S"), ".svg")  # two in 1 s: -2
         try:
             write_outputs([("screenshot", path, self.export_screenshot())])
         except UserError as exc:

@@ -99,9 +99,9 @@ class HeatmapView(Widget, can_focus=True):
         four lines of key tokens under its axis, and of a pooled overview, with positions only."""
         color = self.color
         per_line = 2 if color else 1
-        return tuple((per_line * self._map_lines(exact),
-                      max(8, self.size.width - Heatmap.label_width(color, tokens=exact) - 1))
-                     for exact in (True, False))
+        exact, pooled = ((per_line * self._map_lines(exact), max(8, self.size.width - Heatmap.label_width(
+            color, tokens=exact) - 1)) for exact in (True, False))
+        return exact, pooled
 
     def _map_lines(self, exact: bool) -> int:
         """Lines of cells: the pane less the title (two lines when it wraps), axis, key tokens, colorbar."""

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
+
+if TYPE_CHECKING:
+    from attnscope.inspector.compare import Comparison
+    from attnscope.inspector.report import Check
+    from attnscope.inspector.result import Result
 
 
 @dataclass
@@ -18,21 +24,20 @@ class LayerArrived(Message):
 
 @dataclass
 class CheckFinished(Message):
-    """A check finished; `check` is an `attnscope.inspector.report.Check`."""
+    """A check finished."""
 
-    check: object
+    check: Check
     run_id: int
 
 
 @dataclass
 class RunFinished(Message):
-    """The run and its checks are done; `result` is an `attnscope.scope.Result`, `comparison` the
-    `attnscope.inspector.compare.Comparison` against the ``--compare`` model (or the error that stopped
-    it; None without one)."""
+    """The run and its checks are done; `comparison` is the one against the ``--compare`` model (or
+    the reason it could not be made; None without one)."""
 
-    result: object
+    result: Result
     run_id: int
-    comparison: object = None
+    comparison: Comparison | str | None = None
 
 
 @dataclass
@@ -50,3 +55,13 @@ class CursorMoved(Message):
     """The heatmap's cell cursor moved; `info` describes the cell for the details panel."""
 
     info: str
+
+
+@dataclass
+class JumpTo(Message):
+    """A pane chose a place to show in the heatmap (a check's worst place, a prompt token): None
+    keeps the layer and head shown."""
+
+    layer: int | None
+    head: int | None
+    position: int | None

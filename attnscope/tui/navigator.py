@@ -98,6 +98,14 @@ class Navigator(Tree):
                         self.move_cursor(leaf)
                         return
 
+    def step(self, at: tuple[int, int], n_layers: int, n_heads: int, heads: int = 0, layers: int = 0) -> None:
+        """Select the head `heads` on from `at` (on into the next layer) or the same head `layers` on."""
+        layer, head = at
+        if heads:
+            self.select_head(*divmod((layer * n_heads + head + heads) % (n_layers * n_heads), n_heads))
+        else:
+            self.select_head((layer + layers) % n_layers, head)
+
     def watch_cursor_line(self, previous_line: int, line: int) -> None:
         super().watch_cursor_line(previous_line, line)
         data = self.cursor_node.data if self.cursor_node is not None else None

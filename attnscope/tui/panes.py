@@ -19,6 +19,8 @@ from textual.widget import Widget
 from textual.widgets import DataTable, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
+from attnscope.tui.messages import JumpTo
+
 
 class Lazy:
     """A renderable built on first paint (and kept): content of a pane that may never be shown."""
@@ -94,6 +96,15 @@ class ChecksPane(OptionList):
         self.set_options([Option(CheckRow(c, columns), id=c.name) for c in self.checks])
         self.highlighted = highlighted if highlighted is not None else 0
 
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        """Enter on a check jumps to the layer, head and position where it is worst."""
+        event.stop()
+        where = next(((c.where or {}) for c in self.checks if c.name == event.option.id), {})
+        if where.get("layer") is None:
+            self.notify(f"{event.option.id}: nothing to jump to", timeout=3)
+        else:
+            self.post_message(JumpTo(where["layer"], where.get("head"), where.get("position")))
+
 
 class TokensPane(DataTable):
     """pos, id, token text; the continuation below the prompt. Row keys: q<pos> / c<i>."""
@@ -102,6 +113,13 @@ class TokensPane(DataTable):
 
     def on_mount(self) -> None:
         self.add_columns("pos", "id", "token", "")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """Enter on a prompt token makes it the query row."""
+        event.stop()
+        key = event.row_key.value
+        if key is not None and key.startswith("q"):
+            self.post_message(JumpTo(None, None, int(key[1:])))
 
     def watch_result(self, result) -> None:
         self.clear()
