@@ -204,7 +204,7 @@ class HFEngine:
             raise UnsupportedFeature(f"{type(model).__name__} does not route its attention through transformers' "
                                      "AttentionInterface, so attnscope cannot watch it")
         register()
-        self.model = model
+        self.net = model  # the transformers module (as a native engine's `net` is its Transformer)
         self.tokenizer = tokenizer
         self.path = path
         self.name = name or Path(str(getattr(model, "name_or_path", "") or type(model).__name__)).name
@@ -220,11 +220,11 @@ class HFEngine:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return self.net.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
+        return self.net.get_input_embeddings().weight.dtype
 
     def layer_masks(self) -> list[MaskSpec]:
         """Each layer's mask: from the config until a forward ran, then what the model's layers said."""
@@ -242,7 +242,7 @@ class HFEngine:
 
     def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache=None, recorder=None,
                 mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        return self._forward(ids, attend, self.model, cache=cache, recorder=recorder, mask=mask, positions=positions)
+        return self._forward(ids, attend, self.net, cache=cache, recorder=recorder, mask=mask, positions=positions)
 
     def forward_float32(self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None,
                         positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -252,8 +252,8 @@ class HFEngine:
         from attnscope.backends.eager import attend as eager_attend
         from attnscope.model.memory import require_float32_copy_fits
 
-        require_float32_copy_fits(self.model, self.device)
-        return self._forward(ids, eager_attend, functools.partial(in_float32, self.model), recorder=recorder,
+        require_float32_copy_fits(self.net, self.device)
+        return self._forward(ids, eager_attend, functools.partial(in_float32, self.net), recorder=recorder,
                              mask=mask, positions=positions)
 
     def forward_isolated(self, ids: torch.Tensor, attend: AttendFn, *, cache, parallel, incremental, reference=None,
@@ -308,7 +308,7 @@ class HFEngine:
     def _forward(self, ids: torch.Tensor, attend: AttendFn, call_model, *, cache=None, recorder=None,
                  mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """`forward`, the model called through `call_model` (the model itself, or its float32 call)."""
-        if self.model.training:
+        if self.net.training:
             raise UserError("the model is in training mode (dropout would make every run differ): call model.eval()")
         B, T = ids.shape
         past = cache.get_seq_length() if cache is not None else 0
@@ -320,7 +320,7 @@ class HFEngine:
             out = call_model(input_ids=ids.to(self.device), use_cache=cache is not None,
                              **{self._cache_kw: cache}, **kwargs)
         if call.layers_seen == 0:
-            raise UnsupportedFeature(f"{type(self.model).__name__} ran without calling its attention through "
+            raise UnsupportedFeature(f"{type(self.net).__name__} ran without calling its attention through "
                                      "transformers' AttentionInterface, so attnscope saw nothing")
         return out.logits.to(self.device)
 
@@ -335,8 +335,8 @@ class HFEngine:
     def _watching(self, call: _Call) -> Iterator[None]:
         """The model's attention switched to attnscope's function, and hooks on its decoder layers, for
         the duration of one forward; everything restored after."""
-        before = self.model.config._attn_implementation
-        self.model.set_attn_implementation(IMPLEMENTATION)
+        before = self.net.config._attn_implementation
+        self.net.set_attn_implementation(IMPLEMENTATION)
         token = _active.set(call)
         hooks = []
         if call.recorder is not None and self._layers is not None:
@@ -348,7 +348,7 @@ class HFEngine:
             for hook in hooks:
                 hook.remove()
             _active.reset(token)
-            self.model.set_attn_implementation(before)
+            self.net.set_attn_implementation(before)
         if call.padding is None and len(call.layer_specs) == self.layout.n_layers:
             self._masks = [call.layer_specs[i] for i in range(self.layout.n_layers)]  # what the layers said
 
