@@ -23,8 +23,9 @@ ERROR = re.compile(r"^(?P<file>[^:]+\.py):\d+: error:")
 
 
 def counts() -> tuple[Counter, str]:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "attnscope", "kernels"], cwd=ROOT, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "attnscope", "kernels"], cwd=ROOT, capture_output=True, text=True
+    )
     found = Counter(m["file"] for line in proc.stdout.splitlines() if (m := ERROR.match(line)))
     if proc.returncode not in (0, 1) or (proc.returncode == 1 and not found):
         sys.exit(f"mypy did not run: {proc.stderr or proc.stdout}")

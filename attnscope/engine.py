@@ -64,8 +64,20 @@ class Recorder(Protocol):
 
     wants_lse: bool  # False: the recorder compares outputs only, and the attention may skip the lse (lse=None)
 
-    def attention(self, layer: int, *, q, k, v, out, lse, mask: MaskSpec, scale: float,
-                  softcap: float | None = None, sinks: torch.Tensor | None = None) -> None:
+    def attention(
+        self,
+        layer: int,
+        *,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        mask: MaskSpec,
+        scale: float,
+        softcap: float | None = None,
+        sinks: torch.Tensor | None = None,
+    ) -> None:
         """Each attention call: post-RoPE q [B, Hq, Sq, D], k and v [B, Hkv, Sk, D] (cache included),
         the output [B, Hq, Sq, D], lse [B, Hq, Sq], the mask it used, and the features it used (logit
         soft-capping, sink logits [Hq]; see `attnscope.backends`)."""
@@ -110,21 +122,44 @@ class Engine(Protocol):
     def new_cache(self, batch: int, max_len: int) -> Any:
         """An empty KV cache for `batch` rows of up to `max_len` tokens."""
 
-    def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: Any = None, recorder: Recorder | None = None,
-                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        *,
+        cache: Any = None,
+        recorder: Recorder | None = None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits ``[B, T, vocab]`` of ids ``[B, T]`` that follow what `cache` holds; every attention call
         made through `attend` and shown to `recorder`; `mask` combined with every layer's own;
         `positions` ``[B, T]`` the rotary positions of padded rows."""
 
-    def decode(self, logits: torch.Tensor, cache: Any, attend: AttendFn, max_new_tokens: int, *,
-               mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        logits: torch.Tensor,
+        cache: Any,
+        attend: AttendFn,
+        max_new_tokens: int,
+        *,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Greedy continuation ``[B, <= max_new_tokens]`` from a prefill's `logits`, one token per step."""
 
 
-def token_by_token(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any,
-                   recorder: Recorder | None = None,
-                   mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                   step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def token_by_token(
+    engine: Engine,
+    ids: torch.Tensor,
+    attend: AttendFn,
+    *,
+    cache: Any,
+    recorder: Recorder | None = None,
+    mask: MaskSpec | None = None,
+    positions: torch.Tensor | None = None,
+    step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """What T forwards of one token each through `cache` give: the logits ``[B, T, vocab]`` and, layer
     by layer, the same calls shown to `recorder` in token order; `step(done, total)` as it goes,
     counting tokens × layers. Through the engine's own ``forward_token_by_token`` (same arguments)
@@ -134,16 +169,31 @@ def token_by_token(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache
     return run(ids, attend, cache=cache, recorder=recorder, mask=mask, positions=positions, step=step)
 
 
-def one_token_at_a_time(engine: Engine, ids: torch.Tensor, attend: AttendFn, *, cache: Any,
-                        recorder: Recorder | None = None,
-                        mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                        step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+def one_token_at_a_time(
+    engine: Engine,
+    ids: torch.Tensor,
+    attend: AttendFn,
+    *,
+    cache: Any,
+    recorder: Recorder | None = None,
+    mask: MaskSpec | None = None,
+    positions: torch.Tensor | None = None,
+    step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
     """`token_by_token` as T one-token `Engine.forward` calls, in token order."""
     T, n = ids.shape[1], engine.layout.n_layers
     logits = []
     for t in range(T):
-        logits.append(engine.forward(ids[:, t:t + 1], attend, cache=cache, recorder=recorder, mask=mask,
-                                     positions=None if positions is None else positions[:, t:t + 1]))
+        logits.append(
+            engine.forward(
+                ids[:, t : t + 1],
+                attend,
+                cache=cache,
+                recorder=recorder,
+                mask=mask,
+                positions=None if positions is None else positions[:, t : t + 1],
+            )
+        )
         if step is not None:
             step((t + 1) * n, T * n)
     return torch.cat(logits, dim=1)

@@ -78,34 +78,44 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     if call is None:  # the model was switched to "attnscope" outside attnscope: behave like sdpa
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
-                                      dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     engine = call.engine
     layer = getattr(module, "layer_idx", None)
     layer = call.layers_seen if layer is None else int(layer)
     call.layers_seen += 1
     where = f"{engine.layout.model_type} layer {layer}"
     if dropout:
-        raise UnsupportedFeature(f"{where} applies attention dropout {dropout}: the model is in training mode "
-                                 "(call model.eval())")
+        raise UnsupportedFeature(
+            f"{where} applies attention dropout {dropout}: the model is in training mode (call model.eval())"
+        )
     for name in ("position_bias", "alibi", "attn_bias"):
         if kwargs.get(name) is not None:
-            raise UnsupportedFeature(f"{where} passes an additive attention bias ({name}), which attnscope does "
-                                     "not implement")
+            raise UnsupportedFeature(
+                f"{where} passes an additive attention bias ({name}), which attnscope does not implement"
+            )
     Sq, Sk = query.shape[2], key.shape[2]
     spec = call.layer_specs[layer] = _layer_spec(call, module, kwargs, attention_mask, Sq, Sk, where)
-    features = require_features(call.attend, {"softcap": kwargs.get("softcap"), "sinks": kwargs.get("s_aux")},
-                                where)
+    features = require_features(call.attend, {"softcap": kwargs.get("softcap"), "sinks": kwargs.get("s_aux")}, where)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     need_lse = call.recorder is not None and call.recorder.wants_lse
     out, lse = call.attend(query, key, value, spec, scale, need_lse=need_lse, **features)
     if call.recorder is not None:
         dev = engine.device
         sinks = features.get("sinks")
-        call.recorder.attention(layer, q=query.to(dev), k=key.to(dev), v=value.to(dev), out=out.to(dev),
-                                lse=None if lse is None else lse.to(dev), mask=spec, scale=scale,
-                                softcap=features.get("softcap"),
-                                sinks=None if sinks is None else sinks.detach().float().to(dev))
+        call.recorder.attention(
+            layer,
+            q=query.to(dev),
+            k=key.to(dev),
+            v=value.to(dev),
+            out=out.to(dev),
+            lse=None if lse is None else lse.to(dev),
+            mask=spec,
+            scale=scale,
+            softcap=features.get("softcap"),
+            sinks=None if sinks is None else sinks.detach().float().to(dev),
+        )
     return out.transpose(1, 2).contiguous(), None  # (B, Sq, Hq, D), as transformers expects
 
 
@@ -125,8 +135,9 @@ def _layer_spec(call: _Call, module, kwargs, attention_mask, Sq: int, Sk: int, w
         if expected.shape[-2:] == given.shape[-2:] and bool((expected == given).all()):
             call.specs[key] = spec
         else:
-            call.specs[key] = masks.custom(given.to(call.engine.device),
-                                           name=f"custom (the mask {call.engine.layout.model_type} built)")
+            call.specs[key] = masks.custom(
+                given.to(call.engine.device), name=f"custom (the mask {call.engine.layout.model_type} built)"
+            )
     return call.specs[key]
 
 
@@ -201,8 +212,10 @@ class HFEngine:
         if not callable(getattr(model, "set_attn_implementation", None)) or not hasattr(model, "config"):
             raise UserError(f"expected a transformers PreTrainedModel, got {type(model).__name__}")
         if not model._can_set_attn_implementation():
-            raise UnsupportedFeature(f"{type(model).__name__} does not route its attention through transformers' "
-                                     "AttentionInterface, so attnscope cannot watch it")
+            raise UnsupportedFeature(
+                f"{type(model).__name__} does not route its attention through transformers' "
+                "AttentionInterface, so attnscope cannot watch it"
+            )
         register()
         self.net = model  # the transformers module (as a native engine's `net` is its Transformer)
         self.tokenizer = tokenizer
@@ -240,12 +253,21 @@ class HFEngine:
         # key i is position i in every layer, as the mask specs assume
         return DynamicCache()
 
-    def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache=None, recorder=None,
-                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        *,
+        cache=None,
+        recorder=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self._forward(ids, attend, self.net, cache=cache, recorder=recorder, mask=mask, positions=positions)
 
-    def forward_float32(self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None,
-                        positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_float32(
+        self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits of `forward` computed in float32 (the weights upcast for this call,
         `attnscope.model.compute.in_float32`) with the eager attention; a `MemoryError` when a float32 copy
         of the weights cannot fit beside the model."""
@@ -253,12 +275,28 @@ class HFEngine:
         from attnscope.model.memory import require_float32_copy_fits
 
         require_float32_copy_fits(self.net, self.device)
-        return self._forward(ids, eager_attend, functools.partial(in_float32, self.net), recorder=recorder,
-                             mask=mask, positions=positions)
+        return self._forward(
+            ids,
+            eager_attend,
+            functools.partial(in_float32, self.net),
+            recorder=recorder,
+            mask=mask,
+            positions=positions,
+        )
 
-    def forward_isolated(self, ids: torch.Tensor, attend: AttendFn, *, cache, parallel, incremental, reference=None,
-                         mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                         step=None) -> bool:
+    def forward_isolated(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        *,
+        cache,
+        parallel,
+        incremental,
+        reference=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+        step=None,
+    ) -> bool:
         """Each decoder layer's attention on the parallel forward's own input to that layer (see
         `attnscope.model.llama.Transformer.forward_isolated`): one parallel forward keeps every decoder
         layer's input (forward pre-hooks) and shows its attention to `parallel`; each layer then runs
@@ -275,6 +313,7 @@ class HFEngine:
         def keep(i):
             def hook(module, args, kwargs):
                 inputs[i] = (args, kwargs)
+
             return hook
 
         with _hooks(self._layers, keep):
@@ -291,22 +330,38 @@ class HFEngine:
                 given_args, given_kwargs = inputs[i]
                 t = token[0]
                 if args:
-                    return (given_args[0][:, t:t + 1], *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": given_kwargs["hidden_states"][:, t:t + 1]}
+                    return (given_args[0][:, t : t + 1], *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": given_kwargs["hidden_states"][:, t : t + 1]}
+
             return hook
 
         T, n = ids.shape[1], self.layout.n_layers
         with _hooks(self._layers, replace):
             for t in range(T):
                 token[0] = t
-                self.forward(ids[:, t:t + 1], attend, cache=cache, recorder=incremental, mask=mask,
-                             positions=None if positions is None else positions[:, t:t + 1])
+                self.forward(
+                    ids[:, t : t + 1],
+                    attend,
+                    cache=cache,
+                    recorder=incremental,
+                    mask=mask,
+                    positions=None if positions is None else positions[:, t : t + 1],
+                )
                 if step is not None:
                     step((t + 1) * n, T * n)
         return True
 
-    def _forward(self, ids: torch.Tensor, attend: AttendFn, call_model, *, cache=None, recorder=None,
-                 mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        call_model,
+        *,
+        cache=None,
+        recorder=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`forward`, the model called through `call_model` (the model itself, or its float32 call)."""
         if self.net.training:
             raise UserError("the model is in training mode (dropout would make every run differ): call model.eval()")
@@ -317,15 +372,26 @@ class HFEngine:
         if positions is not None:
             kwargs["position_ids"] = positions.to(self.device)
         with self._watching(call), torch.no_grad():
-            out = call_model(input_ids=ids.to(self.device), use_cache=cache is not None,
-                             **{self._cache_kw: cache}, **kwargs)
+            out = call_model(
+                input_ids=ids.to(self.device), use_cache=cache is not None, **{self._cache_kw: cache}, **kwargs
+            )
         if call.layers_seen == 0:
-            raise UnsupportedFeature(f"{type(self.net).__name__} ran without calling its attention through "
-                                     "transformers' AttentionInterface, so attnscope saw nothing")
+            raise UnsupportedFeature(
+                f"{type(self.net).__name__} ran without calling its attention through "
+                "transformers' AttentionInterface, so attnscope saw nothing"
+            )
         return out.logits.to(self.device)
 
-    def decode(self, logits: torch.Tensor, cache, attend: AttendFn, max_new_tokens: int, *,
-               mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self,
+        logits: torch.Tensor,
+        cache,
+        attend: AttendFn,
+        max_new_tokens: int,
+        *,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         def step(ids, pos):
             return self.forward(ids, attend, cache=cache, mask=mask, positions=pos)
 
@@ -361,8 +427,10 @@ class HFEngine:
 
     def __repr__(self) -> str:
         lay = self.layout
-        return (f"HFEngine({self.name!r}, {lay.model_type}, layers={lay.n_layers}, heads={lay.n_heads}/"
-                f"{lay.n_kv_heads}, dtype={self.dtype}, device={self.device})")
+        return (
+            f"HFEngine({self.name!r}, {lay.model_type}, layers={lay.n_layers}, heads={lay.n_heads}/"
+            f"{lay.n_kv_heads}, dtype={self.dtype}, device={self.device})"
+        )
 
 
 @contextmanager
@@ -407,10 +475,17 @@ def _layout(model) -> Layout:
     eos = c.eos_token_id if eos is None else eos
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     bos = getattr(c, "bos_token_id", None)
-    return Layout(model_type=str(c.model_type), n_layers=int(c.num_hidden_layers), n_heads=n_heads, n_kv_heads=n_kv,
-                  head_dim=head_dim, vocab_size=int(c.vocab_size),
-                  max_positions=int(getattr(c, "max_position_embeddings", None) or 1 << 20),
-                  bos_token_id=bos if isinstance(bos, int) else None, eos_token_ids=tuple(int(e) for e in eos))
+    return Layout(
+        model_type=str(c.model_type),
+        n_layers=int(c.num_hidden_layers),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        vocab_size=int(c.vocab_size),
+        max_positions=int(getattr(c, "max_position_embeddings", None) or 1 << 20),
+        bos_token_id=bos if isinstance(bos, int) else None,
+        eos_token_ids=tuple(int(e) for e in eos),
+    )
 
 
 def _config_masks(c, n_layers: int) -> list[MaskSpec]:
@@ -490,14 +565,21 @@ def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: 
     memory.require_weights_fit(max(numel, _parameter_count(transformers, config, path)), dtype, device, path)
     try:
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=dtype, trust_remote_code=False, output_loading_info=True,
-            use_safetensors=files[0].suffix == ".safetensors")
+            path,
+            config=config,
+            dtype=dtype,
+            trust_remote_code=False,
+            output_loading_info=True,
+            use_safetensors=files[0].suffix == ".safetensors",
+        )
     except Exception as exc:  # idem: a model transformers cannot build from these files
         raise LoadError(f"{path}: transformers cannot load it: {exc}") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
-        raise LoadError(f"{path}: the weights lack {len(missing)} of the model's tensors (first: {missing[0]}); "
-                        "attnscope does not run randomly initialized weights")
+        raise LoadError(
+            f"{path}: the weights lack {len(missing)} of the model's tensors (first: {missing[0]}); "
+            "attnscope does not run randomly initialized weights"
+        )
     model = model.to(device).eval()
     tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
     return HFEngine(model, tokenizer, name=path.name, path=path)

@@ -26,19 +26,30 @@ def junit_xml(runs: list[tuple[int, str, str, list[Check]]], suite_name: str = "
     os]``), so the same prompt has the same number for every backend and every name is unique."""
     suites = ET.Element("testsuites", name="attnscope")
     cases = [c for *_, checks in runs for c in checks]
-    suite = ET.SubElement(suites, "testsuite", name=suite_name, tests=str(len(cases)),
-                          failures=str(sum(not c.passed for c in cases)), errors="0",
-                          skipped=str(sum(c.skipped is not None for c in cases)))
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=suite_name,
+        tests=str(len(cases)),
+        failures=str(sum(not c.passed for c in cases)),
+        errors="0",
+        skipped=str(sum(c.skipped is not None for c in cases)),
+    )
     for n, prompt, backend, checks in runs:
         for check in checks:
-            case = ET.SubElement(suite, "testcase", classname=xml_text(f"attnscope.{backend}"),
-                                 name=xml_text(f"{check.name}[prompt {n} · {backend}: {prompt[:40]}]"))
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=xml_text(f"attnscope.{backend}"),
+                name=xml_text(f"{check.name}[prompt {n} · {backend}: {prompt[:40]}]"),
+            )
             if check.skipped is not None:
                 ET.SubElement(case, "skipped", message=xml_text(check.skipped))
             if not check.passed:
                 failure = ET.SubElement(case, "failure", message=xml_text(check.message), type=check.name)
-                failure.text = json.dumps(finite({"where": check.where, "figures": check.figures}), indent=2,
-                                          allow_nan=False)
+                failure.text = json.dumps(
+                    finite({"where": check.where, "figures": check.figures}), indent=2, allow_nan=False
+                )
             ET.SubElement(case, "system-out").text = xml_text(check.message)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -64,9 +64,7 @@ class MaskSpec:
         """Positions the spec is defined for (the length of its ids / lengths / tensor), None = any."""
         return None
 
-    def predicate(
-        self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
-    ) -> torch.Tensor:
+    def predicate(self, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, b, h, q_idx, kv_idx):
@@ -120,7 +118,7 @@ class MaskSpec:
             size = min(size, self.max_len)
         if size * size * self.batch_heads <= MAX_SQUARE_ELEMENTS:
             square = _materialize(self, size, size, device)
-            return square[..., k_len - q_len:k_len, :k_len]
+            return square[..., k_len - q_len : k_len, :k_len]
         return _materialize(self, q_len, k_len, device)
 
     @property
@@ -128,9 +126,7 @@ class MaskSpec:
         """How many distinct (batch, head) masks the spec has (1 unless it depends on them)."""
         return 1
 
-    def additive(
-        self, q_len: int, k_len: int, dtype: torch.dtype = torch.float32, device=None
-    ) -> torch.Tensor:
+    def additive(self, q_len: int, k_len: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """Additive form ``[B or 1, H or 1, Sq, Sk]``: 0 where allowed, ``torch.finfo(dtype).min`` where masked.
 
         Why the finite minimum and not -inf: with -inf, a row whose every key is masked computes
@@ -150,8 +146,14 @@ class MaskSpec:
         that `validate_scan` accepts)."""
         validate_scan(self, q_len, k_len, (block_m, block_n))
         n_batch, n_heads = _evaluate(self, max(0, k_len - 1), min(1, q_len), k_len, "cpu").shape[:2]
-        states = torch.stack([torch.stack([tile_states(self, q_len, k_len, (block_m, block_n), batch=b, head=h)
-                                           for h in range(n_heads)]) for b in range(n_batch)])
+        states = torch.stack(
+            [
+                torch.stack(
+                    [tile_states(self, q_len, k_len, (block_m, block_n), batch=b, head=h) for h in range(n_heads)]
+                )
+                for b in range(n_batch)
+            ]
+        )
         return BlockMap(states.to(device or "cpu"), block_m, block_n)
 
 
@@ -173,8 +175,10 @@ def _validate_sizes(q_len: int, k_len: int) -> None:
     if q_len < 0 or k_len < 0:
         raise ValueError(f"mask sizes must be non-negative, got q_len={q_len}, k_len={k_len}")
     if q_len > k_len:
-        raise ValueError(f"q_len ({q_len}) > k_len ({k_len}): the queries are the last q_len of the k_len "
-                         "positions, so there cannot be more queries than keys")
+        raise ValueError(
+            f"q_len ({q_len}) > k_len ({k_len}): the queries are the last q_len of the k_len "
+            "positions, so there cannot be more queries than keys"
+        )
 
 
 @functools.lru_cache(maxsize=128)
@@ -199,8 +203,7 @@ def _evaluate(spec: MaskSpec, first: int, n_rows: int, k_len: int, device: str) 
 @functools.lru_cache(maxsize=32)
 def _additive(spec: MaskSpec, q_len: int, k_len: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     allowed = spec.dense(q_len, k_len, device)
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def cache_stats() -> dict[str, int]:
@@ -321,7 +324,7 @@ class Document(MaskSpec):
         ids = torch.tensor(self.ids, device=kv_idx.device)  # (B, N)
         q_doc = ids[:, q_idx.reshape(-1).clamp(max=self.max_len - 1)]  # (B, Sq)
         kv_doc = ids[:, kv_idx.reshape(-1)]  # (B, Sk)
-        return (q_doc[:, None, :, None] == kv_doc[:, None, None, :])  # (B, 1, Sq, Sk)
+        return q_doc[:, None, :, None] == kv_doc[:, None, None, :]  # (B, 1, Sq, Sk)
 
     def row_intervals(self, q_pos, k_len, batch=0):
         ids = self.ids[min(batch, len(self.ids) - 1)]
@@ -370,8 +373,10 @@ class Custom(MaskSpec):
     def __post_init__(self):
         t = self.tensor
         if t.dtype != torch.bool or t.dim() not in (2, 4) or t.shape[-2] > t.shape[-1]:
-            raise ValueError("custom mask must be a bool tensor [Nq, Nk] or [B, H, Nq, Nk] with Nq <= Nk, "
-                             f"got {t.dtype} {tuple(t.shape)}")
+            raise ValueError(
+                "custom mask must be a bool tensor [Nq, Nk] or [B, H, Nq, Nk] with Nq <= Nk, "
+                f"got {t.dtype} {tuple(t.shape)}"
+            )
         if t.dim() == 2:
             object.__setattr__(self, "tensor", t[None, None])
 
@@ -513,9 +518,16 @@ def custom(tensor: torch.Tensor, name: str = "custom") -> MaskSpec:
 # Building a mask from named parts (what `attnscope mask` draws), and its summary
 
 
-def from_parts(k_len: int, *, window: int | None = None, padding_count: int = 0, side: str = "right",
-               prefix: int | None = None, documents: list[int] | None = None,
-               chunk: int | None = None) -> MaskSpec:
+def from_parts(
+    k_len: int,
+    *,
+    window: int | None = None,
+    padding_count: int = 0,
+    side: str = "right",
+    prefix: int | None = None,
+    documents: list[int] | None = None,
+    chunk: int | None = None,
+) -> MaskSpec:
     """The spec of a sequence of `k_len` positions: causal (or prefix-LM over the first `prefix`),
     & a sliding `window`, & `padding_count` padding positions on `side`, & `documents` (one id per
     position), & chunks of `chunk` positions. Raises `ArgumentError` (a ValueError) naming a part that
@@ -525,8 +537,9 @@ def from_parts(k_len: int, *, window: int | None = None, padding_count: int = 0,
     if side not in ("left", "right"):
         raise ArgumentError("side", f"must be left or right, got {side!r}")
     if not 0 <= padding_count <= k_len:
-        raise ArgumentError("padding_count", f"{padding_count} must be within 0..{k_len} (the sequence has {k_len} "
-                                             "positions)")
+        raise ArgumentError(
+            "padding_count", f"{padding_count} must be within 0..{k_len} (the sequence has {k_len} positions)"
+        )
     if chunk is not None and chunk < 1:
         raise ArgumentError("chunk", f"must be >= 1, got {chunk}")
     if prefix is not None and not 0 <= prefix <= k_len:
@@ -551,15 +564,27 @@ def summary(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | Non
     `scan` reads, without the dense mask."""
     found = scan(spec, q_len, k_len, block=block)
     cells, past = q_len * k_len, k_len - q_len
-    out = {"spec": repr(spec), "q_len": q_len, "k_len": k_len, "past": past,
-           "allowed": found.allowed, "masked": cells - found.allowed,
-           "density": found.allowed / cells if cells else 0.0,
-           "fully_masked_rows": [int(i) + past for i in found.empty_rows]}
+    out = {
+        "spec": repr(spec),
+        "q_len": q_len,
+        "k_len": k_len,
+        "past": past,
+        "allowed": found.allowed,
+        "masked": cells - found.allowed,
+        "density": found.allowed / cells if cells else 0.0,
+        "fully_masked_rows": [int(i) + past for i in found.empty_rows],
+    }
     if found.tiles is not None and block is not None:
         states = found.tiles
-        out["blocks"] = {"block_m": block[0], "block_n": block[1], "shape": list(states.shape),
-                         "full": int((states == FULL).sum()), "partial": int((states == PARTIAL).sum()),
-                         "empty": int((states == EMPTY).sum()), "sparsity": found.sparsity}
+        out["blocks"] = {
+            "block_m": block[0],
+            "block_n": block[1],
+            "shape": list(states.shape),
+            "full": int((states == FULL).sum()),
+            "partial": int((states == PARTIAL).sum()),
+            "empty": int((states == EMPTY).sum()),
+            "sparsity": found.sparsity,
+        }
     return out
 
 
@@ -604,8 +629,17 @@ class MaskScan:
         return int((self.tiles == EMPTY).sum()) / self.tiles.numel()
 
 
-def scan(spec: MaskSpec, q_len: int, k_len: int, *, rows: int = 1, cols: int = 1,
-         block: tuple[int, int] | None = None, batch: int = 0, head: int = 0) -> MaskScan:
+def scan(
+    spec: MaskSpec,
+    q_len: int,
+    k_len: int,
+    *,
+    rows: int = 1,
+    cols: int = 1,
+    block: tuple[int, int] | None = None,
+    batch: int = 0,
+    head: int = 0,
+) -> MaskScan:
     """Summarize a mask of any size that `validate_scan` accepts, never materializing it.
 
     Args:
@@ -615,8 +649,10 @@ def scan(spec: MaskSpec, q_len: int, k_len: int, *, rows: int = 1, cols: int = 1
         batch, head: which of a per-batch or per-head spec's masks.
     """
     validate_scan(spec, q_len, k_len, block, batch)
-    grids = [(torch.arange(q_len + 1), torch.tensor([0, k_len])),
-             (torch.from_numpy(pool_edges(q_len, rows)), torch.from_numpy(pool_edges(k_len, cols)))]
+    grids = [
+        (torch.arange(q_len + 1), torch.tensor([0, k_len])),
+        (torch.from_numpy(pool_edges(q_len, rows)), torch.from_numpy(pool_edges(k_len, cols))),
+    ]
     if block is not None:
         grids.append((_tile_edges(q_len, block[0]), _tile_edges(k_len, block[1])))
     counts = region_counts(spec, q_len, k_len, grids, batch=batch, head=head)
@@ -624,8 +660,7 @@ def scan(spec: MaskSpec, q_len: int, k_len: int, *, rows: int = 1, cols: int = 1
     return MaskScan(q_len, k_len, counts[0][:, 0], counts[1], *grids[1], tiles, block)
 
 
-def validate_scan(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | None = None,
-               batch: int = 0) -> None:
+def validate_scan(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int] | None = None, batch: int = 0) -> None:
     """Raise ValueError, with the sizes, for a mask larger than `scan` reads: more than
     `MAX_SCAN_LEN` keys or `MAX_SCAN_ROWS` query rows; more than `MAX_SCAN_CELLS` cells when its
     rows are not single intervals; more than `MAX_TILES` tiles of `block`."""
@@ -635,18 +670,21 @@ def validate_scan(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int]
     if k_len > MAX_SCAN_LEN:
         raise ValueError(f"a mask of {k_len} keys is more than a summary reads (at most 2^40 = {MAX_SCAN_LEN})")
     if q_len > MAX_SCAN_ROWS:
-        raise ValueError(f"a mask of {q_len} query rows is more than a summary reads "
-                         f"(at most 2^22 = {MAX_SCAN_ROWS})")
+        raise ValueError(f"a mask of {q_len} query rows is more than a summary reads (at most 2^22 = {MAX_SCAN_ROWS})")
     if q_len * k_len > MAX_SCAN_CELLS and spec.row_intervals(torch.arange(0), k_len, batch) is None:
-        raise ValueError(f"{spec!r} over {q_len}×{k_len} is {q_len * k_len:.3g} cells, evaluated one by one "
-                         f"(a row's keys are not one interval): at most 2^27 = {MAX_SCAN_CELLS}")
+        raise ValueError(
+            f"{spec!r} over {q_len}×{k_len} is {q_len * k_len:.3g} cells, evaluated one by one "
+            f"(a row's keys are not one interval): at most 2^27 = {MAX_SCAN_CELLS}"
+        )
     if block is not None:
         if min(block) < 1:
             raise ValueError(f"block sizes must be >= 1, got {block[0]}x{block[1]}")
         shape = -(-q_len // block[0]), -(-k_len // block[1])
         if shape[0] * shape[1] > MAX_TILES:
-            raise ValueError(f"{block[0]}×{block[1]} tiles over {q_len}×{k_len} are {shape[0]}×{shape[1]} tiles, "
-                             f"more than a tile map holds (2^22 = {MAX_TILES})")
+            raise ValueError(
+                f"{block[0]}×{block[1]} tiles over {q_len}×{k_len} are {shape[0]}×{shape[1]} tiles, "
+                f"more than a tile map holds (2^22 = {MAX_TILES})"
+            )
 
 
 def region_counts(spec: MaskSpec, q_len: int, k_len: int, grids, *, batch: int = 0, head: int = 0):
@@ -724,8 +762,9 @@ def _tile_states(counts: torch.Tensor, row_edges, col_edges) -> torch.Tensor:
     return states
 
 
-def tile_states(spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int], *, batch: int = 0,
-                head: int = 0) -> torch.Tensor:
+def tile_states(
+    spec: MaskSpec, q_len: int, k_len: int, block: tuple[int, int], *, batch: int = 0, head: int = 0
+) -> torch.Tensor:
     """EMPTY / PARTIAL / FULL of every ``block_m × block_n`` tile: int8 (ceil(q/bm), ceil(k/bn))."""
     validate_scan(spec, q_len, k_len, block, batch)
     row_edges, col_edges = _tile_edges(q_len, block[0]), _tile_edges(k_len, block[1])

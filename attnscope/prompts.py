@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 Prompt = str | Sequence[int]  # text, or token ids
 
+
 def unescape(line: str) -> str:
     """The prompt a one-line text holds: each literal ``\\n`` a newline."""
     return line.replace("\\n", "\n")

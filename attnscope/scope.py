@@ -79,8 +79,9 @@ class Scope:
             raise UserError(f"token id {bad[0]} is out of range for vocab_size {vocab}")
         return ids
 
-    def inputs(self, prompt: Prompt | Sequence[Prompt], padding_side: str = "left",
-               max_new_tokens: int = 0) -> tuple[Inputs, bool]:
+    def inputs(
+        self, prompt: Prompt | Sequence[Prompt], padding_side: str = "left", max_new_tokens: int = 0
+    ) -> tuple[Inputs, bool]:
         """The `Inputs` of a prompt or a batch of prompts, and whether it was a batch."""
         if max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -104,10 +105,19 @@ class Scope:
         return Run.forward(self.model, self.backend, self.attend, inputs, residuals=residuals)
 
     @torch.inference_mode()
-    def run(self, prompt: Prompt | Sequence[Prompt], max_new_tokens: int = 0, padding_side: str = "left",
-            checks: str | Sequence[str] | None = (), atol: float | None = None, rtol: float | None = None,
-            on_layer: Callable[[int], None] | None = None, on_check: Callable[[Check], None] | None = None,
-            roles: bool = False, progress: Progress | None = None) -> Result:
+    def run(
+        self,
+        prompt: Prompt | Sequence[Prompt],
+        max_new_tokens: int = 0,
+        padding_side: str = "left",
+        checks: str | Sequence[str] | None = (),
+        atol: float | None = None,
+        rtol: float | None = None,
+        on_layer: Callable[[int], None] | None = None,
+        on_check: Callable[[Check], None] | None = None,
+        roles: bool = False,
+        progress: Progress | None = None,
+    ) -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
         `max_new_tokens` greedily with the KV cache, then run the named checks.
 
@@ -146,8 +156,9 @@ class Scope:
         decoding = step_of(progress, "decode")
         if decoding is not None and max_new_tokens:
             decoding(0, max_new_tokens)
-        new_ids = self.model.decode(last_logits, cache, self.attend, max_new_tokens,
-                                    mask=inputs.padding, positions=inputs.positions)
+        new_ids = self.model.decode(
+            last_logits, cache, self.attend, max_new_tokens, mask=inputs.padding, positions=inputs.positions
+        )
         if decoding is not None and max_new_tokens:
             decoding(max_new_tokens, max_new_tokens)
         result = Result(run, prompt, batched, new_ids.tolist())
@@ -170,8 +181,15 @@ class Scope:
         return head_roles(probe if prompt is None else self.forward(prompt), probe)
 
 
-def compare(model_a: Engine | str, model_b: Engine | str, prompt: Prompt, *, backend: str = "eager",
-            atol: float | None = None, rtol: float | None = None) -> Comparison:
+def compare(
+    model_a: Engine | str,
+    model_b: Engine | str,
+    prompt: Prompt,
+    *,
+    backend: str = "eager",
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> Comparison:
     """Where model B's attention parts ways with model A's on one prompt (`attnscope.inspector.compare`).
 
     Args:

@@ -50,8 +50,14 @@ class Session:
 
         name = self.model_name if name is None else name
         if name not in self._models:
-            self._models[name] = load_model(name, dtype=self.dtype, device=resolve_device(self.device),
-                                            engine=self.engine, allow_pickle=self.allow_pickle, progress=progress)
+            self._models[name] = load_model(
+                name,
+                dtype=self.dtype,
+                device=resolve_device(self.device),
+                engine=self.engine,
+                allow_pickle=self.allow_pickle,
+                progress=progress,
+            )
         return self._models[name]
 
     def describe(self) -> str:
@@ -80,8 +86,9 @@ class Session:
         except UserError as exc:
             return result, str(exc)
 
-    def compare(self, prompt: str | Sequence[int], atol: float | None = None,
-                rtol: float | None = None) -> Comparison | None:
+    def compare(
+        self, prompt: str | Sequence[int], atol: float | None = None, rtol: float | None = None
+    ) -> Comparison | None:
         """Where `compare_with` parts ways with the session's model on `prompt` (`attnscope.compare`),
         or None when the session compares with nothing."""
         from attnscope.scope import compare

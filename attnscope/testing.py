@@ -1,10 +1,10 @@
 """Assertion helpers for your own pytest suites. Each raises AssertionError with the finding's text.
 
-    import attnscope
-    from attnscope.testing import assert_incremental_matches_full
+import attnscope
+from attnscope.testing import assert_incremental_matches_full
 
-    model = attnscope.load_model("path/to/my-port", dtype="float16", device="cuda")
-    assert_incremental_matches_full(model, "The quick brown fox", backend="sdpa")
+model = attnscope.load_model("path/to/my-port", dtype="float16", device="cuda")
+assert_incremental_matches_full(model, "The quick brown fox", backend="sdpa")
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ def assert_no_nan(result: Result) -> None:
     _assert(nan_check(result.run))
 
 
-def assert_incremental_matches_full(model, prompt, backend: str = "eager", atol: float | None = None,
-                                    rtol: float | None = None) -> None:
+def assert_incremental_matches_full(
+    model, prompt, backend: str = "eager", atol: float | None = None, rtol: float | None = None
+) -> None:
     """Token-by-token decoding through the KV cache gives the full forward's attention and logits."""
     _assert(_run(model, prompt, backend, "full_vs_incremental", atol=atol, rtol=rtol))
 
 
-def assert_backend_matches(model, prompt, backend: str, reference: str = "eager", atol: float | None = None,
-                           rtol: float | None = None) -> None:
+def assert_backend_matches(
+    model, prompt, backend: str, reference: str = "eager", atol: float | None = None, rtol: float | None = None
+) -> None:
     """`backend`'s attention output matches the float32 eager reference on the same q, k, v."""
     if reference != "eager":
         raise ValueError("the reference backend is eager (float32)")

@@ -102,8 +102,9 @@ def implementations(q, k, v, causal: bool, flex) -> dict[str, Callable[[], torch
         mask = None
         if causal:
             past = Sk - Sq
-            mask = create_block_mask(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + past, None, None, Sq, Sk,
-                                     device=q.device)
+            mask = create_block_mask(
+                lambda b, h, q_idx, kv_idx: kv_idx <= q_idx + past, None, None, Sq, Sk, device=q.device
+            )
         impls["flex"] = lambda: flex_fn(q, k, v, block_mask=mask, enable_gqa=True)
     return impls
 
@@ -142,9 +143,11 @@ def main() -> int:
     name = torch.cuda.get_device_name()
     peak_tflops, peak_gbps = peaks(name, args.peak_tflops, args.peak_gbps)
     flex = None if args.no_flex else flex_attention_fn()
-    print(f"{name} · torch {torch.__version__} · bfloat16 · B={B} Hq={HQ} Hkv={HKV} D={D} · "
-          f"peaks {peak_tflops or '?'} TFLOP/s, {peak_gbps or '?'} GB/s · FlexAttention "
-          f"{'on' if flex else 'off'}")
+    print(
+        f"{name} · torch {torch.__version__} · bfloat16 · B={B} Hq={HQ} Hkv={HKV} D={D} · "
+        f"peaks {peak_tflops or '?'} TFLOP/s, {peak_gbps or '?'} GB/s · FlexAttention "
+        f"{'on' if flex else 'off'}"
+    )
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def randn(*shape):
@@ -171,9 +174,13 @@ def main() -> int:
         del q, k, v
 
     print(f"\ncausal / non-causal time at S={max(args.prefill, default=0)} (ideal 0.50: masked tiles skipped)")
-    print("  " + "  |  ".join(
-        f"{n} {causal_ms[n] / full_ms[n]:.2f}" if causal_ms.get(n) and full_ms.get(n) else f"{n} n/a"
-        for n in causal_ms))
+    print(
+        "  "
+        + "  |  ".join(
+            f"{n} {causal_ms[n] / full_ms[n]:.2f}" if causal_ms.get(n) and full_ms.get(n) else f"{n} n/a"
+            for n in causal_ms
+        )
+    )
 
     print("\ndecode, one query vs a KV cache: time, bandwidth (K and V bytes read), fraction of peak")
     for Sk in args.decode:

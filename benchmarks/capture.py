@@ -60,8 +60,12 @@ print(json.dumps({"base_mb": base, "peak_mb": rss_mb(), "wall_s": wall, **extra}
 
 
 def scenario(kind: str, model: str, T: int, all_checks: bool) -> dict:
-    out = subprocess.run([sys.executable, "-c", SCENARIO, kind, model, str(T), "1" if all_checks else "0"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCENARIO, kind, model, str(T), "1" if all_checks else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -72,8 +76,10 @@ def main() -> None:
     parser.add_argument("--all-checks", action="store_true", help="also full_vs_incremental and causality")
     args = parser.parse_args()
     print(f"model {args.model} · float32 · cpu · peak RSS in MB (above the loaded model / absolute)")
-    print(f"{'T':>5} {'(a) plain':>16} {'(b) capture':>16} {'(c) HF attn':>16} {'b/a mem':>8} {'c/b mem':>8} "
-          f"{'b/a time':>9} {'(d) heatmap':>12}")
+    print(
+        f"{'T':>5} {'(a) plain':>16} {'(b) capture':>16} {'(c) HF attn':>16} {'b/a mem':>8} {'c/b mem':>8} "
+        f"{'b/a time':>9} {'(d) heatmap':>12}"
+    )
     for T in args.lengths:
         a, b, c = (scenario(kind, args.model, T, args.all_checks) for kind in ("plain", "capture", "hf"))
         inc = {k: max(1.0, r["peak_mb"] - r["base_mb"]) for k, r in (("a", a), ("b", b), ("c", c))}
@@ -81,11 +87,15 @@ def main() -> None:
         def cell(r, key, inc=inc):
             return f"{inc[key]:.0f} / {r['peak_mb']:.0f}"
 
-        print(f"{T:>5} {cell(a, 'a'):>16} {cell(b, 'b'):>16} {cell(c, 'c'):>16} "
-              f"{b['peak_mb'] / a['peak_mb']:>7.2f}× {c['peak_mb'] / b['peak_mb']:>7.2f}× "
-              f"{b['wall_s'] / a['wall_s']:>8.1f}× {b['heatmap_s'] * 1e3:>9.1f} ms")
-        print(f"      increments: b/a {inc['b'] / inc['a']:.2f}×, c/b {inc['c'] / inc['b']:.1f}×; "
-              f"HF attentions alone: {c['attention_bytes'] / 2**20:.0f} MB")
+        print(
+            f"{T:>5} {cell(a, 'a'):>16} {cell(b, 'b'):>16} {cell(c, 'c'):>16} "
+            f"{b['peak_mb'] / a['peak_mb']:>7.2f}× {c['peak_mb'] / b['peak_mb']:>7.2f}× "
+            f"{b['wall_s'] / a['wall_s']:>8.1f}× {b['heatmap_s'] * 1e3:>9.1f} ms"
+        )
+        print(
+            f"      increments: b/a {inc['b'] / inc['a']:.2f}×, c/b {inc['c'] / inc['b']:.1f}×; "
+            f"HF attentions alone: {c['attention_bytes'] / 2**20:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

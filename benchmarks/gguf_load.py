@@ -73,9 +73,15 @@ def build(root: Path, hidden: int, layers: int, vocab: int) -> Path:
     from attnscope.model import ModelConfig, Transformer
     from attnscope.model.checkpoint import hf_name
 
-    config = ModelConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 256 * 256,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 256,
-                         max_position_embeddings=2048)
+    config = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 256 * 256,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 256,
+        max_position_embeddings=2048,
+    )
     torch.manual_seed(0)
     net = Transformer(config)
     with torch.no_grad():
@@ -90,8 +96,13 @@ def build(root: Path, hidden: int, layers: int, vocab: int) -> Path:
 
 
 def measure(kind: str, file: Path, warm: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", SCENARIO, kind, str(file), str(warm)], capture_output=True,
-                         text=True, check=True, timeout=1800)
+    out = subprocess.run(
+        [sys.executable, "-c", SCENARIO, kind, str(file), str(warm)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     return figures["peak_mb"] - figures["base_mb"]
 
@@ -112,17 +123,23 @@ def main() -> None:
         vocab = Vocab("gpt2", [f"t{i}" for i in range(args.vocab)], [1] * args.vocab, pre="gpt-2")
         small, _, _ = build(Path(tmp) / "small", 256, 1, 256)
         small_vocab = Vocab("gpt2", [f"t{i}" for i in range(256)], [1] * 256, pre="gpt-2")
-        print(f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}: {model_mb:.0f} MB in float32, "
-              f"largest tensor {largest_mb:.0f} MB; bound (model + largest tensor) {model_mb + largest_mb:.0f} MB")
-        print("| type | file (MB) | attnscope: peak above start (MB) | transformers (MB) | attnscope / bound "
-              "| transformers / attnscope |")
+        print(
+            f"model: {args.layers} layers, hidden {args.hidden}, vocab {args.vocab}: {model_mb:.0f} MB in float32, "
+            f"largest tensor {largest_mb:.0f} MB; bound (model + largest tensor) {model_mb + largest_mb:.0f} MB"
+        )
+        print(
+            "| type | file (MB) | attnscope: peak above start (MB) | transformers (MB) | attnscope / bound "
+            "| transformers / attnscope |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for kind in args.types:
             file = write_gguf(src, Path(tmp) / "model" / f"model-{kind}.gguf", kind, vocab=vocab)
             warm = write_gguf(small, Path(tmp) / "small" / f"small-{kind}.gguf", kind, vocab=small_vocab)
             ours, theirs = measure("attnscope", file, warm), measure("hf", file, warm)
-            print(f"| {kind} | {file.stat().st_size / 2**20:.0f} | {ours:.0f} | {theirs:.0f} | "
-                  f"{ours / (model_mb + largest_mb):.2f} | {theirs / ours:.2f}× |")
+            print(
+                f"| {kind} | {file.stat().st_size / 2**20:.0f} | {ours:.0f} | {theirs:.0f} | "
+                f"{ours / (model_mb + largest_mb):.2f} | {theirs / ours:.2f}× |"
+            )
             file.unlink()
 
 

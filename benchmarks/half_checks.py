@@ -49,24 +49,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     text = (sample_models_dir() / "tiny-code" / "README.md").read_text()
-    print(f"model {args.model} · backend {args.backend} · {args.tokens} tokens · torch threads "
-          f"{torch.get_num_threads()} · medians of {args.repeats}, before and now alternated")
+    print(
+        f"model {args.model} · backend {args.backend} · {args.tokens} tokens · torch threads "
+        f"{torch.get_num_threads()} · medians of {args.repeats}, before and now alternated"
+    )
     print(f"{'dtype':<9} {'check':<21} {'before (s)':>10} {'now (s)':>8} {'now / before':>12}")
     for dtype_name in ("bfloat16", "float16"):
         model = attnscope.load_model(args.model, dtype=dtype_name)
-        ids = model.tokenizer.encode(text)[:args.tokens]
+        ids = model.tokenizer.encode(text)[: args.tokens]
         scope = attnscope.Scope(model, backend=args.backend)
         run = scope.forward(ids)
         dtype = model.dtype
         calibrated = Tolerance.for_dtype(dtype)
         constant = Tolerance.for_dtype(dtype, *DEFAULT_TOLERANCES[dtype])  # as given: never calibrated
         pairs = {
-            "full_vs_incremental": (partial(before_full_vs_incremental, run, constant),
-                                    partial(checks.full_vs_incremental_check, run, calibrated)),
-            "backend_vs_reference": (partial(checks.backend_vs_reference_check, run, constant),
-                                     partial(checks.backend_vs_reference_check, run, calibrated)),
-            "causality": (partial(checks.causality_check, run, constant),
-                          partial(checks.causality_check, run, calibrated)),
+            "full_vs_incremental": (
+                partial(before_full_vs_incremental, run, constant),
+                partial(checks.full_vs_incremental_check, run, calibrated),
+            ),
+            "backend_vs_reference": (
+                partial(checks.backend_vs_reference_check, run, constant),
+                partial(checks.backend_vs_reference_check, run, calibrated),
+            ),
+            "causality": (
+                partial(checks.causality_check, run, constant),
+                partial(checks.causality_check, run, calibrated),
+            ),
         }
         totals = [0.0, 0.0]
         for name, (before, now) in pairs.items():

@@ -51,8 +51,9 @@ print(json.dumps({"base_mb": base, "peak_mb": rss_mb(), "wall_s": wall}))
 
 
 def scenario(kind: str, length: int, dtype: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", SCENARIO, kind, str(length), dtype], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCENARIO, kind, str(length), dtype], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -65,10 +66,14 @@ def main() -> None:
     for length in args.lengths:
         plain, capture = scenario("plain", length, args.dtype), scenario("capture", length, args.dtype)
         for kind, row in (("plain", plain), ("capture", capture)):
-            print(f"{length:>6} {kind:>9} {row['peak_mb'] - row['base_mb']:>8.0f} {row['peak_mb']:>8.0f} "
-                  f"{row['wall_s']:>7.2f}")
-        print(f"{'':>6} {'ratio':>9} {'':>8} {capture['peak_mb'] / plain['peak_mb']:>8.2f} "
-              f"{capture['wall_s'] / plain['wall_s']:>7.2f}   (whole-process peak, wall)")
+            print(
+                f"{length:>6} {kind:>9} {row['peak_mb'] - row['base_mb']:>8.0f} {row['peak_mb']:>8.0f} "
+                f"{row['wall_s']:>7.2f}"
+            )
+        print(
+            f"{'':>6} {'ratio':>9} {'':>8} {capture['peak_mb'] / plain['peak_mb']:>8.2f} "
+            f"{capture['wall_s'] / plain['wall_s']:>7.2f}   (whole-process peak, wall)"
+        )
 
 
 if __name__ == "__main__":

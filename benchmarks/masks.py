@@ -30,8 +30,10 @@ def loop_dense(q_len: int, k_len: int, row_step: int = 1) -> torch.Tensor:
 
 def main() -> None:
     print(f"spec: {SPEC!r}   torch threads {torch.get_num_threads()}")
-    print(f"{'Sq':>5} {'past':>5} {'loop (ms)':>12} {'dense (ms)':>11} {'hit (µs)':>9} {'loop/dense':>11} "
-          f"{'loop/hit':>10}")
+    print(
+        f"{'Sq':>5} {'past':>5} {'loop (ms)':>12} {'dense (ms)':>11} {'hit (µs)':>9} {'loop/dense':>11} "
+        f"{'loop/hit':>10}"
+    )
     for past in (0, 512):
         for n in (64, 128, 512, 1024, 4096):
             k_len = n + past
@@ -48,8 +50,10 @@ def main() -> None:
             SPEC.dense(n, k_len)
             t_hit = timed(lambda: SPEC.dense(n, k_len), 50)  # noqa: B023
             est = " est." if step > 1 else ""
-            print(f"{n:>5} {past:>5} {t_loop * 1e3:>12.1f} {t_dense * 1e3:>11.2f} {t_hit * 1e6:>9.1f} "
-                  f"{t_loop / t_dense:>10.0f}× {t_loop / t_hit:>9.0f}×{est}")
+            print(
+                f"{n:>5} {past:>5} {t_loop * 1e3:>12.1f} {t_dense * 1e3:>11.2f} {t_hit * 1e6:>9.1f} "
+                f"{t_loop / t_dense:>10.0f}× {t_loop / t_hit:>9.0f}×{est}"
+            )
 
 
 if __name__ == "__main__":

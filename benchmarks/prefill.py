@@ -36,10 +36,13 @@ def main() -> None:
     attend = get_backend(args.backend)
     net = model.net
     gen = torch.Generator().manual_seed(0)
-    print(f"model {model.name} · backend {args.backend} · device {args.device} · "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'T':>6} {'full (s)':>10} {'incremental (s)':>16} {'incremental / full':>19} "
-          f"{'layer by layer (s)':>19} {'layer by layer / incremental':>29}")
+    print(
+        f"model {model.name} · backend {args.backend} · device {args.device} · torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{'T':>6} {'full (s)':>10} {'incremental (s)':>16} {'incremental / full':>19} "
+        f"{'layer by layer (s)':>19} {'layer by layer / incremental':>29}"
+    )
     with torch.inference_mode():
         for T in args.lengths:
             ids = torch.randint(0, model.config.vocab_size, (1, T), generator=gen, device=args.device)
@@ -49,7 +52,7 @@ def main() -> None:
 
             def incremental(ids=ids, T=T):
                 cache = net.new_cache(1, T)
-                return torch.cat([net(ids[:, i:i + 1], cache, attend=attend) for i in range(T)], dim=1)
+                return torch.cat([net(ids[:, i : i + 1], cache, attend=attend) for i in range(T)], dim=1)
 
             def layer_by_layer(ids=ids, T=T):
                 return net.forward_token_by_token(ids, net.new_cache(1, T), attend=attend)
@@ -59,11 +62,15 @@ def main() -> None:
             assert torch.equal(layer_by_layer(), incremental()), "layer by layer is not T one-token forwards"
             full()  # warm-up
             t_full = timed(full, args.repeats)
-            pairs = [(timed(incremental, 1), timed(layer_by_layer, 1))  # alternated: both see the same load
-                     for _ in range(max(1, args.repeats if T <= 512 else 1))]
+            pairs = [
+                (timed(incremental, 1), timed(layer_by_layer, 1))  # alternated: both see the same load
+                for _ in range(max(1, args.repeats if T <= 512 else 1))
+            ]
             t_inc, t_layers = (statistics.median(times) for times in zip(*pairs, strict=True))
-            print(f"{T:>6} {t_full:>10.4f} {t_inc:>16.3f} {t_inc / t_full:>18.1f}× {t_layers:>19.3f} "
-                  f"{t_layers / t_inc:>28.2f}×")
+            print(
+                f"{T:>6} {t_full:>10.4f} {t_inc:>16.3f} {t_inc / t_full:>18.1f}× {t_layers:>19.3f} "
+                f"{t_layers / t_inc:>28.2f}×"
+            )
 
 
 if __name__ == "__main__":

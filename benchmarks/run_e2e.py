@@ -162,8 +162,9 @@ def prompt_of(tokens: int) -> str:
     raise SystemExit(f"no prefix of {SOURCE.name} encodes as {tokens} tokens")
 
 
-def row(name: str, value: float, base: float, base_name: str, goal: str, percent: bool = False,
-        ratio: float | None = None) -> None:
+def row(
+    name: str, value: float, base: float, base_name: str, goal: str, percent: bool = False, ratio: float | None = None
+) -> None:
     ratio = value / base if ratio is None else ratio
     ratio = f"{100 * ratio:6.1f} %" if percent else f"{ratio:6.2f}×"
     print(f"{name:<44} {value:8.2f} s  {base:8.2f} s  {ratio}  ({base_name}; goal {goal})", flush=True)
@@ -176,9 +177,20 @@ def build_135m(path: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     transformers.utils.logging.disable_progress_bar()
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=2048,
-                         rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=2048,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=None,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -193,42 +205,68 @@ def main() -> None:
     n = args.repeats
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    print(f"{os.cpu_count()} CPU cores · load average {os.getloadavg()[0]:.1f} · medians of {n} runs · "
-          "each row: value, baseline, ratio", flush=True)
+    print(
+        f"{os.cpu_count()} CPU cores · load average {os.getloadavg()[0]:.1f} · medians of {n} runs · "
+        "each row: value, baseline, ratio",
+        flush=True,
+    )
     long_text = prompt_of(4096) if {1, 2, 5} & set(args.rows) else ""
     if 1 in args.rows:
         from attnscope.model.tokenizer import Tokenizer
 
         ids = Tokenizer(TINY).encode(long_text)
-        ours, base, ratio = paired(n, lambda: process(attnscope_run("-p", long_text, "-n", "0"))[0],
-                                   lambda: json.loads(process(python(HF_ATTENTIONS, str(TINY), json.dumps(ids),
-                                                                     "1"))[1].strip().splitlines()[-1])[0])
-        row("1. tiny-code 4096 tokens: attnscope run", ours, base, "HF eager output_attentions forward",
-            "<= 20 s, <= 4x", ratio=ratio)
+        ours, base, ratio = paired(
+            n,
+            lambda: process(attnscope_run("-p", long_text, "-n", "0"))[0],
+            lambda: json.loads(
+                process(python(HF_ATTENTIONS, str(TINY), json.dumps(ids), "1"))[1].strip().splitlines()[-1]
+            )[0],
+        )
+        row(
+            "1. tiny-code 4096 tokens: attnscope run",
+            ours,
+            base,
+            "HF eager output_attentions forward",
+            "<= 20 s, <= 4x",
+            ratio=ratio,
+        )
     if 2 in args.rows:
-        out = json.loads(subprocess.run(python(IN_PROCESS, "roles", long_text, str(n)), capture_output=True,
-                                        text=True, check=True).stdout.strip().splitlines()[-1])
+        out = json.loads(
+            subprocess.run(python(IN_PROCESS, "roles", long_text, str(n)), capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         roles, run = median(out["roles"]), median(out["run"])
         row("2. head roles at 4096 tokens", roles, run, "the run (checks, roles, report)", "<= 5 %", percent=True)
-        print("   stages of that run: " + ", ".join(f"{stage} {median(times):.2f} s"
-                                                   for stage, times in out["stages"].items()))
+        print(
+            "   stages of that run: "
+            + ", ".join(f"{stage} {median(times):.2f} s" for stage, times in out["stages"].items())
+        )
     if 3 in args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "random-135m"
             build_135m(path)
             text = prompt_of(24)
-            ours, hf, ratio = paired(n, lambda: process(attnscope_run("-m", str(path), "-p", text, "-n", "16"))[0],
-                                     lambda: process(python(HF_GENERATE, str(path), text, "16"))[0])
-        row("3. 30 layers, 135M class: attnscope run", ours, hf, "transformers load + generate", "<= 1.5x",
-            ratio=ratio)
+            ours, hf, ratio = paired(
+                n,
+                lambda: process(attnscope_run("-m", str(path), "-p", text, "-n", "16"))[0],
+                lambda: process(python(HF_GENERATE, str(path), text, "16"))[0],
+            )
+        row("3. 30 layers, 135M class: attnscope run", ours, hf, "transformers load + generate", "<= 1.5x", ratio=ratio)
     if 4 in args.rows:
         text = prompt_of(12)
-        ours, plain, ratio = paired(n, lambda: process(attnscope_run("-p", text))[0],
-                                    lambda: process(python(PLAIN_FORWARD, "tiny-code", text))[0])
+        ours, plain, ratio = paired(
+            n,
+            lambda: process(attnscope_run("-p", text))[0],
+            lambda: process(python(PLAIN_FORWARD, "tiny-code", text))[0],
+        )
         row("4. tiny-code 12 tokens: attnscope run", ours, plain, "load + one plain forward", "<= 4 s", ratio=ratio)
     if 5 in args.rows:
-        out = json.loads(subprocess.run(python(IN_PROCESS, "capture", long_text, str(n)), capture_output=True,
-                                        text=True, check=True).stdout.strip().splitlines()[-1])
+        out = json.loads(
+            subprocess.run(python(IN_PROCESS, "capture", long_text, str(n)), capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         plain = median(out["plain"])
         row("5. sdpa capture at 4096, the kernel's lse", median(out["capture"]), plain, "plain sdpa forward", "<= 1.3x")
         row("   (the eager lse pass it replaced)", median(out["eager_lse"]), plain, "plain sdpa forward", "-")

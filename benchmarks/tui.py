@@ -78,8 +78,10 @@ def main() -> None:
     size = tuple(int(x) for x in args.size.split("x"))
     times = asyncio.run(measure(args.model, args.tokens, size, args.presses))
     print(f"model {args.model} · {args.tokens} tokens · terminal {args.size} · {len(times)} head switches (↓)")
-    print(f"key press → frame with the new heatmap: median {statistics.median(times) * 1e3:.1f} ms, "
-          f"p90 {sorted(times)[int(0.9 * len(times))] * 1e3:.1f} ms, max {max(times) * 1e3:.1f} ms")
+    print(
+        f"key press → frame with the new heatmap: median {statistics.median(times) * 1e3:.1f} ms, "
+        f"p90 {sorted(times)[int(0.9 * len(times))] * 1e3:.1f} ms, max {max(times) * 1e3:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

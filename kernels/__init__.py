@@ -108,21 +108,44 @@ def attend(
     from attnscope.kernels.flash import INTERPRETING, attention
 
     if q.device.type != "cuda" and not (INTERPRETING and q.device.type == "cpu"):
-        raise BackendUnavailable(f"the triton backend needs CUDA tensors, got {q.device} "
-                                 "(or TRITON_INTERPRET=1 before the first kernel call, for CPU tensors)")
+        raise BackendUnavailable(
+            f"the triton backend needs CUDA tensors, got {q.device} "
+            "(or TRITON_INTERPRET=1 before the first kernel call, for CPU tensors)"
+        )
     note_lse_source("triton")
     return attention(q, k, v, causal=True, window=window, scale=scale, return_lse=True)
 
 
-def pooled_probabilities(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, *, scale: float,
-                         mask: masks.MaskSpec, q_offset: int, rows: slice, cols: slice, pool: tuple[int, int],
-                         reduce: str) -> torch.Tensor:
+def pooled_probabilities(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    scale: float,
+    mask: masks.MaskSpec,
+    q_offset: int,
+    rows: slice,
+    cols: slice,
+    pool: tuple[int, int],
+    reduce: str,
+) -> torch.Tensor:
     """The triton backend's pooled map of one head (q ``[Sq, D]``, k ``[Sk, D]``, lse ``[Sq]``), from the
     probability kernel (`attention_probs`): how the views recompute this backend's probabilities."""
     from attnscope.kernels.probs import attention_probs
 
-    return attention_probs(q, k, lse, scale=scale, causal=True, window=mask_window(mask), q_offset=q_offset,
-                           rows=rows, cols=cols, pool=pool, reduce=reduce)
+    return attention_probs(
+        q,
+        k,
+        lse,
+        scale=scale,
+        causal=True,
+        window=mask_window(mask),
+        q_offset=q_offset,
+        rows=rows,
+        cols=cols,
+        pool=pool,
+        reduce=reduce,
+    )
 
 
 attend.pooled_probabilities = pooled_probabilities  # type: ignore[attr-defined]

@@ -42,13 +42,23 @@ MAX_SPLITS = 128
 
 @triton.jit
 def _attn_tiles(
-    acc, l_i, m_i,  # running output [BLOCK_M, BLOCK_D], row sums and row maxima (base 2), float32
+    acc,
+    l_i,
+    m_i,  # running output [BLOCK_M, BLOCK_D], row sums and row maxima (base 2), float32
     q,  # [BLOCK_M, BLOCK_D] query tile
-    k_base, v_base,  # K and V pointers of this (batch, kv head)
-    stride_kn, stride_kd, stride_vn, stride_vd,
-    offs_d, pos,  # [BLOCK_D] head-dim offsets; [BLOCK_M] absolute position of each row
-    kv_len, window, qk_scale,  # keys of this sequence; window; scale * LOG2E
-    start, end,  # key range [start, end), start a multiple of BLOCK_N
+    k_base,
+    v_base,  # K and V pointers of this (batch, kv head)
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    offs_d,
+    pos,  # [BLOCK_D] head-dim offsets; [BLOCK_M] absolute position of each row
+    kv_len,
+    window,
+    qk_scale,  # keys of this sequence; window; scale * LOG2E
+    start,
+    end,  # key range [start, end), start a multiple of BLOCK_N
     MASKED: tl.constexpr,  # partial tiles: bounds, causal and window masks applied with tl.where
     IS_CAUSAL: tl.constexpr,  # key j <= position p
     HAS_WINDOW: tl.constexpr,  # key j > p - window
@@ -98,15 +108,38 @@ def _attn_tiles(
 
 @triton.jit
 def _attn_fwd(
-    Q, K, V, OUT, LSE,  # q [B, Hq, Sq, D]; k, v [B, Hkv, Sk, D]; out and lse (final, or split partials)
+    Q,
+    K,
+    V,
+    OUT,
+    LSE,  # q [B, Hq, Sq, D]; k, v [B, Hkv, Sk, D]; out and lse (final, or split partials)
     Q_OFFSETS,  # int32 [B] per-batch q_offset (read only when PER_BATCH_OFFSET)
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_os, stride_ob, stride_oh, stride_om, stride_od,  # stride_os: between splits (0 without)
-    stride_ls, stride_lb, stride_lh, stride_lm,
-    n_kv_heads, Sq,
-    q_offset, window, qk_scale,  # scalar q_offset (unless PER_BATCH_OFFSET); window (or 0); scale * LOG2E
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_os,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,  # stride_os: between splits (0 without)
+    stride_ls,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    n_kv_heads,
+    Sq,
+    q_offset,
+    window,
+    qk_scale,  # scalar q_offset (unless PER_BATCH_OFFSET); window (or 0); scale * LOG2E
     kv_chunk,  # keys per split, a multiple of BLOCK_N (the last split runs to the end)
     GROUP: tl.constexpr,  # G = Hq // Hkv, query heads per kv head
     HEAD_DIM: tl.constexpr,  # D
@@ -162,12 +195,19 @@ def _attn_fwd(
         split = tl.program_id(2)
         c0 = lo + split * kv_chunk
         c1 = tl.where(split == tl.num_programs(2) - 1, hi, c0 + kv_chunk)
-        lo, full_lo, full_hi, hi = (tl.maximum(lo, c0), tl.minimum(tl.maximum(full_lo, c0), c1),
-                                    tl.minimum(tl.maximum(full_hi, c0), c1), tl.minimum(hi, c1))
+        lo, full_lo, full_hi, hi = (
+            tl.maximum(lo, c0),
+            tl.minimum(tl.maximum(full_lo, c0), c1),
+            tl.minimum(tl.maximum(full_hi, c0), c1),
+            tl.minimum(hi, c1),
+        )
 
     b64 = b.to(tl.int64)
-    q = tl.load(Q + b64 * stride_qb + head[:, None] * stride_qh + query[:, None] * stride_qm
-                + offs_d[None, :] * stride_qd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(
+        Q + b64 * stride_qb + head[:, None] * stride_qh + query[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
     if DOT_F32:
         q = q.to(tl.float32)
     k_base = K + b64 * stride_kb + kv_head.to(tl.int64) * stride_kh
@@ -177,31 +217,112 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     # partial tiles at the window's lower edge, full tiles, partial tiles at the diagonal / the end
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                offs_d, pos, kv_len, window, qk_scale, lo, full_lo, True, IS_CAUSAL, HAS_WINDOW,
-                                HEAD_DIM, BLOCK_N, BLOCK_D, DOT_F32, DOT_PRECISION)
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                offs_d, pos, kv_len, window, qk_scale, full_lo, full_hi, False, IS_CAUSAL,
-                                HAS_WINDOW, HEAD_DIM, BLOCK_N, BLOCK_D, DOT_F32, DOT_PRECISION)
-    acc, l_i, m_i = _attn_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                                offs_d, pos, kv_len, window, qk_scale, full_hi, hi, True, IS_CAUSAL, HAS_WINDOW,
-                                HEAD_DIM, BLOCK_N, BLOCK_D, DOT_F32, DOT_PRECISION)
+    acc, l_i, m_i = _attn_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kn,
+        stride_kd,
+        stride_vn,
+        stride_vd,
+        offs_d,
+        pos,
+        kv_len,
+        window,
+        qk_scale,
+        lo,
+        full_lo,
+        True,
+        IS_CAUSAL,
+        HAS_WINDOW,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_F32,
+        DOT_PRECISION,
+    )
+    acc, l_i, m_i = _attn_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kn,
+        stride_kd,
+        stride_vn,
+        stride_vd,
+        offs_d,
+        pos,
+        kv_len,
+        window,
+        qk_scale,
+        full_lo,
+        full_hi,
+        False,
+        IS_CAUSAL,
+        HAS_WINDOW,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_F32,
+        DOT_PRECISION,
+    )
+    acc, l_i, m_i = _attn_tiles(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_kn,
+        stride_kd,
+        stride_vn,
+        stride_vd,
+        offs_d,
+        pos,
+        kv_len,
+        window,
+        qk_scale,
+        full_hi,
+        hi,
+        True,
+        IS_CAUSAL,
+        HAS_WINDOW,
+        HEAD_DIM,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_F32,
+        DOT_PRECISION,
+    )
 
     # a row with no allowed key (l_i = 0): out 0, lse -inf
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-    o_ptrs = (OUT + split * stride_os + b64 * stride_ob + head[:, None] * stride_oh + query[:, None] * stride_om
-              + offs_d[None, :] * stride_od)
+    o_ptrs = (
+        OUT
+        + split * stride_os
+        + b64 * stride_ob
+        + head[:, None] * stride_oh
+        + query[:, None] * stride_om
+        + offs_d[None, :] * stride_od
+    )
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + split * stride_ls + b64 * stride_lb + head * stride_lh + query * stride_lm, lse, mask=row_ok)
 
 
 @triton.jit
 def _attn_combine(
-    OUT_PART, LSE_PART,  # float32 partials [n_splits, R, D] and [n_splits, R] (R = B * Hq * Sq rows)
-    OUT, LSE,  # out [R, D] in the output dtype, lse [R] float32 (both contiguous)
-    n_splits, n_rows,
+    OUT_PART,
+    LSE_PART,  # float32 partials [n_splits, R, D] and [n_splits, R] (R = B * Hq * Sq rows)
+    OUT,
+    LSE,  # out [R, D] in the output dtype, lse [R] float32 (both contiguous)
+    n_splits,
+    n_rows,
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_R: tl.constexpr,  # rows per program
     BLOCK_S: tl.constexpr,  # n_splits padded to a power of two
@@ -219,12 +340,18 @@ def _attn_combine(
     m_ref = tl.where(m == float("-inf"), 0.0, m)  # every split empty: weights exp(-inf) = 0, not NaN
     w = tl.exp(lse_s - m_ref[:, None])  # (BLOCK_R, BLOCK_S)
     total = tl.sum(w, 1)
-    o = tl.load(OUT_PART + ((offs_s[None, :, None] * n_rows + rows[:, None, None]) * HEAD_DIM + offs_d[None, None, :]),
-                mask=rs_ok[:, :, None] & d_ok[None, None, :], other=0.0)  # (BLOCK_R, BLOCK_S, BLOCK_D)
+    o = tl.load(
+        OUT_PART + ((offs_s[None, :, None] * n_rows + rows[:, None, None]) * HEAD_DIM + offs_d[None, None, :]),
+        mask=rs_ok[:, :, None] & d_ok[None, None, :],
+        other=0.0,
+    )  # (BLOCK_R, BLOCK_S, BLOCK_D)
     empty = total == 0.0
     out = tl.sum(o * w[:, :, None], 1) / tl.where(empty, 1.0, total)[:, None]
-    tl.store(OUT + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(OUT.dtype.element_ty),
-             mask=r_ok[:, None] & d_ok[None, :])
+    tl.store(
+        OUT + rows[:, None] * HEAD_DIM + offs_d[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=r_ok[:, None] & d_ok[None, :],
+    )
     tl.store(LSE + rows, tl.where(empty, float("-inf"), m_ref + tl.log(tl.where(empty, 1.0, total))), mask=r_ok)
 
 
@@ -311,22 +438,52 @@ def attention(
 
     grid = (m_blocks, B * Hkv, n_splits)
     _attn_fwd[grid](
-        q, k, v, target_o, target_lse, offsets,
-        *q.stride(), *k.stride(), *v.stride(), *o_strides, *l_strides,
-        Hkv, Sq, q_offset, window or 0, scale * LOG2E, chunk,
-        GROUP=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        IS_CAUSAL=bool(causal), HAS_WINDOW=window is not None, PER_BATCH_OFFSET=offsets is not None,
-        SPLIT=n_splits > 1, DOT_F32=INTERPRETING and q.dtype == torch.bfloat16,
+        q,
+        k,
+        v,
+        target_o,
+        target_lse,
+        offsets,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *o_strides,
+        *l_strides,
+        Hkv,
+        Sq,
+        q_offset,
+        window or 0,
+        scale * LOG2E,
+        chunk,
+        GROUP=G,
+        HEAD_DIM=D,
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D,
+        IS_CAUSAL=bool(causal),
+        HAS_WINDOW=window is not None,
+        PER_BATCH_OFFSET=offsets is not None,
+        SPLIT=n_splits > 1,
+        DOT_F32=INTERPRETING and q.dtype == torch.bfloat16,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
-        num_warps=warps, num_stages=stages,
+        num_warps=warps,
+        num_stages=stages,
     )
     if n_splits > 1:
         n_out = B * Hq * Sq
         rows_per_program = 16 if INTERPRETING else 1  # the interpreter pays per program, a GPU wants many
         _attn_combine[(triton.cdiv(n_out, rows_per_program),)](
-            target_o, target_lse, out, lse, n_splits, n_out,
-            HEAD_DIM=D, BLOCK_R=rows_per_program, BLOCK_S=triton.next_power_of_2(n_splits),
-            BLOCK_D=triton.next_power_of_2(D), num_warps=4 if D > 64 else 2,
+            target_o,
+            target_lse,
+            out,
+            lse,
+            n_splits,
+            n_out,
+            HEAD_DIM=D,
+            BLOCK_R=rows_per_program,
+            BLOCK_S=triton.next_power_of_2(n_splits),
+            BLOCK_D=triton.next_power_of_2(D),
+            num_warps=4 if D > 64 else 2,
         )
     return (out, lse) if return_lse else out
 
@@ -395,8 +552,10 @@ def _validate_device(device: torch.device) -> None:
     if device.type == "cuda" or (INTERPRETING and device.type == "cpu"):
         return
     if device.type == "cpu":
-        raise ValueError("the tensors are on the CPU: the Triton kernels need CUDA tensors, or "
-                         "TRITON_INTERPRET=1 set before the first kernel call to run them in the interpreter")
+        raise ValueError(
+            "the tensors are on the CPU: the Triton kernels need CUDA tensors, or "
+            "TRITON_INTERPRET=1 set before the first kernel call to run them in the interpreter"
+        )
     raise ValueError(f"the Triton kernels run on CUDA tensors, got device {device}")
 
 

@@ -30,9 +30,19 @@ from .flash import (
 
 @triton.jit
 def _probs_tile(
-    q, safe_lse, rows, row_ok,  # query tile [BLOCK_M, BLOCK_D], its lse (0 for -inf), indices, validity
-    k_base, stride_kn, stride_kd, start_n, col_end,  # keys [start_n, start_n + BLOCK_N) ∩ [.., col_end)
-    q_offset, kv_len, window, scale,
+    q,
+    safe_lse,
+    rows,
+    row_ok,  # query tile [BLOCK_M, BLOCK_D], its lse (0 for -inf), indices, validity
+    k_base,
+    stride_kn,
+    stride_kd,
+    start_n,
+    col_end,  # keys [start_n, start_n + BLOCK_N) ∩ [.., col_end)
+    q_offset,
+    kv_len,
+    window,
+    scale,
     IS_CAUSAL: tl.constexpr,  # key j <= position p
     HAS_WINDOW: tl.constexpr,  # key j > p - window
     HEAD_DIM: tl.constexpr,  # D
@@ -45,8 +55,11 @@ def _probs_tile(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     col_ok = offs_n < col_end
-    k = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                mask=(offs_d[:, None] < HEAD_DIM) & col_ok[None, :], other=0.0)
+    k = tl.load(
+        k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+        mask=(offs_d[:, None] < HEAD_DIM) & col_ok[None, :],
+        other=0.0,
+    )
     if DOT_F32:
         k = k.to(tl.float32)
     scores = tl.dot(q, k, input_precision=DOT_PRECISION) * scale  # (BLOCK_M, BLOCK_N) float32
@@ -61,8 +74,9 @@ def _probs_tile(
 
 
 @triton.jit
-def _key_range(first_row, last_row, col_start, col_end, q_offset, kv_len, window,
-               IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+def _key_range(
+    first_row, last_row, col_start, col_end, q_offset, kv_len, window, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr
+):
     """Keys [lo, hi) of [col_start, col_end) that any of the rows first_row..last_row may see."""
     hi = tl.minimum(col_end, kv_len)
     if IS_CAUSAL:
@@ -74,12 +88,28 @@ def _key_range(first_row, last_row, col_start, col_end, q_offset, kv_len, window
 
 
 @triton.jit
-def _load_rows(Q, LSE, g, rows, row_ok, stride_qg, stride_qm, stride_qd, stride_lg, stride_lm,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr):
+def _load_rows(
+    Q,
+    LSE,
+    g,
+    rows,
+    row_ok,
+    stride_qg,
+    stride_qm,
+    stride_qd,
+    stride_lg,
+    stride_lm,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
     """Query rows [BLOCK_M, BLOCK_D] of head g of the group and their lse (-inf replaced by 0)."""
     offs_d = tl.arange(0, BLOCK_D)
-    q = tl.load(Q + g * stride_qg + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    q = tl.load(
+        Q + g * stride_qg + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM),
+        other=0.0,
+    )
     if DOT_F32:
         q = q.to(tl.float32)
     lse = tl.load(LSE + g * stride_lg + rows * stride_lm, mask=row_ok, other=0.0)
@@ -88,10 +118,28 @@ def _load_rows(Q, LSE, g, rows, row_ok, stride_qg, stride_qm, stride_qd, stride_
 
 @triton.jit
 def _attn_probs_region(
-    Q, K, LSE, P,  # q [G, Sq, D], k [Sk, D], lse [G, Sq] float32, P [G, rows, cols] float32 zeros
-    stride_qg, stride_qm, stride_qd, stride_kn, stride_kd, stride_lg, stride_lm, stride_pg, stride_pm, stride_pn,
-    row_start, row_end, col_start, col_end,  # the region [row_start, row_end) × [col_start, col_end)
-    q_offset, kv_len, window, scale,
+    Q,
+    K,
+    LSE,
+    P,  # q [G, Sq, D], k [Sk, D], lse [G, Sq] float32, P [G, rows, cols] float32 zeros
+    stride_qg,
+    stride_qm,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    stride_lg,
+    stride_lm,
+    stride_pg,
+    stride_pm,
+    stride_pn,
+    row_start,
+    row_end,
+    col_start,
+    col_end,  # the region [row_start, row_end) × [col_start, col_end)
+    q_offset,
+    kv_len,
+    window,
+    scale,
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # keys per tile
@@ -105,26 +153,63 @@ def _attn_probs_region(
     first = row_start + tl.program_id(0) * BLOCK_M
     rows = first + tl.arange(0, BLOCK_M)
     row_ok = rows < row_end
-    q, safe_lse = _load_rows(Q, LSE, g, rows, row_ok, stride_qg, stride_qm, stride_qd, stride_lg, stride_lm,
-                             HEAD_DIM, BLOCK_D, DOT_F32)
+    q, safe_lse = _load_rows(
+        Q, LSE, g, rows, row_ok, stride_qg, stride_qm, stride_qd, stride_lg, stride_lm, HEAD_DIM, BLOCK_D, DOT_F32
+    )
     last = tl.minimum(first + BLOCK_M, row_end) - 1
     lo, hi = _key_range(first, last, col_start, col_end, q_offset, kv_len, window, IS_CAUSAL, HAS_WINDOW)
     # keys outside [lo, hi) are masked for every row of the tile: never computed, left at 0
     for start_n in range(lo, hi, BLOCK_N):
-        p, offs_n, col_ok = _probs_tile(q, safe_lse, rows, row_ok, K, stride_kn, stride_kd, start_n, hi,
-                                        q_offset, kv_len, window, scale, IS_CAUSAL, HAS_WINDOW, HEAD_DIM,
-                                        BLOCK_N, BLOCK_D, DOT_F32, DOT_PRECISION)
+        p, offs_n, col_ok = _probs_tile(
+            q,
+            safe_lse,
+            rows,
+            row_ok,
+            K,
+            stride_kn,
+            stride_kd,
+            start_n,
+            hi,
+            q_offset,
+            kv_len,
+            window,
+            scale,
+            IS_CAUSAL,
+            HAS_WINDOW,
+            HEAD_DIM,
+            BLOCK_N,
+            BLOCK_D,
+            DOT_F32,
+            DOT_PRECISION,
+        )
         p_ptrs = P + g * stride_pg + (rows - row_start)[:, None] * stride_pm + (offs_n - col_start)[None, :] * stride_pn
         tl.store(p_ptrs, p, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
 def _attn_probs_pooled(
-    Q, K, LSE, P,  # q [G, Sq, D], k [Sk, D], lse [G, Sq] float32, P [G, R, C] float32
-    ROW_EDGES, COL_EDGES,  # int32 bin edges [R + 1], [C + 1], relative to row_start / col_start
-    stride_qg, stride_qm, stride_qd, stride_kn, stride_kd, stride_lg, stride_lm, stride_pg, stride_pm, stride_pn,
-    row_start, col_start,
-    q_offset, kv_len, window, scale,
+    Q,
+    K,
+    LSE,
+    P,  # q [G, Sq, D], k [Sk, D], lse [G, Sq] float32, P [G, R, C] float32
+    ROW_EDGES,
+    COL_EDGES,  # int32 bin edges [R + 1], [C + 1], relative to row_start / col_start
+    stride_qg,
+    stride_qm,
+    stride_qd,
+    stride_kn,
+    stride_kd,
+    stride_lg,
+    stride_lm,
+    stride_pg,
+    stride_pm,
+    stride_pn,
+    row_start,
+    col_start,
+    q_offset,
+    kv_len,
+    window,
+    scale,
     REDUCE_MAX: tl.constexpr,  # max over the cell (else mean)
     HEAD_DIM: tl.constexpr,  # D
     BLOCK_M: tl.constexpr,  # query rows per tile
@@ -144,14 +229,34 @@ def _attn_probs_pooled(
     for first in range(r0, r1, BLOCK_M):
         rows = first + tl.arange(0, BLOCK_M)
         row_ok = rows < r1
-        q, safe_lse = _load_rows(Q, LSE, g, rows, row_ok, stride_qg, stride_qm, stride_qd, stride_lg, stride_lm,
-                                 HEAD_DIM, BLOCK_D, DOT_F32)
+        q, safe_lse = _load_rows(
+            Q, LSE, g, rows, row_ok, stride_qg, stride_qm, stride_qd, stride_lg, stride_lm, HEAD_DIM, BLOCK_D, DOT_F32
+        )
         last = tl.minimum(first + BLOCK_M, r1) - 1
         lo, hi = _key_range(first, last, c0, c1, q_offset, kv_len, window, IS_CAUSAL, HAS_WINDOW)
         for start_n in range(lo, hi, BLOCK_N):
-            p, offs_n, col_ok = _probs_tile(q, safe_lse, rows, row_ok, K, stride_kn, stride_kd, start_n, hi,
-                                            q_offset, kv_len, window, scale, IS_CAUSAL, HAS_WINDOW, HEAD_DIM,
-                                            BLOCK_N, BLOCK_D, DOT_F32, DOT_PRECISION)
+            p, offs_n, col_ok = _probs_tile(
+                q,
+                safe_lse,
+                rows,
+                row_ok,
+                K,
+                stride_kn,
+                stride_kd,
+                start_n,
+                hi,
+                q_offset,
+                kv_len,
+                window,
+                scale,
+                IS_CAUSAL,
+                HAS_WINDOW,
+                HEAD_DIM,
+                BLOCK_N,
+                BLOCK_D,
+                DOT_F32,
+                DOT_PRECISION,
+            )
             if REDUCE_MAX:
                 cell = tl.maximum(cell, p, propagate_nan=tl.PropagateNan.ALL)
             else:
@@ -225,9 +330,17 @@ def attention_probs(
     c0, c1 = _region(cols, Sk, "cols")
     BLOCK_M, BLOCK_N = _blocks(D, q.dtype, block_m, block_n)
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    args = dict(HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, IS_CAUSAL=bool(causal),
-                HAS_WINDOW=window is not None, DOT_F32=INTERPRETING and q.dtype == torch.bfloat16,
-                DOT_PRECISION="ieee" if q.dtype == torch.float32 else None, num_warps=4)
+    args = dict(
+        HEAD_DIM=D,
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D,
+        IS_CAUSAL=bool(causal),
+        HAS_WINDOW=window is not None,
+        DOT_F32=INTERPRETING and q.dtype == torch.bfloat16,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else None,
+        num_warps=4,
+    )
     strides = (*q3.stride(), *k.stride(), *lse2.stride())
     kv_len = q_offset + Sq
 
@@ -235,12 +348,16 @@ def attention_probs(
         out = torch.zeros(G, r1 - r0, c1 - c0, dtype=torch.float32, device=q.device)
         if out.numel():
             grid = (triton.cdiv(r1 - r0, BLOCK_M), G)
-            _attn_probs_region[grid](q3, k, lse2, out, *strides, *out.stride(), r0, r1, c0, c1,
-                                     q_offset, kv_len, window or 0, scale, **args)
+            _attn_probs_region[grid](
+                q3, k, lse2, out, *strides, *out.stride(), r0, r1, c0, c1, q_offset, kv_len, window or 0, scale, **args
+            )
         return out if grouped else out[0]
 
-    if (not isinstance(pool, (tuple, list)) or len(pool) != 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pool)):
+    if (
+        not isinstance(pool, (tuple, list))
+        or len(pool) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pool)
+    ):
         raise ValueError(f"pool must be (rows, cols), two ints >= 1, got {pool!r}")
     row_edges, col_edges = pool_edges(r1 - r0, pool[0]), pool_edges(c1 - c0, pool[1])
     out = torch.zeros(G, len(row_edges) - 1, len(col_edges) - 1, dtype=torch.float32, device=q.device)
@@ -248,8 +365,24 @@ def attention_probs(
         re = torch.as_tensor(row_edges, dtype=torch.int32).to(q.device)
         ce = torch.as_tensor(col_edges, dtype=torch.int32).to(q.device)
         pooled_grid = (out.shape[1], out.shape[2], G)
-        _attn_probs_pooled[pooled_grid](q3, k, lse2, out, re, ce, *strides, *out.stride(), r0, c0,
-                                 q_offset, kv_len, window or 0, scale, REDUCE_MAX=reduce == "max", **args)
+        _attn_probs_pooled[pooled_grid](
+            q3,
+            k,
+            lse2,
+            out,
+            re,
+            ce,
+            *strides,
+            *out.stride(),
+            r0,
+            c0,
+            q_offset,
+            kv_len,
+            window or 0,
+            scale,
+            REDUCE_MAX=reduce == "max",
+            **args,
+        )
     return out if grouped else out[0]
 
 
@@ -272,5 +405,7 @@ def _blocks(D: int, dtype: torch.dtype, block_m: int | None, block_n: int | None
     for name, value in (("block_m", block_m), ("block_n", block_n)):
         if value is not None and (not isinstance(value, int) or value < 16):
             raise ValueError(f"{name} must be an int >= 16, got {value!r}")
-    return (bm if block_m is None else triton.next_power_of_2(block_m),
-            bn if block_n is None else triton.next_power_of_2(block_n))
+    return (
+        bm if block_m is None else triton.next_power_of_2(block_m),
+        bn if block_n is None else triton.next_power_of_2(block_n),
+    )

@@ -93,8 +93,9 @@ def write_variant(src: Path, out: Path, tensors: dict[str, torch.Tensor]) -> Non
     for name in COPIED:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
+    )
     (out / "model.safetensors").chmod(0o644)  # safetensors creates it owner-only
 
 
@@ -124,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     groups = config["num_attention_heads"] // config["num_key_value_heads"]
     rel = lambda p: p.relative_to(HERE.parent) if p.is_relative_to(HERE.parent) else p
-    cmd = lambda d, dtype="": (f"attnscope check -m {rel(d)} --prompt {json.dumps(CHECK_PROMPT)} --checks nan"
-                               + (f" --dtype {dtype}" if dtype else ""))
+    cmd = lambda d, dtype="": (
+        f"attnscope check -m {rel(d)} --prompt {json.dumps(CHECK_PROMPT)} --checks nan"
+        + (f" --dtype {dtype}" if dtype else "")
+    )
 
     # 1. nan-k-proj -----------------------------------------------------------------------------
     nan_dir = out / "nan-k-proj"
@@ -140,43 +143,53 @@ def main(argv: list[str] | None = None) -> None:
     findings["eager"] = nan_report(nan_dir, "float32", [CHECK_PROMPT], backend="eager")[0]
     for dtype, check in findings.items():
         print(f"nan-k-proj, {dtype}: {describe(check)}; counts {check.figures['nonfinite_counts']}")
-        expect(not check.passed and check.where["layer"] == NAN_LAYER and check.where["stage"] == "scores",
-               f"nan-k-proj in {dtype}: expected a failure at layer {NAN_LAYER}, stage scores; got {check.message}")
+        expect(
+            not check.passed and check.where["layer"] == NAN_LAYER and check.where["stage"] == "scores",
+            f"nan-k-proj in {dtype}: expected a failure at layer {NAN_LAYER}, stage scores; got {check.message}",
+        )
     check = findings["float32"]
-    (nan_dir / "README.md").write_text("\n".join([
-        "# nan-k-proj",
-        "",
-        f"A copy of tiny-code with one NaN planted in layer {NAN_LAYER}'s `k_proj` weight, so that "
-        f"`attnscope check --checks nan` fails at layer {NAN_LAYER}, stage scores.",
-        "",
-        "## What was changed",
-        "",
-        f"`{NAN_TENSOR}[{row}, {col}]` (shape {list(tensors[NAN_TENSOR].shape)}) is NaN; every other tensor and "
-        f"file is tiny-code's. Row {row} is dimension {row % head_dim} of key-value head {kv_head} (head dim "
-        f"{head_dim}), so every key of that head is NaN in that dimension (and, after RoPE, in the dimension "
-        f"rotated with it), and every attention score of the query heads that read it "
-        f"({kv_head * groups}..{(kv_head + 1) * groups - 1}, grouped-query attention) is NaN at every position. "
-        f"Layers 0..{NAN_LAYER - 1} are untouched and finite.",
-        "",
-        "## What `attnscope check` reports",
-        "",
-        "```",
-        cmd(nan_dir),
-        "```",
-        "",
-        f"exits with status 1; the `nan` check fails with \"{check.message}\" "
-        f"(the same in float16: \"{findings['float16'].message}\"). Non-finite counts by stage: "
-        + counts(check) + ".",
-        "",
-        "Downstream of the scores the backends differ: with `--backend eager` the NaN spreads to the attention "
-        "output, the residual stream and the logits (" + counts(findings["eager"]) + "), while torch's CPU "
-        "SDPA kernel (`is_causal=True`) returns zeros for query rows whose scores are NaN, so with the default "
-        "sdpa backend on a CPU the model's outputs stay finite and only the recomputed scores and weights show "
-        "the NaN. The `nan` check names the same first place either way, because it recomputes the scores "
-        "from the recorded q and k; `--checks backend_vs_reference` also fails for sdpa (NaN against 0).",
-        "",
-        "Regenerate with `python sample_models/make_broken.py` (reads `sample_models/tiny-code`).",
-    ]) + "\n")
+    (nan_dir / "README.md").write_text(
+        "\n".join(
+            [
+                "# nan-k-proj",
+                "",
+                f"A copy of tiny-code with one NaN planted in layer {NAN_LAYER}'s `k_proj` weight, so that "
+                f"`attnscope check --checks nan` fails at layer {NAN_LAYER}, stage scores.",
+                "",
+                "## What was changed",
+                "",
+                f"`{NAN_TENSOR}[{row}, {col}]` (shape {list(tensors[NAN_TENSOR].shape)}) is NaN; every other tensor "
+                "and "
+                f"file is tiny-code's. Row {row} is dimension {row % head_dim} of key-value head {kv_head} (head dim "
+                f"{head_dim}), so every key of that head is NaN in that dimension (and, after RoPE, in the dimension "
+                f"rotated with it), and every attention score of the query heads that read it "
+                f"({kv_head * groups}..{(kv_head + 1) * groups - 1}, grouped-query attention) is NaN at every "
+                "position. "
+                f"Layers 0..{NAN_LAYER - 1} are untouched and finite.",
+                "",
+                "## What `attnscope check` reports",
+                "",
+                "```",
+                cmd(nan_dir),
+                "```",
+                "",
+                f'exits with status 1; the `nan` check fails with "{check.message}" '
+                f'(the same in float16: "{findings["float16"].message}"). Non-finite counts by stage: '
+                + counts(check)
+                + ".",
+                "",
+                "Downstream of the scores the backends differ: with `--backend eager` the NaN spreads to the attention "
+                "output, the residual stream and the logits (" + counts(findings["eager"]) + "), while torch's CPU "
+                "SDPA kernel (`is_causal=True`) returns zeros for query rows whose scores are NaN, so with the default "
+                "sdpa backend on a CPU the model's outputs stay finite and only the recomputed scores and weights show "
+                "the NaN. The `nan` check names the same first place either way, because it recomputes the scores "
+                "from the recorded q and k; `--checks backend_vs_reference` also fails for sdpa (NaN against 0).",
+                "",
+                "Regenerate with `python sample_models/make_broken.py` (reads `sample_models/tiny-code`).",
+            ]
+        )
+        + "\n"
+    )
 
     # 2. fp16-overflow --------------------------------------------------------------------------
     print(f"fp16-overflow: scaling {OVERFLOW_TENSOR}")
@@ -192,58 +205,74 @@ def main(argv: list[str] | None = None) -> None:
     fp32 = nan_report(over_dir, "float32", PROBE_PROMPTS)
     bf16 = nan_report(over_dir, "bfloat16", PROBE_PROMPTS)
     for prompt, c16, c32, cbf in zip(PROBE_PROMPTS, fp16, fp32, bf16, strict=True):
-        print(f"  {prompt[:30]!r:34} float16 {describe(c16)} | float32 {'passed' if c32.passed else 'FAILED'} "
-              f"| bfloat16 {'passed' if cbf.passed else 'FAILED'}")
-        expect(not c16.passed and c16.where["layer"] == OVERFLOW_LAYER,
-               f"fp16-overflow: float16 should fail at layer {OVERFLOW_LAYER} on {prompt!r}; got {c16.message}")
+        print(
+            f"  {prompt[:30]!r:34} float16 {describe(c16)} | float32 {'passed' if c32.passed else 'FAILED'} "
+            f"| bfloat16 {'passed' if cbf.passed else 'FAILED'}"
+        )
+        expect(
+            not c16.passed and c16.where["layer"] == OVERFLOW_LAYER,
+            f"fp16-overflow: float16 should fail at layer {OVERFLOW_LAYER} on {prompt!r}; got {c16.message}",
+        )
         expect(c32.passed, f"fp16-overflow: float32 should pass on {prompt!r}; got {c32.message}")
     check16, check32 = fp16[0], fp32[0]
     with torch.no_grad():  # how far float32 goes: the largest activation in layer OVERFLOW_LAYER's MLP
         model = attnscope.load_model(over_dir, dtype="float32")
         mlp = model.net.layers[OVERFLOW_LAYER].mlp
         seen = {}
-        hooks = [mlp.down_proj.register_forward_hook(lambda m, i, o: seen.update(inner=i[0].abs().max(),
-                                                                                   out=o.abs().max()))]
+        hooks = [
+            mlp.down_proj.register_forward_hook(lambda m, i, o: seen.update(inner=i[0].abs().max(), out=o.abs().max()))
+        ]
         model.net(torch.tensor([model.tokenizer.encode(CHECK_PROMPT)]))
         for h in hooks:
             h.remove()
-    (over_dir / "README.md").write_text("\n".join([
-        "# fp16-overflow",
-        "",
-        f"A copy of tiny-code whose layer {OVERFLOW_LAYER} `post_attention_layernorm` weight is scaled by {scale:g}, "
-        f"so that a float16 run overflows to Inf/NaN in layer {OVERFLOW_LAYER} while float32 stays finite.",
-        "",
-        "## What was changed",
-        "",
-        f"`{OVERFLOW_TENSOR}` is multiplied by {scale:g} (a power of two, so exact in the stored float16); every "
-        "other tensor and file is tiny-code's. The scale was chosen by measurement "
-        f"(`sample_models/make_broken.py`): {smallest:g} is the smallest power of two at which float16 overflows "
-        f"on every one of {len(PROBE_PROMPTS)} probe prompts, and {MARGIN:g} times that leaves a margin for other "
-        "prompts. The RMSNorm before layer "
-        f"{OVERFLOW_LAYER}'s MLP now outputs values {scale:g} times larger, and the SwiGLU product "
-        "`silu(gate) * up` grows with the square of that: on the prompt below its largest value is "
-        f"{float(seen['inner']):.3g} in float32 (the MLP output {float(seen['out']):.3g}), far beyond float16's "
-        "largest finite value, 65504. float32 and bfloat16 have a range up to about 3.4e38 and stay finite; "
-        "the next layer's RMSNorm rescales the inflated residual stream (the predictions are of course no "
-        "longer tiny-code's).",
-        "",
-        "## What `attnscope check` reports",
-        "",
-        "```",
-        cmd(over_dir, "float16"),
-        "```",
-        "",
-        f"exits with status 1; the `nan` check fails with \"{check16.message}\" (non-finite counts by stage: "
-        + counts(check16) + ").",
-        "",
-        "```",
-        cmd(over_dir, "float32"),
-        "```",
-        "",
-        f"exits with status 0: \"{check32.message}\" (bfloat16 passes too).",
-        "",
-        "Regenerate with `python sample_models/make_broken.py` (reads `sample_models/tiny-code`).",
-    ]) + "\n")
+    (over_dir / "README.md").write_text(
+        "\n".join(
+            [
+                "# fp16-overflow",
+                "",
+                f"A copy of tiny-code whose layer {OVERFLOW_LAYER} `post_attention_layernorm` weight is scaled by "
+                f"{scale:g}, "
+                f"so that a float16 run overflows to Inf/NaN in layer {OVERFLOW_LAYER} while float32 stays finite.",
+                "",
+                "## What was changed",
+                "",
+                f"`{OVERFLOW_TENSOR}` is multiplied by {scale:g} (a power of two, so exact in the stored float16); "
+                "every "
+                "other tensor and file is tiny-code's. The scale was chosen by measurement "
+                f"(`sample_models/make_broken.py`): {smallest:g} is the smallest power of two at which float16 "
+                "overflows "
+                f"on every one of {len(PROBE_PROMPTS)} probe prompts, and {MARGIN:g} times that leaves a margin for "
+                "other "
+                "prompts. The RMSNorm before layer "
+                f"{OVERFLOW_LAYER}'s MLP now outputs values {scale:g} times larger, and the SwiGLU product "
+                "`silu(gate) * up` grows with the square of that: on the prompt below its largest value is "
+                f"{float(seen['inner']):.3g} in float32 (the MLP output {float(seen['out']):.3g}), far beyond "
+                "float16's "
+                "largest finite value, 65504. float32 and bfloat16 have a range up to about 3.4e38 and stay finite; "
+                "the next layer's RMSNorm rescales the inflated residual stream (the predictions are of course no "
+                "longer tiny-code's).",
+                "",
+                "## What `attnscope check` reports",
+                "",
+                "```",
+                cmd(over_dir, "float16"),
+                "```",
+                "",
+                f'exits with status 1; the `nan` check fails with "{check16.message}" (non-finite counts by stage: '
+                + counts(check16)
+                + ").",
+                "",
+                "```",
+                cmd(over_dir, "float32"),
+                "```",
+                "",
+                f'exits with status 0: "{check32.message}" (bfloat16 passes too).',
+                "",
+                "Regenerate with `python sample_models/make_broken.py` (reads `sample_models/tiny-code`).",
+            ]
+        )
+        + "\n"
+    )
     print(f"fp16-overflow: scale {scale:g}; float16 {describe(check16)}; float32 {describe(check32)}")
     print(f"done: {rel(nan_dir)}, {rel(over_dir)}")
 

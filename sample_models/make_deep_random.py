@@ -40,9 +40,18 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "deep-random"
 TOKENIZER_FROM = HERE / "tiny-code"
 
-SIZES = dict(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=24,
-             num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
-             bos_token_id=0, eos_token_id=0)
+SIZES = dict(
+    vocab_size=1024,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=24,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    max_position_embeddings=2048,
+    bos_token_id=0,
+    eos_token_id=0,
+)
 QK_STD = 1.6  # q and k entries' standard deviation on a normalized input
 EMBED_STD = 0.3
 STORED = torch.bfloat16
@@ -100,12 +109,28 @@ def main(argv: list[str] | None = None) -> None:
     draw(model, args.seed)
     tok = Tokenizer.from_file(str(TOKENIZER_FROM / "tokenizer.json"))
     tokenizer_config = json.loads((TOKENIZER_FROM / "tokenizer_config.json").read_text())
-    save_model(model, tok, args.out, dtype=STORED, generation={"bos_token_id": 0, "eos_token_id": 0},
-               tokenizer_config=tokenizer_config)
-    (args.out / "README.md").write_text(CARD.format(
-        seed=args.seed, layers=config.num_hidden_layers, hidden=config.hidden_size, inter=config.intermediate_size,
-        heads=config.num_attention_heads, kv=config.num_key_value_heads, head_dim=config.head_dim,
-        vocab=config.vocab_size, positions=config.max_position_embeddings, stored=dtype_name(STORED)))
+    save_model(
+        model,
+        tok,
+        args.out,
+        dtype=STORED,
+        generation={"bos_token_id": 0, "eos_token_id": 0},
+        tokenizer_config=tokenizer_config,
+    )
+    (args.out / "README.md").write_text(
+        CARD.format(
+            seed=args.seed,
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            inter=config.intermediate_size,
+            heads=config.num_attention_heads,
+            kv=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            vocab=config.vocab_size,
+            positions=config.max_position_embeddings,
+            stored=dtype_name(STORED),
+        )
+    )
     print(f"wrote {args.out}")
 
 

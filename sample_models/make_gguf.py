@@ -76,8 +76,16 @@ def bpe_vocab(model_dir: Path, pre: str = "gpt-2") -> Vocab:
     config = json.loads((model_dir / "config.json").read_text())
     bos = special.get(cfg.get("bos_token"), config.get("bos_token_id"))
     eos = special.get(cfg.get("eos_token"), config.get("eos_token_id"))
-    return Vocab("gpt2", tokens, types, pre=pre, merges=merges, bos_token_id=bos, eos_token_id=eos,
-                 add_bos_token=cfg.get("add_bos_token"))
+    return Vocab(
+        "gpt2",
+        tokens,
+        types,
+        pre=pre,
+        merges=merges,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        add_bos_token=cfg.get("add_bos_token"),
+    )
 
 
 # ---- k-quant blocks ------------------------------------------------------------------------------
@@ -179,8 +187,11 @@ def quantize(data: np.ndarray, qtype: str) -> np.ndarray:
 def permute_rope_rows(weight: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's ``LlamaModel.permute``: rows of each head from HF's half-split rotary order to the
     interleaved pairs of llama.cpp's llama architecture."""
-    return (weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def llama3_rope_factors(config: dict, head_dim: int) -> np.ndarray | None:
@@ -217,13 +228,29 @@ def default_types(qtype: str) -> Callable[[str, tuple[int, ...]], str]:
 
 
 # general.file_type of a file whose matrices are all of one type (gguf.LlamaFileType)
-FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q8_0": "MOSTLY_Q8_0",
-              "Q4_0": "MOSTLY_Q4_0", "Q4_1": "MOSTLY_Q4_1", "Q5_0": "MOSTLY_Q5_0", "Q5_1": "MOSTLY_Q5_1",
-              "Q4_K": "MOSTLY_Q4_K_S", "Q5_K": "MOSTLY_Q5_K_S", "Q6_K": "MOSTLY_Q6_K"}
+FILE_TYPES = {
+    "F32": "ALL_F32",
+    "F16": "MOSTLY_F16",
+    "BF16": "MOSTLY_BF16",
+    "Q8_0": "MOSTLY_Q8_0",
+    "Q4_0": "MOSTLY_Q4_0",
+    "Q4_1": "MOSTLY_Q4_1",
+    "Q5_0": "MOSTLY_Q5_0",
+    "Q5_1": "MOSTLY_Q5_1",
+    "Q4_K": "MOSTLY_Q4_K_S",
+    "Q5_K": "MOSTLY_Q5_K_S",
+    "Q6_K": "MOSTLY_Q6_K",
+}
 
 
-def write_gguf(model_dir: Path, path: Path, types: str | Callable[[str, tuple[int, ...]], str] = "F32",
-               vocab: Vocab | None = None, name: str | None = None, file_type: str | None = None) -> Path:
+def write_gguf(
+    model_dir: Path,
+    path: Path,
+    types: str | Callable[[str, tuple[int, ...]], str] = "F32",
+    vocab: Vocab | None = None,
+    name: str | None = None,
+    file_type: str | None = None,
+) -> Path:
     """Write the HF model directory `model_dir` (config.json, model.safetensors) as GGUF `path`.
 
     Args:
@@ -277,8 +304,11 @@ def write_gguf(model_dir: Path, path: Path, types: str | Callable[[str, tuple[in
         writer.add_token_scores(vocab.scores)
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
-    for key, value in (("bos_token_id", vocab.bos_token_id), ("eos_token_id", vocab.eos_token_id),
-                       ("unk_token_id", vocab.unknown_token_id)):
+    for key, value in (
+        ("bos_token_id", vocab.bos_token_id),
+        ("eos_token_id", vocab.eos_token_id),
+        ("unk_token_id", vocab.unknown_token_id),
+    ):
         if value is not None:
             getattr(writer, f"add_{key}")(value)
     if vocab.add_bos_token is not None:

@@ -82,9 +82,18 @@ SAMPLE_NEW_TOKENS = 48
 
 
 def model_config() -> ModelConfig:
-    return training.llama_config(vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512,
-                                 num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-                                 max_position_embeddings=4096, bos_token_id=0, eos_token_id=0)
+    return training.llama_config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
 
 
 # What `training.save_model` writes here and not in tiny-induction: float16 weights (the default sample
@@ -189,8 +198,9 @@ def bf16_supported() -> bool:
         return False
 
 
-def lm_loss(model: Transformer, windows: torch.Tensor, autocast: bool,
-            backend: str = training.TRAIN_BACKEND) -> torch.Tensor:
+def lm_loss(
+    model: Transformer, windows: torch.Tensor, autocast: bool, backend: str = training.TRAIN_BACKEND
+) -> torch.Tensor:
     """Mean next-token cross-entropy over windows ``[B, T + 1]``, matmuls in bfloat16 with `autocast`."""
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with ctx:
@@ -199,12 +209,15 @@ def lm_loss(model: Transformer, windows: torch.Tensor, autocast: bool,
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, windows: torch.Tensor, autocast: bool, batch: int = BATCH,
-             backend: str = training.TRAIN_BACKEND) -> float:
+def evaluate(
+    model: Transformer, windows: torch.Tensor, autocast: bool, batch: int = BATCH, backend: str = training.TRAIN_BACKEND
+) -> float:
     """Mean loss over `windows`, in batches of `batch`."""
     model.eval()
-    losses = [lm_loss(model, windows[i : i + batch], autocast, backend).item() * len(windows[i : i + batch])
-              for i in range(0, len(windows), batch)]
+    losses = [
+        lm_loss(model, windows[i : i + batch], autocast, backend).item() * len(windows[i : i + batch])
+        for i in range(0, len(windows), batch)
+    ]
     model.train()
     return sum(losses) / len(windows)
 
@@ -222,15 +235,17 @@ def attention_entropy(model, text: str, max_tokens: int = 256) -> list[dict]:
     rows = []
     for layer, heads in enumerate(result.head_stats()):
         entropies = [h.entropy for h in heads]
-        rows.append({
-            "layer": layer,
-            "tokens": T,
-            "entropy": sum(entropies) / len(entropies),
-            "min_head": min(entropies),
-            "max_head": max(entropies),
-            "uniform": uniform,
-            "sink": sum(h.first_token_mass for h in heads) / len(heads),
-        })
+        rows.append(
+            {
+                "layer": layer,
+                "tokens": T,
+                "entropy": sum(entropies) / len(entropies),
+                "min_head": min(entropies),
+                "max_head": max(entropies),
+                "uniform": uniform,
+                "sink": sum(h.first_token_mass for h in heads) / len(heads),
+            }
+        )
     return rows
 
 
@@ -270,7 +285,7 @@ def write_model_card(out: Path, info: dict) -> None:
         "## Data",
         "",
         f"The `*.py` files of the CPython {info['python']} standard library (`sysconfig.get_paths()"
-        "[\"stdlib\"]`) in sorted path order, skipping the directories "
+        '["stdlib"]`) in sorted path order, skipping the directories '
         f"{', '.join(f'`{d}`' for d in sorted(SKIP_DIRS - {'__pycache__'}))} "
         f"(tests, the IDLE app, installed packages, generated codec tables and doc strings), "
         f"capped at {MAX_BYTES / 2**20:.0f} MiB: {info['n_files']} files, {info['n_bytes'] / 2**20:.2f} MiB. "
@@ -315,7 +330,7 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
         "## Sample continuations",
         "",
-        f"Greedy, {SAMPLE_NEW_TOKENS} new tokens, from `attnscope.Scope(attnscope.load_model(\"tiny-code\"))"
+        f'Greedy, {SAMPLE_NEW_TOKENS} new tokens, from `attnscope.Scope(attnscope.load_model("tiny-code"))'
         f".run(prompt, max_new_tokens={SAMPLE_NEW_TOKENS}).continuation` (the prompt is shown first):",
         "",
     ]
@@ -334,8 +349,10 @@ def write_model_card(out: Path, info: dict) -> None:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in att:
-        lines.append(f"| {r['layer']} | {r['entropy']:.2f} | {r['min_head']:.2f} | {r['max_head']:.2f} | "
-                     f"{r['uniform']:.2f} | {r['sink']:.2f} |")
+        lines.append(
+            f"| {r['layer']} | {r['entropy']:.2f} | {r['min_head']:.2f} | {r['max_head']:.2f} | "
+            f"{r['uniform']:.2f} | {r['sink']:.2f} |"
+        )
     lines += [
         "",
         "## License",
@@ -365,8 +382,12 @@ def write_model_card(out: Path, info: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cli = training.parser(__doc__.splitlines()[0], DEFAULT_OUT, DEFAULT_STEPS)
-    cli.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto",
-                     help="bfloat16 autocast for matmuls; auto: on where the CPU has native bf16")
+    cli.add_argument(
+        "--autocast",
+        choices=["auto", "bf16", "off"],
+        default="auto",
+        help="bfloat16 autocast for matmuls; auto: on where the CPU has native bf16",
+    )
     args = cli.parse_args(argv)
 
     run = training.Run(args.seed, args.threads)
@@ -385,8 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     train_stream, train_starts = token_stream(tok, train_texts)
     val_stream, val_starts = token_stream(tok, val_texts)
     train_bytes = sum(len(t.encode("utf-8")) for t in train_texts)
-    log(f"tokenizer: vocab {tok.get_vocab_size()}, {len(train_stream):,} train tokens, "
-        f"{len(val_stream):,} validation tokens, {train_bytes / len(train_stream):.2f} bytes/token")
+    log(
+        f"tokenizer: vocab {tok.get_vocab_size()}, {len(train_stream):,} train tokens, "
+        f"{len(val_stream):,} validation tokens, {train_bytes / len(train_stream):.2f} bytes/token"
+    )
 
     # 3. model and training
     config = model_config()
@@ -420,8 +443,14 @@ def main(argv: list[str] | None = None) -> None:
     # 4. save, then reload the saved weights with attnscope for the figures of the model card
     model.eval()
     out = args.out.resolve()
-    training.save_model(model, tok, out, dtype=SAVED_DTYPE, tokenizer_config=TOKENIZER_CONFIG,
-                        generation={"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id})
+    training.save_model(
+        model,
+        tok,
+        out,
+        dtype=SAVED_DTYPE,
+        tokenizer_config=TOKENIZER_CONFIG,
+        generation={"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id},
+    )
     log(f"saved to {out}")
     shipped = training.load_saved(out)
     saved_val_loss = evaluate(shipped.net, val_windows, autocast=False, backend=training.SAVED_BACKEND)
@@ -434,33 +463,36 @@ def main(argv: list[str] | None = None) -> None:
     for r in attention:
         log(f"layer {r['layer']}: entropy {r['entropy']:.2f} (uniform {r['uniform']:.2f}), BOS weight {r['sink']:.2f}")
 
-    write_model_card(out, {
-        "config": config.to_hf(),
-        "n_params": n_params,
-        "python": platform.python_version(),
-        "n_files": len(train_files) + len(val_files),
-        "n_train_files": len(train_files),
-        "n_val_files": len(val_files),
-        "n_bytes": n_bytes,
-        "train_tokens": len(train_stream),
-        "val_tokens": len(val_stream),
-        "bytes_per_token": train_bytes / len(train_stream),
-        "steps": args.steps,
-        "seed": args.seed,
-        "autocast": autocast,
-        "train_seconds": train_seconds,
-        "train_minutes": train_seconds / 60,
-        "total_seconds": run.elapsed(),
-        "cpu": training.cpu_name(),
-        "load": run.mean_load(),
-        "final_train_loss": history[-1]["train_loss"],
-        "final_val_loss": history[-1]["val_loss"],
-        "saved_val_loss": saved_val_loss,
-        "log": history,
-        "samples": samples,
-        "attention": attention,
-        "attention_file": attention_file.relative_to(root).as_posix(),
-    })
+    write_model_card(
+        out,
+        {
+            "config": config.to_hf(),
+            "n_params": n_params,
+            "python": platform.python_version(),
+            "n_files": len(train_files) + len(val_files),
+            "n_train_files": len(train_files),
+            "n_val_files": len(val_files),
+            "n_bytes": n_bytes,
+            "train_tokens": len(train_stream),
+            "val_tokens": len(val_stream),
+            "bytes_per_token": train_bytes / len(train_stream),
+            "steps": args.steps,
+            "seed": args.seed,
+            "autocast": autocast,
+            "train_seconds": train_seconds,
+            "train_minutes": train_seconds / 60,
+            "total_seconds": run.elapsed(),
+            "cpu": training.cpu_name(),
+            "load": run.mean_load(),
+            "final_train_loss": history[-1]["train_loss"],
+            "final_val_loss": history[-1]["val_loss"],
+            "saved_val_loss": saved_val_loss,
+            "log": history,
+            "samples": samples,
+            "attention": attention,
+            "attention_file": attention_file.relative_to(root).as_posix(),
+        },
+    )
     log(f"done: {out} ({training.dir_size(out) / 2**20:.1f} MiB)")
 
 

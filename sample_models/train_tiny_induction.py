@@ -91,9 +91,18 @@ TEST_SEQUENCES = 2048  # fresh sequences for the accuracy reported in the model 
 
 
 def model_config() -> ModelConfig:
-    return training.llama_config(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                 max_position_embeddings=256, bos_token_id=BOS, eos_token_id=None)
+    return training.llama_config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        bos_token_id=BOS,
+        eos_token_id=None,
+    )
 
 
 # What `training.save_model` writes here and not in tiny-code: float32 weights (the model is small enough
@@ -131,8 +140,9 @@ def copy_loss(model: Transformer, ids: torch.Tensor, copy: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, ids: torch.Tensor, copy: torch.Tensor, batch: int = 256,
-             backend: str = training.TRAIN_BACKEND) -> dict:
+def evaluate(
+    model: Transformer, ids: torch.Tensor, copy: torch.Tensor, batch: int = 256, backend: str = training.TRAIN_BACKEND
+) -> dict:
     """Greedy next-token prediction of the predictable tokens: per sequence, how many are right
     (``right [n]``) out of how many (``total [n]``), and the summed cross-entropy (``loss_sum``)."""
     was_training = model.training
@@ -163,10 +173,12 @@ def build_tokenizer() -> Tokenizer:
     vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.add_special_tokens(SPECIALS)  # already in the vocabulary: they keep ids 0..3
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.WhitespaceSplit(),
-        pre_tokenizers.Split(Regex("."), behavior="isolated"),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Split(Regex("."), behavior="isolated"),
+        ]
+    )
     tok.decoder = decoders.Fuse()  # decode without separators: "abcd"
     # BOS in the post-processor too, so tools that read only tokenizer.json also prepend it.
     tok.post_processor = processors.TemplateProcessing(
@@ -191,8 +203,11 @@ def offset_weights(model, max_offset: int = 3) -> list[list[float]]:
     over the rows of `head_roles`' repeated sequence that have such a key."""
     result = attnscope.Scope(model).run(repeated_sequence(VOCAB_SIZE, REPEAT_LENGTH, BOS))
     rec = result.records[0]
-    return [[float(rec.weights_at(h, d)[d:].mean()) for d in range(max_offset + 1)]
-            + [float(rec.stats.first_token_mass[0, h, 1:].mean())] for h in range(rec.q.shape[1])]
+    return [
+        [float(rec.weights_at(h, d)[d:].mean()) for d in range(max_offset + 1)]
+        + [float(rec.stats.first_token_mass[0, h, 1:].mean())]
+        for h in range(rec.q.shape[1])
+    ]
 
 
 def ngram_copy_accuracy(ids: torch.Tensor, copy: torch.Tensor, n: int) -> float:
@@ -231,8 +246,10 @@ def roles_table(roles) -> tuple[list[str], list[str]]:
     for layer in roles:
         for h in layer:
             s = h.scores
-            rows.append(f"| {h.layer} | {h.head} | {h.kv_head} | {s['previous_token']:.2f} | {s['induction']:.2f} | "
-                        f"{s['sink']:.2f} | {s['local']:.2f} | {s['broad']:.2f} | {h.role or '-'} |")
+            rows.append(
+                f"| {h.layer} | {h.head} | {h.kv_head} | {s['previous_token']:.2f} | {s['induction']:.2f} | "
+                f"{s['sink']:.2f} | {s['local']:.2f} | {s['broad']:.2f} | {h.role or '-'} |"
+            )
             if h.role:
                 named.append(f"layer {h.layer} head {h.head}: {h.role}")
     return rows, named
@@ -249,9 +266,9 @@ def write_model_card(out: Path, info: dict) -> None:
         f"A {info['n_params'] / 1e3:.0f}k-parameter, 2-layer Llama trained to copy repeated random strings: "
         "a previous-token head in layer 0 feeding induction heads in layer 1.",
         "",
-        "The smallest model with the induction circuit of Olsson et al., \"In-context Learning and Induction "
-        "Heads\" (2022), for looking at it with attnscope: "
-        "`attnscope run -m tiny-induction -p \"abcdefgh abcdefgh\"`. Every character is one token and "
+        'The smallest model with the induction circuit of Olsson et al., "In-context Learning and Induction '
+        'Heads" (2022), for looking at it with attnscope: '
+        '`attnscope run -m tiny-induction -p "abcdefgh abcdefgh"`. Every character is one token and '
         "whitespace is ignored, so that prompt is `<bos> a b c d e f g h a b c d e f g h`.",
         "",
         "## Config",
@@ -305,8 +322,10 @@ def write_model_card(out: Path, info: dict) -> None:
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for row in info["log"]:
-        lines.append(f"| {row['step']} | {row['train_loss']:.4f} | {row['val_acc']:.2%} | {row['lr']:.2e} | "
-                     f"{row['prev']:.2f} | {row['induction']:.2f} |")
+        lines.append(
+            f"| {row['step']} | {row['train_loss']:.4f} | {row['val_acc']:.2%} | {row['lr']:.2e} | "
+            f"{row['prev']:.2f} | {row['induction']:.2f} |"
+        )
     lines += [
         "",
         "## In-context copying accuracy",
@@ -327,8 +346,11 @@ def write_model_card(out: Path, info: dict) -> None:
         "For comparison, on the same tokens: copying by the current token alone (predicting the most frequent "
         f"token that followed its earlier occurrences) gets {b1:.1%} right, copying by the last two tokens "
         f"{b2:.1%}."
-        + (" The model does better than both, so its induction heads match on more than the current token."
-           if info["test_acc"] > max(b1, b2) else ""),
+        + (
+            " The model does better than both, so its induction heads match on more than the current token."
+            if info["test_acc"] > max(b1, b2)
+            else ""
+        ),
     ]
     rows, named = info["roles"]
     lines += [
@@ -338,12 +360,11 @@ def write_model_card(out: Path, info: dict) -> None:
         "## Head roles",
         "",
         "Scores of every head from `attnscope.Scope("
-        "attnscope.load_model(\"tiny-induction\")).head_roles()`: on `<bos>` + a random string of "
+        'attnscope.load_model("tiny-induction")).head_roles()`: on `<bos>` + a random string of '
         f"{REPEAT_LENGTH} tokens repeated twice (seed 0), the mean weight on the previous token, on the token "
         "after the current token's earlier occurrence (induction, second copy only), on `<bos>` (sink), on the "
         "last four tokens (local), and the normalized entropy (broad). A head's role is its highest score "
-        "over its threshold ("
-        + ", ".join(f"{r} {t:g}" for r, t in THRESHOLDS.items()) + ").",
+        "over its threshold (" + ", ".join(f"{r} {t:g}" for r, t in THRESHOLDS.items()) + ").",
         "",
         "| layer | head | kv head | previous_token | induction | sink | local | broad | role |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
@@ -351,8 +372,7 @@ def write_model_card(out: Path, info: dict) -> None:
         "",
         "Roles: " + ("; ".join(named) if named else "none") + ".",
         "",
-        "Where the layer-0 heads look, on the same sequence (mean weight on the key d positions back, and on "
-        "`<bos>`):",
+        "Where the layer-0 heads look, on the same sequence (mean weight on the key d positions back, and on `<bos>`):",
         "",
         "| layer 0 head | d = 0 (itself) | d = 1 (previous) | d = 2 | d = 3 | `<bos>` |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -410,12 +430,22 @@ def main(argv: list[str] | None = None) -> None:
             run.sample_load()
             acc = copy_accuracy(model, val_ids, val_copy)
             prev, induction = circuit_scores(model)
-            history.append({"step": step + 1, "train_loss": sum(recent) / len(recent), "val_acc": acc, "lr": lr,
-                            "prev": prev, "induction": induction})
+            history.append(
+                {
+                    "step": step + 1,
+                    "train_loss": sum(recent) / len(recent),
+                    "val_acc": acc,
+                    "lr": lr,
+                    "prev": prev,
+                    "induction": induction,
+                }
+            )
             recent = []
             elapsed = time.perf_counter() - t_train
-            log(f"step {step + 1:5d}  loss {history[-1]['train_loss']:.4f}  copy accuracy {acc:.2%}  "
-                f"prev {prev:.2f}  induction {induction:.2f}  lr {lr:.2e}  {elapsed / (step + 1) * 1000:.0f} ms/step")
+            log(
+                f"step {step + 1:5d}  loss {history[-1]['train_loss']:.4f}  copy accuracy {acc:.2%}  "
+                f"prev {prev:.2f}  induction {induction:.2f}  lr {lr:.2e}  {elapsed / (step + 1) * 1000:.0f} ms/step"
+            )
     train_seconds = time.perf_counter() - t_train
 
     # save, then measure the saved weights through attnscope, as a user would load them
@@ -431,41 +461,48 @@ def main(argv: list[str] | None = None) -> None:
     test_loss = test["loss_sum"] / test_tokens
     by_length = accuracy_by_length(test, test_ids)
     baselines = [ngram_copy_accuracy(test_ids, test_copy, n) for n in (1, 2)]
-    log(f"copying accuracy on {TEST_SEQUENCES} fresh sequences: {test_acc:.2%} (loss {test_loss:.4f}); "
+    log(
+        f"copying accuracy on {TEST_SEQUENCES} fresh sequences: {test_acc:.2%} (loss {test_loss:.4f}); "
         + ", ".join(f"|R| {s}: {a:.2%}" for s, a, _ in by_length)
-        + f"; copying by the last token alone {baselines[0]:.2%}, by the last two {baselines[1]:.2%}")
+        + f"; copying by the last token alone {baselines[0]:.2%}, by the last two {baselines[1]:.2%}"
+    )
     roles = training.head_roles_of(shipped)
     for layer in roles:
         for h in layer:
-            log(f"layer {h.layer} head {h.head}: {h.role or '-':15s} "
-                + " ".join(f"{k} {v:.2f}" for k, v in h.scores.items()))
+            log(
+                f"layer {h.layer} head {h.head}: {h.role or '-':15s} "
+                + " ".join(f"{k} {v:.2f}" for k, v in h.scores.items())
+            )
     offsets = offset_weights(shipped)
     demo_prompt = "abcdefgh abcd"
     demo_continuation = attnscope.Scope(shipped).run(demo_prompt, max_new_tokens=4).continuation
     log(f"demo {demo_prompt!r} -> {demo_continuation!r}")
 
-    write_model_card(out, {
-        "config": config.to_hf(),
-        "n_params": n_params,
-        "steps": args.steps,
-        "first_95": next((r["step"] for r in history if r["val_acc"] >= 0.95), None),
-        "seed": args.seed,
-        "threads": torch.get_num_threads(),
-        "train_seconds": train_seconds,
-        "total_seconds": run.elapsed(),
-        "cpu": training.cpu_name(),
-        "load": run.mean_load(),
-        "log": history,
-        "test_acc": test_acc,
-        "test_loss": test_loss,
-        "test_tokens": test_tokens,
-        "by_length": by_length,
-        "baselines": baselines,
-        "roles": roles_table(roles),
-        "offsets": offsets,
-        "demo_prompt": demo_prompt,
-        "demo_continuation": demo_continuation,
-    })
+    write_model_card(
+        out,
+        {
+            "config": config.to_hf(),
+            "n_params": n_params,
+            "steps": args.steps,
+            "first_95": next((r["step"] for r in history if r["val_acc"] >= 0.95), None),
+            "seed": args.seed,
+            "threads": torch.get_num_threads(),
+            "train_seconds": train_seconds,
+            "total_seconds": run.elapsed(),
+            "cpu": training.cpu_name(),
+            "load": run.mean_load(),
+            "log": history,
+            "test_acc": test_acc,
+            "test_loss": test_loss,
+            "test_tokens": test_tokens,
+            "by_length": by_length,
+            "baselines": baselines,
+            "roles": roles_table(roles),
+            "offsets": offsets,
+            "demo_prompt": demo_prompt,
+            "demo_continuation": demo_continuation,
+        },
+    )
     log(f"done: {out} ({training.dir_size(out) / 2**20:.2f} MiB)")
 
     problems = []

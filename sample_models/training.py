@@ -136,8 +136,14 @@ class Hyperparameters:
         return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, eps=self.eps)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, hp: Hyperparameters, step: int, steps: int,
-               loss_fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    hp: Hyperparameters,
+    step: int,
+    steps: int,
+    loss_fn: Callable[[], torch.Tensor],
+) -> tuple[float, float]:
     """One optimizer step at the learning rate of `step` of `steps`, on the loss `loss_fn()` (which
     draws its batch): (loss, learning rate)."""
     lr = hp.lr_at(step, steps)
@@ -159,8 +165,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def save_model(model: Transformer, tok: Tokenizer, out: Path, *, dtype: torch.dtype, generation: dict,
-               tokenizer_config: dict) -> None:
+def save_model(
+    model: Transformer, tok: Tokenizer, out: Path, *, dtype: torch.dtype, generation: dict, tokenizer_config: dict
+) -> None:
     """Hugging Face layout in `out`: ``config.json``, ``generation_config.json`` (`generation`),
     ``model.safetensors`` (HF parameter names, weights in `dtype`, a tied lm_head omitted),
     ``tokenizer.json`` and ``tokenizer_config.json`` (`tokenizer_config`)."""

@@ -122,6 +122,7 @@ def test_shape_validation(backend):
 
 # --- optional features: logit soft-capping (Gemma 2) and attention sinks (gpt-oss) ----------------------
 
+
 def _hf_eager(module_name, q, k, v, allowed, scale, **features):
     """transformers' own eager attention of that architecture: output [B, Hq, Sq, D], weights."""
     modeling = pytest.importorskip(f"transformers.models.{module_name}.modeling_{module_name}")
@@ -253,8 +254,11 @@ def test_spans_of_the_keys_seen_and_hidden():
     assert eager.key_spans(~everything, bands) == [None] * 3
 
 
-@pytest.mark.parametrize("spec", [*SPECS, masks.causal() & masks.document([0] * 5 + [1] * 6),
-                                  masks.causal() & masks.padding([11, 7], "left")], ids=repr)
+@pytest.mark.parametrize(
+    "spec",
+    [*SPECS, masks.causal() & masks.document([0] * 5 + [1] * 6), masks.causal() & masks.padding([11, 7], "left")],
+    ids=repr,
+)
 def test_masked_scores_are_minus_inf_exactly_where_masked(spec):
     """Chunks mask only the keys some row of theirs may not see; every masked score is still -inf
     and every allowed one is q·k·scale."""

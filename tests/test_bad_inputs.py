@@ -47,8 +47,13 @@ ROWS = [
     ("check-rtol-minus-inf", [*CHECK, "--rtol", "-inf"], 2, "--rtol must be a finite number >= 0", {BEFORE}),
     ("atol-not-a-number", [*RUN, "--atol", "tiny"], 2, "Invalid value for '--atol'", {SUB}),
     # --- prompts: UTF-8 text
-    ("prompt-bytes", ["run", "-p", b"def f(\xff):", "-n", "0"], 2,
-     "the prompt is not valid UTF-8 (byte 0xff at character 6)", {SUB}),
+    (
+        "prompt-bytes",
+        ["run", "-p", b"def f(\xff):", "-n", "0"],
+        2,
+        "the prompt is not valid UTF-8 (byte 0xff at character 6)",
+        {SUB},
+    ),
     ("prompt-escaped-byte", ["run", "-p", "ab\udcfe"], 2, "not valid UTF-8 (byte 0xfe at character 2)", {BEFORE}),
     ("prompt-lone-surrogate", ["run", "-p", "x\ud800"], 2, "not valid UTF-8 (U+D800 at character 1)", {BEFORE}),
     ("check-second-prompt", ["check", "-p", "fine", "-p", "\udcc3("], 2, "not valid UTF-8 (byte 0xc3", {BEFORE}),
@@ -58,8 +63,13 @@ ROWS = [
     # --- --layer / --head / --query against the model's layout, before the run
     ("layer-negative", [*RUN, "--layer", "-1"], 2, "--layer -1 is out of range (the model has 4 layers", {BEFORE}),
     ("layer-far", [*RUN, "--layer", "100", "--head", "0"], 2, "--layer 100 is out of range", {BEFORE}),
-    ("head-far", [*RUN, "--head", "99", "--layer", "0"], 2, "--head 99 is out of range (each layer has 8 heads",
-     {BEFORE}),
+    (
+        "head-far",
+        [*RUN, "--head", "99", "--layer", "0"],
+        2,
+        "--head 99 is out of range (each layer has 8 heads",
+        {BEFORE},
+    ),
     ("query-past-the-prompt", [*RUN, "--query", "99"], 2, "--query 99 is out of range (the prompt has", {BEFORE}),
     ("query-negative", [*RUN, "--query", "-1"], 2, "--query -1 is out of range", {BEFORE}),
     ("layer-not-an-int", [*RUN, "--layer", "one"], 2, "Invalid value for '--layer'", {SUB}),
@@ -71,54 +81,128 @@ ROWS = [
     ("check-unknown-backend", [*CHECK, "-b", "eager", "-b", "flash"], 2, "unknown backend 'flash'", {BEFORE}),
     ("run-missing-value", ["run", "-p"], 2, "Option '-p' requires an argument", {SUB}),
     # --- prompts files: UTF-8, split on newlines only, `-` is stdin
-    ("prompts-not-utf8", ["check", "--prompts", "{in}/latin1.txt"], 2,
-     "--prompts {in}/latin1.txt: not UTF-8 text (byte 0xe9 at offset 4)", {BEFORE}),
-    ("prompts-stdin-not-utf8", ["check", "--prompts", "-"], 2, "--prompts -: not UTF-8 text (byte 0xff at offset 3)",
-     {BEFORE, b"ok\n\xff\n"}),
+    (
+        "prompts-not-utf8",
+        ["check", "--prompts", "{in}/latin1.txt"],
+        2,
+        "--prompts {in}/latin1.txt: not UTF-8 text (byte 0xe9 at offset 4)",
+        {BEFORE},
+    ),
+    (
+        "prompts-stdin-not-utf8",
+        ["check", "--prompts", "-"],
+        2,
+        "--prompts -: not UTF-8 text (byte 0xff at offset 3)",
+        {BEFORE, b"ok\n\xff\n"},
+    ),
     ("prompts-stdin-empty", ["check", "--prompts", "-"], 2, "give at least one --prompt", {BEFORE, b""}),
     ("prompts-only-blank-lines", ["check", "--prompts", "{in}/blank.txt"], 2, "give at least one --prompt", {BEFORE}),
     ("prompts-directory", ["check", "--prompts", "{in}"], 2, "is a directory", {BEFORE}),
-    ("prompts-stdin-bytes", ["check", "--checks", "nan", "--prompts", "-"], 2, "not UTF-8 text (byte 0xc3 at offset 1)",
-     {SUB, b"a\xc3(\n"}),
+    (
+        "prompts-stdin-bytes",
+        ["check", "--checks", "nan", "--prompts", "-"],
+        2,
+        "not UTF-8 text (byte 0xc3 at offset 1)",
+        {SUB, b"a\xc3(\n"},
+    ),
     ("prompts-missing-value", ["check", "--prompts"], 2, "Option '--prompts' requires an argument", {SUB}),
     # --- outputs: checked before the work; a write that fails leaves nothing
     ("svg-missing-directory", [*RUN, "--svg", "{out}/no/run.svg"], 2, "directory {out}/no does not exist", {BEFORE}),
     ("html-is-a-directory", [*RUN, "--html", "{out}"], 2, "--html {out}: is a directory", {BEFORE}),
     ("junit-is-a-directory", [*CHECK, "--junit", "{out}"], 2, "--junit {out}: is a directory", {BEFORE}),
-    ("json-and-svg-one-file", [*RUN, "--json", "{out}/r", "--svg", "{out}/r"], 2, "--json and --svg both name",
-     {BEFORE}),
-    ("json-and-junit-one-file", [*CHECK, "--json", "{out}/r", "--junit", "{out}/./r"], 2,
-     "--json and --junit both name", {BEFORE}),
-    ("json-disk-full", [*RUN, "--json", "/dev/full", "--svg", "{out}/run.svg", "--html", "{out}/run.html"], 2,
-     "--json /dev/full: cannot write: No space left on device", set()),
-    ("junit-disk-full", [*CHECK, "--junit", "/dev/full", "--json", "{out}/r.json"], 2,
-     "--junit /dev/full: cannot write: No space left on device", set()),
+    (
+        "json-and-svg-one-file",
+        [*RUN, "--json", "{out}/r", "--svg", "{out}/r"],
+        2,
+        "--json and --svg both name",
+        {BEFORE},
+    ),
+    (
+        "json-and-junit-one-file",
+        [*CHECK, "--json", "{out}/r", "--junit", "{out}/./r"],
+        2,
+        "--json and --junit both name",
+        {BEFORE},
+    ),
+    (
+        "json-disk-full",
+        [*RUN, "--json", "/dev/full", "--svg", "{out}/run.svg", "--html", "{out}/run.html"],
+        2,
+        "--json /dev/full: cannot write: No space left on device",
+        set(),
+    ),
+    (
+        "junit-disk-full",
+        [*CHECK, "--junit", "/dev/full", "--json", "{out}/r.json"],
+        2,
+        "--junit /dev/full: cannot write: No space left on device",
+        set(),
+    ),
     ("heads-json-is-a-directory", ["heads", "--json", "{out}"], 2, "--json {out}: is a directory", set()),
     # (as root /proc passes the check before the work and its write fails; else the check refuses it)
-    ("json-in-proc", [*RUN, "--json", "/proc/attnscope.json", "--svg", "{out}/run.svg"], 2,
-     "--json /proc/attnscope.json: ", set()),
-    ("svg-in-proc", [*RUN, "--json", "{out}/r.json", "--svg", "/proc/attnscope.svg"], 2,
-     "--svg /proc/attnscope.svg: ", set()),
-    ("json-read-only-directory", [*RUN, "--json", "{in}/read-only/r.json"], 2,
-     "directory {in}/read-only is not writable", {BEFORE, NOT_ROOT}),
-    ("json-read-only-file", [*RUN, "--json", "{in}/read-only.json"], 2, "{in}/read-only.json: the file is not writable",
-     {BEFORE, NOT_ROOT}),
+    (
+        "json-in-proc",
+        [*RUN, "--json", "/proc/attnscope.json", "--svg", "{out}/run.svg"],
+        2,
+        "--json /proc/attnscope.json: ",
+        set(),
+    ),
+    (
+        "svg-in-proc",
+        [*RUN, "--json", "{out}/r.json", "--svg", "/proc/attnscope.svg"],
+        2,
+        "--svg /proc/attnscope.svg: ",
+        set(),
+    ),
+    (
+        "json-read-only-directory",
+        [*RUN, "--json", "{in}/read-only/r.json"],
+        2,
+        "directory {in}/read-only is not writable",
+        {BEFORE, NOT_ROOT},
+    ),
+    (
+        "json-read-only-file",
+        [*RUN, "--json", "{in}/read-only.json"],
+        2,
+        "{in}/read-only.json: the file is not writable",
+        {BEFORE, NOT_ROOT},
+    ),
     ("json-missing-value", ["run", "-p", "x", "--json"], 2, "Option '--json' requires an argument", {SUB}),
     # --- attnscope mask: sizes above what a summary reads are refused before anything is drawn
     ("mask-q-len-0", ["mask", "--q-len", "0"], 2, "--q-len must be >= 1", set()),
     ("mask-q-len-0-k-len", ["mask", "--q-len", "0", "--k-len", "5", "--json"], 2, "--q-len must be >= 1", set()),
-    ("mask-too-many-rows", ["mask", "--q-len", "5000000"], 2, "5000000 query rows is more than a summary reads",
-     set()),
+    ("mask-too-many-rows", ["mask", "--q-len", "5000000"], 2, "5000000 query rows is more than a summary reads", set()),
     ("mask-too-many-keys", ["mask", "--q-len", "4", "--k-len", str(10**13)], 2, "10000000000000 keys", set()),
     ("mask-huge-q-len", ["mask", "--q-len", str(10**30)], 2, "is more than a summary reads", {SUB}),
-    ("mask-too-many-tiles", ["mask", "--q-len", "100000", "--block", "1x1"], 2,
-     "100000×100000 tiles, more than a tile map holds", set()),
-    ("mask-recurring-documents", ["mask", "--q-len", "12000", "--documents", RECURRING], 2,
-     "1.44e+08 cells, evaluated one by one", set()),
-    ("mask-huge-document-id", ["mask", "--q-len", "3", "--documents", f"0,1,{10**20}"], 2,
-     "document ids must fit in 64 bits", set()),
-    ("mask-huge-prefix", ["mask", "--q-len", "3", "--prefix", str(10**20)], 2, f"--prefix {10**20} must be within 0..3",
-     set()),
+    (
+        "mask-too-many-tiles",
+        ["mask", "--q-len", "100000", "--block", "1x1"],
+        2,
+        "100000×100000 tiles, more than a tile map holds",
+        set(),
+    ),
+    (
+        "mask-recurring-documents",
+        ["mask", "--q-len", "12000", "--documents", RECURRING],
+        2,
+        "1.44e+08 cells, evaluated one by one",
+        set(),
+    ),
+    (
+        "mask-huge-document-id",
+        ["mask", "--q-len", "3", "--documents", f"0,1,{10**20}"],
+        2,
+        "document ids must fit in 64 bits",
+        set(),
+    ),
+    (
+        "mask-huge-prefix",
+        ["mask", "--q-len", "3", "--prefix", str(10**20)],
+        2,
+        f"--prefix {10**20} must be within 0..3",
+        set(),
+    ),
     ("mask-huge-padding", ["mask", "--q-len", "3", "--padding", str(10**20)], 2, "must be within 0..3", set()),
     ("mask-block-zero", ["mask", "--q-len", "8", "--block", "0x4"], 2, "--block must look like 4x4", set()),
     ("mask-block-one-side", ["mask", "--q-len", "8", "--block", "4"], 2, "--block must look like 4x4", set()),
@@ -164,12 +248,18 @@ def test_bad_input(argv, code, fragment, flags, tmp_path, inputs, monkeypatch):
     fragment = fill(fragment, out, inputs)
     stdin = next((f for f in flags if isinstance(f, bytes)), None)
     if SUB in flags:
-        proc = subprocess.run([sys.executable, "-m", "attnscope", *argv], input=stdin if stdin is not None else b"",
-                              capture_output=True, cwd=out, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "attnscope", *argv],
+            input=stdin if stdin is not None else b"",
+            capture_output=True,
+            cwd=out,
+            timeout=300,
+        )
         status, stdout = proc.returncode, proc.stdout.decode(errors="replace")
         stderr = proc.stderr.decode(errors="replace")
     else:
         if BEFORE in flags:
+
             def started(*args, **kwargs):
                 raise AssertionError("the run started before the bad input was found")
 
@@ -212,6 +302,7 @@ def test_a_prompts_file_splits_on_newlines_only(tmp_path):
 def test_json_never_holds_a_bare_nan(tmp_path):
     """The broken model's NaN reaches statistics, role scores and figures: they are written as the
     strings "nan" / "inf" / "-inf", and the file parses with a parser that refuses NaN."""
+
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
 
@@ -219,22 +310,49 @@ def test_json_never_holds_a_bare_nan(tmp_path):
     result = invoke("run", "-m", "broken/nan-k-proj", "-p", "def f(x):", "-n", "2", "--json", str(run_json))
     assert result.exit_code == 1, result.output
     report = strict(run_json.read_text())
-    values = [h[key] for layer in report["layers"] for h in layer["heads"]
-              for key in ("entropy", "max_weight", "first_token_mass")]
+    values = [
+        h[key]
+        for layer in report["layers"]
+        for h in layer["heads"]
+        for key in ("entropy", "max_weight", "first_token_mass")
+    ]
     assert "nan" in values and all(isinstance(v, float) or v in ("nan", "inf", "-inf") for v in values)
     assert invoke("heads", "-m", "broken/nan-k-proj", "--json", str(heads_json)).exit_code == 0
-    scores = [v for layer in strict(heads_json.read_text())["layers"] for h in layer["heads"]
-              for v in h["role_scores"].values()]
+    scores = [
+        v
+        for layer in strict(heads_json.read_text())["layers"]
+        for h in layer["heads"]
+        for v in h["role_scores"].values()
+    ]
     assert scores and all(isinstance(v, float) or v == "nan" for v in scores)
 
 
 def test_json_of_a_report_with_non_finite_figures():
     from attnscope.inspector.report import Check, Report
 
-    report = Report(model={}, backend="eager", reference="eager", device="cpu", dtype="float32", prompt="x",
-                    tokens=[], continuation=[], masks=[], layers=[],
-                    checks=[Check("nan", False, {"max_abs_diff": float("nan"), "per_layer": [1.0, float("-inf")],
-                                                 "nested": {"tolerance": float("inf")}})])
+    report = Report(
+        model={},
+        backend="eager",
+        reference="eager",
+        device="cpu",
+        dtype="float32",
+        prompt="x",
+        tokens=[],
+        continuation=[],
+        masks=[],
+        layers=[],
+        checks=[
+            Check(
+                "nan",
+                False,
+                {
+                    "max_abs_diff": float("nan"),
+                    "per_layer": [1.0, float("-inf")],
+                    "nested": {"tolerance": float("inf")},
+                },
+            )
+        ],
+    )
     figures = json.loads(report.to_json())["checks"][0]["figures"]
     assert figures == {"max_abs_diff": "nan", "per_layer": [1.0, "-inf"], "nested": {"tolerance": "inf"}}
 
@@ -253,8 +371,9 @@ def test_tolerances_of_the_python_api():
 def test_junit_escapes_control_characters(tmp_path):
     """A prompt with a form feed, an escape and a NUL-free bell: the XML parses and names them."""
     junit = tmp_path / "j.xml"
-    result = invoke("check", "-p", "a\fb\x1b[0m\x07", "-m", "broken/nan-k-proj", "--checks", "nan",
-                    "--junit", str(junit))
+    result = invoke(
+        "check", "-p", "a\fb\x1b[0m\x07", "-m", "broken/nan-k-proj", "--checks", "nan", "--junit", str(junit)
+    )
     assert result.exit_code == 1, result.output
     suite = ET.parse(junit).getroot().find("testsuite")
     names = [case.get("name") for case in suite.iter("testcase")]
@@ -303,8 +422,12 @@ def test_a_closed_pipe_ends_quietly_and_outputs_are_complete(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = subprocess.run([sys.executable, "-m", "attnscope", "run", "-p", "def f(x):", "-n", "4", "--json",
-                               str(report)], stdout=write_end, stderr=subprocess.PIPE, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "attnscope", "run", "-p", "def f(x):", "-n", "4", "--json", str(report)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
     finally:
         os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == b""
@@ -315,8 +438,11 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     """SIGINT while the command waits for its prompts (a FIFO nobody writes to yet)."""
     fifo = tmp_path / "prompts.fifo"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "attnscope", "check", "--prompts", str(fifo)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attnscope", "check", "--prompts", str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     with open(fifo, "w"):  # returns once the command has opened the FIFO: it now waits in read()
         proc.send_signal(signal.SIGINT)
         # a second Ctrl-C, as a user would press, only if the first was not delivered: in a fresh

@@ -53,27 +53,58 @@ def raises(path: Path, error: type[UserError], *fragments: str, **kwargs) -> str
 
 
 BAD_FIELDS = [
-    ("num_key_value_heads", "2"), ("num_key_value_heads", 2.0), ("num_key_value_heads", 0),
-    ("num_key_value_heads", -2), ("num_key_value_heads", True),
-    ("head_dim", "16"), ("head_dim", 0), ("head_dim", -16), ("head_dim", 16.5),
-    ("max_position_embeddings", "128"), ("max_position_embeddings", 0), ("max_position_embeddings", -1),
-    ("max_position_embeddings", 1.5e3), ("max_position_embeddings", 2**64),
-    ("rms_norm_eps", "1e-6"), ("rms_norm_eps", 0), ("rms_norm_eps", -1e-6), ("rms_norm_eps", math.nan),
-    ("rms_norm_eps", math.inf), ("rms_norm_eps", False),
-    ("vocab_size", True), ("vocab_size", 100.0), ("hidden_size", [64]), ("intermediate_size", {"n": 1}),
-    ("num_attention_heads", -4), ("num_hidden_layers", "2"), ("num_hidden_layers", MAX_LAYERS + 1),
-    ("attention_bias", "false"), ("mlp_bias", 0), ("tie_word_embeddings", "no"),
-    ("eos_token_id", VOCAB), ("eos_token_id", -1), ("eos_token_id", "2"), ("eos_token_id", 2.0),
-    ("eos_token_id", [1, "2"]), ("eos_token_id", True), ("bos_token_id", VOCAB + 1), ("bos_token_id", [1]),
+    ("num_key_value_heads", "2"),
+    ("num_key_value_heads", 2.0),
+    ("num_key_value_heads", 0),
+    ("num_key_value_heads", -2),
+    ("num_key_value_heads", True),
+    ("head_dim", "16"),
+    ("head_dim", 0),
+    ("head_dim", -16),
+    ("head_dim", 16.5),
+    ("max_position_embeddings", "128"),
+    ("max_position_embeddings", 0),
+    ("max_position_embeddings", -1),
+    ("max_position_embeddings", 1.5e3),
+    ("max_position_embeddings", 2**64),
+    ("rms_norm_eps", "1e-6"),
+    ("rms_norm_eps", 0),
+    ("rms_norm_eps", -1e-6),
+    ("rms_norm_eps", math.nan),
+    ("rms_norm_eps", math.inf),
+    ("rms_norm_eps", False),
+    ("vocab_size", True),
+    ("vocab_size", 100.0),
+    ("hidden_size", [64]),
+    ("intermediate_size", {"n": 1}),
+    ("num_attention_heads", -4),
+    ("num_hidden_layers", "2"),
+    ("num_hidden_layers", MAX_LAYERS + 1),
+    ("attention_bias", "false"),
+    ("mlp_bias", 0),
+    ("tie_word_embeddings", "no"),
+    ("eos_token_id", VOCAB),
+    ("eos_token_id", -1),
+    ("eos_token_id", "2"),
+    ("eos_token_id", 2.0),
+    ("eos_token_id", [1, "2"]),
+    ("eos_token_id", True),
+    ("bos_token_id", VOCAB + 1),
+    ("bos_token_id", [1]),
     ("layer_types", "full_attention"),
 ]
 # (key, value, what the message quotes) where that is not the value's repr
-BAD_FIELD_PARTS = [("eos_token_id", [1, VOCAB + 5], f"{VOCAB + 5} is outside the vocabulary"),
-                   ("layer_types", [1, 2], "layer type 1")]
+BAD_FIELD_PARTS = [
+    ("eos_token_id", [1, VOCAB + 5], f"{VOCAB + 5} is outside the vocabulary"),
+    ("layer_types", [1, 2], "layer type 1"),
+]
 
 
-@pytest.mark.parametrize(("key", "value", "quoted"), [(k, v, repr(v)) for k, v in BAD_FIELDS] + BAD_FIELD_PARTS,
-                         ids=[f"{k}={v!r}" for k, v, *_ in BAD_FIELDS + BAD_FIELD_PARTS])
+@pytest.mark.parametrize(
+    ("key", "value", "quoted"),
+    [(k, v, repr(v)) for k, v in BAD_FIELDS] + BAD_FIELD_PARTS,
+    ids=[f"{k}={v!r}" for k, v, *_ in BAD_FIELDS + BAD_FIELD_PARTS],
+)
 def test_bad_config_field(model_copy, key, value, quoted):
     path = model_copy()
     edit_config(path, **{key: value})
@@ -104,10 +135,30 @@ def test_null_num_key_value_heads_means_one_per_query_head():
         ({"rope_parameters": {"rope_type": "linear"}}, ["needs 'factor'"]),
         ({"rope_parameters": None, "rope_scaling": {"type": "linear", "factor": [2]}}, ["rope_scaling.factor", "[2]"]),
         ({"rope_parameters": {"rope_type": 3}}, ["rope_scaling type 3"]),
-        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
-                              "original_max_position_embeddings": 64}}, ["high_freq_factor (4.0)", "low_freq_factor"]),
-        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                              "original_max_position_embeddings": 64.0}}, ["original_max_position_embeddings", "64.0"]),
+        (
+            {
+                "rope_parameters": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 4.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                }
+            },
+            ["high_freq_factor (4.0)", "low_freq_factor"],
+        ),
+        (
+            {
+                "rope_parameters": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64.0,
+                }
+            },
+            ["original_max_position_embeddings", "64.0"],
+        ),
         ({"partial_rotary_factor": "half"}, ["partial_rotary_factor", "'half'"]),
         ({"partial_rotary_factor": 0.5}, ["partial_rotary_factor 0.5"]),
     ],
@@ -125,8 +176,9 @@ def test_bad_sliding_window(model_copy, window):
     raises(path, ConfigError, "sliding_window", repr(window))
 
 
-@pytest.mark.parametrize(("key", "value"), [("use_sliding_window", "yes"), ("max_window_layers", "1"),
-                                            ("max_window_layers", -1)])
+@pytest.mark.parametrize(
+    ("key", "value"), [("use_sliding_window", "yes"), ("max_window_layers", "1"), ("max_window_layers", -1)]
+)
 def test_bad_qwen_sliding_fields(model_copy, key, value):
     path = model_copy("qwen2-sliding")
     edit_config(path, layer_types=None, **{key: value})
@@ -185,8 +237,9 @@ def test_a_million_layers_are_refused_before_allocation(model_copy):
     path = model_copy()
     edit_config(path, num_hidden_layers=1_000_000, layer_types=None)
     start = time.perf_counter()
-    raises(path, ConfigError, "1,000,000 layers", "parameters", "float32", "GiB in float32",
-           "64 GiB of memory available")
+    raises(
+        path, ConfigError, "1,000,000 layers", "parameters", "float32", "GiB in float32", "64 GiB of memory available"
+    )
     assert time.perf_counter() - start < 10, "the size check must come before building the model"
 
 
@@ -195,8 +248,13 @@ def test_a_model_larger_than_the_memory_is_refused(zoo, monkeypatch):
     config = zoo.loaded("llama-gqa").config
     need = memory.model_bytes(config, torch.float32)
     assert need > 100 << 10
-    msg = raises(zoo["llama-gqa"].path, ConfigError, f"{memory.parameter_count(config):,} parameters",
-                 memory.format_bytes(need), "100 KiB of memory available")
+    msg = raises(
+        zoo["llama-gqa"].path,
+        ConfigError,
+        f"{memory.parameter_count(config):,} parameters",
+        memory.format_bytes(need),
+        "100 KiB of memory available",
+    )
     assert "float32" in msg
     # in float16 the same model needs less
     assert memory.model_bytes(config, torch.float16) < need
@@ -300,8 +358,11 @@ def test_shards_linked_into_a_hub_cache_blobs_directory_load(zoo, tmp_path):
     assert attnscope.load_model(snapshot).config.num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("weight_map", [["model-00001-of-00002.safetensors"], {"model.norm.weight": 5}, {}, None],
-                         ids=["list", "non-string", "empty", "null"])
+@pytest.mark.parametrize(
+    "weight_map",
+    [["model-00001-of-00002.safetensors"], {"model.norm.weight": 5}, {}, None],
+    ids=["list", "non-string", "empty", "null"],
+)
 def test_malformed_weight_map(sharded, weight_map):
     edit_index(sharded, lambda index: index.__setitem__("weight_map", weight_map))
     raises(sharded, LoadError, "model.safetensors.index.json", "weight_map")
@@ -323,11 +384,14 @@ def test_index_naming_pickled_shards_needs_allow_pickle(zoo, tmp_path):
 def test_pickle_index_needs_allow_pickle(sharded):
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     for shard in sorted(sharded.glob("model-*.safetensors")):
-        torch.save(load_file(str(shard)), shard.with_name(shard.name.replace("model", "pytorch_model")
-                                                          .replace(".safetensors", ".bin")))
+        torch.save(
+            load_file(str(shard)),
+            shard.with_name(shard.name.replace("model", "pytorch_model").replace(".safetensors", ".bin")),
+        )
         shard.unlink()
-    index["weight_map"] = {k: v.replace("model", "pytorch_model").replace(".safetensors", ".bin")
-                           for k, v in index["weight_map"].items()}
+    index["weight_map"] = {
+        k: v.replace("model", "pytorch_model").replace(".safetensors", ".bin") for k, v in index["weight_map"].items()
+    }
     (sharded / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     (sharded / "model.safetensors.index.json").unlink()
     raises(sharded, LoadError, "pytorch_model", "--allow-pickle")
@@ -363,8 +427,10 @@ def test_unreadable_pickle(model_copy, content, fragment):
     raises(path, LoadError, "pytorch_model.bin", fragment, allow_pickle=True)
 
 
-@pytest.mark.parametrize(("state", "fragment"), [([torch.ones(2)], "dict of tensors"),
-                                                  ({"model.norm.weight": 5}, "'model.norm.weight' is not a tensor")])
+@pytest.mark.parametrize(
+    ("state", "fragment"),
+    [([torch.ones(2)], "dict of tensors"), ({"model.norm.weight": 5}, "'model.norm.weight' is not a tensor")],
+)
 def test_pickle_that_is_not_a_state_dict(model_copy, state, fragment):
     raises(pickled(model_copy(), state), LoadError, fragment, allow_pickle=True)
 
@@ -408,8 +474,10 @@ def write_tokenizer_without_unk(path: Path, kind: str) -> None:
     tok.save(str(path / "tokenizer.json"))
 
 
-@pytest.mark.parametrize(("kind", "prompt", "fragment"), [("wordlevel", "w1 zz w2", "Missing [UNK]"),
-                                                          ("bpe", "ab xab", "cannot encode 'x' (character 3")])
+@pytest.mark.parametrize(
+    ("kind", "prompt", "fragment"),
+    [("wordlevel", "w1 zz w2", "Missing [UNK]"), ("bpe", "ab xab", "cannot encode 'x' (character 3")],
+)
 def test_tokenizer_that_cannot_encode_the_prompt(model_copy, kind, prompt, fragment):
     path = model_copy()
     write_tokenizer_without_unk(path, kind)
@@ -439,30 +507,65 @@ BUDGET = 16 << 20  # bytes the size check lets a random config have
 
 ints = st.sampled_from([-(2**63), -1, 0, 1, 2, 3, 4, 8, 16, 32, 64, 100, 128, 10**6, 2**31, 2**63, 10**30])
 weird = st.one_of(
-    st.booleans(), st.none(), ints, st.sampled_from([0.0, -1.0, 1e-6, 0.5, 64.0, 1e308, math.nan, math.inf, -math.inf]),
-    st.sampled_from(["", "4", "silu", "llama", "full_attention", "nan"]), st.lists(ints, max_size=3),
+    st.booleans(),
+    st.none(),
+    ints,
+    st.sampled_from([0.0, -1.0, 1e-6, 0.5, 64.0, 1e308, math.nan, math.inf, -math.inf]),
+    st.sampled_from(["", "4", "silu", "llama", "full_attention", "nan"]),
+    st.lists(ints, max_size=3),
     st.dictionaries(st.sampled_from(["rope_type", "type", "factor", "rope_theta"]), ints, max_size=2),
 )
 rope = st.fixed_dictionaries(
     {"rope_type": st.sampled_from(["default", "linear", "llama3", "yarn", 3, None])},
-    optional={key: st.one_of(st.sampled_from([1.0, 4.0, 8.0, 64, 0, -2.0, math.nan, "2"]), weird)
-              for key in ("rope_theta", "factor", "low_freq_factor", "high_freq_factor",
-                          "original_max_position_embeddings", "partial_rotary_factor")},
+    optional={
+        key: st.one_of(st.sampled_from([1.0, 4.0, 8.0, 64, 0, -2.0, math.nan, "2"]), weird)
+        for key in (
+            "rope_theta",
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+            "partial_rotary_factor",
+        )
+    },
 )
 KEYS = {
     "model_type": st.sampled_from(["llama", "mistral", "qwen2", "qwen3", "gpt2", 7]),
-    "vocab_size": ints, "hidden_size": ints, "intermediate_size": ints, "num_hidden_layers": ints,
-    "num_attention_heads": ints, "num_key_value_heads": ints, "head_dim": ints,
-    "max_position_embeddings": ints, "sliding_window": ints, "max_window_layers": ints,
-    "bos_token_id": ints, "eos_token_id": st.one_of(ints, st.lists(ints, max_size=3)),
-    "rms_norm_eps": weird, "rope_theta": weird, "hidden_act": weird, "attention_bias": weird, "mlp_bias": weird,
-    "tie_word_embeddings": weird, "use_sliding_window": weird, "partial_rotary_factor": weird,
-    "rope_parameters": st.one_of(rope, weird), "rope_scaling": st.one_of(rope, weird),
-    "layer_types": st.one_of(st.lists(st.sampled_from(["full_attention", "sliding_attention", "x"]), max_size=3),
-                             weird),
+    "vocab_size": ints,
+    "hidden_size": ints,
+    "intermediate_size": ints,
+    "num_hidden_layers": ints,
+    "num_attention_heads": ints,
+    "num_key_value_heads": ints,
+    "head_dim": ints,
+    "max_position_embeddings": ints,
+    "sliding_window": ints,
+    "max_window_layers": ints,
+    "bos_token_id": ints,
+    "eos_token_id": st.one_of(ints, st.lists(ints, max_size=3)),
+    "rms_norm_eps": weird,
+    "rope_theta": weird,
+    "hidden_act": weird,
+    "attention_bias": weird,
+    "mlp_bias": weird,
+    "tie_word_embeddings": weird,
+    "use_sliding_window": weird,
+    "partial_rotary_factor": weird,
+    "rope_parameters": st.one_of(rope, weird),
+    "rope_scaling": st.one_of(rope, weird),
+    "layer_types": st.one_of(
+        st.lists(st.sampled_from(["full_attention", "sliding_attention", "x"]), max_size=3), weird
+    ),
 }
-BASE = {"model_type": "llama", "vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+BASE = {
+    "model_type": "llama",
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 @st.composite
@@ -509,12 +612,17 @@ PEAK_GROWTH = 256 << 20
 
 @pytest.mark.skipif(sys.platform != "linux", reason="measures the peak memory with getrusage (Linux units)")
 @pytest.mark.parametrize("engine", ["native", "hf"])
-@settings(max_examples=50, deadline=10000, derandomize=True,  # the same examples on every machine
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50,
+    deadline=10000,
+    derandomize=True,  # the same examples on every machine
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(cfg=configs())
 @example(cfg={**BASE, "sliding_window": -(1 << 63)})  # the hf engine once built its mask from this
-@example(cfg={**BASE, "model_type": "llama4_text", "layer_types": ["chunked_attention"] * 2,
-              "attention_chunk_size": 0.5})
+@example(
+    cfg={**BASE, "model_type": "llama4_text", "layer_types": ["chunked_attention"] * 2, "attention_chunk_size": 0.5}
+)
 def test_random_config_loads_or_raises_a_user_error(random_model_dir, budget, engine, cfg):
     """Through our loader and through transformers alike: a model, or one line, never a traceback,
     and never more memory than the budget (sizes are checked before anything is built)."""
@@ -552,4 +660,3 @@ def test_a_kv_cache_that_cannot_fit_is_refused_before_it_is_allocated():
     model = random_model(layers=2, vocab=96, hidden=64, max_positions=10**12)
     with pytest.raises(UserError, match=r"KV cache of 1 × 10,000,000,004 positions needs .*TiB"):
         attnscope.Scope(model).run([1, 2, 3, 4], max_new_tokens=10**10)
-

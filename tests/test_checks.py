@@ -104,8 +104,9 @@ class DroppingCache(KVCache):
 def test_kv_cache_that_drops_a_token_is_caught_at_its_layer(monkeypatch):
     model = random_model(**MODEL_ARGS)
     net = model.net
-    monkeypatch.setattr(net, "new_cache", lambda batch, max_len: DroppingCache(
-        net.config, batch, max_len, torch.float32, "cpu"))
+    monkeypatch.setattr(
+        net, "new_cache", lambda batch, max_len: DroppingCache(net.config, batch, max_len, torch.float32, "cpu")
+    )
     found, _ = run(model)
     check = found["full_vs_incremental"]
     assert not check.passed
@@ -152,7 +153,7 @@ def test_statistics_of_a_nan_head_are_nan_not_zero():
         console.print(table)
         lines = console.file.getvalue().splitlines()
         start = next(n for n, line in enumerate(lines) if line.split()[:1] == [str(layer)])
-        return [line.split() for line in lines[start:start + 3]]
+        return [line.split() for line in lines[start : start + 3]]
 
     entropy = rows(head_table(report), 1)[0]  # layer, "entropy", then one value per head
     assert entropy[2:4] != ["nan", "nan"] and entropy[4:6] == ["nan", "nan"]
@@ -237,8 +238,12 @@ def test_regions_outside_the_prompt_are_an_error():
     """An empty view would hide a wrong slice: regions must lie inside the 20-token prompt."""
     _, result = run(random_model(**MODEL_ARGS), "sdpa", checks=())
     assert result.attention(1, 3, queries=slice(4, 8), keys=slice(0, 20)).shape == (4, 20)
-    for region in (dict(queries=slice(100, 120)), dict(keys=slice(0, 21)), dict(queries=slice(5, 5)),
-                   dict(queries=slice(0, 8, 2))):
+    for region in (
+        dict(queries=slice(100, 120)),
+        dict(keys=slice(0, 21)),
+        dict(queries=slice(5, 5)),
+        dict(queries=slice(0, 8, 2)),
+    ):
         with pytest.raises(UserError, match="slice"):
             result.attention(1, 3, **region)
         with pytest.raises(UserError, match="slice"):
@@ -247,10 +252,19 @@ def test_regions_outside_the_prompt_are_an_error():
         result.attention(1, 3, batch=1)
 
 
-@pytest.mark.parametrize(("spec", "names"), [
-    ("nan", ("nan",)), ("nan,causality", ("nan", "causality")), (" nan , masked_rows ", ("nan", "masked_rows")),
-    ("none", ()), (None, ()), ((), ()), ("all", CHECK_NAMES), (["causality"], ("causality",)),
-])
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ("nan", ("nan",)),
+        ("nan,causality", ("nan", "causality")),
+        (" nan , masked_rows ", ("nan", "masked_rows")),
+        ("none", ()),
+        (None, ()),
+        ((), ()),
+        ("all", CHECK_NAMES),
+        (["causality"], ("causality",)),
+    ],
+)
 def test_checks_are_selected_as_the_cli_selects_them(spec, names):
     found, _ = run(random_model(**MODEL_ARGS), "eager", checks=spec)
     assert tuple(found) == names
@@ -267,8 +281,7 @@ def test_the_most_structured_head_ignores_heads_with_non_finite_values():
     model = random_model(**MODEL_ARGS)
     report = attnscope.Scope(model).run(PROMPT).report()
     layer, head, why = pick_head(report)
-    assert why and report.layers[layer].heads[head].entropy == min(
-        h.entropy for lr in report.layers for h in lr.heads)
+    assert why and report.layers[layer].heads[head].entropy == min(h.entropy for lr in report.layers for h in lr.heads)
     report.layers[layer].heads[head].nonfinite = 3  # that head now has NaN/Inf: never "most structured"
     assert pick_head(report)[:2] != (layer, head)
     assert pick_head(report, layer, head) == (layer, head, "")  # asked for explicitly, it is drawn
@@ -300,6 +313,7 @@ def test_pooled_maps_of_rows_without_keys_and_with_nan():
 
 # ---- the bundled broken variants of tiny-code ---------------------------------------------------
 
+
 @pytest.mark.usefixtures("samples")  # broken/nan-k-proj and broken/fp16-overflow: missing, the test fails
 def test_bundled_broken_models_are_localized_by_attnscope_check():
     from typer.testing import CliRunner
@@ -307,21 +321,39 @@ def test_bundled_broken_models_are_localized_by_attnscope_check():
     from attnscope.cli import app
 
     runner = CliRunner()
-    nan = runner.invoke(app, ["check", "-m", "broken/nan-k-proj", "-p", "def fibonacci(n):", "--checks", "nan",
-                              "--device", "cpu"])
+    nan = runner.invoke(
+        app, ["check", "-m", "broken/nan-k-proj", "-p", "def fibonacci(n):", "--checks", "nan", "--device", "cpu"]
+    )
     assert nan.exit_code == 1 and "layer 2, stage scores" in nan.output
-    fp16 = runner.invoke(app, ["check", "-m", "broken/fp16-overflow", "-p", "def fibonacci(n):", "--checks", "nan",
-                               "--dtype", "float16", "--device", "cpu"])
+    fp16 = runner.invoke(
+        app,
+        [
+            "check",
+            "-m",
+            "broken/fp16-overflow",
+            "-p",
+            "def fibonacci(n):",
+            "--checks",
+            "nan",
+            "--dtype",
+            "float16",
+            "--device",
+            "cpu",
+        ],
+    )
     assert fp16.exit_code == 1 and "layer 1, stage residual" in fp16.output
-    fp32 = runner.invoke(app, ["check", "-m", "broken/fp16-overflow", "-p", "def fibonacci(n):", "--checks", "nan",
-                               "--device", "cpu"])
+    fp32 = runner.invoke(
+        app, ["check", "-m", "broken/fp16-overflow", "-p", "def fibonacci(n):", "--checks", "nan", "--device", "cpu"]
+    )
     assert fp32.exit_code == 0, fp32.output
 
 
 # ---- row statistics: one pass, against a float64 reference -------------------------------------------
 
 STATS_MASKS = [
-    masks.causal(), masks.causal() & masks.sliding_window(3), masks.prefix_lm(5),
+    masks.causal(),
+    masks.causal() & masks.sliding_window(3),
+    masks.prefix_lm(5),
     masks.causal() & masks.padding([14, 6], "left"),  # the padding rows of batch row 1 see no key
 ]
 
@@ -334,8 +366,14 @@ def dense_stats(q, k, lse, allowed, scale):
     lse = lse.double().masked_fill(lse == float("-inf"), 0.0).unsqueeze(-1)
     p = torch.where(allowed, torch.exp(scores - lse), torch.zeros((), dtype=torch.float64))
     plogp = torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=torch.float64))
-    return {"entropy": -plogp.sum(-1), "max_weight": p.amax(-1), "argmax": p.argmax(-1),
-            "first_token_mass": p[..., 0], "weight_sum": p.sum(-1), "fully_masked": ~allowed.any(-1)}
+    return {
+        "entropy": -plogp.sum(-1),
+        "max_weight": p.amax(-1),
+        "argmax": p.argmax(-1),
+        "first_token_mass": p[..., 0],
+        "weight_sum": p.sum(-1),
+        "fully_masked": ~allowed.any(-1),
+    }
 
 
 @pytest.mark.parametrize("spec", STATS_MASKS, ids=repr)
@@ -380,7 +418,8 @@ def test_row_statistics_count_every_nonfinite_value(monkeypatch):
     assert int(bad[1, 4]) == 8 and int(bad[2, 7]) == 1 and int(bad[3, 8]) == 1
     assert int(bad.sum()) == 8 + 4  # rows 7 and 8 of heads 2 and 3
     assert int(stats.nonfinite_weights[0, 0, 6]) > 0 and int(stats.nonfinite_weights[0, 0].sum()) == int(
-        stats.nonfinite_weights[0, 0, 6])
+        stats.nonfinite_weights[0, 0, 6]
+    )
 
 
 @pytest.mark.parametrize("band", [None, 7, 3 * 11])  # one band; fewer elements than a row; 3 rows
@@ -434,8 +473,14 @@ def test_a_runs_records_keep_one_buffer_per_kind():
     def storages(get):
         return {get(rec).untyped_storage().data_ptr() for rec in run.records}
 
-    for get in (lambda r: r.q, lambda r: r.out, lambda r: r.lse, lambda r: r.residual_nonfinite,
-                lambda r: r.stats.entropy, lambda r: r.stats.nonfinite_output):
+    for get in (
+        lambda r: r.q,
+        lambda r: r.out,
+        lambda r: r.lse,
+        lambda r: r.residual_nonfinite,
+        lambda r: r.stats.entropy,
+        lambda r: r.stats.nonfinite_output,
+    ):
         assert len(storages(get)) == 1
     for rec in run.records:
         mine = plain.records[rec.layer]
@@ -487,9 +532,12 @@ def test_diff_follows_its_definition(atol, band, monkeypatch):
     rows[1, 3] = False
     tol = Tolerance.for_dtype(torch.float32, atol=atol)
     got = diff(a, r, tol, rows)
-    for name, value, want in zip(("max_abs", "max_rel", "bad_rows", "row_max"),
-                                 (got.max_abs, got.max_rel, got.bad_rows, got.row_max),
-                                 _diff_by_definition(a, r, tol, rows), strict=True):
+    for name, value, want in zip(
+        ("max_abs", "max_rel", "bad_rows", "row_max"),
+        (got.max_abs, got.max_rel, got.bad_rows, got.row_max),
+        _diff_by_definition(a, r, tol, rows),
+        strict=True,
+    ):
         torch.testing.assert_close(value, want, rtol=0, atol=0, equal_nan=True, msg=name)
     assert bool(got.bad_rows[0, 1, 2]) and bool(got.bad_rows[0, 2, 0]) and not bool(got.bad_rows[1, 1, 3])
     assert got.first_bad() == (0, 2, 0)

@@ -34,20 +34,25 @@ def assert_user_error(result, *fragments: str) -> None:
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom attnscope.cli import app\n"
-            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
-            "assert 'run' in r.output\nr = CliRunner().invoke(app, ['run', '--help'])\n"
-            "assert '--prompt' in r.output\nprint('torch' in sys.modules)")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom attnscope.cli import app\n"
+        "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+        "assert 'run' in r.output\nr = CliRunner().invoke(app, ['run', '--help'])\n"
+        "assert '--prompt' in r.output\nprint('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["run"], "Missing option '--prompt'"),
-    (["run", "-p", "x", "--bogus"], "No such option: --bogus"),
-    (["run", "-p", "x", "-n", "many"], "--max-new-tokens"),
-    (["frobnicate"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run"], "Missing option '--prompt'"),
+        (["run", "-p", "x", "--bogus"], "No such option: --bogus"),
+        (["run", "-p", "x", "-n", "many"], "--max-new-tokens"),
+        (["frobnicate"], "No such command"),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(argv, fragment):
     proc = subprocess.run([sys.executable, "-m", "attnscope", *argv], capture_output=True, text=True)
     assert proc.returncode == 2
@@ -70,14 +75,40 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
     result = invoke("run", "--prompt", "def fibonacci(n):", "-n", "8", "--json", str(out))
     assert result.exit_code == 0, result.output
     text = result.output
-    for part in ("tiny-code", "llama", "backend sdpa", "prompt (", "continuation (8 tokens", "layers", "causal",
-                 "attention per head", "entropy", "sink", "role", "checks", "full_vs_incremental", "✓",
-                 "lowest mean entropy", "linear 0 … "):
+    for part in (
+        "tiny-code",
+        "llama",
+        "backend sdpa",
+        "prompt (",
+        "continuation (8 tokens",
+        "layers",
+        "causal",
+        "attention per head",
+        "entropy",
+        "sink",
+        "role",
+        "checks",
+        "full_vs_incremental",
+        "✓",
+        "lowest mean entropy",
+        "linear 0 … ",
+    ):
         assert part in text, part
     report = json.loads(out.read_text())
     assert report["schema"] == "attnscope.report/1"
-    for key in ("schema", "model", "backend", "reference", "device", "dtype", "prompt", "tokens",
-                "layers", "checks", "passed"):
+    for key in (
+        "schema",
+        "model",
+        "backend",
+        "reference",
+        "device",
+        "dtype",
+        "prompt",
+        "tokens",
+        "layers",
+        "checks",
+        "passed",
+    ):
         assert key in report
     assert report["backend"] == "sdpa" and report["reference"] == "eager"
     assert report["lse_source"] == "aten._scaled_dot_product_flash_attention_for_cpu"
@@ -90,9 +121,19 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
     assert 0.0 <= head["entropy"] <= 10 and 0.0 < head["max_weight"] <= 1.0
     assert len(report["continuation"]) == 8
     assert report["passed"] is True and {c["name"] for c in report["checks"]} == {
-        "nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality"}
+        "nan",
+        "masked_rows",
+        "full_vs_incremental",
+        "backend_vs_reference",
+        "causality",
+    }
     assert head["role_scores"] is not None and set(head["role_scores"]) == {
-        "induction", "previous_token", "sink", "local", "broad"}
+        "induction",
+        "previous_token",
+        "sink",
+        "local",
+        "broad",
+    }
 
 
 @needs_tiny
@@ -123,8 +164,11 @@ def test_progress_shows_on_a_terminal_and_not_with_quiet(monkeypatch, command):
     if command[0] != "check":
         stages += ["head roles · layers"]
     if command[0] != "heads":
-        stages += ["full_vs_incremental · tokens × layers", "causality · perturbations",
-                   "backend_vs_reference · layers"]
+        stages += [
+            "full_vs_incremental · tokens × layers",
+            "causality · perturbations",
+            "backend_vs_reference · layers",
+        ]
     for stage in stages:
         assert stage in frames, stage
     written.truncate(0)
@@ -136,8 +180,21 @@ def test_progress_shows_on_a_terminal_and_not_with_quiet(monkeypatch, command):
 @needs_tiny
 def test_run_output_options(tmp_path):
     svg, html = tmp_path / "run.svg", tmp_path / "run.html"
-    result = invoke("run", "-p", "import os\nimport sys", "-n", "2", "--scale", "log", "--query", "3",
-                    "--svg", str(svg), "--html", str(html))
+    result = invoke(
+        "run",
+        "-p",
+        "import os\nimport sys",
+        "-n",
+        "2",
+        "--scale",
+        "log",
+        "--query",
+        "3",
+        "--svg",
+        str(svg),
+        "--html",
+        str(html),
+    )
     assert result.exit_code == 0, result.output
     assert "log " in result.output and "query 3 ⏎: top 4 keys" in result.output
     assert svg.read_text().startswith("<svg") and "<html" in html.read_text().lower()
@@ -155,8 +212,9 @@ def test_check_command_exit_codes_json_and_junit(tmp_path):
     out, junit = tmp_path / "r.json", tmp_path / "j.xml"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("def f(x):\\n    return x\n\nimport os\n")
-    result = invoke("check", "--prompts", str(prompts), "-b", "eager", "-b", "sdpa", "--json", str(out),
-                    "--junit", str(junit))
+    result = invoke(
+        "check", "--prompts", str(prompts), "-b", "eager", "-b", "sdpa", "--json", str(out), "--junit", str(junit)
+    )
     assert result.exit_code == 0, result.output
     assert "18 passed, 0 failed, 2 skipped" in result.output  # backend_vs_reference of eager float32 is skipped
     data = json.loads(out.read_text())
@@ -196,17 +254,20 @@ def test_run_heatmap_of_a_chosen_head():
 
 
 @needs_tiny
-@pytest.mark.parametrize("argv, fragments", [
-    (["--layer", "4"], ["--layer 4 is out of range", "0..3"]),
-    (["--head", "8"], ["--head 8 is out of range", "0..7"]),
-    (["--dtype", "float64"], ["unknown dtype 'float64'"]),
-    (["--device", "cuda:7"], ["not available"]),
-    (["--device", "tpu"], ["unknown device 'tpu'"]),
-    (["--backend", "nope"], ["unknown backend 'nope'"]),
-    (["--backend", "triton"], ["backend 'triton' is not available"]),
-    (["-n", "-1"], ["--max-new-tokens must be >= 0"]),
-    (["-n", "5000"], ["exceeds the model's 4096 positions"]),
-])
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["--layer", "4"], ["--layer 4 is out of range", "0..3"]),
+        (["--head", "8"], ["--head 8 is out of range", "0..7"]),
+        (["--dtype", "float64"], ["unknown dtype 'float64'"]),
+        (["--device", "cuda:7"], ["not available"]),
+        (["--device", "tpu"], ["unknown device 'tpu'"]),
+        (["--backend", "nope"], ["unknown backend 'nope'"]),
+        (["--backend", "triton"], ["backend 'triton' is not available"]),
+        (["-n", "-1"], ["--max-new-tokens must be >= 0"]),
+        (["-n", "5000"], ["exceeds the model's 4096 positions"]),
+    ],
+)
 def test_run_bad_flags(argv, fragments):
     assert_user_error(invoke("run", "-p", "x = 1", *argv), *fragments)
 
@@ -231,8 +292,9 @@ def test_run_bad_model_files(tmp_path, tiny_code):
     (broken / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 3}))
     assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "not divisible by num_key_value_heads")
     (broken / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    assert_user_error(invoke("run", "-p", "x", "-m", str(broken), "--engine", "native"),
-                      "unsupported model_type 'gpt2'")
+    assert_user_error(
+        invoke("run", "-p", "x", "-m", str(broken), "--engine", "native"), "unsupported model_type 'gpt2'"
+    )
     # auto: not a native type, so transformers builds a GPT-2, which these Llama weights do not fill
     assert_user_error(invoke("run", "-p", "x", "-m", str(broken)), "the weights lack", "lm_head.weight")
     (broken / "config.json").write_text(json.dumps(config))
@@ -261,19 +323,43 @@ def test_check_at_80_columns_groups_runs_and_keeps_every_word_whole(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("def f(x):\\n    return x\n")
     out, junit = tmp_path / "r.json", tmp_path / "j.xml"
-    result = runner.invoke(app, ["check", "-m", "broken/nan-k-proj", "-p", "for i in range(10):", "--prompts",
-                                 str(prompts), "-b", "eager", "-b", "sdpa", "--device", "cpu", "--json", str(out),
-                                 "--junit", str(junit)], env={"COLUMNS": "80"})
+    result = runner.invoke(
+        app,
+        [
+            "check",
+            "-m",
+            "broken/nan-k-proj",
+            "-p",
+            "for i in range(10):",
+            "--prompts",
+            str(prompts),
+            "-b",
+            "eager",
+            "-b",
+            "sdpa",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--junit",
+            str(junit),
+        ],
+        env={"COLUMNS": "80"},
+    )
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
     assert max(cell_len(line) for line in lines) <= 80
     assert lines[0] == "attnscope check · nan-k-proj · float32 · 2 prompts × 2 backends"
     headings = [n for n, line in enumerate(lines) if line.startswith("prompt ")]
     assert [lines[n].split(" · ")[:2] for n in headings] == [
-        ["prompt 0", "eager"], ["prompt 0", "sdpa"], ["prompt 1", "eager"], ["prompt 1", "sdpa"]]
+        ["prompt 0", "eager"],
+        ["prompt 0", "sdpa"],
+        ["prompt 1", "eager"],
+        ["prompt 1", "sdpa"],
+    ]
     assert "'def f(x):⏎    return x'" in lines[headings[2]]
     for start, end in zip(headings, [*headings[1:], len(lines)], strict=True):
-        rows = [line for line in lines[start + 1:end] if line[:4] in ("  ✓ ", "  ✗ ", "  - ")]  # -: skipped
+        rows = [line for line in lines[start + 1 : end] if line[:4] in ("  ✓ ", "  ✗ ", "  - ")]  # -: skipped
         assert [row.split()[1] for row in rows] == list(CHECK_NAMES)
     words = result.output.split()
     for report in json.loads(out.read_text())["reports"]:
@@ -312,14 +398,15 @@ def test_models_lists_every_bundled_model_grouped_and_the_error_names_them_all(t
         pytest.skip("no bundled sample models")
     result = invoke("models")
     assert result.exit_code == 0
-    names = [line.split()[0] for line in result.output.splitlines() if line.split()
-             and line.split()[0] in bundled]
+    names = [line.split()[0] for line in result.output.splitlines() if line.split() and line.split()[0] in bundled]
     assert sorted(names) == bundled  # broken/nan-k-proj and broken/fp16-overflow were missing
     if any(name.startswith("broken/") for name in bundled):
         lines = result.output.splitlines()
         group = next(n for n, line in enumerate(lines) if line.startswith("broken:"))
-        assert all(name.startswith("broken/") for name in names[names.index(next(
-            n for n in names if n.startswith("broken/"))):])
+        assert all(
+            name.startswith("broken/")
+            for name in names[names.index(next(n for n in names if n.startswith("broken/"))) :]
+        )
         assert lines[group + 1].startswith("broken/")
     missing = invoke("run", "-p", "x", "-m", str(tmp_path / "nope"))
     assert_user_error(missing, "not found", *bundled)
@@ -331,7 +418,7 @@ def test_help_shows_no_type_after_flags_and_whole_command_descriptions():
     run_help = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "80"})
     assert "<bool>" not in run_help.output and "<str>" in run_help.output  # options that take a value keep it
     # each command's description wraps only where the next word does not fit (a line broke mid-sentence)
-    panel = [line for line in result.output[result.output.index("Commands"):].splitlines() if line.startswith("│")]
+    panel = [line for line in result.output[result.output.index("Commands") :].splitlines() if line.startswith("│")]
     start = panel[0].index("Run a prompt")
     descriptions: dict[str, list[str]] = {}
     for line in panel:

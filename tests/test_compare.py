@@ -127,8 +127,9 @@ def test_probabilities_and_js_equal_the_dense_matrices(model):
     dense = c.attention(layer, head).numpy()
     pooled = c.attention_pooled(layer, head, 8, 8)
     edges = np.linspace(0, len(IDS), 9).round().astype(int)
-    expected = np.array([[dense[edges[i]:edges[i + 1], edges[j]:edges[j + 1]].max() for j in range(8)]
-                         for i in range(8)])
+    expected = np.array(
+        [[dense[edges[i] : edges[i + 1], edges[j] : edges[j + 1]].max() for j in range(8)] for i in range(8)]
+    )
     np.testing.assert_allclose(pooled, expected, atol=1e-7)
     assert 0 < float(c.js_mean.max()) <= math.log(2)
 
@@ -149,8 +150,10 @@ def test_layouts_and_tokenizations_must_match(model, tmp_path, tiny_code):
 @pytest.fixture(scope="module")
 def dirs(model, tmp_path_factory, tiny_code) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compare")
-    return {part or "same": save_hf_dir(perturbed(model, part), root / (part or "same"), tokenizer_from=tiny_code)
-            for part in ("", "k_proj")}
+    return {
+        part or "same": save_hf_dir(perturbed(model, part), root / (part or "same"), tokenizer_from=tiny_code)
+        for part in ("", "k_proj")
+    }
 
 
 def test_cli_exit_0_against_itself_and_1_on_a_divergence(dirs, tmp_path):
@@ -162,16 +165,39 @@ def test_cli_exit_0_against_itself_and_1_on_a_divergence(dirs, tmp_path):
     assert doc["schema"] == SCHEMA and doc["passed"] and doc["prompts"][0]["first_divergence"] is None
 
     junit, svg = tmp_path / "c.xml", tmp_path / "c.svg"
-    result = invoke("compare", "-m", str(dirs["same"]), "-m", str(dirs["k_proj"]), "-p", PROMPT, "-p", "import os",
-                    "--json", str(out), "--junit", str(junit), "--svg", str(svg), "--backend", "eager")
+    result = invoke(
+        "compare",
+        "-m",
+        str(dirs["same"]),
+        "-m",
+        str(dirs["k_proj"]),
+        "-p",
+        PROMPT,
+        "-p",
+        "import os",
+        "--json",
+        str(out),
+        "--junit",
+        str(junit),
+        "--svg",
+        str(svg),
+        "--backend",
+        "eager",
+    )
     assert result.exit_code == 1, result.output
     assert f"first divergence at layer {LAYER}, in attention" in result.output
     doc = json.loads(out.read_text())
     assert not doc["passed"] and len(doc["prompts"]) == 2 and doc["backend"] == "eager"
     entry = doc["prompts"][0]
     assert entry["first_divergence"]["layer"] == LAYER and entry["first_divergence"]["differs"] == ["k"]
-    assert set(entry["layers"][0]["heads"][0]) == {"head", "kv_head", "output_max_abs_diff",
-                                                   "probability_max_abs_diff", "js_mean", "over_tolerance"}
+    assert set(entry["layers"][0]["heads"][0]) == {
+        "head",
+        "kv_head",
+        "output_max_abs_diff",
+        "probability_max_abs_diff",
+        "js_mean",
+        "over_tolerance",
+    }
     assert [c["name"] for c in entry["checks"]] == ["divergence", "logits"]
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("name") == "attnscope.compare" and suite.get("tests") == "4"
@@ -186,8 +212,10 @@ def test_cli_bad_input_is_one_line(dirs, tmp_path, tiny_code):
     other = random_model(**{**ARGS, "layers": 2})
     two = save_hf_dir(other, tmp_path / "two", tokenizer_from=tiny_code)
     out = tmp_path / "c.json"
-    assert_user_error(invoke("compare", "-m", str(dirs["same"]), "-m", str(two), "-p", "x", "--json", str(out)),
-                      "different layouts: layers is 3 in same and 2 in two")
+    assert_user_error(
+        invoke("compare", "-m", str(dirs["same"]), "-m", str(two), "-p", "x", "--json", str(out)),
+        "different layouts: layers is 3 in same and 2 in two",
+    )
     assert not out.exists()
 
 

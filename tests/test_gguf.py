@@ -38,8 +38,14 @@ gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
-TEXTS = ["def fibonacci(n):\n    if n < 2:\n        return n", "  two leading spaces", "tabs\tand  gaps",
-         "unicode: é ü 🙂 ∑", "<|endoftext|> in the text", "12345 numbers 3.14"]
+TEXTS = [
+    "def fibonacci(n):\n    if n < 2:\n        return n",
+    "  two leading spaces",
+    "tabs\tand  gaps",
+    "unicode: é ü 🙂 ∑",
+    "<|endoftext|> in the text",
+    "12345 numbers 3.14",
+]
 PROMPT = TEXTS[0]
 
 
@@ -75,10 +81,18 @@ def sources(tmp_path_factory, tiny_code) -> dict[str, tuple[Path, Vocab | None]]
     vocab = spm_vocab()
     out = {
         # Qwen3 with head_dim 128 (transformers' GGUF loader reads no head_dim for qwen3 and takes its default)
-        "qwen3": (hf_dir(build_hf_model("qwen3", seed=3, vocab_size=1024, hidden_size=256, intermediate_size=512,
-                                        head_dim=128), root / "qwen3", tiny_code), None),
-        "llama-spm": (hf_dir(build_hf_model("llama-gqa", seed=4, vocab_size=len(vocab.tokens)), root / "llama-spm"),
-                      vocab),
+        "qwen3": (
+            hf_dir(
+                build_hf_model("qwen3", seed=3, vocab_size=1024, hidden_size=256, intermediate_size=512, head_dim=128),
+                root / "qwen3",
+                tiny_code,
+            ),
+            None,
+        ),
+        "llama-spm": (
+            hf_dir(build_hf_model("llama-gqa", seed=4, vocab_size=len(vocab.tokens)), root / "llama-spm"),
+            vocab,
+        ),
         "tiny-code": (tiny_code, None),
     }
     return out
@@ -108,8 +122,19 @@ def test_quantized_blocks_read_back_within_their_step(kind):
     quantization step of the values (the k-quants are made by make_gguf.py, the rest by gguf.quants)."""
     x = np.random.default_rng(0).normal(size=(4, 512)).astype(np.float32)
     back = gguf.quants.dequantize(quantize(x, kind), gguf.GGMLQuantizationType[kind])
-    levels = {"F32": 0, "F16": 2**11, "BF16": 2**8, "Q8_0": 127, "Q4_0": 7, "Q4_1": 15, "Q5_0": 15, "Q5_1": 31,
-              "Q4_K": 15, "Q5_K": 31, "Q6_K": 31}[kind]
+    levels = {
+        "F32": 0,
+        "F16": 2**11,
+        "BF16": 2**8,
+        "Q8_0": 127,
+        "Q4_0": 7,
+        "Q4_1": 15,
+        "Q5_0": 15,
+        "Q5_1": 31,
+        "Q4_K": 15,
+        "Q5_K": 31,
+        "Q6_K": 31,
+    }[kind]
     bound = 0.0 if levels == 0 else 2 * float(np.abs(x).max()) / levels
     assert back.shape == x.shape
     assert float(np.abs(back - x).max()) <= bound
@@ -117,9 +142,20 @@ def test_quantized_blocks_read_back_within_their_step(kind):
 
 # ---- (a) attnscope == transformers on the same file ----------------------------------------------------
 
-PARITY = [("tiny-code", "Q8_0"), ("tiny-code", "Q4_K"), ("tiny-code", "Q6_K"), ("tiny-code", "Q4_0"),
-          ("qwen3", "F16"), ("qwen3", "BF16"), ("qwen3", "Q4_1"), ("qwen3", "Q5_0"), ("qwen3", "Q5_1"),
-          ("qwen3", "Q5_K"), ("llama-spm", "Q8_0"), ("llama-spm", "Q4_K")]
+PARITY = [
+    ("tiny-code", "Q8_0"),
+    ("tiny-code", "Q4_K"),
+    ("tiny-code", "Q6_K"),
+    ("tiny-code", "Q4_0"),
+    ("qwen3", "F16"),
+    ("qwen3", "BF16"),
+    ("qwen3", "Q4_1"),
+    ("qwen3", "Q5_0"),
+    ("qwen3", "Q5_1"),
+    ("qwen3", "Q5_K"),
+    ("llama-spm", "Q8_0"),
+    ("llama-spm", "Q4_K"),
+]
 
 
 @pytest.mark.parametrize(("name", "kind"), PARITY, ids=[f"{n}-{k}" for n, k in PARITY])
@@ -142,8 +178,7 @@ def test_the_llama_q_k_permutation_is_undone(sources, tmp_path, monkeypatch, tin
     (the parity above rests on it)."""
     file = write(sources, "tiny-code", "F32", tmp_path)
     original = attnscope.Scope(attnscope.load_model(tiny_code)).run(PROMPT).logits
-    torch.testing.assert_close(attnscope.Scope(attnscope.load_model(file)).run(PROMPT).logits, original,
-                               atol=0, rtol=0)
+    torch.testing.assert_close(attnscope.Scope(attnscope.load_model(file)).run(PROMPT).logits, original, atol=0, rtol=0)
     init = gguf_loader.GGUFTensors.__init__
 
     def unpermuted(self, *args, **kwargs):
@@ -182,8 +217,9 @@ def test_f32_files_reproduce_the_safetensors_model(spec, tmp_path):
     assert loaded.config.model_type == original.config.model_type
     assert [repr(m) for m in loaded.layer_masks()] == [repr(m) for m in original.layer_masks()]
     ids = torch.randint(0, 100, (48,), generator=torch.Generator().manual_seed(0)).tolist()
-    torch.testing.assert_close(attnscope.Scope(loaded).run(ids).logits, attnscope.Scope(original).run(ids).logits,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        attnscope.Scope(loaded).run(ids).logits, attnscope.Scope(original).run(ids).logits, atol=1e-5, rtol=0
+    )
 
 
 def test_dtype_and_quantized_bands(sources, tmp_path, monkeypatch):
@@ -243,8 +279,9 @@ def test_the_sample_is_registered():
 # ---- bad files: one line, exit code 2 ------------------------------------------------------------------------
 
 
-def raw_tensor_file(path: Path, arch: str = "llama", kind: str = "Q2_K", heads: int = 4, kv_heads: int = 2,
-                    scaling: str | None = None) -> Path:
+def raw_tensor_file(
+    path: Path, arch: str = "llama", kind: str = "Q2_K", heads: int = 4, kv_heads: int = 2, scaling: str | None = None
+) -> Path:
     """A small GGUF file of architecture `arch` (hidden 64, `heads` / `kv_heads` heads, rope scaling of type
     `scaling`) with one 256-value tensor of type `kind` (random bytes)."""
     writer = gguf.GGUFWriter(str(path), arch)
@@ -280,13 +317,19 @@ def bad_files(sources, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     add("truncated-header", good[:100], "truncated")
     add("not-gguf", b"PK\x03\x04 a zip file" * 10, "not a GGUF file")
     add("empty", b"", "not a GGUF file")
-    files["unknown-arch"] = (raw_tensor_file(root / "falcon.gguf", arch="falcon"),
-                             "unsupported GGUF architecture 'falcon' (supported: llama, qwen2, qwen3)")
-    files["uneven-heads"] = (raw_tensor_file(root / "heads.gguf", heads=4, kv_heads=3),
-                             "llama.attention.head_count (4) is not divisible by llama.attention.head_count_kv (3)")
+    files["unknown-arch"] = (
+        raw_tensor_file(root / "falcon.gguf", arch="falcon"),
+        "unsupported GGUF architecture 'falcon' (supported: llama, qwen2, qwen3)",
+    )
+    files["uneven-heads"] = (
+        raw_tensor_file(root / "heads.gguf", heads=4, kv_heads=3),
+        "llama.attention.head_count (4) is not divisible by llama.attention.head_count_kv (3)",
+    )
     files["yarn"] = (raw_tensor_file(root / "yarn.gguf", scaling="yarn"), "unsupported llama.rope.scaling.type 'yarn'")
-    files["wrong-shape"] = (raw_tensor_file(root / "shape.gguf", kind="F32"),
-                            "shape.gguf: tensor 'token_embd.weight' has shape (1, 256), the config needs (1, 64)")
+    files["wrong-shape"] = (
+        raw_tensor_file(root / "shape.gguf", kind="F32"),
+        "shape.gguf: tensor 'token_embd.weight' has shape (1, 256), the config needs (1, 64)",
+    )
     real = make_gguf.quantize
 
     def with_q2_k(data, kind):  # gguf.quants cannot make Q2_K blocks: random bytes are blocks enough
@@ -296,16 +339,31 @@ def bad_files(sources, tmp_path_factory) -> dict[str, tuple[Path, str]]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(make_gguf, "quantize", with_q2_k)
-        model = write_gguf(sources["qwen3"][0], root / "q2k.gguf",
-                           lambda name, shape: "Q2_K" if name == "blk.0.ffn_down.weight" else "F32",
-                           vocab=bpe_vocab(sources["qwen3"][0], pre="qwen2"))
-    files["unsupported-type"] = (model, "tensor 'blk.0.ffn_down.weight' has type Q2_K, which attnscope cannot "
-                                        "dequantize (supported: F32, F16, BF16, Q8_0")
+        model = write_gguf(
+            sources["qwen3"][0],
+            root / "q2k.gguf",
+            lambda name, shape: "Q2_K" if name == "blk.0.ffn_down.weight" else "F32",
+            vocab=bpe_vocab(sources["qwen3"][0], pre="qwen2"),
+        )
+    files["unsupported-type"] = (
+        model,
+        "tensor 'blk.0.ffn_down.weight' has type Q2_K, which attnscope cannot "
+        "dequantize (supported: F32, F16, BF16, Q8_0",
+    )
     return files
 
 
-BAD = ["truncated-data", "truncated-header", "not-gguf", "empty", "unknown-arch", "unsupported-type", "uneven-heads",
-       "yarn", "wrong-shape"]
+BAD = [
+    "truncated-data",
+    "truncated-header",
+    "not-gguf",
+    "empty",
+    "unknown-arch",
+    "unsupported-type",
+    "uneven-heads",
+    "yarn",
+    "wrong-shape",
+]
 
 
 @pytest.mark.parametrize("name", BAD)
@@ -321,21 +379,36 @@ def test_bad_files_exit_2_with_one_line_on_every_command(bad_files, tmp_path, ti
     out = tmp_path / "report.json"
     for name in ("truncated-data", "unsupported-type"):
         file, expected = bad_files[name]
-        for args in (["run", "-p", "def f(x):", "--json", str(out)], ["check", "-p", "x"], ["heads"],
-                     ["compare", "-m", str(tiny_code), "-p", "x", "--json", str(out)]):
+        for args in (
+            ["run", "-p", "def f(x):", "--json", str(out)],
+            ["check", "-p", "x"],
+            ["heads"],
+            ["compare", "-m", str(tiny_code), "-p", "x", "--json", str(out)],
+        ):
             assert_user_error(invoke(*args, "-m", str(file)), expected)
         assert not out.exists()
 
 
 def test_without_the_gguf_package_the_error_names_the_extra(sources, tmp_path):
     file = write(sources, "llama-spm", "Q8_0", tmp_path)
-    proc = subprocess.run([sys.executable, "-c", f"""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys
 sys.modules["gguf"] = None
 from attnscope.cli import main
 sys.argv = ["attnscope", "run", "-m", {str(file)!r}, "-p", "x"]
 main()
-"""], capture_output=True, text=True, timeout=120)
+""",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == 'attnscope: error: reading GGUF files needs the gguf package: pip install ' \
-                                  '"attnscope[gguf]"'
+    assert (
+        proc.stderr.strip() == "attnscope: error: reading GGUF files needs the gguf package: pip install "
+        '"attnscope[gguf]"'
+    )

@@ -33,7 +33,7 @@ def deep(dtype: str):
 def prompt_ids(n: int, seed: int = 0) -> list[int]:
     """`n` tokens of real text (tiny-code's model card), BOS first, from an offset per seed."""
     text = (sample_models_dir() / "tiny-code" / "README.md").read_text()
-    ids = deep("float32").tokenizer.encode(text[seed * 997:])
+    ids = deep("float32").tokenizer.encode(text[seed * 997 :])
     assert len(ids) >= n
     return ids[:n]
 
@@ -49,8 +49,9 @@ def checks_of(dtype: str, backend: str, ids: list[int], checks="all") -> dict:
 # the fast lane keeps sdpa in bfloat16 on the short prompt; the rest are slow
 @pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("backend", [pytest.param("eager", marks=pytest.mark.slow), "sdpa"])
-@pytest.mark.parametrize("n, seed", [(32, 0), pytest.param(160, 1, marks=pytest.mark.slow),
-                                     pytest.param(512, 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "n, seed", [(32, 0), pytest.param(160, 1, marks=pytest.mark.slow), pytest.param(512, 2, marks=pytest.mark.slow)]
+)
 def test_a_correct_deep_model_passes_every_check(dtype, backend, n, seed):
     found = checks_of(dtype, backend, prompt_ids(n, seed))
     assert set(found) == set(CHECK_NAMES)
@@ -76,8 +77,9 @@ def test_flex_passes_on_the_deep_model():
 def test_the_old_constant_tolerance_cries_wolf_on_the_same_run():
     """What the calibration fixes: with bfloat16's constant tolerance given explicitly (as the check
     ran before), the same correct model fails full_vs_incremental end to end."""
-    result = attnscope.Scope(deep("bfloat16"), backend="sdpa").run(prompt_ids(160, 1), checks="full_vs_incremental",
-                                                                   atol=1e-2, rtol=1e-2)
+    result = attnscope.Scope(deep("bfloat16"), backend="sdpa").run(
+        prompt_ids(160, 1), checks="full_vs_incremental", atol=1e-2, rtol=1e-2
+    )
     check = result.checks[0]
     assert check.figures["calibration"]["end_to_end"].startswith("constant tolerance as given")
     assert check.figures["free_running"]["over_tolerance"]
@@ -327,14 +329,20 @@ def test_an_engine_that_cannot_isolate_is_judged_by_its_logits(monkeypatch, dtyp
     assert check.figures["free_running"]["first_layer_over"] == FAULT_LAYER
 
 
-@pytest.mark.parametrize("model, dtype, ids", [("tiny-code", "float16", [821, 958, 285]),
-                                               ("tiny-code", "bfloat16", [194, 513]),
-                                               ("deep-random", "float16", [0, 527])])
+@pytest.mark.parametrize(
+    "model, dtype, ids",
+    [
+        ("tiny-code", "float16", [821, 958, 285]),
+        ("tiny-code", "bfloat16", [194, 513]),
+        ("deep-random", "float16", [0, 527]),
+    ],
+)
 def test_short_prompts_leave_room_for_one_rounding_of_the_output(model, dtype, ids):
     """A head's baseline error over two or three rows can be tiny: a correct backend one rounding away
     from it passes (these prompts failed with a fixed atol of 1e-5)."""
     result = attnscope.Scope(attnscope.load_model(model, dtype=dtype), backend="sdpa").run(
-        ids, checks="backend_vs_reference,full_vs_incremental")
+        ids, checks="backend_vs_reference,full_vs_incremental"
+    )
     assert all(c.passed for c in result.checks), [c.message for c in result.checks]
 
 

@@ -48,15 +48,19 @@ def test_scores_match_dense_probabilities():
 def test_role_choice():
     scores = {"induction": 0.9, "previous_token": 0.1, "sink": 0.1, "local": 0.2, "broad": 0.1}
     assert pick_role(scores) == "induction"
-    assert pick_role({"induction": 0.0, "previous_token": 0.9, "sink": 0.0, "local": 0.95, "broad": 0.1}) \
+    assert (
+        pick_role({"induction": 0.0, "previous_token": 0.9, "sink": 0.0, "local": 0.95, "broad": 0.1})
         == "previous_token"
+    )
     assert pick_role({"induction": 0.1, "previous_token": 0.1, "sink": 0.3, "local": 0.3, "broad": 0.5}) is None
 
 
 def test_tiny_induction_heads_are_found_as_documented(samples):
     card = (samples["tiny-induction"] / "README.md").read_text()
-    documented = {(int(layer), int(head), role) for layer, head, role in
-                  re.findall(r"layer (\d+) head (\d+): (induction|previous_token)", card)}
+    documented = {
+        (int(layer), int(head), role)
+        for layer, head, role in re.findall(r"layer (\d+) head (\d+): (induction|previous_token)", card)
+    }
     assert any(role == "induction" for *_, role in documented)
     assert any(role == "previous_token" for *_, role in documented)
     roles = attnscope.Scope(attnscope.load_model("tiny-induction")).head_roles()
@@ -83,15 +87,35 @@ def test_progress_reports_every_stage_to_its_total():
     calls = []
     model = random_model(**MODEL_ARGS)
     prompt = list(range(5, 17))
-    attnscope.Scope(model, backend="sdpa").run(prompt, max_new_tokens=3, checks="all", roles=True,
-                                               progress=lambda done, total, stage: calls.append((stage, done, total)))
+    attnscope.Scope(model, backend="sdpa").run(
+        prompt,
+        max_new_tokens=3,
+        checks="all",
+        roles=True,
+        progress=lambda done, total, stage: calls.append((stage, done, total)),
+    )
     order = list(dict.fromkeys(stage for stage, _, _ in calls))
-    assert order == ["forward", "decode", "statistics", "nan", "full_vs_incremental", "backend_vs_reference",
-                     "causality", "roles"]
+    assert order == [
+        "forward",
+        "decode",
+        "statistics",
+        "nan",
+        "full_vs_incremental",
+        "backend_vs_reference",
+        "causality",
+        "roles",
+    ]
     layers = MODEL_ARGS["layers"]
-    totals = {"forward": layers, "decode": 3, "statistics": layers, "nan": layers,
-              "full_vs_incremental": 12 * layers,  # tokens × layers (float32: free-running only)
-              "backend_vs_reference": layers, "causality": 3, "roles": layers}
+    totals = {
+        "forward": layers,
+        "decode": 3,
+        "statistics": layers,
+        "nan": layers,
+        "full_vs_incremental": 12 * layers,  # tokens × layers (float32: free-running only)
+        "backend_vs_reference": layers,
+        "causality": 3,
+        "roles": layers,
+    }
     for stage, total in totals.items():
         mine = [(done, t) for s, done, t in calls if s == stage]
         assert all(t == total for _, t in mine), stage

@@ -25,6 +25,8 @@ transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 T = 40  # tokens: five times the sliding window
+
+
 @pytest.fixture(scope="module")
 def models():
     cache = {}
@@ -47,14 +49,14 @@ def test_matches_the_model_and_transformers_eager_attention(models, name):
     tokens = ids()
     with torch.no_grad():
         ref = model(torch.tensor([tokens]), output_attentions=True, use_cache=False)
-    result = attnscope.Scope(attnscope.from_transformers(model), backend="eager").run(tokens, checks="all",
-                                                                                       max_new_tokens=3)
+    result = attnscope.Scope(attnscope.from_transformers(model), backend="eager").run(
+        tokens, checks="all", max_new_tokens=3
+    )
     assert model.config._attn_implementation == "eager"  # switched back after every forward
     torch.testing.assert_close(result.logits, ref.logits[0], atol=1e-4, rtol=0)
     for layer in range(model.config.num_hidden_layers):
         for head in range(model.config.num_attention_heads):
-            torch.testing.assert_close(result.attention(layer, head), ref.attentions[layer][0, head],
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(result.attention(layer, head), ref.attentions[layer][0, head], atol=1e-5, rtol=0)
     failed = [(c.name, c.message) for c in result.checks if not c.passed]
     assert not failed and len(result.checks) == 5
     # attention is far from uniform, so the comparison above could tell a wrong mask or scale
@@ -74,13 +76,16 @@ def test_layer_masks_follow_the_model(models):
 @pytest.mark.parametrize("name", ["llama", "gpt_oss", "gemma3_text"])
 def test_sdpa_backend_through_the_hf_engine(models, name):
     result = attnscope.Scope(attnscope.from_transformers(models(name)), backend="sdpa").run(
-        ids(), checks="backend_vs_reference,full_vs_incremental,causality")
+        ids(), checks="backend_vs_reference,full_vs_incremental,causality"
+    )
     assert all(c.passed for c in result.checks), [c.message for c in result.checks]
 
 
 def test_a_backend_without_softcapping_is_refused_naming_the_feature(models):
-    with pytest.raises(UnsupportedFeature, match="gemma2 layer 0 uses attention logit soft-capping, which backend "
-                                                 "'sdpa' does not implement"):
+    with pytest.raises(
+        UnsupportedFeature,
+        match="gemma2 layer 0 uses attention logit soft-capping, which backend 'sdpa' does not implement",
+    ):
         attnscope.Scope(attnscope.from_transformers(models("gemma2")), backend="sdpa").run(ids(8), checks="none")
 
 
@@ -97,6 +102,7 @@ def test_padded_batch_rows_compute_what_they_would_alone(models):
 
 
 # --- each check fires on a fault injected through the hf engine --------------------------------------------
+
 
 def test_nan_weight_is_found_at_its_layer():
     model = build_architecture("llama")
@@ -166,11 +172,13 @@ def test_a_model_mask_that_differs_from_the_spec_is_used_as_custom(models, monke
 
 # --- native and hf engines agree on the native architectures ---------------------------------------------
 
+
 @pytest.mark.parametrize("name", PARITY_MODELS)
 def test_native_and_hf_engines_agree(zoo, name):
     path = zoo[name].path
-    native = attnscope.Scope(attnscope.load_model(path, engine="native")).run(zoo[name].ids()[0].tolist(),
-                                                                                 checks="none")
+    native = attnscope.Scope(attnscope.load_model(path, engine="native")).run(
+        zoo[name].ids()[0].tolist(), checks="none"
+    )
     engine = attnscope.load_model(path, engine="hf")
     assert engine.engine == "hf"
     watched = attnscope.Scope(engine).run(zoo[name].ids()[0].tolist(), checks="none")
@@ -178,12 +186,12 @@ def test_native_and_hf_engines_agree(zoo, name):
     layout = engine.layout
     for layer in range(layout.n_layers):
         for head in range(layout.n_heads):
-            torch.testing.assert_close(watched.attention(layer, head), native.attention(layer, head),
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(watched.attention(layer, head), native.attention(layer, head), atol=1e-5, rtol=0)
     assert [repr(m) for m in engine.layer_masks()] == [repr(m) for m in native.run.model.layer_masks()]
 
 
 # --- loading: directories, --engine, the Hub cache, device_map ------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def gemma2_dir(models, tmp_path_factory):
@@ -199,8 +207,9 @@ def test_auto_engine_runs_other_architectures_through_hf(gemma2_dir, tmp_path):
     model = attnscope.load_model(gemma2_dir)
     assert model.engine == "hf" and model.layout.model_type == "gemma2"
     out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["check", "-m", str(gemma2_dir), "-p", "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10",
-                                      "-b", "eager", "--json", str(out)])
+    result = CliRunner().invoke(
+        app, ["check", "-m", str(gemma2_dir), "-p", "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10", "-b", "eager", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["model"]["engine"] == "hf" and report["model"]["model_type"] == "gemma2"
@@ -208,12 +217,18 @@ def test_auto_engine_runs_other_architectures_through_hf(gemma2_dir, tmp_path):
 
 def test_engine_option_errors(gemma2_dir):
     runner = CliRunner()
-    assert_user_error(runner.invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1", "--engine", "native"]),
-                      "unsupported model_type 'gemma2'")
-    assert_user_error(runner.invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1", "--engine", "jax"]),
-                      "unknown engine 'jax'")
-    assert_user_error(runner.invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1 w2", "-b", "sdpa"]),
-                      "gemma2 layer 0 uses attention logit soft-capping", "--backend eager")
+    assert_user_error(
+        runner.invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1", "--engine", "native"]),
+        "unsupported model_type 'gemma2'",
+    )
+    assert_user_error(
+        runner.invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1", "--engine", "jax"]), "unknown engine 'jax'"
+    )
+    assert_user_error(
+        runner.invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1 w2", "-b", "sdpa"]),
+        "gemma2 layer 0 uses attention logit soft-capping",
+        "--backend eager",
+    )
 
 
 def test_missing_weights_are_refused(gemma2_dir, tmp_path):
@@ -249,18 +264,28 @@ def test_hub_ids_resolve_through_the_local_cache_only(gemma2_dir, tmp_path, monk
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     model = attnscope.load_model("acme/tiny-gemma")
     assert model.path == snapshot and model.layout.model_type == "gemma2"
-    assert_user_error(CliRunner().invoke(app, ["run", "-m", "acme/missing", "-p", "w1"]),
-                      "'acme/missing' is not in the local Hugging Face cache", "hf download acme/missing")
+    assert_user_error(
+        CliRunner().invoke(app, ["run", "-m", "acme/missing", "-p", "w1"]),
+        "'acme/missing' is not in the local Hugging Face cache",
+        "hf download acme/missing",
+    )
 
 
 def test_device_map_that_splits_layers(gemma2_dir, tmp_path):
     """Layer 1 offloaded to disk by accelerate's hooks (weights brought in for each call): the same
     attention function runs on each piece, and the results equal the undispatched model's."""
     pytest.importorskip("accelerate")
-    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
-                  "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
-    dispatched = transformers.AutoModelForCausalLM.from_pretrained(gemma2_dir, device_map=device_map,
-                                                                   offload_folder=str(tmp_path / "offload")).eval()
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.rotary_emb": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.norm": "cpu",
+        "lm_head": "cpu",
+    }
+    dispatched = transformers.AutoModelForCausalLM.from_pretrained(
+        gemma2_dir, device_map=device_map, offload_folder=str(tmp_path / "offload")
+    ).eval()
     assert hasattr(dispatched.model.layers[1], "_hf_hook")
     tokens = ids(16)
     split = attnscope.Scope(attnscope.from_transformers(dispatched)).run(tokens, checks="all", max_new_tokens=2)
@@ -282,8 +307,10 @@ def test_without_transformers_the_hf_engine_is_one_line(gemma2_dir, monkeypatch)
     import sys
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # any import of it raises ImportError
-    assert_user_error(CliRunner().invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1"]),
-                      'the hf engine needs transformers: pip install "attnscope[hf]"')
+    assert_user_error(
+        CliRunner().invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1"]),
+        'the hf engine needs transformers: pip install "attnscope[hf]"',
+    )
     assert attnscope.load_model("tiny-code").engine == "native"  # the native engine never needs it
 
 

@@ -47,7 +47,10 @@ def test_attention_probabilities_match_hf(tiny, zoo, hf_reference, backend):
             probs = result.attention(layer, head)
             assert probs.dtype == torch.float32
             torch.testing.assert_close(
-                probs, hf_attentions[layer][0, head].float(), atol=1e-5, rtol=0,
+                probs,
+                hf_attentions[layer][0, head].float(),
+                atol=1e-5,
+                rtol=0,
                 msg=lambda m, layer=layer, head=head: f"layer {layer} head {head}: {m}",
             )
             # rows are distributions over the allowed keys only
@@ -115,8 +118,14 @@ def test_rope_is_hf_llama_rope_bit_for_bit(dtype):
     from attnscope.model.config import ModelConfig
     from attnscope.model.llama import RotaryEmbedding, apply_rope
 
-    hf_config = LlamaConfig(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                            max_position_embeddings=2048, rope_theta=5000.0)
+    hf_config = LlamaConfig(
+        hidden_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        rope_theta=5000.0,
+    )
     ours, theirs = RotaryEmbedding(ModelConfig.from_hf(hf_config.to_dict())), LlamaRotaryEmbedding(hf_config)
     gen = torch.Generator().manual_seed(0)
     q, k = (torch.randn(2, h, 7, 32, generator=gen).to(dtype) for h in (4, 2))

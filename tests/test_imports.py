@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # functions alike); the package faces (`attnscope/__init__.py`, `attnscope.kernels`' lazy entry)
 # are the exceptions. The front ends (render, tui, cli) sit on top of the headless core.
 LAYERS = [
-    ("attnscope.errors", "attnscope.pooling", "attnscope.masks", "attnscope.samples", "attnscope.sample_models",
-     "attnscope.prompts"),
+    (
+        "attnscope.errors",
+        "attnscope.pooling",
+        "attnscope.masks",
+        "attnscope.samples",
+        "attnscope.sample_models",
+        "attnscope.prompts",
+    ),
     ("attnscope.backends", "attnscope.kernels"),
     ("attnscope.engine", "attnscope.model", "attnscope.hf"),
     ("attnscope.inspector",),
@@ -30,8 +36,9 @@ LAYERS = [
 
 def run_python(code: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -171,8 +178,7 @@ def _imports(name: str, file: Path, known: set[str]) -> list[tuple[str, bool]]:
                 if child.level:
                     parent = package.split(".")[: len(package.split(".")) - child.level + 1]
                     base = ".".join([*parent, base]).rstrip(".")
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                           for a in child.names]
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in child.names]
             for t in targets:
                 while t and t not in known:
                     t = t.rpartition(".")[0]
@@ -196,8 +202,13 @@ def test_import_graph_has_no_cycle_and_no_upward_import():
     known = set(files)
     graph = {name: _imports(name, f, known) for name, f in files.items()}
     faces = {"attnscope", "attnscope.kernels"}  # package faces import lazily what they offer
-    upward = [(m, t) for m, deps in graph.items() if m not in faces for t, _ in deps
-              if t not in faces and _layer(t) > _layer(m)]
+    upward = [
+        (m, t)
+        for m, deps in graph.items()
+        if m not in faces
+        for t, _ in deps
+        if t not in faces and _layer(t) > _layer(m)
+    ]
     assert not upward, f"imports from a lower layer to a higher one: {upward}"
     # cycles among all imports, at module level and inside functions alike (a lazy import still makes
     # the two modules depend on each other), a module's import of its own package included (a backend

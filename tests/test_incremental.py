@@ -39,7 +39,7 @@ def chunked_logits(net, ids, chunks, backend="eager", recorder=None):
     out, start = [], 0
     with torch.inference_mode():
         for size in chunks:
-            out.append(net(ids[:, start:start + size], cache, recorder=recorder, attend=attend))
+            out.append(net(ids[:, start : start + size], cache, recorder=recorder, attend=attend))
             start += size
             assert cache.length == start
     return torch.cat(out, dim=1)
@@ -65,7 +65,7 @@ def test_full_equals_token_by_token_literal_loop(tiny, zoo):
     with torch.inference_mode():
         full = net(ids)
         cache = net.new_cache(1, T)
-        steps = [net(ids[:, i:i + 1], cache) for i in range(T)]
+        steps = [net(ids[:, i : i + 1], cache) for i in range(T)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
 
 
@@ -147,8 +147,9 @@ def test_eager_and_sdpa_agree_incrementally(tiny, zoo):
     net = zoo.loaded(tiny.name).net
     ids = tiny.ids(SEQ_LEN)
     chunks = [20, 7, 7, 7, 7]
-    torch.testing.assert_close(chunked_logits(net, ids, chunks, "sdpa"), chunked_logits(net, ids, chunks, "eager"),
-                               **TOL)
+    torch.testing.assert_close(
+        chunked_logits(net, ids, chunks, "sdpa"), chunked_logits(net, ids, chunks, "eager"), **TOL
+    )
 
 
 def test_batched_forward_equals_single(zoo):
@@ -156,7 +157,7 @@ def test_batched_forward_equals_single(zoo):
     ids = torch.cat([zoo["qwen2-sliding"].ids(24, seed=s) for s in (1, 2, 3)])
     batched = full_logits(net, ids)
     for b in range(3):
-        torch.testing.assert_close(batched[b:b + 1], full_logits(net, ids[b:b + 1]), **TOL)
+        torch.testing.assert_close(batched[b : b + 1], full_logits(net, ids[b : b + 1]), **TOL)
     torch.testing.assert_close(chunked_logits(net, ids, [10, 1, 13], "sdpa"), batched, **TOL)
 
 
@@ -166,7 +167,7 @@ def greedy_without_cache(net, ids, n):
         for _ in range(n):
             nxt = net(seq)[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
-    return seq[:, ids.shape[1]:]
+    return seq[:, ids.shape[1] :]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -186,7 +187,7 @@ def test_generate_stops_at_eos(zoo):
     eos = int(expected[0, 2])
     stop = int((expected[0] == eos).nonzero()[0])  # first occurrence, at or before index 2
     got = net.generate(ids, max_new_tokens=8, eos_token_id=eos)
-    assert torch.equal(got, expected[:, :stop + 1])
+    assert torch.equal(got, expected[:, : stop + 1])
     assert net.generate(ids, max_new_tokens=0).shape == (1, 0)
 
 
@@ -199,7 +200,7 @@ def test_scope_continuation_equals_generate(zoo):
         cont = result.continuation_ids
         if model.config.eos_token_id is not None and len(cont) < 6:
             assert cont[-1] == model.config.eos_token_id
-        assert cont == expected[0, :len(cont)].tolist()
+        assert cont == expected[0, : len(cont)].tolist()
 
 
 def test_cache_overflow_raises(zoo):
@@ -292,7 +293,7 @@ def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side, pa
 
     engine = zoo.loaded("mistral-sliding")
     rows = [zoo["mistral-sliding"].ids(past + 20, seed=s)[0].tolist() for s in (1, 2)]
-    inputs = Inputs.pad([rows[0]] if side is None else [rows[0], rows[1][:past + 13]], side or "right", "cpu")
+    inputs = Inputs.pad([rows[0]] if side is None else [rows[0], rows[1][: past + 13]], side or "right", "cpu")
     B, total = inputs.shape
     T = total - past
     ids, positions = inputs.ids[:, past:], None if inputs.positions is None else inputs.positions[:, past:]
@@ -303,10 +304,22 @@ def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side, pa
         run = engine.forward_token_by_token if how == "layer by layer" else partial(one_token_at_a_time, engine)
         with torch.inference_mode():
             if past:
-                engine.forward(inputs.ids[:, :past], attend, cache=cache, mask=inputs.padding,
-                               positions=None if inputs.positions is None else inputs.positions[:, :past])
-            logits = run(ids, attend, cache=cache, recorder=log, mask=inputs.padding, positions=positions,
-                         step=lambda done, total, seen=steps: seen.append((done, total)))
+                engine.forward(
+                    inputs.ids[:, :past],
+                    attend,
+                    cache=cache,
+                    mask=inputs.padding,
+                    positions=None if inputs.positions is None else inputs.positions[:, :past],
+                )
+            logits = run(
+                ids,
+                attend,
+                cache=cache,
+                recorder=log,
+                mask=inputs.padding,
+                positions=positions,
+                step=lambda done, total, seen=steps: seen.append((done, total)),
+            )
         results[how] = logits, cache, log, steps
     (logits, cache, log, steps), (logits_1, cache_1, log_1, steps_1) = results.values()
     n = engine.layout.n_layers

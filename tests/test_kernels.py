@@ -47,8 +47,11 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _saved
 if not HAS_CUDA and not (flash.INTERPRETING and type(triton.language.zeros).__name__ == "InterpretedFunction"):
-    pytest.skip("triton was imported without TRITON_INTERPRET=1 before this module: its kernels cannot run in "
-                "the interpreter (import triton with the variable set in tests/conftest.py)", allow_module_level=True)
+    pytest.skip(
+        "triton was imported without TRITON_INTERPRET=1 before this module: its kernels cannot run in "
+        "the interpreter (import triton with the variable set in tests/conftest.py)",
+        allow_module_level=True,
+    )
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
@@ -83,8 +86,9 @@ def reference(q, k, v, allowed, scale):
 
 
 def sdpa_reference(q, k, v, allowed, scale, dtype=torch.float32):
-    out = F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=allowed, scale=scale,
-                                         enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=allowed, scale=scale, enable_gqa=True
+    )
     return out.masked_fill(~allowed.any(-1, keepdim=True), 0.0)  # rows with no key: 0 (SDPA may give NaN)
 
 
@@ -241,8 +245,12 @@ def test_automatic_split_only_when_the_grid_is_small():
 # the backend: attend() and get_backend("triton")
 
 
-SPECS = [masks.causal(), masks.causal() & masks.sliding_window(4), masks.sliding_window(3),
-         masks.sliding_window(6) & masks.causal() & masks.sliding_window(4)]
+SPECS = [
+    masks.causal(),
+    masks.causal() & masks.sliding_window(4),
+    masks.sliding_window(3),
+    masks.sliding_window(6) & masks.causal() & masks.sliding_window(4),
+]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=repr)
@@ -259,14 +267,18 @@ def test_backend_matches_eager(spec):
     torch.testing.assert_close(out2, out, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("spec", [
-    masks.causal() & masks.padding([3, 5], "left"),
-    masks.causal() & masks.document([0, 0, 1, 1, 1, 2]),
-    masks.prefix_lm(2),
-    masks.causal() & masks.chunked(2),
-    masks.custom(torch.ones(6, 6, dtype=torch.bool)),
-    masks.causal() | masks.prefix_lm(2),
-], ids=repr)
+@pytest.mark.parametrize(
+    "spec",
+    [
+        masks.causal() & masks.padding([3, 5], "left"),
+        masks.causal() & masks.document([0, 0, 1, 1, 1, 2]),
+        masks.prefix_lm(2),
+        masks.causal() & masks.chunked(2),
+        masks.custom(torch.ones(6, 6, dtype=torch.bool)),
+        masks.causal() | masks.prefix_lm(2),
+    ],
+    ids=repr,
+)
 def test_backend_refuses_masks_it_cannot_express(spec):
     q, k, v = qkv(2, 4, 2, 6, 6, 16)
     with pytest.raises(BackendUnavailable, match="supports causal and sliding-window masks, not") as err:
@@ -280,8 +292,13 @@ MODEL_ARGS = dict(layers=2, vocab=96, hidden=64, max_positions=128, device=DEVIC
 
 @pytest.mark.parametrize("sliding_window", [None, pytest.param(6, marks=pytest.mark.slow)])
 def test_scope_with_triton_backend_passes_every_check(sliding_window):
-    sliding = {} if sliding_window is None else dict(  # the first layer slides
-        sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"])
+    sliding = (
+        {}
+        if sliding_window is None
+        else dict(  # the first layer slides
+            sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"]
+        )
+    )
     model = random_model(**MODEL_ARGS, **sliding)
     result = attnscope.Scope(model, backend="triton").run(PROMPT, checks="all")
     assert all(c.passed for c in result.checks), {c.name: c.message for c in result.checks}
@@ -290,8 +307,9 @@ def test_scope_with_triton_backend_passes_every_check(sliding_window):
     reference = attnscope.Scope(model, backend="eager").run(PROMPT)
     for reduce in ("max", "mean"):
         pooled = result.attention_pooled(1, 3, height=5, width=7, reduce=reduce)
-        np.testing.assert_allclose(pooled, reference.attention_pooled(1, 3, height=5, width=7, reduce=reduce),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            pooled, reference.attention_pooled(1, 3, height=5, width=7, reduce=reduce), atol=1e-5
+        )
 
 
 @pytest.mark.slow  # the fast lane keeps the triton backend through a Scope (above)
@@ -315,8 +333,10 @@ def test_scope_with_triton_backend_refuses_a_padded_batch():
 # attention_probs(): exact regions and pooled maps from the lse
 
 
-@pytest.mark.parametrize(("causal", "window", "q_offset"), [(True, None, None), (True, 7, None), (False, None, None),
-                                                            (True, 7, -3), (False, None, 10)])
+@pytest.mark.parametrize(
+    ("causal", "window", "q_offset"),
+    [(True, None, None), (True, 7, None), (False, None, None), (True, 7, -3), (False, None, 10)],
+)
 def test_attention_probs_matches_eager(causal, window, q_offset):
     B, Hq, Hkv, Sq, Sk, D = 1, 4, 2, 37, 48, 32
     q, k, v = qkv(B, Hq, Hkv, Sq, Sk, D, seed=11)
@@ -327,8 +347,9 @@ def test_attention_probs_matches_eager(causal, window, q_offset):
         ref = probabilities(q[0, head], k[0, head // 2], lse[0, head], allowed[0, 0], D**-0.5)  # (Sq, Sk)
         p = kernels.attention_probs(q[0, head], k[0, head // 2], lse[0, head], **kw)
         torch.testing.assert_close(p, ref, atol=1e-5, rtol=0)
-        part = kernels.attention_probs(q[0, head], k[0, head // 2], lse[0, head], rows=slice(3, 30),
-                                       cols=slice(5, -2), **kw)
+        part = kernels.attention_probs(
+            q[0, head], k[0, head // 2], lse[0, head], rows=slice(3, 30), cols=slice(5, -2), **kw
+        )
         torch.testing.assert_close(part, ref[3:30, 5:-2], atol=1e-5, rtol=0)
     group = kernels.attention_probs(q[0, 2:4], k[0, 1], lse[0, 2:4], **kw)  # (G, Sq, Sk)
     ref_group = probabilities(q[0, 2:4], k[0, 1], lse[0, 2:4], allowed[0, 0], D**-0.5)
@@ -338,17 +359,23 @@ def test_attention_probs_matches_eager(causal, window, q_offset):
 
 
 @pytest.mark.parametrize("reduce", ["max", "mean"])
-@pytest.mark.parametrize(("pool", "rows", "cols"), [((5, 7), slice(None), slice(None)),
-                                                    ((4, 9), slice(2, None), slice(1, 40)),
-                                                    ((3, 100), slice(None), slice(30, 42))])  # 3 x 12 cells
+@pytest.mark.parametrize(
+    ("pool", "rows", "cols"),
+    [
+        ((5, 7), slice(None), slice(None)),
+        ((4, 9), slice(2, None), slice(1, 40)),
+        ((3, 100), slice(None), slice(30, 42)),
+    ],
+)  # 3 x 12 cells
 def test_attention_probs_pooled_matches_eager_pooling(pool, rows, cols, reduce):
     B, Hq, Hkv, Sq, Sk, D = 1, 4, 2, 37, 48, 32
     spec = masks.causal() & masks.sliding_window(9)
     q, k, v = qkv(B, Hq, Hkv, Sq, Sk, D, seed=12)
     out, lse = eager_attend(q, k, v, spec, D**-0.5)
     record = LayerRecord(0, q, k, v, out, lse, spec, D**-0.5)
-    pooled = kernels.attention_probs(q[0, 3], k[0, 1], lse[0, 3], window=9, pool=pool, reduce=reduce,
-                                     rows=rows, cols=cols)
+    pooled = kernels.attention_probs(
+        q[0, 3], k[0, 1], lse[0, 3], window=9, pool=pool, reduce=reduce, rows=rows, cols=cols
+    )
     ref = record.pooled(3, *pool, reduce, queries=rows, keys=cols)
     assert pooled.shape == ref.shape
     np.testing.assert_allclose(pooled.cpu().numpy(), ref, atol=1e-5, rtol=0)
@@ -375,26 +402,32 @@ def _attention_call(**changes):
     return lambda: kernels.attention(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 
-@pytest.mark.parametrize(("changes", "error", "message"), [
-    ({"q": torch.zeros(4, 3, 16)}, ValueError, r"q must be \[B, Hq, Sq, D\]"),
-    ({"v": torch.zeros(1, 2, 9, 16)}, ValueError, "k and v shapes differ"),
-    ({"q": torch.zeros(2, 4, 3, 16)}, ValueError, "disagree on batch size or head_dim"),
-    ({"q": torch.zeros(1, 3, 3, 16)}, ValueError, r"query heads \(3\) must be a multiple of kv heads \(2\)"),
-    ({"q": torch.zeros(1, 4, 3, 16, dtype=torch.float64)}, TypeError, "float16, bfloat16 or float32"),
-    ({"k": torch.zeros(1, 2, 8, 16, dtype=torch.float16)}, TypeError, "use one dtype"),
-    ({"q": [[1.0]]}, TypeError, "q must be a torch.Tensor"),
-    ({"q": torch.zeros(1, 4, 3, 512), "k": torch.zeros(1, 2, 8, 512), "v": torch.zeros(1, 2, 8, 512)},
-     ValueError, "head_dim 512 is not supported"),
-    ({"q": torch.zeros(1, 4, 9, 16)}, ValueError, r"more queries \(9\) than keys \(8\)"),
-    ({"q_offset": 6}, ValueError, r"q_offset must be in \[-Sq, Sk - Sq\] = \[-3, 5\], got 6"),
-    ({"q_offset": torch.tensor([1.5])}, TypeError, "integer tensor"),
-    ({"q_offset": torch.tensor([1, 2])}, ValueError, r"shape \[B\] = \[1\]"),
-    ({"q_offset": 2.0}, TypeError, "q_offset must be an int"),
-    ({"window": 0}, ValueError, "window must be an int >= 1"),
-    ({"window": 4, "causal": False}, ValueError, "a sliding window is causal"),
-    ({"scale": float("nan")}, ValueError, "scale must be a finite"),
-    ({"kv_chunk": 3}, ValueError, "kv_chunk must be an int >= 16"),
-])
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"q": torch.zeros(4, 3, 16)}, ValueError, r"q must be \[B, Hq, Sq, D\]"),
+        ({"v": torch.zeros(1, 2, 9, 16)}, ValueError, "k and v shapes differ"),
+        ({"q": torch.zeros(2, 4, 3, 16)}, ValueError, "disagree on batch size or head_dim"),
+        ({"q": torch.zeros(1, 3, 3, 16)}, ValueError, r"query heads \(3\) must be a multiple of kv heads \(2\)"),
+        ({"q": torch.zeros(1, 4, 3, 16, dtype=torch.float64)}, TypeError, "float16, bfloat16 or float32"),
+        ({"k": torch.zeros(1, 2, 8, 16, dtype=torch.float16)}, TypeError, "use one dtype"),
+        ({"q": [[1.0]]}, TypeError, "q must be a torch.Tensor"),
+        (
+            {"q": torch.zeros(1, 4, 3, 512), "k": torch.zeros(1, 2, 8, 512), "v": torch.zeros(1, 2, 8, 512)},
+            ValueError,
+            "head_dim 512 is not supported",
+        ),
+        ({"q": torch.zeros(1, 4, 9, 16)}, ValueError, r"more queries \(9\) than keys \(8\)"),
+        ({"q_offset": 6}, ValueError, r"q_offset must be in \[-Sq, Sk - Sq\] = \[-3, 5\], got 6"),
+        ({"q_offset": torch.tensor([1.5])}, TypeError, "integer tensor"),
+        ({"q_offset": torch.tensor([1, 2])}, ValueError, r"shape \[B\] = \[1\]"),
+        ({"q_offset": 2.0}, TypeError, "q_offset must be an int"),
+        ({"window": 0}, ValueError, "window must be an int >= 1"),
+        ({"window": 4, "causal": False}, ValueError, "a sliding window is causal"),
+        ({"scale": float("nan")}, ValueError, "scale must be a finite"),
+        ({"kv_chunk": 3}, ValueError, "kv_chunk must be an int >= 16"),
+    ],
+)
 def test_attention_errors(changes, error, message):
     changes = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value for name, value in changes.items()}
     with pytest.raises(error, match=message):
@@ -408,15 +441,30 @@ def test_attention_on_a_device_it_cannot_use(monkeypatch):
         _attention_call()()
 
 
-@pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda q, k, lse: kernels.attention_probs(q, k[None], lse), ValueError, r"q must be \[Sq, D\] or \[G, Sq, D\]"),
-    (lambda q, k, lse: kernels.attention_probs(q, k, lse[:-1]), ValueError, r"lse must have shape \(3,\)"),
-    (lambda q, k, lse: kernels.attention_probs(q, k, lse, reduce="sum"), ValueError, "reduce must be 'max' or 'mean'"),
-    (lambda q, k, lse: kernels.attention_probs(q, k, lse, pool=(0, 4)), ValueError, "pool must be"),
-    (lambda q, k, lse: kernels.attention_probs(q, k, lse, rows=slice(0, 3, 2)), ValueError, "step 1"),
-    (lambda q, k, lse: kernels.attention_probs(q, k[:, :8], lse), ValueError, "disagree on head_dim"),
-    (lambda q, k, lse: kernels.attention_probs(q, k, lse, q_offset=torch.tensor([1, 2])), TypeError, "must be an int"),
-])
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda q, k, lse: kernels.attention_probs(q, k[None], lse),
+            ValueError,
+            r"q must be \[Sq, D\] or \[G, Sq, D\]",
+        ),
+        (lambda q, k, lse: kernels.attention_probs(q, k, lse[:-1]), ValueError, r"lse must have shape \(3,\)"),
+        (
+            lambda q, k, lse: kernels.attention_probs(q, k, lse, reduce="sum"),
+            ValueError,
+            "reduce must be 'max' or 'mean'",
+        ),
+        (lambda q, k, lse: kernels.attention_probs(q, k, lse, pool=(0, 4)), ValueError, "pool must be"),
+        (lambda q, k, lse: kernels.attention_probs(q, k, lse, rows=slice(0, 3, 2)), ValueError, "step 1"),
+        (lambda q, k, lse: kernels.attention_probs(q, k[:, :8], lse), ValueError, "disagree on head_dim"),
+        (
+            lambda q, k, lse: kernels.attention_probs(q, k, lse, q_offset=torch.tensor([1, 2])),
+            TypeError,
+            "must be an int",
+        ),
+    ],
+)
 def test_attention_probs_errors(call, error, message):
     q, k, _ = qkv(1, 1, 1, 3, 8, 16)
     with pytest.raises(error, match=message):
@@ -439,8 +487,10 @@ def test_unavailable_reason(monkeypatch):
 
 
 def test_importing_the_package_does_not_import_triton():
-    code = ("import sys, attnscope.kernels as k; k.unavailable_reason(); k.mask_window(__import__('attnscope').masks"
-            ".causal()); assert 'triton' not in sys.modules, 'triton imported'")
+    code = (
+        "import sys, attnscope.kernels as k; k.unavailable_reason(); k.mask_window(__import__('attnscope').masks"
+        ".causal()); assert 'triton' not in sys.modules, 'triton imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -451,10 +501,17 @@ def test_importing_the_package_does_not_import_triton():
 @gpu
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize(("Hq", "Hkv", "Sq", "Sk", "D", "window"), [
-    (8, 2, 128, 128, 64, None), (8, 2, 333, 1000, 128, None), (32, 8, 1, 4096, 128, None),
-    (6, 1, 257, 300, 80, 64), (4, 4, 64, 64, 256, None), (8, 8, 100, 100, 96, 16),
-])
+@pytest.mark.parametrize(
+    ("Hq", "Hkv", "Sq", "Sk", "D", "window"),
+    [
+        (8, 2, 128, 128, 64, None),
+        (8, 2, 333, 1000, 128, None),
+        (32, 8, 1, 4096, 128, None),
+        (6, 1, 257, 300, 80, 64),
+        (4, 4, 64, 64, 256, None),
+        (8, 8, 100, 100, 96, 16),
+    ],
+)
 def test_gpu_low_precision_error_within_twice_sdpa(dtype, Hq, Hkv, Sq, Sk, D, window):
     """flash-attention's rule: the kernel's error against float32 is at most 2× (plus a hair) the
     error of torch SDPA run in the same low precision."""

@@ -119,8 +119,14 @@ def test_missing_model_type(model_copy):
 @pytest.mark.parametrize(
     "rope",
     [
-        {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-                             "original_max_position_embeddings": 32}},
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+            }
+        },
         # the transformers 4 format
         {"rope_parameters": None, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 4.0}},
     ],
@@ -401,8 +407,9 @@ def test_old_linear_rope_scaling_format(model_copy, zoo):
     path = model_copy("llama-linear-bias-tied")
     edit_config(path, rope_parameters=None, rope_theta=500.0, rope_scaling={"type": "linear", "factor": 2.0})
     ids = zoo["llama-linear-bias-tied"].ids()
-    torch.testing.assert_close(logits(attnscope.load_model(path), ids),
-                               logits(zoo.loaded("llama-linear-bias-tied"), ids), atol=0, rtol=0)
+    torch.testing.assert_close(
+        logits(attnscope.load_model(path), ids), logits(zoo.loaded("llama-linear-bias-tied"), ids), atol=0, rtol=0
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -467,10 +474,16 @@ def test_malformed_tokenizer(model_copy):
 def test_config_round_trips_through_config_json(model_type):
     from attnscope.model.config import ModelConfig
 
-    sliding = {} if model_type == "llama" else {"sliding_window": 8,
-                                                 "layer_types": ["full_attention", "sliding_attention"]}
-    config = ModelConfig(model_type=model_type, num_hidden_layers=2, qkv_bias=model_type == "qwen2",
-                         qk_norm=model_type == "qwen3", **sliding)
+    sliding = (
+        {} if model_type == "llama" else {"sliding_window": 8, "layer_types": ["full_attention", "sliding_attention"]}
+    )
+    config = ModelConfig(
+        model_type=model_type,
+        num_hidden_layers=2,
+        qkv_bias=model_type == "qwen2",
+        qk_norm=model_type == "qwen3",
+        **sliding,
+    )
     assert ModelConfig.from_hf(config.to_hf()) == config
 
 

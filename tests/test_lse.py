@@ -57,8 +57,11 @@ def test_kernel_lse_is_the_eager_lse(spec, Sq, Sk, empty):
     assert bool((out[~finite] == 0).all())  # rows with no key: out 0, not NaN
 
 
-@pytest.mark.parametrize("spec", [masks.causal(), masks.causal() & masks.sliding_window(5),
-                                  masks.causal() & masks.padding([17, 12], "left")], ids=repr)
+@pytest.mark.parametrize(
+    "spec",
+    [masks.causal(), masks.causal() & masks.sliding_window(5), masks.causal() & masks.padding([17, 12], "left")],
+    ids=repr,
+)
 def test_a_decode_step_packs_each_kv_group_into_one_head(monkeypatch, spec):
     """One query row of GQA: the kernel runs once with each kv group's query heads as the rows of one
     head (K and V read once per kv head), and gives the eager reference's output and lse."""

@@ -37,6 +37,7 @@ TINY_MODEL = dict(layers=3, vocab=96, hidden=64, intermediate=96, max_positions=
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+
 def flex_dense(fn, q_len: int, k_len: int, batch: int = 1) -> torch.Tensor:
     """FlexAttention's materialization of an absolute-position predicate, bottom-right aligned."""
     if q_len == 0:
@@ -61,6 +62,7 @@ def absolute_positions(q_len: int, k_len: int):
 
 
 # ---- dense masks against torch's and HF's ----------------------------------------------------
+
 
 @pytest.mark.parametrize("q_len, k_len", SIZES)
 def test_causal_matches_torch_lower_right_and_hf(q_len, k_len):
@@ -109,11 +111,12 @@ def test_padding_matches_hf_padding_function(side, q_len, k_len):
     attention_mask = torch.zeros(3, k_len, dtype=torch.bool)  # HF's 2-D attention_mask
     for b, n in enumerate(lengths):
         if side == "left":
-            attention_mask[b, k_len - n:] = True
+            attention_mask[b, k_len - n :] = True
         else:
             attention_mask[b, :n] = True
-    ref = flex_dense(hf.and_masks(hf.causal_mask_function, hf.padding_mask_function(attention_mask)),
-                     q_len, k_len, batch=3)
+    ref = flex_dense(
+        hf.and_masks(hf.causal_mask_function, hf.padding_mask_function(attention_mask)), q_len, k_len, batch=3
+    )
     ours = (masks.causal() & masks.padding(lengths, side, total=k_len)).dense(q_len, k_len)
     assert torch.equal(ours, ref)
 
@@ -128,8 +131,9 @@ def test_padding_keeps_generated_tokens_visible():
 @pytest.mark.parametrize("q_len, k_len", [(8, 8), (3, 8), (1, 8)])
 def test_document_matches_hf_packed_sequence(q_len, k_len):
     ids = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 1, 1, 2, 3]])
-    ref = flex_dense(hf.and_masks(hf.causal_mask_function, hf.packed_sequence_mask_function(ids)),
-                     q_len, k_len, batch=2)
+    ref = flex_dense(
+        hf.and_masks(hf.causal_mask_function, hf.packed_sequence_mask_function(ids)), q_len, k_len, batch=2
+    )
     ours = (masks.causal() & masks.document(ids)).dense(q_len, k_len)
     assert torch.equal(ours, ref)
 
@@ -160,6 +164,7 @@ def test_custom_tensor_is_bottom_right_aligned():
 
 
 # ---- composition, repr, values, validation ---------------------------------------------------
+
 
 @settings(max_examples=60, deadline=None)
 @given(
@@ -240,8 +245,9 @@ def test_sliding_window_must_be_positive(window):
         masks.sliding_window(window)
 
 
-@pytest.mark.parametrize("spec", [masks.causal(), masks.sliding_window(3), masks.causal() & masks.sliding_window(8)],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "spec", [masks.causal(), masks.sliding_window(3), masks.causal() & masks.sliding_window(8)], ids=repr
+)
 def test_q_longer_than_k_raises(spec):
     with pytest.raises(ValueError, match="q_len"):
         spec.dense(5, 3)
@@ -250,6 +256,7 @@ def test_q_longer_than_k_raises(spec):
 
 
 # ---- the additive form -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(("q_len", "k_len"), [(1, 9), (8, 8), (7, 32)])
@@ -277,10 +284,12 @@ parts = st.one_of(
     st.integers(0, 12).map(masks.prefix_lm),
     st.integers(1, 6).map(masks.chunked),
     st.tuples(st.integers(0, 24), st.sampled_from(["left", "right"])).map(
-        lambda a: masks.padding([a[0]], a[1], total=24)),
+        lambda a: masks.padding([a[0]], a[1], total=24)
+    ),
 )
-specs = st.recursive(parts, lambda inner: st.builds(lambda a, b, op: a & b if op else a | b,
-                                                     inner, inner, st.booleans()), max_leaves=4)
+specs = st.recursive(
+    parts, lambda inner: st.builds(lambda a, b, op: a & b if op else a | b, inner, inner, st.booleans()), max_leaves=4
+)
 shapes = st.integers(0, 24).flatmap(lambda k: st.tuples(st.integers(0, k), st.just(k)))
 
 
@@ -301,7 +310,7 @@ def test_block_states_agree_with_dense(spec, shape, bm, bn):
     assert tiles.states.shape[-2:] == (math.ceil(q_len / bm), math.ceil(k_len / bn))
     for i in range(tiles.states.shape[-2]):
         for j in range(tiles.states.shape[-1]):
-            tile = allowed[i * bm:(i + 1) * bm, j * bn:(j + 1) * bn]
+            tile = allowed[i * bm : (i + 1) * bm, j * bn : (j + 1) * bn]
             expected = masks.FULL if tile.all() else masks.EMPTY if not tile.any() else masks.PARTIAL
             assert int(tiles.states[0, 0, i, j]) == expected
     n_empty = int((tiles.states == masks.EMPTY).sum())
@@ -312,13 +321,18 @@ def test_block_states_agree_with_dense(spec, shape, bm, bn):
 # recurring) and right padding with generated tokens after it (total 8 < k_len)
 scan_parts = st.one_of(
     parts,
-    st.lists(st.integers(0, 3), min_size=24, max_size=24).flatmap(
-        lambda ids: st.sampled_from([sorted(ids), ids])).map(masks.document),
+    st.lists(st.integers(0, 3), min_size=24, max_size=24)
+    .flatmap(lambda ids: st.sampled_from([sorted(ids), ids]))
+    .map(masks.document),
     st.tuples(st.integers(0, 8), st.sampled_from(["left", "right"])).map(
-        lambda a: masks.padding([a[0]], a[1], total=8)),
+        lambda a: masks.padding([a[0]], a[1], total=8)
+    ),
 )
-scan_specs = st.recursive(scan_parts, lambda inner: st.builds(lambda a, b, op: a & b if op else a | b,
-                                                               inner, inner, st.booleans()), max_leaves=4)
+scan_specs = st.recursive(
+    scan_parts,
+    lambda inner: st.builds(lambda a, b, op: a & b if op else a | b, inner, inner, st.booleans()),
+    max_leaves=4,
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -341,8 +355,10 @@ def test_scan_counts_agree_with_dense(spec, shape, rows, cols, bm, bn):
     allowed = spec.dense(q_len, k_len)[0, 0]
     assert torch.equal(found.row_allowed, allowed.sum(-1))
     re, ce = found.row_edges.tolist(), found.col_edges.tolist()
-    expected = [[int(allowed[re[i]:re[i + 1], ce[j]:ce[j + 1]].sum()) for j in range(len(ce) - 1)]
-                for i in range(len(re) - 1)]
+    expected = [
+        [int(allowed[re[i] : re[i + 1], ce[j] : ce[j + 1]].sum()) for j in range(len(ce) - 1)]
+        for i in range(len(re) - 1)
+    ]
     assert found.grid.tolist() == expected
     assert torch.equal(found.tiles, spec.blocks(q_len, k_len, bm, bn).states[0, 0])
 
@@ -382,6 +398,7 @@ def test_additive_is_finite_and_matches_dense(spec, shape, dtype):
 
 # ---- the dense-mask cache --------------------------------------------------------------------
 
+
 def test_dense_is_cached():
     spec = masks.causal() & masks.sliding_window(5)
     first = spec.dense(13, 31)
@@ -394,8 +411,9 @@ def test_dense_is_cached():
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 def test_generation_hits_the_mask_cache(backend):
-    model = random_model(**TINY_MODEL, sliding_window=16,
-                         layer_types=["full_attention", "sliding_attention", "full_attention"])
+    model = random_model(
+        **TINY_MODEL, sliding_window=16, layer_types=["full_attention", "sliding_attention", "full_attention"]
+    )
     scope = attnscope.Scope(model, backend=backend)
     scope.run(list(range(1, 11)), max_new_tokens=1)  # warm: the prefill's masks
     before = masks.cache_stats()
@@ -409,8 +427,12 @@ def test_generation_hits_the_mask_cache(backend):
 # ---- mask_mod: FlexAttention's view of a spec ------------------------------------------------
 
 MASK_MOD_SPECS = [
-    masks.causal(), masks.causal() & masks.sliding_window(3), masks.prefix_lm(4), masks.causal() & masks.chunked(3),
-    masks.causal() & masks.padding([9, 4], "left"), masks.padding([6, 0], "right"),
+    masks.causal(),
+    masks.causal() & masks.sliding_window(3),
+    masks.prefix_lm(4),
+    masks.causal() & masks.chunked(3),
+    masks.causal() & masks.padding([9, 4], "left"),
+    masks.padding([6, 0], "right"),
     masks.causal() & masks.document([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 1, 1, 1, 1, 1, 1, 2, 3]]),
     masks.custom(torch.tensor([[1, 0, 1, 1, 0, 1, 1, 0, 1]] * 4, dtype=torch.bool)),
     masks.custom(torch.rand(2, 4, 4, 9, generator=torch.Generator().manual_seed(0)) > 0.5, "per-head"),
@@ -429,13 +451,18 @@ def test_mask_mod_is_the_dense_mask_for_flex(spec, q_len, k_len):
 
 # ---- fully-masked rows in the backends -------------------------------------------------------
 
+
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spec", [
-    masks.causal() & masks.padding([3, 6], "left", total=6),
-    masks.causal() & masks.document([0, 0, 1, 1, 2, 2]) & masks.custom(
-        torch.tensor([[1, 1, 1, 1, 1, 1]] * 3 + [[0] * 6] + [[1] * 6] * 2, dtype=torch.bool), "drop(3)"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        masks.causal() & masks.padding([3, 6], "left", total=6),
+        masks.causal()
+        & masks.document([0, 0, 1, 1, 2, 2])
+        & masks.custom(torch.tensor([[1, 1, 1, 1, 1, 1]] * 3 + [[0] * 6] + [[1] * 6] * 2, dtype=torch.bool), "drop(3)"),
+    ],
+)
 def test_fully_masked_rows_give_zero_and_minus_inf(backend, dtype, spec):
     torch.manual_seed(0)
     q = torch.randn(2, 4, 6, 16, dtype=dtype)
@@ -478,6 +505,7 @@ def test_fully_masked_rows_match_a_float64_reference(backend, dtype, q_len, k_le
 
 # ---- padded batches end to end ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("backend", ["eager", "sdpa", "flex"])
 def test_padded_batch_rows_equal_their_single_runs(side, backend):
@@ -514,7 +542,7 @@ def test_padded_batch_full_equals_incremental(side):
     with torch.inference_mode():
         full = net(ids, mask=spec, positions=pos)
         cache = net.new_cache(2, 7)
-        steps = [net(ids[:, i:i + 1], cache, mask=spec, positions=pos[:, i:i + 1]) for i in range(7)]
+        steps = [net(ids[:, i : i + 1], cache, mask=spec, positions=pos[:, i : i + 1]) for i in range(7)]
     inc = torch.cat(steps, dim=1)
     assert torch.allclose(full[real], inc[real], atol=1e-5)
 
@@ -525,8 +553,24 @@ runner = CliRunner()
 
 
 def test_mask_command_draws_grid_and_tiles():
-    result = runner.invoke(app, ["mask", "--q-len", "12", "--k-len", "16", "--window", "4", "--padding", "3",
-                                 "--side", "left", "--block", "4x4"])
+    result = runner.invoke(
+        app,
+        [
+            "mask",
+            "--q-len",
+            "12",
+            "--k-len",
+            "16",
+            "--window",
+            "4",
+            "--padding",
+            "3",
+            "--side",
+            "left",
+            "--block",
+            "4x4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "causal & sliding_window(4) & padding(left, 3)" in out
@@ -550,18 +594,21 @@ def test_mask_command_json():
     assert summary["blocks"]["shape"] == [2, 2] and summary["blocks"]["empty"] == 1
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["-q", "-1"], "--q-len must be >= 1"),
-    (["-q", "0"], "--q-len must be >= 1"),  # not an empty mask
-    (["-q", "5", "-k", "3"], "--q-len 5 > --k-len 3"),
-    (["-q", "5", "--window", "0"], "--window must be >= 1"),
-    (["-q", "5", "--padding", "6"], "--padding 6 must be within 0..5"),
-    (["-q", "4", "--documents", "0,1"], "--documents has 2 ids for 4 positions"),
-    (["-q", "4", "--documents", "a,b"], "comma-separated integers"),
-    (["-q", "4", "--chunk", "0"], "--chunk must be >= 1"),
-    (["-q", "4", "--block", "4by4"], "--block must look like 4x4"),
-    (["-q", "4", "--side", "up", "--padding", "1"], "--side must be left or right"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["-q", "-1"], "--q-len must be >= 1"),
+        (["-q", "0"], "--q-len must be >= 1"),  # not an empty mask
+        (["-q", "5", "-k", "3"], "--q-len 5 > --k-len 3"),
+        (["-q", "5", "--window", "0"], "--window must be >= 1"),
+        (["-q", "5", "--padding", "6"], "--padding 6 must be within 0..5"),
+        (["-q", "4", "--documents", "0,1"], "--documents has 2 ids for 4 positions"),
+        (["-q", "4", "--documents", "a,b"], "comma-separated integers"),
+        (["-q", "4", "--chunk", "0"], "--chunk must be >= 1"),
+        (["-q", "4", "--block", "4by4"], "--block must look like 4x4"),
+        (["-q", "4", "--side", "up", "--padding", "1"], "--side must be left or right"),
+    ],
+)
 def test_mask_command_bad_input(argv, fragment):
     result = runner.invoke(app, ["mask", *argv])
     assert result.exit_code == 2

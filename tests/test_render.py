@@ -21,8 +21,14 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def render(renderable, width: int = 80, color: bool = False) -> str:
-    console = Console(file=io.StringIO(), width=width, force_terminal=color,
-                      color_system="truecolor" if color else None, highlight=False, legacy_windows=False)
+    console = Console(
+        file=io.StringIO(),
+        width=width,
+        force_terminal=color,
+        color_system="truecolor" if color else None,
+        highlight=False,
+        legacy_windows=False,
+    )
     console.print(renderable)
     return console.file.getvalue()
 
@@ -93,8 +99,11 @@ def test_heatmap_log_scale_and_nan():
     cell_lines = [line for line in colored.splitlines() if "▀" in line and "masked" not in ANSI.sub("", line)]
     red_lines = [line for line in cell_lines if red in line]
     assert red_lines and ANSI.sub("", red_lines[0]).startswith("   4 ")
-    assert not any(red in line for line in render(clean, color=True).splitlines()
-                   if "▀" in line and "masked" not in ANSI.sub("", line))
+    assert not any(
+        red in line
+        for line in render(clean, color=True).splitlines()
+        if "▀" in line and "masked" not in ANSI.sub("", line)
+    )
 
 
 def test_long_maps_are_pooled_and_say_so():
@@ -142,7 +151,7 @@ def test_diff_map_marks_heads_over_tolerance(snapshot):
 def diff_cells(text: str, heads: int) -> list[list[str]]:
     """The three-character cells of each layer line of a DiffMap rendered without color."""
     rows = [line for line in text.splitlines() if line[:5].strip().isdigit()]
-    return [[row[6 + 3 * h: 9 + 3 * h] for h in range(heads)] for row in rows]
+    return [[row[6 + 3 * h : 9 + 3 * h] for h in range(heads)] for row in rows]
 
 
 def test_diff_map_colors_are_anchored_at_the_tolerance():
@@ -205,8 +214,17 @@ def test_pooled_heatmap_of_a_long_prompt_from_a_result():
     from attnscope.render.heatmap import head_heatmap
 
     torch.manual_seed(0)
-    net = Transformer(ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)).eval()
+    net = Transformer(
+        ModelConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=1024,
+        )
+    ).eval()
     result = attnscope.Scope(LoadedModel(net, None, "r", Path("."))).run(list(range(1, 61)) * 10)
     heatmap = head_heatmap(result, 0, 1, width=80, max_lines=16, title="long")
     assert "600×600 → 32×" in render(heatmap, 80, color=True)  # two query rows per line
@@ -215,7 +233,7 @@ def test_pooled_heatmap_of_a_long_prompt_from_a_result():
     assert max(cell_len(line) for line in ANSI.sub("", render(heatmap, 80, color=True)).splitlines()) <= 80
     dense = result.attention(0, 1).numpy()
     re_, ce = heatmap.row_edges, heatmap.col_edges
-    assert heatmap.weights[3, 5] == pytest.approx(dense[re_[3]:re_[4], ce[5]:ce[6]].max(), abs=1e-6)
+    assert heatmap.weights[3, 5] == pytest.approx(dense[re_[3] : re_[4], ce[5] : ce[6]].max(), abs=1e-6)
 
 
 @pytest.mark.usefixtures("tiny_code")  # the committed default model: missing, the test fails
@@ -224,8 +242,11 @@ def test_run_output_snapshot(snapshot):
 
     from attnscope.cli import app
 
-    result = CliRunner().invoke(app, ["run", "-p", "def fibonacci(n):", "-n", "8", "--checks", "none",
-                                      "--device", "cpu", "--backend", "eager"], env={"COLUMNS": "100"})
+    result = CliRunner().invoke(
+        app,
+        ["run", "-p", "def fibonacci(n):", "-n", "8", "--checks", "none", "--device", "cpu", "--backend", "eager"],
+        env={"COLUMNS": "100"},
+    )
     assert result.exit_code == 0, result.output
     assert max(cell_len(line) for line in result.output.splitlines()) <= 100
     # captions wrap at the terminal's width, not at their table's (~56 columns)
@@ -281,10 +302,14 @@ def test_axis_labels_are_never_cut():
 def failing_check():
     from attnscope.inspector.report import Check
 
-    return Check("full_vs_incremental", False, {"max_abs_diff": 0.25, "tolerance": {"atol": 1e-5}},
-                 {"layer": 12, "head": 31, "position": 1023, "stage": "output"},
-                 "incremental attention output differs from the full forward from layer 12 on "
-                 "(head 31, position 1023; max |Δ| 2.50e-01)")
+    return Check(
+        "full_vs_incremental",
+        False,
+        {"max_abs_diff": 0.25, "tolerance": {"atol": 1e-5}},
+        {"layer": 12, "head": 31, "position": 1023, "stage": "output"},
+        "incremental attention output differs from the full forward from layer 12 on "
+        "(head 31, position 1023; max |Δ| 2.50e-01)",
+    )
 
 
 @pytest.mark.parametrize("width", [40, 80, 120, 240])

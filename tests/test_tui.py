@@ -23,8 +23,7 @@ MODEL_ARGS = dict(layers=3, vocab=1024, hidden=64, max_positions=512)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tiny_code) -> Path:
-    return save_hf_dir(random_model(**MODEL_ARGS), tmp_path_factory.mktemp("tui") / "random",
-                       tokenizer_from=tiny_code)
+    return save_hf_dir(random_model(**MODEL_ARGS), tmp_path_factory.mktemp("tui") / "random", tokenizer_from=tiny_code)
 
 
 async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
@@ -125,8 +124,9 @@ async def test_a_failing_check_jumps_to_its_layer_and_head(tmp_path):
         view = app.query_one(HeatmapView)
         assert app.query_one(TabbedContent).active == "heatmap"
         assert (view.layer_idx, view.head_idx) == (1, check.where["head"])
-        glyphs = [leaf.label.plain[0] for kv in app.query_one(Navigator).root.children[1].children
-                  for leaf in kv.children]
+        glyphs = [
+            leaf.label.plain[0] for kv in app.query_one(Navigator).root.children[1].children for leaf in kv.children
+        ]
         assert "✖" in glyphs
 
 
@@ -186,17 +186,22 @@ def on_screen(app) -> list[str]:
 
     from rich.cells import cell_len
 
-    found = re.findall(r'<text[^>]* x="([\d.]+)" y="[\d.]+" textLength="([\d.]+)" '
-                       r'clip-path="url\(#[\w-]+-line-(\d+)\)">(.*?)</text>', app.export_screenshot())
-    cells = [(float(x), float(length), int(line), html.unescape(text).replace("\xa0", " "))
-             for x, length, line, text in found]
+    found = re.findall(
+        r'<text[^>]* x="([\d.]+)" y="[\d.]+" textLength="([\d.]+)" '
+        r'clip-path="url\(#[\w-]+-line-(\d+)\)">(.*?)</text>',
+        app.export_screenshot(),
+    )
+    cells = [
+        (float(x), float(length), int(line), html.unescape(text).replace("\xa0", " "))
+        for x, length, line, text in found
+    ]
     per_cell = next(length / cell_len(text) for _, length, _, text in cells if text.strip())
     lines: dict[int, list[str]] = {}
     for x, _, line, text in cells:
         column = round(x / per_cell)
         row = lines.setdefault(line, [])
         row.extend(" " * (column + len(text) - len(row)))
-        row[column:column + len(text)] = text
+        row[column : column + len(text)] = text
     return ["".join(lines.get(n, [])) for n in range(max(lines, default=-1) + 1)]
 
 
@@ -252,8 +257,9 @@ async def test_tab_keys_focus_their_pane(model_dir):
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, finished(app))
         view = app.query_one(HeatmapView)
-        for key, pane in zip("23451", ("mask-view", "checks-list", "diff-view", "tokens-table", "heatmap-view"),
-                             strict=True):
+        for key, pane in zip(
+            "23451", ("mask-view", "checks-list", "diff-view", "tokens-table", "heatmap-view"), strict=True
+        ):
             await pilot.press(key)
             assert app.focused is app.query_one(f"#{pane}"), key
         await pilot.press("5", "down", "down")  # the arrows move in the Tokens table, not the hidden map
@@ -275,8 +281,9 @@ async def test_a_resize_recomputes_the_heatmap_and_its_title(model_dir):
             await pilot.pause()
             shown = view.current()
             lines = on_screen(app)
-            at, column = next((n, line.index("layer 0 · head")) for n, line in enumerate(lines)
-                              if "layer 0 · head" in line)
+            at, column = next(
+                (n, line.index("layer 0 · head")) for n, line in enumerate(lines) if "layer 0 · head" in line
+            )
             title = lines[at][column:] + lines[at + 1][column:]  # it may wrap
             assert shown.exact is exact and ("exact" in title) is exact, (size, title)
             rows, cols = shown.weights.shape
@@ -331,8 +338,9 @@ async def test_checks_tab_reads_at_80_and_120_columns(tmp_path):
 
 async def test_without_color_the_heatmap_uses_the_shade_ramp(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")  # Textual then draws grays; the map must still read
-    app = AttnScopeApp(model=str(save_hf_dir(random_model(**MODEL_ARGS), tmp_path / "m")), prompt=list(range(1, 9)),
-                       device="cpu")
+    app = AttnScopeApp(
+        model=str(save_hf_dir(random_model(**MODEL_ARGS), tmp_path / "m")), prompt=list(range(1, 9)), device="cpu"
+    )
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, finished(app))
         view = app.query_one(HeatmapView)
@@ -365,8 +373,12 @@ def noise_free_diff(monkeypatch):
     def diff(actual, reference, tol, rows=None, limit=None):
         d = real_diff(actual, reference, tol, rows, limit)
         head_over = d.bad_rows.any(-1).any(0)  # (H,)
-        return checks.Diff(d.max_abs * head_over, d.max_rel * head_over, d.bad_rows,
-                           None if d.row_max is None else d.row_max * d.bad_rows)
+        return checks.Diff(
+            d.max_abs * head_over,
+            d.max_rel * head_over,
+            d.bad_rows,
+            None if d.row_max is None else d.row_max * d.bad_rows,
+        )
 
     monkeypatch.setattr(checks, "diff", diff)
 

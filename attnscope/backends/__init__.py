@@ -54,8 +54,21 @@ from attnscope.backends.base import (
 )
 from attnscope.errors import BackendUnavailable, UnsupportedFeature, UserError
 
-__all__ = ["FEATURES", "AttendFn", "apply_sinks", "available_backends", "backend_name", "get_backend", "group_mask",
-           "note_lse_source", "register_backend", "require_features", "supports", "take_lse_source", "validate_shapes"]
+__all__ = [
+    "FEATURES",
+    "AttendFn",
+    "apply_sinks",
+    "available_backends",
+    "backend_name",
+    "get_backend",
+    "group_mask",
+    "note_lse_source",
+    "register_backend",
+    "require_features",
+    "supports",
+    "take_lse_source",
+    "validate_shapes",
+]
 
 
 def _eager() -> AttendFn:
@@ -136,6 +149,8 @@ def require_features(attend: AttendFn, features: dict, where: str) -> dict:
     used = {name: value for name, value in features.items() if value is not None}
     for name in used:
         if not supports(attend, name):
-            raise UnsupportedFeature(f"{where} uses {FEATURES[name]}, which backend {backend_name(attend)!r} "
-                                     f"does not implement (use --backend eager)")
+            raise UnsupportedFeature(
+                f"{where} uses {FEATURES[name]}, which backend {backend_name(attend)!r} "
+                f"does not implement (use --backend eager)"
+            )
     return used

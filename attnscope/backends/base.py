@@ -69,8 +69,7 @@ def apply_sinks(out: torch.Tensor, lse_keys: torch.Tensor, sinks: torch.Tensor) 
 def validate_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> None:
     """Validate the attention interface's shapes; raises ValueError naming the mismatch."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, S, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
+        raise ValueError(f"q, k, v must be [B, H, S, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape:
         raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
     (B, Hq, Sq, D), (Bk, Hkv, Sk, Dk) = q.shape, k.shape

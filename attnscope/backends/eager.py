@@ -23,7 +23,11 @@ MAX_SCORE_ELEMENTS = 1 << 22
 
 
 def masked_scores(
-    q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, max_elements: int | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: MaskSpec,
+    scale: float,
+    max_elements: int | None = None,
     softcap: float | None = None,
 ) -> Iterator[tuple[slice, slice, torch.Tensor, torch.Tensor]]:
     """Yield (rows, keys, scores, allowed) chunks of query rows: `keys` the span of keys that some row
@@ -87,7 +91,7 @@ def _column_spans(allowed: torch.Tensor, bands: list[slice], *marks) -> list[lis
     marked = torch.stack([mark(band, lead) for mark in marks for band in uint8])  # (marks × bands, Sk)
     spans = torch.stack([marked.amax(1), marked.argmax(1), Sk - marked.flip(1).argmax(1)], 1).tolist()
     flat = [slice(lo, hi) if any_marked else slice(0, 0) for any_marked, lo, hi in spans]
-    return [flat[i * len(bands):(i + 1) * len(bands)] for i in range(len(marks))]
+    return [flat[i * len(bands) : (i + 1) * len(bands)] for i in range(len(marks))]
 
 
 def cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -108,8 +112,15 @@ def row_lse(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *, need_lse: bool = True,
-    softcap: float | None = None, sinks: torch.Tensor | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MaskSpec,
+    scale: float,
+    *,
+    need_lse: bool = True,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference attention in float32; see `attnscope.backends` for the contract.
 
@@ -138,8 +149,14 @@ def attend(
 
 
 def attend_rounded(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *,
-    softcap: float | None = None, sinks: torch.Tensor | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MaskSpec,
+    scale: float,
+    *,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The textbook attention in q's own dtype, the low-precision baseline of flash-attention's rule
     (its tests' ``attention_ref(..., upcast=False)``): scores q·kᵀ·scale in the dtype, the softmax in
@@ -169,8 +186,15 @@ def attend_rounded(
     return out.view(B, Hq, Sq, D)
 
 
-def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, *,
-                softcap: float | None = None, sinks: torch.Tensor | None = None) -> torch.Tensor:
+def log_sum_exp(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: MaskSpec,
+    scale: float,
+    *,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+) -> torch.Tensor:
     """lse ``[B, Hq, Sq]`` of the scaled, masked scores, in float32, without the attention output."""
     B, Hq, Sq, _ = q.shape
     Hkv = k.shape[1]
@@ -181,7 +205,11 @@ def log_sum_exp(q: torch.Tensor, k: torch.Tensor, mask: MaskSpec, scale: float, 
 
 
 def probabilities(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
     softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention weights exp(q·k·scale - lse) in float32, 0 where not `allowed`.
@@ -193,7 +221,11 @@ def probabilities(
 
 
 def log_weights(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, allowed: torch.Tensor, scale: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
     softcap: float | None = None,
 ) -> torch.Tensor:
     """Log attention weights q·k·scale - lse in float32, -inf where not `allowed` (and for every key

@@ -41,8 +41,15 @@ def unavailable_reason() -> str | None:
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *, need_lse: bool = True,
-    softcap: float | None = None, sinks: torch.Tensor | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MaskSpec,
+    scale: float,
+    *,
+    need_lse: bool = True,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention through FlexAttention; see `attnscope.backends` for the contract."""
     validate_shapes(q, k, v, mask)
@@ -59,7 +66,7 @@ def attend(
     for start in range(0, Sq, step):
         rows = min(step, Sq - start)
         block_mask = None if every_key else _block_mask(mask, rows, Sq - start, Sk, batch, heads, str(q.device))
-        out, lse = _flex(q[:, :, start:start + rows], k, v, block_mask, scale, softcap, Hq != Hkv)
+        out, lse = _flex(q[:, :, start : start + rows], k, v, block_mask, scale, softcap, Hq != Hkv)
         outs.append(out)
         lses.append(lse)
     out = torch.cat(outs, dim=2) if len(outs) != 1 else outs[0]  # (B, Hq, Sq, D)
@@ -75,8 +82,9 @@ def _flex(q, k, v, block_mask, scale: float, softcap: float | None, gqa: bool):
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     score_mod = None if softcap is None else _softcap(softcap)
-    kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa,
-                  return_aux=AuxRequest(lse=True))
+    kwargs = dict(
+        score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=gqa, return_aux=AuxRequest(lse=True)
+    )
     device_type = q.device.type
     run = _run_by_device.get(device_type)
     if run is None and device_type == "cuda":
@@ -97,6 +105,7 @@ def _flex(q, k, v, block_mask, scale: float, softcap: float | None, gqa: bool):
 @functools.cache
 def _softcap(softcap: float):
     """The score_mod of logit soft-capping ``c · tanh(score / c)``."""
+
     def score_mod(score, b, h, q_idx, kv_idx):
         return softcap * torch.tanh(score / softcap)
 
@@ -104,8 +113,7 @@ def _softcap(softcap: float):
 
 
 @functools.lru_cache(maxsize=64)
-def _block_mask(mask: MaskSpec, rows: int, q_len: int, k_len: int, batch: int | None, heads: int | None,
-                device: str):
+def _block_mask(mask: MaskSpec, rows: int, q_len: int, k_len: int, batch: int | None, heads: int | None, device: str):
     """The BlockMask of `rows` query rows starting at query ``Sq - q_len`` of a call with `k_len` keys."""
     from torch.nn.attention.flex_attention import create_block_mask
 

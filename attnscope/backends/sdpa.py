@@ -47,7 +47,13 @@ _OP_ERRORS = (RuntimeError, ValueError, TypeError, NotImplementedError)
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, scale: float, *, need_lse: bool = True,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: MaskSpec,
+    scale: float,
+    *,
+    need_lse: bool = True,
     sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention through torch's SDPA kernels; see `attnscope.backends` for the contract."""
@@ -106,7 +112,7 @@ def _call(name: str, q, k, v, bias, causal: bool, scale: float) -> tuple[torch.T
         out, lse = op(q, k, v, 0.0, causal, False, scale=scale)[:2]
     else:
         out, lse = op(q, k, v, bias, True, 0.0, causal, scale=scale)[:2]
-    return out, lse[..., :q.shape[2]]  # the efficient kernel pads the rows of its lse
+    return out, lse[..., : q.shape[2]]  # the efficient kernel pads the rows of its lse
 
 
 @functools.cache

@@ -13,25 +13,57 @@ import typer
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 130, 141  # 128 + SIGINT, 128 + SIGPIPE (what a shell reports)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Sample model name (see `attnscope models`), a "
-                                       "Hugging Face model directory, a GGUF file, or a Hub id (org/name) in the "
-                                       "local cache.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Sample model name (see `attnscope models`), a "
+        "Hugging Face model directory, a GGUF file, or a Hub id (org/name) in the "
+        "local cache.",
+    ),
+]
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa, flex or triton.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
-ChecksOpt = Annotated[str, typer.Option("--checks", help="Comma-separated checks to run: nan, masked_rows, "
-                                        "full_vs_incremental, backend_vs_reference, causality; 'all' or 'none'.")]
-AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance of the comparing checks "
-                                               "(default by dtype: float32 1e-5, float16 5e-3, bfloat16 1e-2).")]
-RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default by dtype: float32 1e-4, "
-                                               "float16 5e-3, bfloat16 1e-2).")]
-PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickled pytorch_model.bin weights "
-                                         "(loaded with torch.load(weights_only=True)).")]
-EngineOpt = Annotated[str, typer.Option("--engine", help="native (attnscope's Llama-family model), hf (the "
-                                        "transformers model, any causal LM) or auto (native for llama, mistral, "
-                                        "qwen2 and qwen3, else hf).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress on stderr (there is none when stderr is "
-                                        "not a terminal).")]
+ChecksOpt = Annotated[
+    str,
+    typer.Option(
+        "--checks",
+        help="Comma-separated checks to run: nan, masked_rows, "
+        "full_vs_incremental, backend_vs_reference, causality; 'all' or 'none'.",
+    ),
+]
+AtolOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--atol",
+        help="Absolute tolerance of the comparing checks "
+        "(default by dtype: float32 1e-5, float16 5e-3, bfloat16 1e-2).",
+    ),
+]
+RtolOpt = Annotated[
+    float | None,
+    typer.Option("--rtol", help="Relative tolerance (default by dtype: float32 1e-4, float16 5e-3, bfloat16 1e-2)."),
+]
+PickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle", help="Accept pickled pytorch_model.bin weights (loaded with torch.load(weights_only=True))."
+    ),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="native (attnscope's Llama-family model), hf (the "
+        "transformers model, any causal LM) or auto (native for llama, mistral, "
+        "qwen2 and qwen3, else hf).",
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", help="No progress on stderr (there is none when stderr is not a terminal).")
+]
 
 
 def fail(message: str) -> typer.Exit:
@@ -54,8 +86,16 @@ def user_errors():
 
 
 # the core's names of arguments that the command line takes under a flag
-FLAGS = {"window": "--window", "side": "--side", "padding_count": "--padding", "chunk": "--chunk",
-         "prefix": "--prefix", "documents": "--documents", "layer": "--layer", "head": "--head"}
+FLAGS = {
+    "window": "--window",
+    "side": "--side",
+    "padding_count": "--padding",
+    "chunk": "--chunk",
+    "prefix": "--prefix",
+    "documents": "--documents",
+    "layer": "--layer",
+    "head": "--head",
+}
 
 
 def load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = "auto", bars=None):
@@ -69,8 +109,9 @@ def load(model: str, dtype: str, device: str, allow_pickle: bool, engine: str = 
     return Session(model, dtype=dtype, device=device, engine=engine, allow_pickle=allow_pickle).load(progress=progress)
 
 
-ColorOpt = Annotated[str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), "
-                                      "always or never.")]
+ColorOpt = Annotated[
+    str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), always or never.")
+]
 SvgOpt = Annotated[Path | None, typer.Option("--svg", help="Also save what is printed as SVG here.")]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also save what is printed as HTML here.")]
 
@@ -115,10 +156,12 @@ def parse_check_names(text: str) -> tuple[str, ...]:
 
 
 PromptListOpt = Annotated[list[str], typer.Option("--prompt", "-p", help="A prompt (repeatable).")]
-PromptsFileOpt = Annotated[Path | None, typer.Option("--prompts", help="A text file with one prompt per line "
-                                                     "(\\n in a line is a newline).")]
-JunitOpt = Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per prompt × "
-                                               "backend × check).")]
+PromptsFileOpt = Annotated[
+    Path | None, typer.Option("--prompts", help="A text file with one prompt per line (\\n in a line is a newline).")
+]
+JunitOpt = Annotated[
+    Path | None, typer.Option("--junit", help="Write JUnit XML here (one testcase per prompt × backend × check).")
+]
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
@@ -136,8 +179,9 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
         except OSError as exc:
             raise fail(f"--prompts {prompts_file}: cannot be read ({exc.strerror or exc})") from None
         except UnicodeDecodeError as exc:
-            raise fail(f"--prompts {prompts_file}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-                       f"{exc.start})") from None
+            raise fail(
+                f"--prompts {prompts_file}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+            ) from None
         from attnscope.prompts import prompt_lines
 
         found += prompt_lines(text)

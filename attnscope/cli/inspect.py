@@ -45,15 +45,21 @@ def run(
     backend: BackendOpt = "sdpa",
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Greedy continuation length "
-                                                "(decoded with the KV cache).")] = 24,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Greedy continuation length (decoded with the KV cache).")
+    ] = 24,
     layer: Annotated[int | None, typer.Option("--layer", "-l", help="Layer of the heatmap.")] = None,
-    head: Annotated[int | None, typer.Option("--head", help="Query head of the heatmap (default: the head "
-                                             "with the lowest mean entropy).")] = None,
-    heads: Annotated[str | None, typer.Option("--heads", help="'all': small multiples of every head of the "
-                                              "layer instead of one heatmap.")] = None,
-    query: Annotated[int | None, typer.Option("--query", "-q", help="Also list the top keys of this query "
-                                              "position.")] = None,
+    head: Annotated[
+        int | None,
+        typer.Option("--head", help="Query head of the heatmap (default: the head with the lowest mean entropy)."),
+    ] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option("--heads", help="'all': small multiples of every head of the layer instead of one heatmap."),
+    ] = None,
+    query: Annotated[
+        int | None, typer.Option("--query", "-q", help="Also list the top keys of this query position.")
+    ] = None,
     scale: Annotated[str, typer.Option("--scale", help="Heatmap color scale: linear or log.")] = "linear",
     checks: ChecksOpt = "all",
     atol: AtolOpt = None,
@@ -88,14 +94,34 @@ def run(
             loaded = load(model, dtype, device, allow_pickle, engine, bars)
             scope = Scope(loaded, backend=backend)
             validate_place(scope, prompt, layer, head, query)
-            result = scope.run(prompt, max_new_tokens=max_new_tokens, checks=check_names, atol=atol, rtol=rtol,
-                               roles=True, progress=bars)
+            result = scope.run(
+                prompt,
+                max_new_tokens=max_new_tokens,
+                checks=check_names,
+                atol=atol,
+                rtol=rtol,
+                roles=True,
+                progress=bars,
+            )
             report = result.report()
         layer, head, why = pick_head(report, layer, head)
-        parts = run_view(result, report, layer, head, why, width=console.width, every_head=heads == "all",
-                         log=scale == "log", query=query)
-        write_outputs([("--json", json_path, report.to_json() if json_path else ""),
-                       *exports(console, parts, svg, html, title=f"attnscope run · {loaded.name}")])
+        parts = run_view(
+            result,
+            report,
+            layer,
+            head,
+            why,
+            width=console.width,
+            every_head=heads == "all",
+            log=scale == "log",
+            query=query,
+        )
+        write_outputs(
+            [
+                ("--json", json_path, report.to_json() if json_path else ""),
+                *exports(console, parts, svg, html, title=f"attnscope run · {loaded.name}"),
+            ]
+        )
     emit(console, parts)
     raise typer.Exit(EXIT_OK if report.passed else EXIT_FAILED)
 
@@ -108,8 +134,9 @@ def check(
     prompt: PromptListOpt = [],  # noqa: B006
     prompts_file: PromptsFileOpt = None,
     model: ModelOpt = "tiny-code",
-    backend: Annotated[list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, "
-                                               "sdpa, flex, triton.")] = ["sdpa"],  # noqa: B006
+    backend: Annotated[
+        list[str], typer.Option("--backend", "-b", help="Backend to check (repeatable): eager, sdpa, flex, triton.")
+    ] = ["sdpa"],  # noqa: B006
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
     checks: ChecksOpt = "all",
@@ -154,11 +181,17 @@ def check(
                     runs.append((n, prompt_text, scope.backend, result.report()))
         checked = [(n, p, b, r.checks) for n, p, b, r in runs]
         junit = junit_xml(checked) if junit_path else ""
-        write_outputs([("--json", json_path, report_set([r for *_, r in runs]) if json_path else ""),
-                       ("--junit", junit_path, junit)])
+        write_outputs(
+            [
+                ("--json", json_path, report_set([r for *_, r in runs]) if json_path else ""),
+                ("--junit", junit_path, junit),
+            ]
+        )
     out = console()
-    title = (f"attnscope check · {loaded.name} · {dtype} · {_count(len(prompt_list), 'prompt')} × "
-             f"{_count(len(scopes), 'backend')}")
+    title = (
+        f"attnscope check · {loaded.name} · {dtype} · {_count(len(prompt_list), 'prompt')} × "
+        f"{_count(len(scopes), 'backend')}"
+    )
     parts, passed = _findings(checked, title)
     for part in parts:
         out.print(part)
@@ -176,8 +209,11 @@ def _findings(runs, title: str) -> tuple[list, bool]:
     n_checks = sum(len(checks) for *_, checks in runs)
     n_failed = sum(not c.passed for *_, checks in runs for c in checks)
     n_skipped = sum(c.skipped is not None for *_, checks in runs for c in checks)
-    summary = Text(f"{n_checks - n_failed - n_skipped} passed, {n_failed} failed"
-                   + (f", {n_skipped} skipped" if n_skipped else ""), style="bold red" if n_failed else "green")
+    summary = Text(
+        f"{n_checks - n_failed - n_skipped} passed, {n_failed} failed"
+        + (f", {n_skipped} skipped" if n_skipped else ""),
+        style="bold red" if n_failed else "green",
+    )
     return [ChecksView([(n, b, p, checks) for n, p, b, checks in runs], title=title), summary], not n_failed
 
 
@@ -187,9 +223,15 @@ def _count(n: int, noun: str) -> str:
 
 @app.command()
 def compare(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="The two models, A (the reference) then B: "
-                                             "sample model names, Hugging Face model directories or GGUF files.")]
-    = [],  # noqa: B006
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="The two models, A (the reference) then B: "
+            "sample model names, Hugging Face model directories or GGUF files.",
+        ),
+    ] = [],  # noqa: B006
     prompt: PromptListOpt = [],  # noqa: B006
     prompts_file: PromptsFileOpt = None,
     backend: BackendOpt = "sdpa",
@@ -197,8 +239,9 @@ def compare(
     device: DeviceOpt = "auto",
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the comparison as JSON here "
-                                                   "(schema attnscope.compare/1).")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the comparison as JSON here (schema attnscope.compare/1).")
+    ] = None,
     junit_path: JunitOpt = None,
     svg: SvgOpt = None,
     color: ColorOpt = "auto",
@@ -237,13 +280,16 @@ exit 0 if nothing crosses the tolerance, 1 if something does, 2 on bad input."""
                 comparisons.append(compare_models(a, b, text, backend=backend, atol=atol, rtol=rtol))
         for c in comparisons:
             parts += [*compare_view(c, width=out.width), Text()]
-        title = (f"attnscope compare · {b.name} vs {a.name} · {backend} · {dtype} · "
-                 f"{_count(len(prompt_list), 'prompt')}")
+        title = f"attnscope compare · {b.name} vs {a.name} · {backend} · {dtype} · {_count(len(prompt_list), 'prompt')}"
         checked = [(n, p, backend, c.checks()) for n, (p, c) in enumerate(zip(prompt_list, comparisons, strict=True))]
         findings, passed = _findings(checked, title)
         parts += findings
-        write_outputs([("--json", json_path, compare_document(comparisons) if json_path else ""),
-                       ("--junit", junit_path, junit_xml(checked, "attnscope.compare") if junit_path else ""),
-                       *exports(out, parts, svg, None, title=f"attnscope compare · {b.name} vs {a.name}")])
+        write_outputs(
+            [
+                ("--json", json_path, compare_document(comparisons) if json_path else ""),
+                ("--junit", junit_path, junit_xml(checked, "attnscope.compare") if junit_path else ""),
+                *exports(out, parts, svg, None, title=f"attnscope compare · {b.name} vs {a.name}"),
+            ]
+        )
     emit(out, parts)
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)

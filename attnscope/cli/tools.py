@@ -29,18 +29,26 @@ from attnscope.cli.common import (
 @app.command()
 def mask(
     q_len: Annotated[int, typer.Option("--q-len", "-q", help="Query rows (new tokens).")],
-    k_len: Annotated[int | None, typer.Option("--k-len", "-k", help="Keys incl. cache (default: q-len); "
-                                              "past = k-len - q-len.")] = None,
+    k_len: Annotated[
+        int | None, typer.Option("--k-len", "-k", help="Keys incl. cache (default: q-len); past = k-len - q-len.")
+    ] = None,
     window: Annotated[int | None, typer.Option("--window", help="Causal sliding window size.")] = None,
     pad: Annotated[int, typer.Option("--padding", help="Padding positions of the sequence.")] = 0,
     side: Annotated[str, typer.Option("--side", help="Padding side: left or right.")] = "right",
-    prefix: Annotated[int | None, typer.Option("--prefix", help="Prefix-LM: bidirectional over the first N "
-                                               "positions (instead of causal).")] = None,
-    documents: Annotated[str | None, typer.Option("--documents", help="Comma-separated document id of each "
-                                                  "of the k-len positions (packed sequences).")] = None,
+    prefix: Annotated[
+        int | None,
+        typer.Option("--prefix", help="Prefix-LM: bidirectional over the first N positions (instead of causal)."),
+    ] = None,
+    documents: Annotated[
+        str | None,
+        typer.Option(
+            "--documents", help="Comma-separated document id of each of the k-len positions (packed sequences)."
+        ),
+    ] = None,
     chunk: Annotated[int | None, typer.Option("--chunk", help="Attend only within chunks of N positions.")] = None,
-    block: Annotated[str | None, typer.Option("--block", help="Show the tile map of an MxN block grid, "
-                                              "e.g. 4x4.")] = None,
+    block: Annotated[
+        str | None, typer.Option("--block", help="Show the tile map of an MxN block grid, e.g. 4x4.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the grid.")] = False,
 ) -> None:
     """Show the mask that a combination of mask parts gives (causal unless --prefix)."""
@@ -65,8 +73,9 @@ def mask(
     from attnscope.errors import ArgumentError
 
     try:  # a mask larger than a summary reads is refused here, before anything is drawn
-        spec = masks.from_parts(k_len, window=window, padding_count=pad, side=side, prefix=prefix,
-                                documents=doc_ids, chunk=chunk)
+        spec = masks.from_parts(
+            k_len, window=window, padding_count=pad, side=side, prefix=prefix, documents=doc_ids, chunk=chunk
+        )
         masks.validate_scan(spec, q_len, k_len, block_size)
     except ArgumentError as exc:
         raise fail(exc.message_for(FLAGS)) from None
@@ -86,22 +95,30 @@ def mask(
 @app.command()
 def tui(
     model: ModelOpt = "tiny-code",
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Prompt to run at start (else the app "
-                                               "asks for one).")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", help="Prompt to run at start (else the app asks for one).")
+    ] = None,
     backend: BackendOpt = "sdpa",
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Continuation shown in the "
-                                                "Tokens tab.")] = 8,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Continuation shown in the Tokens tab.")
+    ] = 8,
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
-    compare_with: Annotated[str | None, typer.Option("--compare", help="A second model B: the Diff tab shows where "
-                                                     "its attention parts ways with this one's.")] = None,
+    compare_with: Annotated[
+        str | None,
+        typer.Option(
+            "--compare", help="A second model B: the Diff tab shows where its attention parts ways with this one's."
+        ),
+    ] = None,
 ) -> None:
     """Browse every layer, head and token in a terminal app while the model runs."""
     if not all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)):  # Textual draws on stderr
-        raise fail("attnscope tui needs a terminal: stdin, stdout and stderr must be a tty (for a report "
-                   "without one, use attnscope run or attnscope check)")
+        raise fail(
+            "attnscope tui needs a terminal: stdin, stdout and stderr must be a tty (for a report "
+            "without one, use attnscope run or attnscope check)"
+        )
     with user_errors():
         from attnscope.backends import get_backend
         from attnscope.model.loader import resolve_dtype, validate_engine
@@ -112,9 +129,17 @@ def tui(
         validate_engine(engine)
         from attnscope.tui.app import AttnScopeApp
 
-        tui_app = AttnScopeApp(model=model, prompt=prompt, backend=backend, dtype=dtype,
-                               device=resolve_device(device), max_new_tokens=max_new_tokens,
-                               allow_pickle=allow_pickle, engine=engine, compare=compare_with)
+        tui_app = AttnScopeApp(
+            model=model,
+            prompt=prompt,
+            backend=backend,
+            dtype=dtype,
+            device=resolve_device(device),
+            max_new_tokens=max_new_tokens,
+            allow_pickle=allow_pickle,
+            engine=engine,
+            compare=compare_with,
+        )
         tui_app.run()
     raise typer.Exit(tui_app.return_code or EXIT_OK)
 
@@ -122,8 +147,14 @@ def tui(
 @app.command()
 def heads(
     model: ModelOpt = "tiny-code",
-    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Text for the previous-token, sink, local "
-                                               "and broad scores (default: the repeated random sequence).")] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            "-p",
+            help="Text for the previous-token, sink, local and broad scores (default: the repeated random sequence).",
+        ),
+    ] = None,
     backend: BackendOpt = "sdpa",
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
@@ -144,8 +175,7 @@ def heads(
         with stage_bars(quiet) as bars:
             loaded = load(model, dtype, device, allow_pickle, engine, bars)
             scope = Scope(loaded, backend=backend)
-            report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True,
-                               progress=bars).report()
+            report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True, progress=bars).report()
         write_outputs([("--json", json_path, report.to_json() if json_path else "")])
     source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
     out = console()

@@ -54,16 +54,25 @@ class LayerBuffers:
         buffer = self._buffers.get(kind)
         if buffer is None:
             buffer = self._buffers[kind] = tensor.new_empty((self.n_layers, *tensor.shape))
-        if (buffer.shape[1:] != tensor.shape or buffer.dtype != tensor.dtype or buffer.device != tensor.device
-                or not 0 <= layer < self.n_layers):
+        if (
+            buffer.shape[1:] != tensor.shape
+            or buffer.dtype != tensor.dtype
+            or buffer.device != tensor.device
+            or not 0 <= layer < self.n_layers
+        ):
             return tensor
         return buffer[layer].copy_(tensor)
 
     def keep_fields(self, layer: int, result):
         """A dataclass of per-layer results (`RowStats`, a check's `Diff`) with each tensor field kept."""
-        return dataclasses.replace(result, **{
-            f.name: self.keep(f.name, layer, value) for f in dataclasses.fields(result)
-            if isinstance(value := getattr(result, f.name), torch.Tensor)})
+        return dataclasses.replace(
+            result,
+            **{
+                f.name: self.keep(f.name, layer, value)
+                for f in dataclasses.fields(result)
+                if isinstance(value := getattr(result, f.name), torch.Tensor)
+            },
+        )
 
 
 @dataclass
@@ -121,18 +130,25 @@ class LayerRecord:
         dense = self.mask.dense(*self.shape, self.q.device)  # (B|1, Hq|1, Sq, Sk)
         return dense[min(batch, dense.shape[0] - 1), min(head, dense.shape[1] - 1)]
 
-    def probabilities(self, head: int, queries: slice = slice(None), keys: slice = slice(None),
-                      batch: int = 0) -> torch.Tensor:
+    def probabilities(
+        self, head: int, queries: slice = slice(None), keys: slice = slice(None), batch: int = 0
+    ) -> torch.Tensor:
         """Float32 attention weights of one query head, ``[queries, keys]`` of ``[Sq, Sk]``."""
         return self.log_weights(head, queries, keys, batch).exp_()
 
-    def log_weights(self, head: int, queries: slice = slice(None), keys: slice = slice(None),
-                    batch: int = 0) -> torch.Tensor:
+    def log_weights(
+        self, head: int, queries: slice = slice(None), keys: slice = slice(None), batch: int = 0
+    ) -> torch.Tensor:
         """Float32 log attention weights q·k·scale − lse of one query head, ``[queries, keys]``; -inf
         where masked (and for every key of a row that has none)."""
-        return eager.log_weights(self.q[batch, head, queries], self.k[batch, head // self.group_size, keys],
-                                 self.kept_lse[batch, head, queries], self.allowed(head, batch)[queries, keys],
-                                 self.scale, self.softcap)
+        return eager.log_weights(
+            self.q[batch, head, queries],
+            self.k[batch, head // self.group_size, keys],
+            self.kept_lse[batch, head, queries],
+            self.allowed(head, batch)[queries, keys],
+            self.scale,
+            self.softcap,
+        )
 
     def score(self, head: int, query: int, key: int, batch: int = 0) -> float:
         """The score of one cell that enters the softmax: q·k·scale (soft-capped where the layer caps),
@@ -154,8 +170,16 @@ class LayerRecord:
         scores = scores.masked_fill(~(valid & allowed), float("-inf"))
         return weights_from_lse(scores[:, None], self.kept_lse[batch, head])[:, 0]
 
-    def pooled(self, head: int, height: int, width: int, reduce: str = "max", batch: int = 0,
-               queries: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
+    def pooled(
+        self,
+        head: int,
+        height: int,
+        width: int,
+        reduce: str = "max",
+        batch: int = 0,
+        queries: slice = slice(None),
+        keys: slice = slice(None),
+    ) -> np.ndarray:
         """A ``height × width`` pooled map of one head's weights (of the region queries × keys),
         computed one band of query rows at a time: the full matrix is never materialized.
 
@@ -217,11 +241,13 @@ class LayerRecord:
         argmax, bad_scores, bad_weights = (torch.zeros(shape, dtype=torch.long, device=device) for _ in range(3))
         allowed_any = torch.zeros(shape, dtype=torch.bool, device=device)
         count_scores = not scores_are_finite(self.q, self.k, self.scale)
-        for rows, keys, scores, allowed in masked_scores(self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS,
-                                                         self.softcap):
+        for rows, keys, scores, allowed in masked_scores(
+            self.q, self.k, self.mask, self.scale, STATS_CHUNK_ELEMENTS, self.softcap
+        ):
             if count_scores:
-                bad_scores[..., rows] = (torch.isnan(scores) | torch.isposinf(scores)
-                                         | (torch.isneginf(scores) & allowed)).sum(-1)
+                bad_scores[..., rows] = (
+                    torch.isnan(scores) | torch.isposinf(scores) | (torch.isneginf(scores) & allowed)
+                ).sum(-1)
             t = scores.sub_(lse[..., rows].unsqueeze(-1))  # (B, Hkv, G, rows, keys) log weights, -inf where masked
             p = torch.exp(t)
             max_weight[..., rows], arg = p.max(-1)
@@ -235,13 +261,21 @@ class LayerRecord:
             # masked keys: 0 · -inf = NaN, left out; a row with a NaN weight keeps NaN (unknown, not 0)
             entropy[..., rows] = torch.where(torch.isfinite(sums), p.mul_(t).nansum(-1).neg_(), sums)
         lse_flat = self.kept_lse.float()
-        sink_weight = (torch.zeros_like(lse_flat) if self.sinks is None
-                       else torch.exp(self.sinks.float().view(1, Hq, 1) - eager.safe_lse(lse_flat)))
+        sink_weight = (
+            torch.zeros_like(lse_flat)
+            if self.sinks is None
+            else torch.exp(self.sinks.float().view(1, Hq, 1) - eager.safe_lse(lse_flat))
+        )
         return RowStats(
-            entropy=entropy.view(B, Hq, Sq), max_weight=max_weight.view(B, Hq, Sq), argmax=argmax.view(B, Hq, Sq),
-            first_token_mass=first.view(B, Hq, Sq), weight_sum=weight_sum.view(B, Hq, Sq),
-            sink_weight=sink_weight, fully_masked=~allowed_any.view(B, Hq, Sq),
-            nonfinite_scores=bad_scores.view(B, Hq, Sq), nonfinite_weights=bad_weights.view(B, Hq, Sq),
+            entropy=entropy.view(B, Hq, Sq),
+            max_weight=max_weight.view(B, Hq, Sq),
+            argmax=argmax.view(B, Hq, Sq),
+            first_token_mass=first.view(B, Hq, Sq),
+            weight_sum=weight_sum.view(B, Hq, Sq),
+            sink_weight=sink_weight,
+            fully_masked=~allowed_any.view(B, Hq, Sq),
+            nonfinite_scores=bad_scores.view(B, Hq, Sq),
+            nonfinite_weights=bad_weights.view(B, Hq, Sq),
             nonfinite_output=nonfinite_counts(self.out),
         )
 
@@ -309,8 +343,10 @@ class OutputCapture:
         def joined(parts: list[torch.Tensor]) -> torch.Tensor:
             return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
-        return [LayerOutput(joined(self._out[i]), joined(self._lse[i]) if i in self._lse else None)
-                for i in range(len(self._out))]
+        return [
+            LayerOutput(joined(self._out[i]), joined(self._lse[i]) if i in self._lse else None)
+            for i in range(len(self._out))
+        ]
 
 
 class Capture:
@@ -327,8 +363,15 @@ class Capture:
     is told it need not compute it (a forward whose outputs alone are compared).
     """
 
-    def __init__(self, append: bool = False, on_layer=None, count_nonfinite: bool = True, keep_residuals: bool = False,
-                 n_layers: int | None = None, lse: bool = True):
+    def __init__(
+        self,
+        append: bool = False,
+        on_layer=None,
+        count_nonfinite: bool = True,
+        keep_residuals: bool = False,
+        n_layers: int | None = None,
+        lse: bool = True,
+    ):
         self.records: dict[int, LayerRecord] = {}
         self.append = append
         self.on_layer = on_layer  # called with the layer index once its block has run
@@ -345,8 +388,9 @@ class Capture:
     def attention(self, layer: int, *, q, k, v, out, lse, mask, scale, softcap=None, sinks=None) -> None:
         q, out = self._keep("q", layer, q), self._keep("out", layer, out)
         lse = self._keep("lse", layer, lse) if self.wants_lse and lse is not None else None
-        self.records[layer] = LayerRecord(layer, q, k, v, out, lse, mask, scale, softcap, sinks,
-                                          lse_source=take_lse_source())
+        self.records[layer] = LayerRecord(
+            layer, q, k, v, out, lse, mask, scale, softcap, sinks, lse_source=take_lse_source()
+        )
         if self.append:
             parts = self._parts.setdefault(layer, {"q": [], "out": [], "lse": [], "residual": []})
             parts["q"].append(q)
@@ -375,7 +419,20 @@ class Capture:
             parts = self._parts[rec.layer]
             residual = torch.cat(parts["residual"], 1) if parts["residual"] else None
             lse = torch.cat(parts["lse"], 2) if parts["lse"] else None
-            joined.append(LayerRecord(rec.layer, torch.cat(parts["q"], 2), rec.k, rec.v, torch.cat(parts["out"], 2),
-                                      lse, rec.mask, rec.scale, softcap=rec.softcap, sinks=rec.sinks,
-                                      residual_nonfinite=residual, lse_source=rec.lse_source))
+            joined.append(
+                LayerRecord(
+                    rec.layer,
+                    torch.cat(parts["q"], 2),
+                    rec.k,
+                    rec.v,
+                    torch.cat(parts["out"], 2),
+                    lse,
+                    rec.mask,
+                    rec.scale,
+                    softcap=rec.softcap,
+                    sinks=rec.sinks,
+                    residual_nonfinite=residual,
+                    lse_source=rec.lse_source,
+                )
+            )
         return joined

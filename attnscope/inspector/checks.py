@@ -79,8 +79,12 @@ class Tolerance:
         validate_tolerance("atol", atol)
         validate_tolerance("rtol", rtol)
         default_atol, default_rtol = DEFAULT_TOLERANCES[dtype]
-        constant = cls(default_atol if atol is None else atol, default_rtol if rtol is None else rtol,
-                       scaled=atol is None, given=atol is not None or rtol is not None)
+        constant = cls(
+            default_atol if atol is None else atol,
+            default_rtol if rtol is None else rtol,
+            scaled=atol is None,
+            given=atol is not None or rtol is not None,
+        )
         if dtype in HALF and atol is None and rtol is None:
             return cls.rule(dtype, constant)
         return constant
@@ -101,9 +105,13 @@ class Tolerance:
 
     def as_dict(self) -> dict:
         if self.calibrated:
-            return {"rule": "flash-attention", "factor": self.factor, "atol": self.atol,
-                    "atol_scaled_by_magnitude": self.scaled,
-                    "uncalibrated": None if self.fallback is None else self.fallback.as_dict()}
+            return {
+                "rule": "flash-attention",
+                "factor": self.factor,
+                "atol": self.atol,
+                "atol_scaled_by_magnitude": self.scaled,
+                "uncalibrated": None if self.fallback is None else self.fallback.as_dict(),
+            }
         return {"atol": self.atol, "rtol": self.rtol, "atol_scaled_by_magnitude": self.scaled}
 
 
@@ -145,8 +153,13 @@ class Diff:
 DIFF_CHUNK_ELEMENTS = 1 << 22
 
 
-def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: torch.Tensor | None = None,
-         limit: torch.Tensor | None = None) -> Diff:
+def diff(
+    actual: torch.Tensor,
+    reference: torch.Tensor,
+    tol: Tolerance,
+    rows: torch.Tensor | None = None,
+    limit: torch.Tensor | None = None,
+) -> Diff:
     """Compare ``[B, H, S, D]`` tensors elementwise: over tolerance where |a - r| > atol + rtol·|r|
     (or, given `limit` ``[H]``, where |a - r| > the head's limit), a band of rows (S) at a time, so the
     temporaries stay near `DIFF_CHUNK_ELEMENTS` elements.
@@ -162,14 +175,28 @@ def diff(actual: torch.Tensor, reference: torch.Tensor, tol: Tolerance, rows: to
     atol = tol.atol
     if tol.scaled:  # scaled by the largest finite |reference| of the whole tensor (one read-back)
         atol *= max(1.0, float(torch.stack([_finite_abs(reference[:, :, band]).amax() for band in bands]).amax()))
-    parts = [_band_diff(actual[:, :, band], reference[:, :, band], atol, tol.rtol,
-                        None if rows is None else rows[:, band], limit) for band in bands]
-    return Diff(torch.stack([p.max_abs for p in parts]).amax(0), torch.stack([p.max_rel for p in parts]).amax(0),
-                torch.cat([p.bad_rows for p in parts], 2), torch.cat([_row_max(p) for p in parts], 2))
+    parts = [
+        _band_diff(
+            actual[:, :, band], reference[:, :, band], atol, tol.rtol, None if rows is None else rows[:, band], limit
+        )
+        for band in bands
+    ]
+    return Diff(
+        torch.stack([p.max_abs for p in parts]).amax(0),
+        torch.stack([p.max_rel for p in parts]).amax(0),
+        torch.cat([p.bad_rows for p in parts], 2),
+        torch.cat([_row_max(p) for p in parts], 2),
+    )
 
 
-def _band_diff(actual: torch.Tensor, reference: torch.Tensor, atol: float, rtol: float,
-               rows: torch.Tensor | None, limit: torch.Tensor | None = None) -> Diff:
+def _band_diff(
+    actual: torch.Tensor,
+    reference: torch.Tensor,
+    atol: float,
+    rtol: float,
+    rows: torch.Tensor | None,
+    limit: torch.Tensor | None = None,
+) -> Diff:
     """`diff` of one band of rows, with the tolerance's atol already scaled."""
     a, r = actual.float(), reference.float()
     err = (a - r).abs_()  # (B, H, S, D); the temporaries below are one bool or float tensor of this size each
@@ -185,8 +212,14 @@ def _band_diff(actual: torch.Tensor, reference: torch.Tensor, atol: float, rtol:
     return Diff(err.amax(dim=per_head), max_rel, over.any(-1), err.amax(-1))
 
 
-def compare(actual: torch.Tensor, baseline: torch.Tensor, reference: torch.Tensor | None, tol: Tolerance,
-            rows: torch.Tensor | None = None, delta: str = "baseline") -> Diff:
+def compare(
+    actual: torch.Tensor,
+    baseline: torch.Tensor,
+    reference: torch.Tensor | None,
+    tol: Tolerance,
+    rows: torch.Tensor | None = None,
+    delta: str = "baseline",
+) -> Diff:
     """`actual` against `baseline` ``[B, H, S, D]``, two low-precision computations of what `reference`
     computes in float32 on the same inputs. With a calibrated tolerance and a reference,
     flash-attention's rule, per head h: a row is over where some |actual - reference| exceeds
@@ -199,8 +232,9 @@ def compare(actual: torch.Tensor, baseline: torch.Tensor, reference: torch.Tenso
         rows: optional bool ``[B, S]`` of the rows to compare.
     """
     if not tol.calibrated or reference is None:
-        return diff(actual, baseline if delta == "baseline" or reference is None else reference, tol.uncalibrated(),
-                    rows)
+        return diff(
+            actual, baseline if delta == "baseline" or reference is None else reference, tol.uncalibrated(), rows
+        )
     shown = diff(actual, baseline if delta == "baseline" else reference, EXACT, rows)
     noise = _noise(baseline, reference, rows)  # (H,)
     magnitude = _head_magnitude(reference) if tol.scaled else torch.ones_like(noise)
@@ -217,10 +251,10 @@ def _noise(baseline: torch.Tensor, reference: torch.Tensor, rows: torch.Tensor |
     step = max(1, DIFF_CHUNK_ELEMENTS // max(1, B * H * D))
     bands = []
     for i in range(0, S, step):
-        err = (baseline[:, :, i:i + step].float() - reference[:, :, i:i + step].float()).abs_()
+        err = (baseline[:, :, i : i + step].float() - reference[:, :, i : i + step].float()).abs_()
         err = torch.nan_to_num_(err, nan=0.0, posinf=0.0)
         if rows is not None:
-            err.masked_fill_(~rows[:, None, i:i + step, None], 0.0)
+            err.masked_fill_(~rows[:, None, i : i + step, None], 0.0)
         bands.append(err.amax(dim=(0, 2, 3)))
     return torch.stack(bands).amax(0) if bands else torch.zeros(H, device=baseline.device)
 
@@ -230,7 +264,7 @@ def _head_magnitude(x: torch.Tensor) -> torch.Tensor:
     at a time."""
     B, H, S, D = x.shape
     step = max(1, DIFF_CHUNK_ELEMENTS // max(1, B * H * D))
-    bands = [_finite_abs(x[:, :, i:i + step]).amax(dim=(0, 2, 3)) for i in range(0, S, step)]
+    bands = [_finite_abs(x[:, :, i : i + step]).amax(dim=(0, 2, 3)) for i in range(0, S, step)]
     return torch.stack(bands).amax(0) if bands else torch.zeros(H, device=x.device)
 
 
@@ -245,9 +279,11 @@ def _finite_abs(x: torch.Tensor) -> torch.Tensor:
 
 
 def _figures(d: Diff, tol: Tolerance) -> dict:
-    return {"max_abs_diff": json_number(float(d.max_abs.max())) if d.max_abs.numel() else 0.0,
-            "max_rel_diff": json_number(float(d.max_rel.max())) if d.max_rel.numel() else 0.0,
-            "tolerance": tol.as_dict()}
+    return {
+        "max_abs_diff": json_number(float(d.max_abs.max())) if d.max_abs.numel() else 0.0,
+        "max_rel_diff": json_number(float(d.max_rel.max())) if d.max_rel.numel() else 0.0,
+        "tolerance": tol.as_dict(),
+    }
 
 
 def _first_failing(diffs: list[Diff]) -> tuple[int, tuple[int, int, int]] | None:
@@ -267,8 +303,11 @@ def nan_check(run: Run, step: Step | None = None) -> Check:
     first: dict[str, Any] | None = None
     for rec in run.records:
         stats = rec.stats
-        per_stage = {"scores": stats.nonfinite_scores, "weights": stats.nonfinite_weights,
-                     "output": stats.nonfinite_output}
+        per_stage = {
+            "scores": stats.nonfinite_scores,
+            "weights": stats.nonfinite_weights,
+            "output": stats.nonfinite_output,
+        }
         for stage in STAGES:
             if stage == "residual":
                 bad = rec.residual_nonfinite
@@ -281,8 +320,13 @@ def nan_check(run: Run, step: Step | None = None) -> Check:
             if first is None and bool((bad > 0).any()):
                 b, h, s = (bad > 0).nonzero().unbind(1)
                 i = int(torch.argmin(s * bad.shape[1] + h))
-                first = {"layer": rec.layer, "stage": stage, "head": None if stage == "residual" else int(h[i]),
-                         "position": int(s[i]), "batch": int(b[i])}
+                first = {
+                    "layer": rec.layer,
+                    "stage": stage,
+                    "head": None if stage == "residual" else int(h[i]),
+                    "position": int(s[i]),
+                    "batch": int(b[i]),
+                }
         if step is not None:
             step(rec.layer + 1, len(run.records))
     logits_bad = nonfinite_counts(run.logits)  # (B, T)
@@ -290,9 +334,15 @@ def nan_check(run: Run, step: Step | None = None) -> Check:
     if first is None and counts["logits"]:
         pos = logits_bad.nonzero()[0]
         first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}
-    message = "no NaN or Inf" if first is None else (
-        f"first non-finite value at layer {first['layer']}, stage {first['stage']}"
-        + (f", head {first['head']}" if first["head"] is not None else "") + f", position {first['position']}")
+    message = (
+        "no NaN or Inf"
+        if first is None
+        else (
+            f"first non-finite value at layer {first['layer']}, stage {first['stage']}"
+            + (f", head {first['head']}" if first["head"] is not None else "")
+            + f", position {first['position']}"
+        )
+    )
     return Check("nan", first is None, {"nonfinite_counts": counts}, first, message)
 
 
@@ -304,7 +354,7 @@ def masked_rows_check(run: Run) -> Check:
     worst = 0.0
     for rec in run.records:
         stats = rec.stats
-        rows_real = real[:, None, -stats.fully_masked.shape[2]:].expand_as(stats.fully_masked)
+        rows_real = real[:, None, -stats.fully_masked.shape[2] :].expand_as(stats.fully_masked)
         e = stats.fully_masked & rows_real
         dev = (stats.weight_sum + stats.sink_weight - 1).abs()
         finite = stats.nonfinite_weights == 0  # rows with NaN/Inf weights are the nan check's finding
@@ -317,12 +367,22 @@ def masked_rows_check(run: Run) -> Check:
     where = (empty or off)[0] if empty or off else None
     passed = not empty and not off
     padding_rows = sum(int((rec.stats.fully_masked & ~real[:, None, :]).sum()) for rec in run.records)
-    message = "every real query row has keys and weights summing to 1" if passed else (
-        f"{len(empty)} real query row(s) with no allowed key" if empty else
-        f"{len(off)} row(s) whose weights do not sum to 1 (worst |sum - 1| = {worst:.3g})")
-    figures = {"fully_masked_rows": empty[:20], "bad_weight_sums": off[:20],
-               "max_weight_sum_error": json_number(worst), "tolerance": WEIGHT_SUM_TOLERANCE,
-               "padding_rows_fully_masked": padding_rows}
+    message = (
+        "every real query row has keys and weights summing to 1"
+        if passed
+        else (
+            f"{len(empty)} real query row(s) with no allowed key"
+            if empty
+            else f"{len(off)} row(s) whose weights do not sum to 1 (worst |sum - 1| = {worst:.3g})"
+        )
+    )
+    figures = {
+        "fully_masked_rows": empty[:20],
+        "bad_weight_sums": off[:20],
+        "max_weight_sum_error": json_number(worst),
+        "tolerance": WEIGHT_SUM_TOLERANCE,
+        "padding_rows_fully_masked": padding_rows,
+    }
     return Check("masked_rows", passed, figures, where and {**where, "stage": "weights"}, message)
 
 
@@ -345,11 +405,22 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
         end_to_end = run.float32_forward() if tol.calibrated else None
     reference32 = None if isinstance(end_to_end, str) else end_to_end
     kept = LayerBuffers(n)
-    free_diffs = [kept.keep_fields(i, compare(rec.out, par.out, None if reference32 is None else reference32[0][i].out,
-                                              tol, real[:, -rec.q.shape[2]:]))
-                  for i, (rec, par) in enumerate(zip(free, run.records, strict=True))]
-    logits_diff = compare(logits_inc[:, None], run.logits[:, None],
-                          None if reference32 is None else reference32[1][:, None], tol, real)
+    free_diffs = [
+        kept.keep_fields(
+            i,
+            compare(
+                rec.out,
+                par.out,
+                None if reference32 is None else reference32[0][i].out,
+                tol,
+                real[:, -rec.q.shape[2] :],
+            ),
+        )
+        for i, (rec, par) in enumerate(zip(free, run.records, strict=True))
+    ]
+    logits_diff = compare(
+        logits_inc[:, None], run.logits[:, None], None if reference32 is None else reference32[1][:, None], tol, real
+    )
     del free, logits_inc, reference32  # the float32 forward's outputs, before the isolated pass
     # In float32, rounding does not accumulate to anything the tolerance sees over a correct model's
     # depth, so the free-running pass localizes as well as isolation, and the isolated pass (as many
@@ -364,8 +435,13 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
     uncalibrated = tol.calibrated and isinstance(end_to_end, str)
     logits_gate = not uncalibrated or isolated is None
     layers_gate = isolated is None and (not tol.calibrated or uncalibrated)
-    end_to_end_calibration = (f"none ({end_to_end})" if isinstance(end_to_end, str) else
-                              "float32 forward of the same inputs" if end_to_end is not None else _constant(run, tol))
+    end_to_end_calibration = (
+        f"none ({end_to_end})"
+        if isinstance(end_to_end, str)
+        else "float32 forward of the same inputs"
+        if end_to_end is not None
+        else _constant(run, tol)
+    )
     calibration = {"layers": _layer_calibration(run, tol, isolated), "end_to_end": end_to_end_calibration}
     layer_diffs, lse_diffs = _isolated_diffs(isolated, tol, real) if isolated is not None else (free_diffs, [])
 
@@ -376,21 +452,30 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
     ratio = _worst_ratio(layer_diffs + lse_diffs)
     if ratio is not None:  # largest error vs float32 over its limit (over 1 fails), in all and per layer
         figures["worst_error_ratio"] = ratio
-        figures["per_layer_error_ratio"] = [_worst_ratio([d, *lse_diffs[i:i + 1]]) for i, d in enumerate(layer_diffs)]
+        figures["per_layer_error_ratio"] = [_worst_ratio([d, *lse_diffs[i : i + 1]]) for i, d in enumerate(layer_diffs)]
     figures["logits_max_abs_diff"] = json_number(float(logits_diff.max_abs.max()))
     free_fail, logits_fail = _first_failing(free_diffs), logits_diff.first_bad()
     # Beside isolation the free-running layers show where the drift grows but do not decide: each is
     # two trajectories of rounding through every layer below, whose largest deviations from float32
     # vary between prompts by more than the rule's factor (per-head ratios up to 2.6x on deep-random),
     # where the logits (thousands of values a row) do not.
-    gates = [name for name, on in (("isolated layers", isolated is not None), ("free-running layers", layers_gate),
-                                   ("logits", logits_gate)) if on]
+    gates = [
+        name
+        for name, on in (
+            ("isolated layers", isolated is not None),
+            ("free-running layers", layers_gate),
+            ("logits", logits_gate),
+        )
+        if on
+    ]
     figures["free_running"] = {
         "per_layer_max_abs_diff": _per_layer(free_diffs),
         "per_layer_error_ratio": [_worst_ratio([d]) for d in free_diffs] if free_diffs[0].limit is not None else None,
         "first_layer_over": None if free_fail is None else free_fail[0],
-        "logits_max_abs_diff": figures["logits_max_abs_diff"], "logits_error_ratio": _worst_ratio([logits_diff]),
-        "over_tolerance": free_fail is not None or logits_fail is not None}
+        "logits_max_abs_diff": figures["logits_max_abs_diff"],
+        "logits_error_ratio": _worst_ratio([logits_diff]),
+        "over_tolerance": free_fail is not None or logits_fail is not None,
+    }
     figures["gates"] = gates
     figures["calibration"] = calibration
 
@@ -400,28 +485,38 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
         failing, stage, diffs_at = lse_failing, "lse", lse_diffs
     else:
         stage, diffs_at = "output", layer_diffs
-    where, message = None, "incremental decoding matches the full forward, " + (
-        "layer by layer (isolated) and end to end" if isolated is not None else "layer by layer and end to end")
+    where, message = (
+        None,
+        "incremental decoding matches the full forward, "
+        + ("layer by layer (isolated) and end to end" if isolated is not None else "layer by layer and end to end"),
+    )
     if failing is not None:
         layer, (b, h, s) = failing
         where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": stage, "path": "isolated"}
-        message = (f"layer {layer}'s incremental attention {stage} differs from its parallel one on the same "
-                   f"input (head {h}, position {s}; max |Δ| {float(diffs_at[layer].max_abs.max()):.3g}"
-                   f"{_over(diffs_at[layer], h)})")
+        message = (
+            f"layer {layer}'s incremental attention {stage} differs from its parallel one on the same "
+            f"input (head {h}, position {s}; max |Δ| {float(diffs_at[layer].max_abs.max()):.3g}"
+            f"{_over(diffs_at[layer], h)})"
+        )
     elif layers_gate and free_fail is not None:
         layer, (b, h, s) = free_fail
         where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output", "path": "free_running"}
-        message = (f"incremental attention output differs from the full forward from layer {layer} on "
-                   f"(head {h}, position {s}; max |Δ| {float(free_diffs[layer].max_abs.max()):.3g}"
-                   f"{_over(free_diffs[layer], h)})")
+        message = (
+            f"incremental attention output differs from the full forward from layer {layer} on "
+            f"(head {h}, position {s}; max |Δ| {float(free_diffs[layer].max_abs.max()):.3g}"
+            f"{_over(free_diffs[layer], h)})"
+        )
     elif logits_gate and logits_fail is not None:
         b, _, s = logits_fail
         where = {"layer": None, "head": None, "position": s, "batch": b, "stage": "logits", "path": "free_running"}
-        message = (f"logits differ at position {s} (max |Δ| {float(logits_diff.max_abs.max()):.3g}"
-                   f"{_over(logits_diff, 0)})")
+        message = (
+            f"logits differ at position {s} (max |Δ| {float(logits_diff.max_abs.max()):.3g}{_over(logits_diff, 0)})"
+        )
         if isolated is not None:
-            message += (", while every layer agrees in isolation: a difference too small to see in one layer "
-                        "accumulates over depth")
+            message += (
+                ", while every layer agrees in isolation: a difference too small to see in one layer "
+                "accumulates over depth"
+            )
         if free_fail is not None:
             message += f" (the free-running pass is over its limit from layer {free_fail[0]} on)"
     if uncalibrated:
@@ -459,7 +554,7 @@ def _isolated_diffs(isolated, tol: Tolerance, real: torch.Tensor) -> tuple[list[
     refs = isolated.reference or [None] * len(isolated.parallel)
     outs, lses = [], []
     for i, (par, inc, ref) in enumerate(zip(isolated.parallel, isolated.incremental, refs, strict=True)):
-        rows = real[:, -par.out.shape[2]:]
+        rows = real[:, -par.out.shape[2] :]
         outs.append(kept.keep_fields(i, compare(inc.out, par.out, None if ref is None else ref.out, tol, rows)))
         if inc.lse is not None and par.lse is not None:
             ref_lse = None if ref is None else _as_rows(ref.lse)
@@ -478,8 +573,9 @@ def _per_layer(diffs: list[Diff]) -> list:
 
 def _worst_ratio(diffs: list[Diff]) -> float | None:
     """The largest error vs float32 over its limit of calibrated diffs (None when none is)."""
-    ratios = [(d.error / d.limit).max() for d in diffs
-              if d.error is not None and d.limit is not None and d.limit.numel()]
+    ratios = [
+        (d.error / d.limit).max() for d in diffs if d.error is not None and d.limit is not None and d.limit.numel()
+    ]
     if not ratios:
         return None
     ratio = json_number(round(float(torch.stack(ratios).max()), 4))
@@ -490,8 +586,10 @@ def _over(d: Diff, head: int) -> str:
     """How far over its calibrated limit a head is, for a message ("" for a constant tolerance)."""
     if d.limit is None or d.error is None:
         return ""
-    return (f"; error vs float32 {float(d.error[head]):.3g} > limit {float(d.limit[head]):.3g}, "
-            f"{RULE_FACTOR:g}x the parallel path's own")
+    return (
+        f"; error vs float32 {float(d.error[head]):.3g} > limit {float(d.limit[head]):.3g}, "
+        f"{RULE_FACTOR:g}x the parallel path's own"
+    )
 
 
 def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = None) -> tuple[Check, list[Diff]]:
@@ -499,19 +597,27 @@ def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = Non
     bfloat16, flash-attention's rule: the backend's error vs float32 at most `RULE_FACTOR` times that
     of the textbook attention in the same dtype (`eager.attend_rounded`) on the same q, k, v."""
     if run.backend == "eager" and run.model.dtype == torch.float32:
-        return Check("backend_vs_reference", True, {"skipped": "the backend is the eager float32 reference"}, None,
-                     "skipped: the backend is the eager float32 reference itself"), []
+        return Check(
+            "backend_vs_reference",
+            True,
+            {"skipped": "the backend is the eager float32 reference"},
+            None,
+            "skipped: the backend is the eager float32 reference itself",
+        ), []
     eager_attend = get_backend("eager")
     diffs, kept = [], LayerBuffers(len(run.records))
     for i, rec in enumerate(run.records):
-        features = {name: value for name, value in (("softcap", rec.softcap), ("sinks", rec.sinks))
-                    if value is not None}  # the layer's own, as the backend ran them
-        ref, _ = eager_attend(rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False,
-                              **features)
-        rows = run.inputs.real[:, -rec.q.shape[2]:]
+        features = {
+            name: value for name, value in (("softcap", rec.softcap), ("sinks", rec.sinks)) if value is not None
+        }  # the layer's own, as the backend ran them
+        ref, _ = eager_attend(
+            rec.q.float(), rec.k.float(), rec.v.float(), rec.mask, rec.scale, need_lse=False, **features
+        )
+        rows = run.inputs.real[:, -rec.q.shape[2] :]
         if tol.calibrated and rec.q.dtype in HALF:
-            baseline = eager.attend_rounded(rec.q, rec.k, rec.v, rec.mask, rec.scale, softcap=rec.softcap,
-                                            sinks=rec.sinks)
+            baseline = eager.attend_rounded(
+                rec.q, rec.k, rec.v, rec.mask, rec.scale, softcap=rec.softcap, sinks=rec.sinks
+            )
             d = compare(rec.out, baseline, ref, tol, rows, delta="reference")
             del baseline
         else:
@@ -528,15 +634,26 @@ def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = Non
         figures["calibration"] = f"the textbook attention in {str(run.model.dtype).removeprefix('torch.')}"
     failing = _first_failing(diffs)
     if failing is None:
-        return Check("backend_vs_reference", True, figures, None,
-                     f"{run.backend} matches the eager float32 reference"), diffs
+        return Check(
+            "backend_vs_reference", True, figures, None, f"{run.backend} matches the eager float32 reference"
+        ), diffs
     layer, (b, h, s) = failing
     where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output"}
-    return Check("backend_vs_reference", False, figures, where,
-                 f"{run.backend} differs from eager at layer {layer}, head {h}, position {s} "
-                 f"(max |Δ| {float(diffs[layer].max_abs.max()):.3g}"
-                 + (f"; {RULE_FACTOR:g}x the error of the textbook attention in the same dtype is "
-                    f"{float(diffs[layer].limit[h]):.3g}" if diffs[layer].limit is not None else "") + ")"), diffs
+    return Check(
+        "backend_vs_reference",
+        False,
+        figures,
+        where,
+        f"{run.backend} differs from eager at layer {layer}, head {h}, position {s} "
+        f"(max |Δ| {float(diffs[layer].max_abs.max()):.3g}"
+        + (
+            f"; {RULE_FACTOR:g}x the error of the textbook attention in the same dtype is "
+            f"{float(diffs[layer].limit[h]):.3g}"
+            if diffs[layer].limit is not None
+            else ""
+        )
+        + ")",
+    ), diffs
 
 
 def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = None, step: Step | None = None) -> Check:
@@ -556,12 +673,19 @@ def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = Non
         if step is not None:
             step(n, len(cut_points))
         changed = ids.clone()
-        changed[:, p + 1:] = (ids[:, p + 1:] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
+        changed[:, p + 1 :] = (ids[:, p + 1 :] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
         with torch.inference_mode():
             records = run.rerun(changed)
-        diffs = [compare(rec.out[:, :, :p + 1], orig.out[:, :, :p + 1],
-                         None if rerun is None else rerun[i].out[:, :, :p + 1], tol, run.inputs.real[:, :p + 1])
-                 for i, (rec, orig) in enumerate(zip(records, run.records, strict=True))]
+        diffs = [
+            compare(
+                rec.out[:, :, : p + 1],
+                orig.out[:, :, : p + 1],
+                None if rerun is None else rerun[i].out[:, :, : p + 1],
+                tol,
+                run.inputs.real[:, : p + 1],
+            )
+            for i, (rec, orig) in enumerate(zip(records, run.records, strict=True))
+        ]
         worst = max(worst, max(float(d.max_abs.max()) for d in diffs))
         failing = _first_failing(diffs)
         if failing is not None and (first is None or failing[0] < first["layer"]):
@@ -569,14 +693,25 @@ def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = Non
             first = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output", "cut": p}
     if step is not None:
         step(len(cut_points), len(cut_points))
-    figures = {"cut_points": cut_points, "max_abs_diff": json_number(worst), "tolerance": tol.as_dict(),
-               "bit_exact": run.exact, "calibration": calibration}
+    figures = {
+        "cut_points": cut_points,
+        "max_abs_diff": json_number(worst),
+        "tolerance": tol.as_dict(),
+        "bit_exact": run.exact,
+        "calibration": calibration,
+    }
     if first is None:
-        return Check("causality", True, figures, None,
-                     f"no position <= p changes when later tokens change (p in {cut_points})")
-    return Check("causality", False, figures, first,
-                 f"changing tokens after position {first['cut']} changes position {first['position']} "
-                 f"from layer {first['layer']} on (head {first['head']}): a future-token leak")
+        return Check(
+            "causality", True, figures, None, f"no position <= p changes when later tokens change (p in {cut_points})"
+        )
+    return Check(
+        "causality",
+        False,
+        figures,
+        first,
+        f"changing tokens after position {first['cut']} changes position {first['position']} "
+        f"from layer {first['layer']} on (head {first['head']}): a future-token leak",
+    )
 
 
 def causality_tolerance(run: Run, tol: Tolerance) -> tuple[Tolerance, str]:
@@ -595,15 +730,20 @@ def causality_tolerance(run: Run, tol: Tolerance) -> tuple[Tolerance, str]:
     if not tol.calibrated:
         return tol, _constant(run, tol)
     if run.model.batch_invariant:
-        return (Tolerance.rule(run.model.dtype),
-                "a rerun of the same tokens: changed future tokens may move earlier positions by at most "
-                f"{RULE_FACTOR:g}x what it moves them")
+        return (
+            Tolerance.rule(run.model.dtype),
+            "a rerun of the same tokens: changed future tokens may move earlier positions by at most "
+            f"{RULE_FACTOR:g}x what it moves them",
+        )
     return tol.uncalibrated(), _constant(run, tol) + " (the engine is not batch invariant)"
 
 
 def _merge(diffs: list[Diff]) -> Diff:
-    return Diff(torch.stack([d.max_abs for d in diffs]).amax(0), torch.stack([d.max_rel for d in diffs]).amax(0),
-                torch.zeros(0, dtype=torch.bool))
+    return Diff(
+        torch.stack([d.max_abs for d in diffs]).amax(0),
+        torch.stack([d.max_rel for d in diffs]).amax(0),
+        torch.zeros(0, dtype=torch.bool),
+    )
 
 
 def parse_checks(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -622,8 +762,14 @@ def parse_checks(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     return names
 
 
-def run_checks(run: Run, names: Sequence[str] = CHECK_NAMES, atol: float | None = None, rtol: float | None = None,
-               on_check=None, progress: Progress | None = None) -> tuple[list[Check], dict[str, list[Diff]]]:
+def run_checks(
+    run: Run,
+    names: Sequence[str] = CHECK_NAMES,
+    atol: float | None = None,
+    rtol: float | None = None,
+    on_check=None,
+    progress: Progress | None = None,
+) -> tuple[list[Check], dict[str, list[Diff]]]:
     """Run the named checks on a run. Returns (checks, per-layer diffs by check name).
     `on_check(check)` is called as each one finishes; `progress(done, total, name)` as each loops
     (layers, tokens × layers of full_vs_incremental, perturbations of causality)."""

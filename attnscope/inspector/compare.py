@@ -52,22 +52,29 @@ def require_same_layout(a: Layout, b: Layout, names: tuple[str, str] = ("A", "B"
     for field in LAYOUT_FIELDS:
         va, vb = getattr(a, field), getattr(b, field)
         if va != vb:
-            raise UserError(f"the models have different layouts: {field.removeprefix('n_')} is {va} in {names[0]} "
-                            f"and {vb} in {names[1]}")
+            raise UserError(
+                f"the models have different layouts: {field.removeprefix('n_')} is {va} in {names[0]} "
+                f"and {vb} in {names[1]}"
+            )
 
 
-def require_same_tokens(ids_a: list[int], ids_b: list[int], texts_a: list[str], texts_b: list[str],
-                 names: tuple[str, str] = ("A", "B")) -> None:
+def require_same_tokens(
+    ids_a: list[int], ids_b: list[int], texts_a: list[str], texts_b: list[str], names: tuple[str, str] = ("A", "B")
+) -> None:
     """A UserError showing the first token where two tokenizations of the same prompt differ."""
     for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)):
         if x != y:
-            raise UserError(f"the models tokenize the prompt differently: token {i} is {x} ({texts_a[i]!r}) in "
-                            f"{names[0]} and {y} ({texts_b[i]!r}) in {names[1]}")
+            raise UserError(
+                f"the models tokenize the prompt differently: token {i} is {x} ({texts_a[i]!r}) in "
+                f"{names[0]} and {y} ({texts_b[i]!r}) in {names[1]}"
+            )
     if len(ids_a) != len(ids_b):
         i = min(len(ids_a), len(ids_b))
         longer, (name, texts) = (ids_a, (names[0], texts_a)) if len(ids_a) > i else (ids_b, (names[1], texts_b))
-        raise UserError(f"the models tokenize the prompt differently: {names[0]} gives {len(ids_a)} tokens and "
-                        f"{names[1]} {len(ids_b)}; token {i} is {longer[i]} ({texts[i]!r}) in {name} only")
+        raise UserError(
+            f"the models tokenize the prompt differently: {names[0]} gives {len(ids_a)} tokens and "
+            f"{names[1]} {len(ids_b)}; token {i} is {longer[i]} ({texts[i]!r}) in {name} only"
+        )
 
 
 def tolerance_for(a: torch.dtype, b: torch.dtype, atol: float | None = None, rtol: float | None = None) -> Tolerance:
@@ -81,7 +88,7 @@ def _widen(scores: torch.Tensor, span: slice, wider: slice) -> torch.Tensor:
     if span == wider:
         return scores
     out = scores.new_full((*scores.shape[:-1], wider.stop - wider.start), float("-inf"))
-    out[..., span.start - wider.start:span.stop - wider.start] = scores
+    out[..., span.start - wider.start : span.stop - wider.start] = scores
     return out
 
 
@@ -145,8 +152,9 @@ class Comparison:
     @functools.cached_property
     def probability_max(self) -> np.ndarray:
         """[L, Hq] largest |Δ| of each head's attention probabilities."""
-        return np.stack([r.amax(dim=(0, 2)).cpu().numpy() if r.numel() else np.zeros(r.shape[1])
-                         for r in self.probability_rows])
+        return np.stack(
+            [r.amax(dim=(0, 2)).cpu().numpy() if r.numel() else np.zeros(r.shape[1]) for r in self.probability_rows]
+        )
 
     @functools.cached_property
     def js_mean(self) -> np.ndarray:
@@ -182,12 +190,24 @@ class Comparison:
                 return {"layer": layer, "stage": "attention", "head": h, "position": s, "batch": b, "differs": differs}
             place = self.residual[layer].first_bad()
             if place is not None:
-                return {"layer": layer, "stage": "residual", "head": None, "position": place[2], "batch": place[0],
-                        "differs": []}
+                return {
+                    "layer": layer,
+                    "stage": "residual",
+                    "head": None,
+                    "position": place[2],
+                    "batch": place[0],
+                    "differs": [],
+                }
         place = self.logits.first_bad()
         if place is not None:
-            return {"layer": None, "stage": "logits", "head": None, "position": place[2], "batch": place[0],
-                    "differs": []}
+            return {
+                "layer": None,
+                "stage": "logits",
+                "head": None,
+                "position": place[2],
+                "batch": place[0],
+                "differs": [],
+            }
         return None
 
     def worst_head(self) -> tuple[int, int]:
@@ -238,16 +258,26 @@ class Comparison:
     def record_at(self, layer: int, head: int | None = None) -> RecordPair:
         return record_at(self.records, self.n_heads, layer, head)
 
-    def attention(self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None),
-                  batch: int = 0) -> torch.Tensor:
+    def attention(
+        self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None), batch: int = 0
+    ) -> torch.Tensor:
         """Float32 ``|P_B − P_A|`` ``[queries, keys]`` of one query head, recomputed from both models' q, k, lse."""
         pair = self.record_at(layer, head)
         validate_region(pair, queries, keys, batch)
         pa = pair.a.probabilities(head, queries, keys, batch)
         return (pair.b.probabilities(head, queries, keys, batch) - pa).abs()
 
-    def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
-                         batch: int = 0, queries: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
+    def attention_pooled(
+        self,
+        layer: int,
+        head: int,
+        height: int,
+        width: int,
+        reduce: str = "max",
+        batch: int = 0,
+        queries: slice = slice(None),
+        keys: slice = slice(None),
+    ) -> np.ndarray:
         """A ``height × width`` max- (or mean-) pooled map of ``|P_B − P_A|``, a band of query rows at a
         time: the full matrix is never built."""
         if reduce not in ("max", "mean"):
@@ -274,13 +304,16 @@ class Comparison:
         out, prob, js = self.output_max, self.probability_max, self.js_mean
         first = self.first_divergence()
         layer_first = first if first is not None and first["stage"] != "logits" else None
-        figures = {"per_layer_output_max_abs_diff": [json_number(float(x)) for x in out.max(1)],
-                   "per_layer_probability_max_abs_diff": [json_number(float(x)) for x in prob.max(1)],
-                   "per_layer_js_mean_max": [json_number(float(x)) for x in js.max(1)],
-                   "per_layer_residual_max_abs_diff": [json_number(float(d.max_abs.max())) for d in self.residual],
-                   "tolerance": tol}
-        divergence = Check("divergence", layer_first is None, figures, layer_first,
-                           _divergence_message(self, layer_first))
+        figures = {
+            "per_layer_output_max_abs_diff": [json_number(float(x)) for x in out.max(1)],
+            "per_layer_probability_max_abs_diff": [json_number(float(x)) for x in prob.max(1)],
+            "per_layer_js_mean_max": [json_number(float(x)) for x in js.max(1)],
+            "per_layer_residual_max_abs_diff": [json_number(float(d.max_abs.max())) for d in self.residual],
+            "tolerance": tol,
+        }
+        divergence = Check(
+            "divergence", layer_first is None, figures, layer_first, _divergence_message(self, layer_first)
+        )
         logits_max = float(self.logits.max_abs.max())
         agree, n = int(self.top1[self.real].sum()), int(self.real.sum())
         first_bad = self.logits.first_bad()
@@ -289,12 +322,21 @@ class Comparison:
         if first_bad is not None:
             b, _, s = first_bad
             where = {"layer": None, "head": None, "position": s, "batch": b, "stage": "logits"}
-        message = (f"logits max |Δ| {logits_max:.3g}; the greedy next token agrees at {agree}/{n} positions"
-                   + ("" if logits_ok else " (over tolerance)"))
-        logits = Check("logits", logits_ok, {"max_abs_diff": json_number(logits_max),
-                                             "top1_agreement": json_number(agree / n if n else 1.0),
-                                             "top1_disagreements": self.top1_disagreements(), "tolerance": tol},
-                       where, message)
+        message = f"logits max |Δ| {logits_max:.3g}; the greedy next token agrees at {agree}/{n} positions" + (
+            "" if logits_ok else " (over tolerance)"
+        )
+        logits = Check(
+            "logits",
+            logits_ok,
+            {
+                "max_abs_diff": json_number(logits_max),
+                "top1_agreement": json_number(agree / n if n else 1.0),
+                "top1_disagreements": self.top1_disagreements(),
+                "tolerance": tol,
+            },
+            where,
+            message,
+        )
         return [divergence, logits]
 
     def top1_disagreements(self, batch: int = 0) -> list[int]:
@@ -309,11 +351,17 @@ class Comparison:
         layers = []
         for layer, rec in enumerate(self.run_a.records):
             qkv = {f"{name}_max_abs_diff": json_number(float(d.max_abs.max())) for name, d in self.qkv[layer].items()}
-            heads = [{"head": h, "kv_head": h // rec.group_size,
-                      "output_max_abs_diff": json_number(float(out[layer, h])),
-                      "probability_max_abs_diff": json_number(float(prob[layer, h])),
-                      "js_mean": json_number(float(js[layer, h])), "over_tolerance": bool(over[layer, h])}
-                     for h in range(out.shape[1])]
+            heads = [
+                {
+                    "head": h,
+                    "kv_head": h // rec.group_size,
+                    "output_max_abs_diff": json_number(float(out[layer, h])),
+                    "probability_max_abs_diff": json_number(float(prob[layer, h])),
+                    "js_mean": json_number(float(js[layer, h])),
+                    "over_tolerance": bool(over[layer, h]),
+                }
+                for h in range(out.shape[1])
+            ]
             residual = json_number(float(self.residual[layer].max_abs.max()))
             layers.append({"index": layer, "residual_max_abs_diff": residual, **qkv, "heads": heads})
         checks = self.checks()
@@ -322,8 +370,12 @@ class Comparison:
             "tokens": [asdict(t) for t in tokens_of(self.run_a, ids)],
             "first_divergence": self.first_divergence(),
             "logits": {key: checks[1].figures[key] for key in ("max_abs_diff", "top1_agreement", "top1_disagreements")},
-            "worst_head": {"layer": worst[0], "head": worst[1], "js_mean": json_number(float(js[worst])),
-                           "probability_max_abs_diff": json_number(float(prob[worst]))},
+            "worst_head": {
+                "layer": worst[0],
+                "head": worst[1],
+                "js_mean": json_number(float(js[worst])),
+                "probability_max_abs_diff": json_number(float(prob[worst])),
+            },
             "layers": layers,
             "checks": [asdict(c) for c in checks],
             "passed": all(c.passed for c in checks),
@@ -372,14 +424,18 @@ def _divergence_message(c: Comparison, first: dict | None) -> str:
         return "no layer crosses the tolerance: attention and the residual stream agree"
     layer = first["layer"]
     if first["stage"] == "residual":
-        return (f"first divergence at layer {layer}, in the residual stream (its attention agrees; the block's "
-                f"output projection, norms or MLP differ), position {first['position']} (max |Δ| "
-                f"{float(c.residual[layer].max_abs.max()):.3g})")
+        return (
+            f"first divergence at layer {layer}, in the residual stream (its attention agrees; the block's "
+            f"output projection, norms or MLP differ), position {first['position']} (max |Δ| "
+            f"{float(c.residual[layer].max_abs.max()):.3g})"
+        )
     differs = ", ".join(first["differs"]) or "none of q, k, v"
     out, prob = float(c.output_max[layer].max()), float(c.probability_max[layer].max())
-    return (f"first divergence at layer {layer}, in attention (head {first['head']}, position {first['position']}; "
-            f"{differs} differ{'s' if len(first['differs']) == 1 else ''}; max |Δ| of the output {out:.3g}, "
-            f"of the probabilities {prob:.3g})")
+    return (
+        f"first divergence at layer {layer}, in attention (head {first['head']}, position {first['position']}; "
+        f"{differs} differ{'s' if len(first['differs']) == 1 else ''}; max |Δ| of the output {out:.3g}, "
+        f"of the probabilities {prob:.3g})"
+    )
 
 
 @torch.inference_mode()
@@ -417,5 +473,3 @@ def compare_document(comparisons: list[Comparison]) -> str:
         "prompts": [c.to_dict() for c in comparisons],
     }
     return json.dumps(doc, indent=2, allow_nan=False)
-
-

@@ -86,9 +86,13 @@ def head_roles(run: Run, probe: Run, step: Step | None = None) -> list[list[Head
             induction = rep_rec.weights_at(h, n - 1)[start:]
             entropy = stats.entropy[0, h]
             broad = (entropy[1:] / torch.log(keys[1:])).clamp(0, 1)
-            scores = {"induction": _mean(induction), "previous_token": _mean(prev),
-                      "sink": _mean(stats.first_token_mass[0, h, 1:]), "local": _mean(local[1:]),
-                      "broad": _mean(broad[3:])}
+            scores = {
+                "induction": _mean(induction),
+                "previous_token": _mean(prev),
+                "sink": _mean(stats.first_token_mass[0, h, 1:]),
+                "local": _mean(local[1:]),
+                "broad": _mean(broad[3:]),
+            }
             layer_roles.append(HeadRole(layer, h, h // rec.group_size, scores, pick_role(scores)))
         out.append(layer_roles)
         if step is not None:

@@ -89,8 +89,23 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
-        order = ["schema", "model", "backend", "reference", "lse_source", "device", "dtype", "prompt", "tokens",
-                 "continuation", "masks", "layers", "checks", "passed", "mask_cache"]
+        order = [
+            "schema",
+            "model",
+            "backend",
+            "reference",
+            "lse_source",
+            "device",
+            "dtype",
+            "prompt",
+            "tokens",
+            "continuation",
+            "masks",
+            "layers",
+            "checks",
+            "passed",
+            "mask_cache",
+        ]
         return {key: d[key] for key in order}
 
     def check(self, name: str) -> Check | None:
@@ -136,24 +151,41 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
             r = roles[layer][h]
             return {"role": r.role, "role_scores": {k: json_number(round(v, 4)) for k, v in r.scores.items()}}
 
-        out.append([
-            HeadStats(head=h, kv_head=h // rec.group_size, entropy=json_number(entropy[h]),
-                      max_weight=json_number(max_w[h]), first_token_mass=json_number(sink[h]),
-                      nonfinite=int(bad[h]), fully_masked_rows=int(empty[h]),
-                      **worst_of(h), flags=flags(h), **role(h),
-                      sink_share=None if shares is None else json_number(shares[h]))
-            for h in range(rec.q.shape[1])
-        ])
+        out.append(
+            [
+                HeadStats(
+                    head=h,
+                    kv_head=h // rec.group_size,
+                    entropy=json_number(entropy[h]),
+                    max_weight=json_number(max_w[h]),
+                    first_token_mass=json_number(sink[h]),
+                    nonfinite=int(bad[h]),
+                    fully_masked_rows=int(empty[h]),
+                    **worst_of(h),
+                    flags=flags(h),
+                    **role(h),
+                    sink_share=None if shares is None else json_number(shares[h]),
+                )
+                for h in range(rec.q.shape[1])
+            ]
+        )
     return out
 
 
 def model_info(model) -> dict[str, Any]:
     """The report's ``model`` entry of an engine: name, path, engine, model type and layout."""
     layout = model.layout
-    return {"name": model.name, "path": str(model.path), "engine": model.engine, "model_type": layout.model_type,
-            "layers": layout.n_layers,
-            "heads": layout.n_heads, "kv_heads": layout.n_kv_heads, "head_dim": layout.head_dim,
-            "vocab_size": layout.vocab_size}
+    return {
+        "name": model.name,
+        "path": str(model.path),
+        "engine": model.engine,
+        "model_type": layout.model_type,
+        "layers": layout.n_layers,
+        "heads": layout.n_heads,
+        "kv_heads": layout.n_kv_heads,
+        "head_dim": layout.head_dim,
+        "vocab_size": layout.vocab_size,
+    }
 
 
 def tokens_of(run: Run, ids: list[int], start: int = 0) -> list[Token]:
@@ -161,8 +193,9 @@ def tokens_of(run: Run, ids: list[int], start: int = 0) -> list[Token]:
     return [Token(start + i, t, s) for i, (t, s) in enumerate(zip(ids, run.token_texts(ids), strict=True))]
 
 
-def build_report(run: Run, prompt, continuation: list[int], checks: list[Check], diffs: dict, roles=None,
-                 batch: int = 0) -> Report:
+def build_report(
+    run: Run, prompt, continuation: list[int], checks: list[Check], diffs: dict, roles=None, batch: int = 0
+) -> Report:
     """The `Report` of row `batch` of a run: `prompt` as given (text or ids), the greedy
     `continuation` ids, the `checks` that ran and their `diffs`, the head `roles` if scored."""
     from attnscope import masks  # (torch) only to build a report, not to read or render one
@@ -170,8 +203,10 @@ def build_report(run: Run, prompt, continuation: list[int], checks: list[Check],
     model = run.model
     ids = run.inputs.ids[batch].tolist()
     tokens, new = tokens_of(run, ids), tokens_of(run, continuation, len(ids))
-    layers = [LayerReport(rec.layer, repr(rec.mask), heads)
-              for rec, heads in zip(run.records, head_stats(run, diffs, roles, batch), strict=True)]
+    layers = [
+        LayerReport(rec.layer, repr(rec.mask), heads)
+        for rec, heads in zip(run.records, head_stats(run, diffs, roles, batch), strict=True)
+    ]
     return Report(
         model=model_info(model),
         backend=run.backend,
@@ -193,8 +228,17 @@ def report_set(reports: list[Report]) -> str:
     """The JSON of several runs' reports (``attnscope.report-set/1``); one report is written as itself."""
     if len(reports) == 1:
         return reports[0].to_json()
-    return json.dumps(finite({"schema": "attnscope.report-set/1", "passed": all(r.passed for r in reports),
-                              "reports": [r.to_dict() for r in reports]}), indent=2, allow_nan=False)
+    return json.dumps(
+        finite(
+            {
+                "schema": "attnscope.report-set/1",
+                "passed": all(r.passed for r in reports),
+                "reports": [r.to_dict() for r in reports],
+            }
+        ),
+        indent=2,
+        allow_nan=False,
+    )
 
 
 def pick_head(report: Report, layer: int | None = None, head: int | None = None) -> tuple[int, int, str]:
@@ -204,9 +248,15 @@ def pick_head(report: Report, layer: int | None = None, head: int | None = None)
     validate_head_range(layer, head, len(report.layers), len(report.layers[0].heads) if report.layers else 0)
     if layer is not None and head is not None:
         return layer, head, ""
-    candidates = [(h.entropy, lr.index, h.head) for lr in report.layers for h in lr.heads
-                  if (layer is None or lr.index == layer) and (head is None or h.head == head)
-                  and isinstance(h.entropy, float) and not h.nonfinite]
+    candidates = [
+        (h.entropy, lr.index, h.head)
+        for lr in report.layers
+        for h in lr.heads
+        if (layer is None or lr.index == layer)
+        and (head is None or h.head == head)
+        and isinstance(h.entropy, float)
+        and not h.nonfinite
+    ]
     if not candidates:
         return layer or 0, head or 0, ""
     _, best_layer, best_head = min(candidates)

@@ -108,8 +108,9 @@ class Result:
 
     def first_failure(self) -> tuple[int, int] | None:
         """(layer, head) where the first failing check that names a head is worst, or None."""
-        where = next((c.where for c in self.checks if not c.passed and c.where and c.where.get("head") is not None),
-                     None)
+        where = next(
+            (c.where for c in self.checks if not c.passed and c.where and c.where.get("head") is not None), None
+        )
         return (min(where["layer"], self.n_layers - 1), min(where["head"], self.n_heads - 1)) if where else None
 
     # ---- views ---------------------------------------------------------------------------------
@@ -117,15 +118,25 @@ class Result:
         """The record of `layer`; a UserError naming the valid range when layer or head is outside it."""
         return record_at(self.records, self.n_heads, layer, head)
 
-    def attention(self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None),
-                  batch: int = 0) -> torch.Tensor:
+    def attention(
+        self, layer: int, head: int, queries: slice = slice(None), keys: slice = slice(None), batch: int = 0
+    ) -> torch.Tensor:
         """Float32 attention probabilities ``[queries, keys]`` of query head `head` in `layer`."""
         rec = self.record_at(layer, head)
         validate_region(rec, queries, keys, batch)
         return rec.probabilities(head, queries, keys, batch=batch)
 
-    def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
-                         batch: int = 0, queries: slice = slice(None), keys: slice = slice(None)) -> np.ndarray:
+    def attention_pooled(
+        self,
+        layer: int,
+        head: int,
+        height: int,
+        width: int,
+        reduce: str = "max",
+        batch: int = 0,
+        queries: slice = slice(None),
+        keys: slice = slice(None),
+    ) -> np.ndarray:
         """A height × width pooled map (numpy float32) of one head, computed tile by tile: for
         screens and long prompts, never materializing the full matrix. A backend whose attend
         function offers ``pooled_probabilities`` (`attnscope.backends`: the triton backend's
@@ -136,9 +147,18 @@ class Result:
         if pooled is None:
             return rec.pooled(head, height, width, reduce, batch, queries, keys)
         Sq, Sk = rec.shape
-        probs = pooled(rec.q[batch, head], rec.k[batch, head // rec.group_size], rec.kept_lse[batch, head],
-                       scale=rec.scale, mask=rec.mask, q_offset=Sk - Sq, rows=queries, cols=keys,
-                       pool=(height, width), reduce=reduce)
+        probs = pooled(
+            rec.q[batch, head],
+            rec.k[batch, head // rec.group_size],
+            rec.kept_lse[batch, head],
+            scale=rec.scale,
+            mask=rec.mask,
+            q_offset=Sk - Sq,
+            rows=queries,
+            cols=keys,
+            pool=(height, width),
+            reduce=reduce,
+        )
         return probs.cpu().numpy()
 
     def attention_group(self, layer: int, kv_head: int, batch: int = 0, reduce: str | None = None) -> torch.Tensor:
@@ -157,8 +177,9 @@ class Result:
     def report(self, batch: int = 0) -> Report:
         """The JSON-serializable `Report` of one row (row 0 by default)."""
         prompt = self.prompt[batch] if self.batched else self.prompt
-        return build_report(self.run, prompt, self.continuation_ids_by_row[batch], self.checks, self.diffs,
-                            self.roles, batch)
+        return build_report(
+            self.run, prompt, self.continuation_ids_by_row[batch], self.checks, self.diffs, self.roles, batch
+        )
 
 
 def record_at(records: list, n_heads: int, layer: int, head: int | None = None):
@@ -179,6 +200,5 @@ def validate_region(rec, queries: slice, keys: slice, batch: int) -> None:
         if sl.step not in (None, 1):
             raise UserError(f"{what} slice {sl} must have step 1")
         start, stop, _ = sl.indices(n)
-        if (sl.start is not None and not -n <= sl.start < n) or (sl.stop is not None and sl.stop > n) \
-                or start >= stop:
+        if (sl.start is not None and not -n <= sl.start < n) or (sl.stop is not None and sl.stop > n) or start >= stop:
             raise UserError(f"{what} slice {sl.start}:{sl.stop} is empty or out of range (0..{n})")

@@ -88,13 +88,23 @@ class Run:
     logits: torch.Tensor  # [B, T, vocab] float32
 
     @classmethod
-    def forward(cls, model: Engine, backend: str, attend: AttendFn, inputs: Inputs, *, cache=None,
-                on_layer=None, residuals: bool = False) -> Run:
+    def forward(
+        cls,
+        model: Engine,
+        backend: str,
+        attend: AttendFn,
+        inputs: Inputs,
+        *,
+        cache=None,
+        on_layer=None,
+        residuals: bool = False,
+    ) -> Run:
         """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer (and
         its block's output, with `residuals`)."""
         capture = Capture(on_layer=on_layer, keep_residuals=residuals, n_layers=model.layout.n_layers)
-        logits = model.forward(inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding,
-                               positions=inputs.positions)  # (B, T, vocab)
+        logits = model.forward(
+            inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding, positions=inputs.positions
+        )  # (B, T, vocab)
         return cls(model, backend, attend, inputs, capture.layers(), logits.float())
 
     def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
@@ -103,8 +113,14 @@ class Run:
         # only the outputs are compared: no lse, no residual counts
         capture = Capture(count_nonfinite=False, n_layers=self.model.layout.n_layers, lse=False)
         B, T = ids.shape
-        self.model.forward(ids, self.attend, cache=self.model.new_cache(B, T), recorder=capture,
-                           mask=self.inputs.padding, positions=self.inputs.positions)
+        self.model.forward(
+            ids,
+            self.attend,
+            cache=self.model.new_cache(B, T),
+            recorder=capture,
+            mask=self.inputs.padding,
+            positions=self.inputs.positions,
+        )
         return capture.layers()
 
     def incremental(self, step: Step | None = None) -> tuple[list[LayerRecord], torch.Tensor]:
@@ -113,9 +129,16 @@ class Run:
         `step(done, total)` as it goes, counting tokens × layers."""
         B, T = self.inputs.shape
         capture = Capture(append=True, count_nonfinite=False, lse=False)  # only the attention outputs are compared
-        logits = token_by_token(self.model, self.inputs.ids, self.attend, cache=self.model.new_cache(B, T),
-                                recorder=capture, mask=self.inputs.padding, positions=self.inputs.positions,
-                                step=step)
+        logits = token_by_token(
+            self.model,
+            self.inputs.ids,
+            self.attend,
+            cache=self.model.new_cache(B, T),
+            recorder=capture,
+            mask=self.inputs.padding,
+            positions=self.inputs.positions,
+            step=step,
+        )
         return capture.layers(), logits.float()
 
     def isolated(self, step: Step | None = None, reference: bool = True) -> Isolated | None:
@@ -129,9 +152,17 @@ class Run:
         B, T = self.inputs.shape
         parallel, incremental = OutputCapture(), OutputCapture()  # outputs and lse: all that is compared
         float32 = OutputCapture() if reference and self.model.dtype != torch.float32 else None
-        ran = forward(self.inputs.ids, self.attend, cache=self.model.new_cache(B, T), parallel=parallel,
-                      incremental=incremental, reference=float32, mask=self.inputs.padding,
-                      positions=self.inputs.positions, step=step)
+        ran = forward(
+            self.inputs.ids,
+            self.attend,
+            cache=self.model.new_cache(B, T),
+            parallel=parallel,
+            incremental=incremental,
+            reference=float32,
+            mask=self.inputs.padding,
+            positions=self.inputs.positions,
+            step=step,
+        )
         if ran is False:  # the engine cannot isolate this model's layers
             return None
         return Isolated(parallel.layers(), incremental.layers(), None if float32 is None else float32.layers())
@@ -145,8 +176,9 @@ class Run:
             return f"the {self.model.engine} engine has no float32 forward"
         capture = OutputCapture(lse=False)
         try:
-            logits = forward(self.inputs.ids, recorder=capture, mask=self.inputs.padding,
-                             positions=self.inputs.positions)
+            logits = forward(
+                self.inputs.ids, recorder=capture, mask=self.inputs.padding, positions=self.inputs.positions
+            )
         except (MemoryError, torch.OutOfMemoryError) as exc:
             return f"no float32 forward: {exc}"
         except RuntimeError as exc:  # a failed allocation on the CPU

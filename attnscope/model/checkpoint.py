@@ -61,8 +61,9 @@ def _shards(path: Path, index: Path, allow_pickle: bool) -> list[Path]:
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
-        raise LoadError(f"{index}: malformed index (expected a JSON object whose weight_map maps tensor "
-                        "names to file names)")
+        raise LoadError(
+            f"{index}: malformed index (expected a JSON object whose weight_map maps tensor names to file names)"
+        )
     if not weight_map:
         raise LoadError(f"{index}: the weight_map names no tensors")
     roots = [path.resolve()]
@@ -242,8 +243,12 @@ def hf_name(key: str) -> str:
     return key if key.startswith("lm_head.") else f"model.{key}"
 
 
-def load_state_dict(model: Transformer, files: list[Path], progress: Progress | None = None,
-                    open_file: Callable[[Path], TensorSource] = _Tensors) -> None:
+def load_state_dict(
+    model: Transformer,
+    files: list[Path],
+    progress: Progress | None = None,
+    open_file: Callable[[Path], TensorSource] = _Tensors,
+) -> None:
     """Load weights into `model` (on the meta device), checking names, shapes and dtypes of every
     tensor of a file before reading its data; each tensor is cast to the model's dtype as it is read.
     `open_file` opens a weight file as a `TensorSource` (default: safetensors)."""

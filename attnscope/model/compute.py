@@ -9,9 +9,13 @@ import torch
 from torch.func import functional_call
 
 
-def greedy(step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], logits: torch.Tensor,
-           max_new_tokens: int, eos_token_ids: Sequence[int] = (), positions: torch.Tensor | None = None
-           ) -> torch.Tensor:
+def greedy(
+    step: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    logits: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int] = (),
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Greedy decoding from a prefill's `logits` ``[B, T, vocab]``: `step(ids [B, 1], positions [B, 1] or
     None)` runs one token through the engine's cache and returns its logits. `positions` are the
     prefill's rotary positions ``[B, T]`` (padded rows), if any. Returns the new ids
@@ -32,6 +36,8 @@ def in_float32(module: torch.nn.Module, *args, **kwargs):
     """``module(*args, **kwargs)`` with its floating parameters and buffers upcast to float32 for this
     call (a float32 copy of each; the module keeps its own), through `torch.func.functional_call`:
     the float32 computation that a low-precision model rounds."""
-    tensors = {name: t.float() if t.is_floating_point() else t
-               for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    tensors = {
+        name: t.float() if t.is_floating_point() else t
+        for name, t in [*module.named_parameters(), *module.named_buffers()]
+    }
     return functional_call(module, tensors, args, kwargs)

@@ -119,8 +119,14 @@ class ModelConfig:
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
-                     "num_key_value_heads", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
             validate_int(name, getattr(self, name))
         validate_int("num_hidden_layers", self.num_hidden_layers, maximum=MAX_LAYERS)
         if self.head_dim is None:
@@ -153,9 +159,7 @@ class ModelConfig:
             kind = "sliding_attention" if self.sliding_window else "full_attention"
             self.layer_types = [kind] * self.num_hidden_layers
         if len(self.layer_types) != self.num_hidden_layers:
-            raise ConfigError(
-                f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers"
-            )
+            raise ConfigError(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
         for kind in self.layer_types:
             if not isinstance(kind, str) or kind not in LAYER_TYPES:
                 raise ConfigError(
@@ -191,8 +195,7 @@ class ModelConfig:
         act = get("hidden_act", "silu")
         if act != "silu":
             raise ConfigError(f"unsupported hidden_act {show(act)} (supported: silu)")
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                    "num_attention_heads"):
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if key not in cfg:
                 raise ConfigError(f"config.json needs an integer {key}")
         layers = validate_int("num_hidden_layers", cfg["num_hidden_layers"], maximum=MAX_LAYERS)
@@ -255,8 +258,10 @@ class ModelConfig:
         extra: dict[str, Any] = {}
         if self.model_type in ("qwen2", "qwen3"):
             sliding = [i for i, kind in enumerate(self.layer_types) if kind == "sliding_attention"]
-            extra = {"use_sliding_window": bool(sliding),
-                     "max_window_layers": sliding[0] if sliding else self.num_hidden_layers}
+            extra = {
+                "use_sliding_window": bool(sliding),
+                "max_window_layers": sliding[0] if sliding else self.num_hidden_layers,
+            }
         return {
             "architectures": [_ARCHITECTURES[self.model_type]],
             "model_type": self.model_type,
@@ -325,8 +330,11 @@ def _read_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 # what each supported rope type reads from the scaling dict
 _ROPE_KEYS = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
-_ROPE_NEEDS = {"default": (), "linear": ("factor",),
-               "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+_ROPE_NEEDS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 
 def validate_rope_scaling(scaling: Any, name=lambda key: f"rope_scaling.{key}") -> dict[str, Any] | None:

@@ -70,8 +70,10 @@ class GGUFFile:
         except (IndexError, ValueError, KeyError, OverflowError, TypeError, OSError) as exc:
             size = path.stat().st_size
             if isinstance(exc, IndexError) or "cannot reshape" in str(exc):
-                raise LoadError(f"{path}: truncated (its {size:,} bytes end inside the "
-                                f"{'tensor data' if 'reshape' in str(exc) else 'header'})") from None
+                raise LoadError(
+                    f"{path}: truncated (its {size:,} bytes end inside the "
+                    f"{'tensor data' if 'reshape' in str(exc) else 'header'})"
+                ) from None
             raise LoadError(f"{path}: not a valid GGUF file ({exc})") from None
         # the values as Python objects; the reader (a numpy view per string of the vocabulary) is let go
         self.metadata: dict[str, Any] = {}
@@ -80,8 +82,10 @@ class GGUFFile:
                 self.metadata[key] = field.contents()
             except UnicodeDecodeError:
                 raise LoadError(f"{path}: metadata {key} is not UTF-8 text") from None
-        self.tensors = {t.name: (t.tensor_type, tuple(int(d) for d in reversed(t.shape.tolist())), int(t.data_offset))
-                        for t in reader.tensors}  # name -> (ggml type, shape in torch order, offset)
+        self.tensors = {
+            t.name: (t.tensor_type, tuple(int(d) for d in reversed(t.shape.tolist())), int(t.data_offset))
+            for t in reader.tensors
+        }  # name -> (ggml type, shape in torch order, offset)
         self.architecture = self.get("general.architecture")
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -119,18 +123,24 @@ class GGUFFile:
 
 # config.json keys and the GGUF metadata they come from ({} is the architecture)
 _KEYS = {
-    "vocab_size": "{}.vocab_size", "hidden_size": "{}.embedding_length",
-    "intermediate_size": "{}.feed_forward_length", "num_hidden_layers": "{}.block_count",
-    "num_attention_heads": "{}.attention.head_count", "num_key_value_heads": "{}.attention.head_count_kv",
-    "head_dim": "{}.attention.key_length", "max_position_embeddings": "{}.context_length",
-    "rms_norm_eps": "{}.attention.layer_norm_rms_epsilon", "rope_theta": "{}.rope.freq_base",
-    "factor": "{}.rope.scaling.factor", "sliding_window": "{}.attention.sliding_window",
+    "vocab_size": "{}.vocab_size",
+    "hidden_size": "{}.embedding_length",
+    "intermediate_size": "{}.feed_forward_length",
+    "num_hidden_layers": "{}.block_count",
+    "num_attention_heads": "{}.attention.head_count",
+    "num_key_value_heads": "{}.attention.head_count_kv",
+    "head_dim": "{}.attention.key_length",
+    "max_position_embeddings": "{}.context_length",
+    "rms_norm_eps": "{}.attention.layer_norm_rms_epsilon",
+    "rope_theta": "{}.rope.freq_base",
+    "factor": "{}.rope.scaling.factor",
+    "sliding_window": "{}.attention.sliding_window",
     "partial_rotary_factor": "{}.rope.dimension_count / head dim",
-    "bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id",
+    "bos_token_id": "tokenizer.ggml.bos_token_id",
+    "eos_token_id": "tokenizer.ggml.eos_token_id",
 }
 # metadata that would change the computation and that the native model does not implement
-_REFUSED = ("expert_count", "attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
-            "attention.clamp_kqv")
+_REFUSED = ("expert_count", "attn_logit_softcapping", "final_logit_softcapping", "logit_scale", "attention.clamp_kqv")
 
 
 def _per_layer(file: GGUFFile, key: str) -> Any:
@@ -138,8 +148,10 @@ def _per_layer(file: GGUFFile, key: str) -> Any:
     value = file.get(key)
     if isinstance(value, list):
         if len(set(value)) > 1:
-            raise ConfigError(f"{file.path}: {key} differs between layers ({show(value, 40)}); attnscope "
-                              "runs models whose layers all have the same shape")
+            raise ConfigError(
+                f"{file.path}: {key} differs between layers ({show(value, 40)}); attnscope "
+                "runs models whose layers all have the same shape"
+            )
         value = value[0] if value else None
     return value
 
@@ -148,8 +160,9 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
     """The ``config.json`` dict that the metadata of `file` describes."""
     arch = file.architecture
     if not isinstance(arch, str) or arch not in ARCHITECTURES:
-        raise ConfigError(f"{file.path}: unsupported GGUF architecture {show(arch)} "
-                          f"(supported: {', '.join(ARCHITECTURES)})")
+        raise ConfigError(
+            f"{file.path}: unsupported GGUF architecture {show(arch)} (supported: {', '.join(ARCHITECTURES)})"
+        )
     meta = {hf: key.format(arch) for hf, key in _KEYS.items()}
     for key in _REFUSED:
         if file.get(f"{arch}.{key}") not in (None, 0, 0.0):
@@ -162,13 +175,17 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
         head_dim = hidden // heads
     value_dim = file.get(f"{arch}.attention.value_length", head_dim)
     if value_dim != head_dim:
-        raise ConfigError(f"{file.path}: {arch}.attention.value_length ({show(value_dim)}) differs from the key "
-                          f"length ({show(head_dim)}); attnscope runs models whose values are as wide as keys")
+        raise ConfigError(
+            f"{file.path}: {arch}.attention.value_length ({show(value_dim)}) differs from the key "
+            f"length ({show(head_dim)}); attnscope runs models whose values are as wide as keys"
+        )
     rotary = file.get(f"{arch}.rope.dimension_count", head_dim)
     scaling_type = file.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type not in ("none", "linear"):
-        raise ConfigError(f"{file.path}: unsupported {arch}.rope.scaling.type {show(scaling_type)} "
-                          "(supported: none, linear; llama3 scaling as the rope_freqs tensor)")
+        raise ConfigError(
+            f"{file.path}: unsupported {arch}.rope.scaling.type {show(scaling_type)} "
+            "(supported: none, linear; llama3 scaling as the rope_freqs tensor)"
+        )
     scaling = None
     if scaling_type == "linear":
         scaling = {"rope_type": "linear", "factor": file.get(meta["factor"])}
@@ -196,8 +213,9 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
         "rms_norm_eps": file.get(meta["rms_norm_eps"]),
         "rope_theta": file.get(meta["rope_theta"], 10000.0),
         "rope_scaling": scaling,
-        "partial_rotary_factor": rotary / head_dim if isinstance(rotary, int) and isinstance(head_dim, int)
-        and head_dim > 0 else None,
+        "partial_rotary_factor": rotary / head_dim
+        if isinstance(rotary, int) and isinstance(head_dim, int) and head_dim > 0
+        else None,
         "attention_bias": "blk.0.attn_q.bias" in file.tensors,
         "mlp_bias": "blk.0.ffn_up.bias" in file.tensors,
         "tie_word_embeddings": "output.weight" not in file.tensors,  # llama.cpp writes only an untied output
@@ -222,8 +240,9 @@ def read_config(file: GGUFFile) -> ModelConfig:
         if message.startswith(f"{file.path}:"):
             raise
         for hf, key in _KEYS.items():
-            message = re.sub(rf"(?<![\w.])(rope_parameters\.|rope_scaling\.)?{hf}(?![\w])",
-                             key.format(file.architecture), message)
+            message = re.sub(
+                rf"(?<![\w.])(rope_parameters\.|rope_scaling\.)?{hf}(?![\w])", key.format(file.architecture), message
+            )
         raise ConfigError(f"{file.path}: {message.replace('config.json', 'the metadata')}") from None
 
 
@@ -231,17 +250,29 @@ def read_config(file: GGUFFile) -> ModelConfig:
 
 # tokenizer.ggml.pre -> the split regex of a byte-level BPE (None: the GPT-2 one of ByteLevel itself),
 # as llama.cpp and Hugging Face transformers split text for these vocabularies
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-                 r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-                 r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 PRE_TOKENIZERS = {
-    "default": None, "gpt-2": None, "gpt2": None,
-    "llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
-    "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
+    "default": None,
+    "gpt-2": None,
+    "gpt2": None,
+    "llama-bpe": _LLAMA3_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
     "tekken": _TEKKEN_SPLIT,
 }
 CONTROL, USER_DEFINED = 3, 4  # gguf.TokenType
@@ -266,8 +297,9 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
     vocab = {token: i for i, token in enumerate(tokens)}
     merges = []
     for piece, score in dict(zip(tokens, scores, strict=True)).items():
-        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
-                 if piece[:i] in vocab and piece[i:] in vocab]
+        local = [
+            (piece[:i], piece[i:], score) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab
+        ]
         merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
     return [(left, right) for left, right, _ in merges]
@@ -299,16 +331,27 @@ def read_tokenizer(file: GGUFFile):
         spelling = _byte_alphabet()
         alphabet = set(spelling.values())
         vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()): i for i, t in enumerate(tokens)}
-        backend = Backend(models.BPE(vocab, pairs or [], dropout=None, continuing_subword_prefix="",
-                                     end_of_word_suffix="", fuse_unk=False))
+        backend = Backend(
+            models.BPE(
+                vocab, pairs or [], dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False
+            )
+        )
         pre = file.get("tokenizer.ggml.pre", "default")
         if pre not in PRE_TOKENIZERS:
-            raise LoadError(f"{file.path}: unsupported tokenizer.ggml.pre {show(pre)} "
-                            f"(supported: {', '.join(PRE_TOKENIZERS)})")
+            raise LoadError(
+                f"{file.path}: unsupported tokenizer.ggml.pre {show(pre)} (supported: {', '.join(PRE_TOKENIZERS)})"
+            )
         split = PRE_TOKENIZERS[pre]
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if split is None else \
-            pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        backend.pre_tokenizer = (
+            pre_tokenizers.ByteLevel(add_prefix_space=False)
+            if split is None
+            else pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+        )
         backend.decoder = decoders.ByteLevel()
         special = [t for t, k in zip(tokens, types, strict=False) if k == CONTROL and set(t) <= alphabet]
     else:
@@ -320,8 +363,9 @@ def read_tokenizer(file: GGUFFile):
         vocab = {t: i for i, t in enumerate(tokens)}
         backend = Backend(models.BPE(vocab, pairs, fuse_unk=True, byte_fallback=True, dropout=None))
         prefix = file.get("tokenizer.ggml.add_space_prefix", True)
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first" if prefix else "never",
-                                                         split=False)
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(
+            replacement="▁", prepend_scheme="first" if prefix else "never", split=False
+        )
         steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
         backend.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix else []))
         special = [t for t, k in zip(tokens, types, strict=False) if k == CONTROL]
@@ -346,14 +390,17 @@ def read_tokenizer(file: GGUFFile):
         if not flag:
             continue
         if not valid:
-            raise LoadError(f"{file.path}: tokenizer.ggml.add_{end}_token is true but tokenizer.ggml.{end}_token_id "
-                            f"is {show(token_id)}, not a token of the vocabulary")
+            raise LoadError(
+                f"{file.path}: tokenizer.ggml.add_{end}_token is true but tokenizer.ggml.{end}_token_id "
+                f"is {show(token_id)}, not a token of the vocabulary"
+            )
         piece = f"{tokens[token_id]}:0"
         template = [piece, *template] if end == "bos" else [*template, piece]
         ends.append((tokens[token_id], token_id))
     if ends:
-        backend.post_processor = processors.TemplateProcessing(single=template,
-                                                               special_tokens=list(dict.fromkeys(ends)))
+        backend.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=list(dict.fromkeys(ends))
+        )
     return Tokenizer.from_backend(backend, file.path)
 
 
@@ -396,13 +443,17 @@ class GGUFTensors:
     def shape(self, name: str) -> tuple[int, ...]:
         kind = self._file.type_name(name)
         if kind not in TYPES:
-            raise LoadError(f"{self.file.name}: tensor {name!r} has type {kind}, which attnscope cannot "
-                            f"dequantize (supported: {', '.join(TYPES)})")
+            raise LoadError(
+                f"{self.file.name}: tensor {name!r} has type {kind}, which attnscope cannot "
+                f"dequantize (supported: {', '.join(TYPES)})"
+            )
         shape = self._file.tensors[name][1]
         block = _gguf().GGML_QUANT_SIZES[self._file.tensors[name][0]][0]
         if shape[-1] % block:
-            raise LoadError(f"{self.file.name}: tensor {name!r} has rows of {shape[-1]} values, not a "
-                            f"multiple of the {block} of a {kind} block")
+            raise LoadError(
+                f"{self.file.name}: tensor {name!r} has rows of {shape[-1]} values, not a "
+                f"multiple of the {block} of a {kind} block"
+            )
         return shape
 
     def get(self, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -437,8 +488,10 @@ class GGUFTensors:
             return None
         shape = self.shape("rope_freqs.weight")
         if shape != (self._config.head_dim // 2,):
-            raise LoadError(f"{self.file.name}: tensor 'rope_freqs.weight' has shape {shape}, the config needs "
-                            f"({self._config.head_dim // 2},)")
+            raise LoadError(
+                f"{self.file.name}: tensor 'rope_freqs.weight' has shape {shape}, the config needs "
+                f"({self._config.head_dim // 2},)"
+            )
         factors = self.get("rope_freqs.weight", torch.float32)
         if not bool((torch.isfinite(factors) & (factors > 0)).all()):
             raise LoadError(f"{self.file.name}: tensor 'rope_freqs.weight' holds factors that are not finite and > 0")
@@ -456,8 +509,9 @@ def load_gguf(path: Path, dtype: torch.dtype, device: torch.device, progress=Non
     require_model_fits(config, dtype, device)  # from the config alone, before anything is allocated
     tokenizer = read_tokenizer(file)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
-        raise ConfigError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size "
-                          f"is {config.vocab_size}")
+        raise ConfigError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
+        )
     with torch.device("meta"):
         net = Transformer(config).to(dtype)
     tensors = GGUFTensors(file, config, list(net.state_dict()))

@@ -74,13 +74,14 @@ class RotaryEmbedding(nn.Module):
         self.inv_freq = rope_inv_freq(config)  # (D/2,) plain CPU tensor: not a checkpoint entry
         self._tables: dict[tuple, tuple] = {}  # (device, dtype) -> (the inv_freq it was built from, cos, signed sin)
 
-    def forward(self, start: int, length: int, positions: torch.Tensor | None, dtype: torch.dtype, device
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, start: int, length: int, positions: torch.Tensor | None, dtype: torch.dtype, device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, signed sin ``[T, D]`` of positions ``start .. start + length - 1``, or ``[B, 1, T, D]`` of
         per-row `positions` ``[B, T]`` when given."""
         if positions is None:
             cos, sin = self._table(start + length, dtype, device)
-            return cos[start:start + length], sin[start:start + length]
+            return cos[start : start + length], sin[start : start + length]
         cos, sin = self._table(int(positions.max()) + 1 if positions.numel() else 0, dtype, device)
         return cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)  # (B, 1, T, D): broadcast over heads
 
@@ -95,7 +96,7 @@ class RotaryEmbedding(nn.Module):
                 freqs = torch.arange(n, device=device).float().unsqueeze(-1) * inv_freq.to(device)  # (n, D/2)
                 emb = torch.cat((freqs, freqs), dim=-1)  # (n, D)
                 sin = emb.sin()
-                sin[:, :freqs.shape[-1]].neg_()
+                sin[:, : freqs.shape[-1]].neg_()
                 found = self._tables[(device, dtype)] = (inv_freq, emb.cos().to(dtype), sin.to(dtype))
         return found[1], found[2]
 
@@ -127,8 +128,8 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.max_len}")
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, Hkv, past + T, D)
 
 
@@ -216,7 +217,6 @@ class Block(nn.Module):
         return in_float32(self.self_attn, h, rope, eager_attend, None, recorder, mask)
 
 
-
 class Transformer(nn.Module):
     """The causal LM. ``forward(ids, attend=...)`` runs all positions in parallel (one attention call
     per layer, through the attention function given; the eager reference by default); with a
@@ -276,10 +276,16 @@ class Transformer(nn.Module):
             cache.length += T
         return self._logits(x)  # (B, T, vocab)
 
-    def forward_token_by_token(self, ids: torch.Tensor, cache: KVCache, recorder: Recorder | None = None,
-                               attend: AttendFn | None = None, mask: MaskSpec | None = None,
-                               positions: torch.Tensor | None = None,
-                               step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def forward_token_by_token(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache,
+        recorder: Recorder | None = None,
+        attend: AttendFn | None = None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+        step: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """What T forwards of one token each through `cache` give (``forward(ids[:, t:t+1], cache, ...)``
         for t = 0 .. T-1): the logits ``[B, T, vocab]``, the same cache and, layer by layer, the same
         calls shown to `recorder` in token order, bit for bit, since every token goes through every
@@ -290,8 +296,10 @@ class Transformer(nn.Module):
         per layer, which measured no slower). `step(done, total)` after each token of each layer."""
         T = ids.shape[1]
         past = cache.length
-        tokens = [self._embed(ids[:, t:t + 1], past + t, None if positions is None else positions[:, t:t + 1])
-                  for t in range(T)]  # T x ((B, 1, hidden), rope)
+        tokens = [
+            self._embed(ids[:, t : t + 1], past + t, None if positions is None else positions[:, t : t + 1])
+            for t in range(T)
+        ]  # T x ((B, 1, hidden), rope)
         xs = [x for x, _ in tokens]
         attend = attend or eager_attend
         n = len(self.layers)
@@ -305,10 +313,19 @@ class Transformer(nn.Module):
         cache.length = past + T
         return torch.cat([self._logits(x) for x in xs], dim=1)  # (B, T, vocab)
 
-    def forward_isolated(self, ids: torch.Tensor, cache: KVCache, *, parallel: Recorder, incremental: Recorder,
-                         reference: Recorder | None = None, attend: AttendFn | None = None,
-                         mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                         step: Callable[[int, int], None] | None = None) -> None:
+    def forward_isolated(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache,
+        *,
+        parallel: Recorder,
+        incremental: Recorder,
+        reference: Recorder | None = None,
+        attend: AttendFn | None = None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+        step: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Each layer's attention on the same input, the parallel forward's own input to that layer
         (teacher forcing at every layer), so that a difference seen at layer i is layer i's alone:
 
@@ -324,8 +341,10 @@ class Transformer(nn.Module):
         T = ids.shape[1]
         x, rope = self._embed(ids, 0, positions)  # (B, T, hidden)
         # each token's rotary angles as a decode step gets them: `_embed` after the t tokens cached
-        ropes = [self._embed(ids[:, t:t + 1], t, None if positions is None else positions[:, t:t + 1])[1]
-                 for t in range(T)]
+        ropes = [
+            self._embed(ids[:, t : t + 1], t, None if positions is None else positions[:, t : t + 1])[1]
+            for t in range(T)
+        ]
         rope32 = self.rotary_emb(0, T, positions, torch.float32, ids.device) if reference is not None else None
         attend = attend or eager_attend
         n = len(self.layers)
@@ -333,7 +352,7 @@ class Transformer(nn.Module):
             layer_mask = self._layer_mask(i, mask)
             for t in range(T):
                 cache.length = t  # the tokens this layer has cached before token t
-                block.attention(x[:, t:t + 1], ropes[t], attend, cache, incremental, layer_mask)
+                block.attention(x[:, t : t + 1], ropes[t], attend, cache, incremental, layer_mask)
                 if step is not None:
                     step(i * T + t + 1, n * T)
             if reference is not None:
@@ -341,8 +360,13 @@ class Transformer(nn.Module):
             x = block(x, rope, attend, None, parallel, layer_mask)  # (B, T, hidden): the next layer's input
         cache.length = T
 
-    def forward_float32(self, ids: torch.Tensor, recorder: Recorder | None = None, mask: MaskSpec | None = None,
-                        positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_float32(
+        self,
+        ids: torch.Tensor,
+        recorder: Recorder | None = None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`forward` computed in float32 whatever the weights' dtype, with the eager float32 attention:
         logits ``[B, T, vocab]``. A module at a time (`in_float32`: the embedding, each block, the norm
         and the head upcast for their call), so the float32 weights of one block, never of the whole
@@ -365,8 +389,9 @@ class Transformer(nn.Module):
         own = cast(Block, self.layers[i]).self_attn.mask
         return own if mask is None else own & mask
 
-    def _layer(self, i: int, x, rope, attend: AttendFn, cache: KVCache | None, recorder: Recorder | None,
-               mask: MaskSpec) -> torch.Tensor:
+    def _layer(
+        self, i: int, x, rope, attend: AttendFn, cache: KVCache | None, recorder: Recorder | None, mask: MaskSpec
+    ) -> torch.Tensor:
         """Block i on x ``[B, T, hidden]``, its output shown to the recorder."""
         x = self.layers[i](x, rope, attend, cache, recorder, mask)
         if recorder is not None:
@@ -377,8 +402,9 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))
 
     @torch.inference_mode()
-    def generate(self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None,
-                 attend: AttendFn | None = None) -> torch.Tensor:
+    def generate(
+        self, ids: torch.Tensor, max_new_tokens: int, eos_token_id=None, attend: AttendFn | None = None
+    ) -> torch.Tensor:
         """Greedy continuation ``[B, <= max_new_tokens]`` of ids ``[B, T]``, decoded with the KV cache."""
         cache = self.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
         return self.decode(self(ids, cache, attend=attend), cache, max_new_tokens, eos_token_id, attend=attend)

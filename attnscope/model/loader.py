@@ -22,8 +22,14 @@ from attnscope.model.config import SUPPORTED_MODEL_TYPES
 from attnscope.model.native import load_native
 from attnscope.samples import DEFAULT_MODEL, sample_models
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
 
 
 def gguf_files(path: Path) -> list[Path]:
@@ -85,8 +91,9 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     if not path.is_dir():
         if is_gguf(path):
             return path
-        raise LoadError(f"{path} is not a directory or a GGUF file (expected a Hugging Face model directory "
-                        "or a .gguf file)")
+        raise LoadError(
+            f"{path} is not a directory or a GGUF file (expected a Hugging Face model directory or a .gguf file)"
+        )
     if (path / "config.json").is_file():
         return path
     found = gguf_files(path)
@@ -102,8 +109,12 @@ def _looks_like_hub_id(name: str) -> bool:
     """``org/name``: two non-empty parts of letters, digits and ``-_.``, not a relative path."""
     parts = name.split("/")
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-    return (len(parts) == 2 and all(parts) and all(set(p) <= allowed for p in parts)
-            and not any(p in (".", "..") for p in parts))
+    return (
+        len(parts) == 2
+        and all(parts)
+        and all(set(p) <= allowed for p in parts)
+        and not any(p in (".", "..") for p in parts)
+    )
 
 
 def _hub_snapshot(repo_id: str) -> Path:
@@ -112,13 +123,17 @@ def _hub_snapshot(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
     except ImportError:
-        raise LoadError(f"model {repo_id!r} not found: no such path, and reading the Hugging Face cache "
-                        'needs huggingface_hub (pip install "attnscope[hf]")') from None
+        raise LoadError(
+            f"model {repo_id!r} not found: no such path, and reading the Hugging Face cache "
+            'needs huggingface_hub (pip install "attnscope[hf]")'
+        ) from None
     try:
         path = Path(snapshot_download(repo_id, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        raise LoadError(f"model {repo_id!r} is not in the local Hugging Face cache: download it first with "
-                        f"`hf download {repo_id}` (attnscope never downloads)") from None
+        raise LoadError(
+            f"model {repo_id!r} is not in the local Hugging Face cache: download it first with "
+            f"`hf download {repo_id}` (attnscope never downloads)"
+        ) from None
     if not (path / "config.json").is_file():
         raise LoadError(f"{path} (the cached snapshot of {repo_id}) has no config.json")
     return path

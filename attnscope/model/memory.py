@@ -118,10 +118,17 @@ def _windows_available() -> int | None:
     import ctypes
 
     class MemoryStatus(ctypes.Structure):
-        _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total", ctypes.c_ulonglong),
-                    ("available", ctypes.c_ulonglong), ("total_page", ctypes.c_ulonglong),
-                    ("available_page", ctypes.c_ulonglong), ("total_virtual", ctypes.c_ulonglong),
-                    ("available_virtual", ctypes.c_ulonglong), ("available_extended", ctypes.c_ulonglong)]
+        _fields_ = [
+            ("length", ctypes.c_ulong),
+            ("load", ctypes.c_ulong),
+            ("total", ctypes.c_ulonglong),
+            ("available", ctypes.c_ulonglong),
+            ("total_page", ctypes.c_ulonglong),
+            ("available_page", ctypes.c_ulonglong),
+            ("total_virtual", ctypes.c_ulonglong),
+            ("available_virtual", ctypes.c_ulonglong),
+            ("available_extended", ctypes.c_ulonglong),
+        ]
 
     status = MemoryStatus()
     status.length = ctypes.sizeof(MemoryStatus)
@@ -185,13 +192,16 @@ def require_weights_fit(numel: int, dtype: torch.dtype, device: torch.device | s
     short = _short_of(need, device)
     if short is not None:
         free, where = short
-        raise LoadError(f"{path}: the weights hold {format_count(numel)} parameters, about {format_bytes(need)} "
-                        f"in {str(dtype).removeprefix('torch.')}, more than the {format_bytes(free)} of memory "
-                        f"available {_where(where)}")
+        raise LoadError(
+            f"{path}: the weights hold {format_count(numel)} parameters, about {format_bytes(need)} "
+            f"in {str(dtype).removeprefix('torch.')}, more than the {format_bytes(free)} of memory "
+            f"available {_where(where)}"
+        )
 
 
-def require_kv_cache_fits(layout: Layout, batch: int, max_len: int, dtype: torch.dtype,
-                        device: torch.device | str = "cpu") -> None:
+def require_kv_cache_fits(
+    layout: Layout, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> None:
     """A `UserError` naming the sizes when a KV cache of `batch` rows × `max_len` positions in `dtype`
     cannot fit in the memory available on `device`. An engine calls it before allocating a cache."""
     device = torch.device(device)
@@ -215,5 +225,7 @@ def require_float32_copy_fits(module: torch.nn.Module, device: torch.device | st
     short = _short_of(need, device)
     if short is not None:
         free, where = short
-        raise MemoryError(f"a float32 copy of the weights needs {format_bytes(need)}, more than the "
-                          f"{format_bytes(free)} of memory available {_where(where)}")
+        raise MemoryError(
+            f"a float32 copy of the weights needs {format_bytes(need)}, more than the "
+            f"{format_bytes(free)} of memory available {_where(where)}"
+        )

@@ -22,11 +22,17 @@ from attnscope.model.tokenizer import Tokenizer
 def config_layout(c: ModelConfig) -> Layout:
     """The `Layout` of a native model's config."""
     eos = c.eos_token_id if isinstance(c.eos_token_id, list) else [] if c.eos_token_id is None else [c.eos_token_id]
-    return Layout(model_type=c.model_type, n_layers=c.num_hidden_layers, n_heads=c.num_attention_heads,
-                  n_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, vocab_size=c.vocab_size,
-                  max_positions=c.max_position_embeddings,
-                  bos_token_id=c.bos_token_id if isinstance(c.bos_token_id, int) else None,
-                  eos_token_ids=tuple(eos))
+    return Layout(
+        model_type=c.model_type,
+        n_layers=c.num_hidden_layers,
+        n_heads=c.num_attention_heads,
+        n_kv_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        vocab_size=c.vocab_size,
+        max_positions=c.max_position_embeddings,
+        bos_token_id=c.bos_token_id if isinstance(c.bos_token_id, int) else None,
+        eos_token_ids=tuple(eos),
+    )
 
 
 class _SkipInit(torch.overrides.TorchFunctionMode):
@@ -77,27 +83,64 @@ class LoadedModel:
         require_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)  # before allocating it
         return self.net.new_cache(batch, max_len)
 
-    def forward(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache | None = None, recorder=None,
-                mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        *,
+        cache: KVCache | None = None,
+        recorder=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.net(ids, cache, recorder=recorder, attend=attend, mask=mask, positions=positions)
 
-    def forward_token_by_token(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache, recorder=None,
-                               mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                               step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    def forward_token_by_token(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        *,
+        cache: KVCache,
+        recorder=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+        step: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """`attnscope.engine.token_by_token`, a layer at a time (`Transformer.forward_token_by_token`)."""
-        return self.net.forward_token_by_token(ids, cache, recorder=recorder, attend=attend, mask=mask,
-                                               positions=positions, step=step)
+        return self.net.forward_token_by_token(
+            ids, cache, recorder=recorder, attend=attend, mask=mask, positions=positions, step=step
+        )
 
-    def forward_isolated(self, ids: torch.Tensor, attend: AttendFn, *, cache: KVCache, parallel, incremental,
-                         reference=None, mask: MaskSpec | None = None, positions: torch.Tensor | None = None,
-                         step: Callable[[int, int], None] | None = None) -> None:
+    def forward_isolated(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        *,
+        cache: KVCache,
+        parallel,
+        incremental,
+        reference=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+        step: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Every layer's attention on the parallel forward's own input to it, in parallel, a token at a
         time through `cache` and in float32 (`Transformer.forward_isolated`)."""
-        self.net.forward_isolated(ids, cache, parallel=parallel, incremental=incremental, reference=reference,
-                                  attend=attend, mask=mask, positions=positions, step=step)
+        self.net.forward_isolated(
+            ids,
+            cache,
+            parallel=parallel,
+            incremental=incremental,
+            reference=reference,
+            attend=attend,
+            mask=mask,
+            positions=positions,
+            step=step,
+        )
 
-    def forward_float32(self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None,
-                        positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_float32(
+        self, ids: torch.Tensor, *, recorder=None, mask: MaskSpec | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits of `forward` computed in float32 with the eager attention (`Transformer.forward_float32`,
         a module at a time); a `MemoryError` when the largest module's float32 copy (the embedding, as
         a rule) cannot fit beside the model."""
@@ -106,20 +149,43 @@ class LoadedModel:
         require_float32_copy_fits(max(pieces, key=lambda m: sum(p.numel() for p in m.parameters())), self.device)
         return self.net.forward_float32(ids, recorder=recorder, mask=mask, positions=positions)
 
-    def decode(self, logits: torch.Tensor, cache: KVCache, attend: AttendFn, max_new_tokens: int, *,
-               mask: MaskSpec | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net.decode(logits, cache, max_new_tokens, list(self.layout.eos_token_ids) or None,
-                               attend=attend, mask=mask, positions=positions)
+    def decode(
+        self,
+        logits: torch.Tensor,
+        cache: KVCache,
+        attend: AttendFn,
+        max_new_tokens: int,
+        *,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.net.decode(
+            logits,
+            cache,
+            max_new_tokens,
+            list(self.layout.eos_token_ids) or None,
+            attend=attend,
+            mask=mask,
+            positions=positions,
+        )
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"LoadedModel({self.name!r}, {c.model_type}, layers={c.num_hidden_layers}, "
-                f"heads={c.num_attention_heads}/{c.num_key_value_heads}, dtype={self.dtype}, "
-                f"device={self.device})")
+        return (
+            f"LoadedModel({self.name!r}, {c.model_type}, layers={c.num_hidden_layers}, "
+            f"heads={c.num_attention_heads}/{c.num_key_value_heads}, dtype={self.dtype}, "
+            f"device={self.device})"
+        )
 
 
-def load_native(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: bool = False,
-                progress: Progress | None = None) -> LoadedModel:
+def load_native(
+    path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    allow_pickle: bool = False,
+    progress: Progress | None = None,
+) -> LoadedModel:
     """A model directory as a `LoadedModel`: config.json checked, its size checked against the memory
     available before anything is allocated, the network built on the meta device and the weights
     loaded into it (`attnscope.model.checkpoint.load_state_dict`), then moved to `device`."""

@@ -10,5 +10,5 @@ def axis(edges, n: int, step: int = 10, cell: int = 1) -> str:
     for j in range(0, n, step):
         text = str(int(edges[j]))
         if j * cell + len(text) <= n * cell:
-            line[j * cell:j * cell + len(text)] = text
+            line[j * cell : j * cell + len(text)] = text
     return "".join(line)

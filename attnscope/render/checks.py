@@ -60,9 +60,11 @@ class Columns:
 
     @classmethod
     def of(cls, checks: list[Check]) -> Columns:
-        return cls(max((len(c.name) for c in checks), default=0), max((len(worst_figure(c)) for c in checks),
-                                                                       default=0),
-                   max((len(where_text(c)) for c in checks), default=0))
+        return cls(
+            max((len(c.name) for c in checks), default=0),
+            max((len(worst_figure(c)) for c in checks), default=0),
+            max((len(where_text(c)) for c in checks), default=0),
+        )
 
 
 def pack_parts(parts: list[str], width: int, sep: str = " · ", lead: str = "· ") -> list[str]:
@@ -107,13 +109,16 @@ class CheckRow:
         where_lines = pack_parts(parts, where_w) if beside else []
         below: list[Text] = []
         if parts and not beside:
-            below += [Text(" " * (self.indent + BELOW) + text, style="dim")
-                      for text in pack_parts(parts, max(1, width - self.indent - BELOW))]
+            below += [
+                Text(" " * (self.indent + BELOW) + text, style="dim")
+                for text in pack_parts(parts, max(1, width - self.indent - BELOW))
+            ]
         finding_at = start + (where_w + GAP if where_w else 0)
         room = width - finding_at
         message = Text(check.message, style="" if check.passed else "red")
-        finding_beside = bool(check.message) and len(where_lines) <= 1 and (
-            len(check.message) <= room or room >= MIN_PROSE)
+        finding_beside = (
+            bool(check.message) and len(where_lines) <= 1 and (len(check.message) <= room or room >= MIN_PROSE)
+        )
         if where_w:
             line.append(" " * GAP + f"{where_lines[0] if where_lines else '':<{where_w}}", style="dim")
         wrapped = _wrap(message, console, room) if finding_beside else []

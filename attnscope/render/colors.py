@@ -8,8 +8,15 @@ import math
 
 # viridis sampled at 9 evenly spaced points (matplotlib's _viridis_data)
 _VIRIDIS = [
-    (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
-    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
+    (68, 1, 84),
+    (71, 44, 122),
+    (59, 81, 139),
+    (44, 113, 142),
+    (33, 144, 141),
+    (39, 173, 129),
+    (92, 200, 99),
+    (170, 220, 50),
+    (253, 231, 37),
 ]
 SHADES = " ░▒▓█"
 MASKED_COLOR = "#3a3a3a"  # masked cells: neutral gray, distinct from viridis' dark purple for 0

@@ -71,27 +71,35 @@ def emit(out: Console, renderables) -> None:
         out.print(r)
 
 
-def exports(out: Console, renderables, svg: Path | None = None, html: Path | None = None,
-            title: str = "attnscope") -> list[tuple[str, Path | None, str]]:
+def exports(
+    out: Console, renderables, svg: Path | None = None, html: Path | None = None, title: str = "attnscope"
+) -> list[tuple[str, Path | None, str]]:
     """The --svg / --html outputs of the renderables, in color at the console's width, as
     (flag, path, text) for `attnscope.output.write_outputs`."""
     if svg is None and html is None:
         return []
-    recorder = Console(record=True, width=out.width, file=io.StringIO(), force_terminal=True,
-                       color_system="truecolor", highlight=False)
+    recorder = Console(
+        record=True, width=out.width, file=io.StringIO(), force_terminal=True, color_system="truecolor", highlight=False
+    )
     for r in renderables:
         recorder.print(r)
-    return [("--svg", svg, recorder.export_svg(title=title, clear=False) if svg is not None else ""),
-            ("--html", html, recorder.export_html(clear=False) if html is not None else "")]
+    return [
+        ("--svg", svg, recorder.export_svg(title=title, clear=False) if svg is not None else ""),
+        ("--html", html, recorder.export_html(clear=False) if html is not None else ""),
+    ]
 
 
 # what each stage's bar counts (the core names the stages: `attnscope.inspector.run.Progress`)
 STAGE_LABELS = {
-    "loading": "loading", "forward": "forward · layers", "decode": "decoding · tokens",
-    "statistics": "row statistics · layers", "nan": "nan · layers",
+    "loading": "loading",
+    "forward": "forward · layers",
+    "decode": "decoding · tokens",
+    "statistics": "row statistics · layers",
+    "nan": "nan · layers",
     "full_vs_incremental": "full_vs_incremental · tokens × layers",
     "backend_vs_reference": "backend_vs_reference · layers",
-    "causality": "causality · perturbations", "roles": "head roles · layers",
+    "causality": "causality · perturbations",
+    "roles": "head roles · layers",
 }
 
 
@@ -130,6 +138,13 @@ def stage_bars(quiet: bool = False):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
         yield StageBars(progress)

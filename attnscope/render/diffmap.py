@@ -67,8 +67,9 @@ class DiffMap:
             for h in range(H):
                 glyph, background = _cell(float(self.values[layer, h]), bool(self.over[layer, h]), scale, color)
                 if color:
-                    line.append(f" {glyph} ", Style(color="black" if glyph == "✗" else "white", bold=True,
-                                                    bgcolor=background))
+                    line.append(
+                        f" {glyph} ", Style(color="black" if glyph == "✗" else "white", bold=True, bgcolor=background)
+                    )
                 else:
                     line.append(f" {glyph} ")
             bad = np.nonzero(self.over[layer])[0]
@@ -111,8 +112,10 @@ class PositionDiff:
         over, _, _ = pool2d((self.over | ~np.isfinite(self.values))[None, :], 1, width, "any")
         scale = tolerance_scale(self.tolerance)
         worst = int(np.nanargmax(np.nan_to_num(self.values, nan=np.inf))) if self.values.size else 0
-        yield Text(f"{self.title}  (worst at position {worst}: {self.values[worst]:.2e}; tolerance "
-                   f"{self.tolerance:.0e})", style="bold")
+        yield Text(
+            f"{self.title}  (worst at position {worst}: {self.values[worst]:.2e}; tolerance {self.tolerance:.0e})",
+            style="bold",
+        )
         line = Text("  pos ", style="dim")
         color = in_color(console)
         for x, bad in zip(pooled[0], over[0], strict=True):
@@ -132,8 +135,10 @@ def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
     parts = []
     if comparison is not None:
         parts += versus_panel(comparison, layer, head)
-    for name, title in (("full_vs_incremental", "full vs incremental (KV cache)"),
-                        ("backend_vs_reference", f"{result.backend} vs eager float32")):
+    for name, title in (
+        ("full_vs_incremental", "full vs incremental (KV cache)"),
+        ("backend_vs_reference", f"{result.backend} vs eager float32"),
+    ):
         diffs = result.diffs.get(name)
         if not diffs:
             continue
@@ -141,12 +146,27 @@ def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
         over = np.stack([d.bad_rows[0].any(-1).cpu().numpy() for d in diffs])
         tol = next(c for c in result.checks if c.name == name).figures["tolerance"]
         scaled = " (atol × max(1, max |reference|))" if tol.get("atol_scaled_by_magnitude") else ""
-        parts += [DiffMap(values, over, tol["atol"], title=f"{title} · max |Δ| per layer × head · tolerance "
-                          f"atol {tol['atol']:.0e}{scaled} rtol {tol['rtol']:.0e}"), Text()]
+        parts += [
+            DiffMap(
+                values,
+                over,
+                tol["atol"],
+                title=f"{title} · max |Δ| per layer × head · tolerance "
+                f"atol {tol['atol']:.0e}{scaled} rtol {tol['rtol']:.0e}",
+            ),
+            Text(),
+        ]
         row = diffs[layer].row_max
         if row is not None:
-            parts += [PositionDiff(row[0, head].cpu().numpy(), tol["atol"], title=f"{title} · L{layer} h{head} per "
-                                   "position", over=diffs[layer].bad_rows[0, head].cpu().numpy()), Text()]
+            parts += [
+                PositionDiff(
+                    row[0, head].cpu().numpy(),
+                    tol["atol"],
+                    title=f"{title} · L{layer} h{head} per position",
+                    over=diffs[layer].bad_rows[0, head].cpu().numpy(),
+                ),
+                Text(),
+            ]
     return Group(*parts) if parts else Text("no diffs")
 
 
@@ -157,12 +177,20 @@ def versus_panel(comparison, layer: int, head: int) -> list:
         return [Text(f"vs B: {comparison}", style="red"), Text()]
     name = comparison.run_b.model.name
     tol = comparison.tolerance
-    parts = [DiffMap(comparison.output_max, comparison.heads_over,
-                     title=f"vs {name} · max |Δ| of the attention output per layer × head · tolerance atol "
-                     f"{tol.atol:.0e} rtol {tol.rtol:.0e}"),
-             Text(comparison.checks()[0].message, style="green" if comparison.checks()[0].passed else "red"), Text()]
+    parts = [
+        DiffMap(
+            comparison.output_max,
+            comparison.heads_over,
+            title=f"vs {name} · max |Δ| of the attention output per layer × head · tolerance atol "
+            f"{tol.atol:.0e} rtol {tol.rtol:.0e}",
+        ),
+        Text(comparison.checks()[0].message, style="green" if comparison.checks()[0].passed else "red"),
+        Text(),
+    ]
     row = comparison.output[layer].row_max
     if row is not None:
-        parts += [PositionDiff(row[0, head].cpu().numpy(), tol.atol,
-                               title=f"vs {name} · L{layer} h{head} per position"), Text()]
+        parts += [
+            PositionDiff(row[0, head].cpu().numpy(), tol.atol, title=f"vs {name} · L{layer} h{head} per position"),
+            Text(),
+        ]
     return parts

@@ -74,10 +74,24 @@ class Heatmap:
         color: half blocks in color, or the shade ramp; None: as the console draws (`in_color`).
     """
 
-    def __init__(self, weights, allowed, query_labels: Sequence[str] = (), key_labels: Sequence[str] = (),
-                 q_offset: int = 0, title: str = "", log: bool = False, source_shape=None, row_edges=None,
-                 col_edges=None, reduce: str = "max", max_lines: int = 32, compact: bool = False,
-                 cursor: tuple[int, int] | None = None, color: bool | None = None):
+    def __init__(
+        self,
+        weights,
+        allowed,
+        query_labels: Sequence[str] = (),
+        key_labels: Sequence[str] = (),
+        q_offset: int = 0,
+        title: str = "",
+        log: bool = False,
+        source_shape=None,
+        row_edges=None,
+        col_edges=None,
+        reduce: str = "max",
+        max_lines: int = 32,
+        compact: bool = False,
+        cursor: tuple[int, int] | None = None,
+        color: bool | None = None,
+    ):
         self.weights = np.asarray(weights, dtype=np.float32)
         self.allowed = np.asarray(allowed, dtype=bool)
         self.query_labels, self.key_labels = list(query_labels), list(key_labels)
@@ -200,8 +214,10 @@ class Heatmap:
                     text += f"{self._row_label(below, re, pooled) if lower else '':<{LABEL_WIDTH}}"
                     pos = f"{self.q_offset + int(re[top]):>4}"
                 elif r % m == 0 or (r - 1) // m != top:  # the line where this source row starts
-                    text, pos = f"{self._row_label(top, re, pooled):<{2 * LABEL_WIDTH + 1}}", \
-                        f"{self.q_offset + int(re[top]):>4}"
+                    text, pos = (
+                        f"{self._row_label(top, re, pooled):<{2 * LABEL_WIDTH + 1}}",
+                        f"{self.q_offset + int(re[top]):>4}",
+                    )
                 else:
                     text, pos = "", ""
                 line = [Segment(f"{pos:>4} {text} "[:label_w].ljust(label_w), label_style)]
@@ -213,8 +229,10 @@ class Heatmap:
             pair = upper * 4096 + under
             starts = np.concatenate(([0], np.flatnonzero(pair[1:] != pair[:-1]) + 1))
             ends = np.append(starts[1:], len(pair))
-            cells = [Segment("▀" * ((end - start) * m), _half_block_style(int(upper[start]), int(under[start])))
-                     for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
+            cells = [
+                Segment("▀" * ((end - start) * m), _half_block_style(int(upper[start]), int(under[start])))
+                for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
+            ]
             if base and not lower:
                 cells = list(Segment.apply_style(cells, base))
             yield line + cells
@@ -233,13 +251,15 @@ class Heatmap:
     def _colorbar(self, scale: Scale, color: bool, label_w: int, m: int, width: int) -> Text:
         """The scale and the legend on one line, under the cells when it fits beside the labels, else
         from the left edge, with a shorter ramp when even that is too wide."""
+
         def parts(ramp: int) -> list[list[tuple[str, Style | str]]]:
             if not color:
                 return [[(SHADES, ""), (f"  {scale.label()}", "")], [("· masked", "")], [("! NaN/Inf", "")]]
             found: list[list[tuple[str, Style | str]]] = [
                 [*(("█", Style(color=viridis(k / (ramp - 1)))) for k in range(ramp)), (f" {scale.label()}", "")],
-                     [("█", Style(color=MASKED_COLOR)), (" masked", "")],
-                     [("█", Style(color=NONFINITE_COLOR)), (" NaN/Inf", "")]]
+                [("█", Style(color=MASKED_COLOR)), (" masked", "")],
+                [("█", Style(color=NONFINITE_COLOR)), (" NaN/Inf", "")],
+            ]
             if self.query_labels and m == 1:  # two query rows per line: the upper one is the left label
                 found.append([("▀=left label", "dim")])
             return found
@@ -269,8 +289,7 @@ def _half_block_style(upper: int, under: int) -> Style:
 class TopKeys:
     """The row of one query as a bar list of its top-k keys: position, token, weight, bar."""
 
-    def __init__(self, row, key_labels: Sequence[str], position: int, query_label: str, k: int = 10,
-                 allowed=None):
+    def __init__(self, row, key_labels: Sequence[str], position: int, query_label: str, k: int = 10, allowed=None):
         self.row = np.asarray(row, dtype=np.float32)
         self.allowed = np.ones_like(self.row, dtype=bool) if allowed is None else np.asarray(allowed, dtype=bool)
         self.key_labels = list(key_labels)
@@ -304,11 +323,21 @@ class HeadMaps(Protocol):
 
     def row_tokens(self, batch: int = 0) -> list[str]: ...
 
-    def attention(self, layer: int, head: int, queries: slice = ..., keys: slice = ...,
-                  batch: int = 0) -> torch.Tensor: ...
+    def attention(
+        self, layer: int, head: int, queries: slice = ..., keys: slice = ..., batch: int = 0
+    ) -> torch.Tensor: ...
 
-    def attention_pooled(self, layer: int, head: int, height: int, width: int, reduce: str = "max",
-                         batch: int = 0, queries: slice = ..., keys: slice = ...) -> np.ndarray: ...
+    def attention_pooled(
+        self,
+        layer: int,
+        head: int,
+        height: int,
+        width: int,
+        reduce: str = "max",
+        batch: int = 0,
+        queries: slice = ...,
+        keys: slice = ...,
+    ) -> np.ndarray: ...
 
 
 @dataclass
@@ -322,8 +351,15 @@ class HeadMap:
     exact: bool
 
 
-def head_map(result: HeadMaps, layer: int, head: int, exact_cells: tuple[int, int], pooled_cells: tuple[int, int],
-             batch: int = 0, origin: tuple[int, int] | None = None) -> HeadMap:
+def head_map(
+    result: HeadMaps,
+    layer: int,
+    head: int,
+    exact_cells: tuple[int, int],
+    pooled_cells: tuple[int, int],
+    batch: int = 0,
+    origin: tuple[int, int] | None = None,
+) -> HeadMap:
     """Exact cells when the matrix fits `exact_cells` (rows, cols), else the max-pooled map of
     `pooled_cells`, computed by the inspector band by band (the full matrix is never built). With
     `origin` (first query row, first key), the exact window of `exact_cells` there (a zoom)."""
@@ -344,9 +380,20 @@ def head_map(result: HeadMaps, layer: int, head: int, exact_cells: tuple[int, in
     return HeadMap(w, a, re, ce, False)
 
 
-def map_heatmap(result: HeadMaps, layer: int, head: int, view: HeadMap, *, title: str = "", log: bool = False,
-                compact: bool = False, max_lines: int = 32, cursor: tuple[int, int] | None = None,
-                batch: int = 0, color: bool | None = None) -> Heatmap:
+def map_heatmap(
+    result: HeadMaps,
+    layer: int,
+    head: int,
+    view: HeadMap,
+    *,
+    title: str = "",
+    log: bool = False,
+    compact: bool = False,
+    max_lines: int = 32,
+    cursor: tuple[int, int] | None = None,
+    batch: int = 0,
+    color: bool | None = None,
+) -> Heatmap:
     """The `Heatmap` of a `HeadMap`: token labels on exact cells, positions on pooled ones (`color`:
     see `Heatmap`)."""
     Sq, Sk = result.record_at(layer).shape
@@ -355,26 +402,62 @@ def map_heatmap(result: HeadMaps, layer: int, head: int, view: HeadMap, *, title
     q_labels = [labels[past + int(r)] for r in view.row_edges[:-1]] if view.exact else ()
     k_labels = [labels[int(c)] for c in view.col_edges[:-1]] if view.exact else ()
     pooled = not view.exact
-    return Heatmap(view.weights, view.allowed, q_labels, k_labels, past + int(view.row_edges[0]), title, log,
-                   source_shape=(Sq, Sk) if pooled else None, row_edges=view.row_edges if pooled else None,
-                   col_edges=view.col_edges if pooled else None, reduce="max", max_lines=max_lines,
-                   compact=compact, cursor=cursor, color=color)
+    return Heatmap(
+        view.weights,
+        view.allowed,
+        q_labels,
+        k_labels,
+        past + int(view.row_edges[0]),
+        title,
+        log,
+        source_shape=(Sq, Sk) if pooled else None,
+        row_edges=view.row_edges if pooled else None,
+        col_edges=view.col_edges if pooled else None,
+        reduce="max",
+        max_lines=max_lines,
+        compact=compact,
+        cursor=cursor,
+        color=color,
+    )
 
 
-def head_heatmap(result: HeadMaps, layer: int, head: int, *, width: int = 120, max_lines: int = 32, log: bool = False,
-                 title: str = "", compact: bool = False, batch: int = 0, color: bool | None = None) -> Heatmap:
+def head_heatmap(
+    result: HeadMaps,
+    layer: int,
+    head: int,
+    *,
+    width: int = 120,
+    max_lines: int = 32,
+    log: bool = False,
+    title: str = "",
+    compact: bool = False,
+    batch: int = 0,
+    color: bool | None = None,
+) -> Heatmap:
     """The heatmap of one head of a `Result`: exact when it fits `width` × 2·`max_lines` cells, else
     max-pooled by the inspector tile by tile (the full matrix is never built)."""
     rows = 2 * max_lines
     exact = (rows, max(8, width - Heatmap.label_width(True, compact)))
     pooled = (rows, max(8, width - Heatmap.label_width(True, compact, tokens=False)))  # no labels: wider cells
     view = head_map(result, layer, head, exact, pooled, batch)
-    return map_heatmap(result, layer, head, view, title=title, log=log, compact=compact, max_lines=max_lines,
-                       batch=batch, color=color)
+    return map_heatmap(
+        result, layer, head, view, title=title, log=log, compact=compact, max_lines=max_lines, batch=batch, color=color
+    )
 
 
-def small_multiples(result: HeadMaps, layer: int, heads, *, width: int, cell_width: int, max_lines: int,
-                    log: bool = False, title: str = "", label=None, color: bool | None = None) -> Group:
+def small_multiples(
+    result: HeadMaps,
+    layer: int,
+    heads,
+    *,
+    width: int,
+    cell_width: int,
+    max_lines: int,
+    log: bool = False,
+    title: str = "",
+    label=None,
+    color: bool | None = None,
+) -> Group:
     """Several heads of one layer as small heatmaps in a grid that fills `width` (``run --heads all``,
     the TUI's GQA group); `label(head)` titles each."""
     per_row = max(1, width // (cell_width + 2))
@@ -382,8 +465,20 @@ def small_multiples(result: HeadMaps, layer: int, heads, *, width: int, cell_wid
     heads = list(heads)
     for _ in range(min(per_row, len(heads))):
         grid.add_column()
-    cells = [head_heatmap(result, layer, h, width=cell_width, max_lines=max_lines, log=log, compact=True,
-                          title=label(h) if label else f"h{h}", color=color) for h in heads]
+    cells = [
+        head_heatmap(
+            result,
+            layer,
+            h,
+            width=cell_width,
+            max_lines=max_lines,
+            log=log,
+            compact=True,
+            title=label(h) if label else f"h{h}",
+            color=color,
+        )
+        for h in heads
+    ]
     for i in range(0, len(cells), per_row):
-        grid.add_row(*cells[i:i + per_row])
+        grid.add_row(*cells[i : i + per_row])
     return Group(Text(title, style="bold"), grid)

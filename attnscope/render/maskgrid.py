@@ -71,9 +71,11 @@ class TileMap:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         rows, cols = self.states.shape
         counts = {name: int((self.states == s).sum()) for s, name in ((2, "full"), (1, "partial"), (0, "empty"))}
-        yield Text(f"{rows}×{cols} tiles of {self.block_m}×{self.block_n}: {counts['full']} full · "
-                   f"{counts['partial']} partial · {counts['empty']} empty (skipped: sparsity {self.sparsity:.1%})",
-                   style="bold")
+        yield Text(
+            f"{rows}×{cols} tiles of {self.block_m}×{self.block_n}: {counts['full']} full · "
+            f"{counts['partial']} partial · {counts['empty']} empty (skipped: sparsity {self.sparsity:.1%})",
+            style="bold",
+        )
         width = max(4, (options.max_width - 7) // 2)
         full, re, _ = pool2d((self.states == 2).astype(np.float32), 32, width, "mean")
         empty, _, _ = pool2d((self.states == 0).astype(np.float32), 32, width, "mean")
@@ -92,8 +94,17 @@ class MaskView:
     absolute positions when there is a past), the rows that have no key, and the tile map; one
     scan of the mask, sized to the console when drawn."""
 
-    def __init__(self, spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0,
-                 title: str | None = None, max_rows: int = 48):
+    def __init__(
+        self,
+        spec,
+        q_len: int,
+        k_len: int,
+        *,
+        block: tuple[int, int] | None = None,
+        head: int = 0,
+        title: str | None = None,
+        max_rows: int = 48,
+    ):
         masks.validate_scan(spec, q_len, k_len, block)
         past = k_len - q_len
         if title is None:
@@ -103,19 +114,29 @@ class MaskView:
         self.title, self.max_rows = title, max_rows
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        found = masks.scan(self.spec, self.q_len, self.k_len, rows=self.max_rows, cols=max(8, options.max_width - 8),
-                           block=self.block, head=self.head)
+        found = masks.scan(
+            self.spec,
+            self.q_len,
+            self.k_len,
+            rows=self.max_rows,
+            cols=max(8, options.max_width - 8),
+            block=self.block,
+            head=self.head,
+        )
         yield MaskGrid(found, title=self.title)
         empty, past = found.empty_rows.tolist(), self.k_len - self.q_len
         if empty:
-            yield Text(f"{len(empty)} row(s) with no allowed key: positions "
-                       + ", ".join(str(i + past) for i in empty[:20]), style="red")
+            yield Text(
+                f"{len(empty)} row(s) with no allowed key: positions " + ", ".join(str(i + past) for i in empty[:20]),
+                style="red",
+            )
         if found.tiles is not None:
             yield TileMap(found.tiles.numpy(), *self.block, found.sparsity)
 
 
-def mask_view(spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0,
-              title: str | None = None) -> MaskView:
+def mask_view(
+    spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = None, head: int = 0, title: str | None = None
+) -> MaskView:
     """The `MaskView` of a spec (a ValueError, with the sizes, for a mask larger than a scan reads)."""
     return MaskView(spec, q_len, k_len, block=block, head=head, title=title)
 
@@ -123,5 +144,8 @@ def mask_view(spec, q_len: int, k_len: int, *, block: tuple[int, int] | None = N
 def layer_mask_panel(record, layer: int, head: int) -> Group:
     """The TUI's Mask tab: a layer's mask spec, its grid for one head and the 16×16 tile map."""
     Sq, Sk = record.shape
-    return Group(Text(f"layer {layer} · mask spec: {record.mask!r}", style="bold"), Text(),
-                 mask_view(record.mask, Sq, Sk, block=(16, 16), head=head, title=f"head {head}"))
+    return Group(
+        Text(f"layer {layer} · mask spec: {record.mask!r}", style="bold"),
+        Text(),
+        mask_view(record.mask, Sq, Sk, block=(16, 16), head=head, title=f"head {head}"),
+    )

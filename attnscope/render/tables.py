@@ -12,9 +12,11 @@ from attnscope.render.heatmap import label
 
 MAX_TOKENS_SHOWN = 96  # longer prompts show their first and last tokens
 
-STATS = (("entropy", "entropy", "mean attention entropy (nats)"),
-         ("max_weight", "max w", "mean of each row's largest weight"),
-         ("first_token_mass", "sink", "mean weight on the first token"))
+STATS = (
+    ("entropy", "entropy", "mean attention entropy (nats)"),
+    ("max_weight", "max w", "mean of each row's largest weight"),
+    ("first_token_mass", "sink", "mean weight on the first token"),
+)
 # a model with attention sinks (gpt-oss): the softmax share of each head's learned sink logit
 SINK_SHARE = ("sink_share", "s_aux", "mean share of the learned attention sink")
 
@@ -24,10 +26,15 @@ def header(report: Report) -> Text:
     text = Text()
     text.append("attnscope ", style="bold magenta")
     text.append(f"{m['name']}", style="bold")
-    text.append(f"  {m['model_type']} · {m['layers']} layers · {m['heads']} q / {m['kv_heads']} kv heads · "
-                f"head_dim {m['head_dim']}\n")
-    text.append(f"engine {m.get('engine', 'native')} · backend {report.backend} · reference {report.reference} · "
-                f"{report.device} · {report.dtype}", style="dim")
+    text.append(
+        f"  {m['model_type']} · {m['layers']} layers · {m['heads']} q / {m['kv_heads']} kv heads · "
+        f"head_dim {m['head_dim']}\n"
+    )
+    text.append(
+        f"engine {m.get('engine', 'native')} · backend {report.backend} · reference {report.reference} · "
+        f"{report.device} · {report.dtype}",
+        style="dim",
+    )
     return text
 
 
@@ -59,8 +66,13 @@ def head_table(report: Report) -> Group:
     """One row per (layer, statistic), one column per query head."""
     n_heads = len(report.layers[0].heads) if report.layers else 0
     kv = [h.kv_head for h in report.layers[0].heads] if report.layers else []
-    table = Table(title="attention per head (mean over query rows)", title_justify="left", pad_edge=False,
-                  box=None, header_style="bold")
+    table = Table(
+        title="attention per head (mean over query rows)",
+        title_justify="left",
+        pad_edge=False,
+        box=None,
+        header_style="bold",
+    )
     table.add_column("layer", justify="right")
     table.add_column("stat")
     for h in range(n_heads):
@@ -75,16 +87,24 @@ def head_table(report: Report) -> Group:
             last = n == len(stats) - 1 and not with_roles
             table.add_row(str(layer.index) if n == 0 else "", short, *cells, end_section=last)
         if with_roles:
-            table.add_row("", "role", *[Text(ROLE_SHORT.get(h.role, "·"), style=ROLE_STYLE.get(h.role, "dim"))
-                                         for h in layer.heads], end_section=True)
+            table.add_row(
+                "",
+                "role",
+                *[Text(ROLE_SHORT.get(h.role, "·"), style=ROLE_STYLE.get(h.role, "dim")) for h in layer.heads],
+                end_section=True,
+            )
     caption = "entropy: nats (uniform over T keys = ln T) · max w: row max · sink: weight on token 0"
     return captioned(table, caption + " · s_aux: the learned sink's share of the softmax" * with_sinks)
 
 
-ROLE_SHORT = {"induction": "induct", "previous_token": "prev", "sink": "sink", "local": "local",
-              "broad": "broad"}
-ROLE_STYLE = {"induction": "bold magenta", "previous_token": "bold cyan", "sink": "yellow", "local": "green",
-              "broad": "dim"}
+ROLE_SHORT = {"induction": "induct", "previous_token": "prev", "sink": "sink", "local": "local", "broad": "broad"}
+ROLE_STYLE = {
+    "induction": "bold magenta",
+    "previous_token": "bold cyan",
+    "sink": "yellow",
+    "local": "green",
+    "broad": "dim",
+}
 
 
 def roles_table(report: Report) -> Group:
@@ -95,13 +115,22 @@ def roles_table(report: Report) -> Group:
     for layer in report.layers:
         for h in layer.heads:
             s = h.role_scores or {}
-            cells = [number_text(s.get(k, "nan"), ".2f") for k in ("induction", "previous_token", "sink", "local",
-                                                                      "broad")]
-            table.add_row(str(layer.index), str(h.head), str(h.kv_head), *cells,
-                          Text(h.role or "–", style=ROLE_STYLE.get(h.role, "dim")),
-                          end_section=h.head == len(layer.heads) - 1)
-    return captioned(table, "scores in [0, 1]; a role is named when its score passes the threshold "
-                            "(induction 0.4, prev 0.5, sink 0.6, local 0.8, broad 0.9)")
+            cells = [
+                number_text(s.get(k, "nan"), ".2f") for k in ("induction", "previous_token", "sink", "local", "broad")
+            ]
+            table.add_row(
+                str(layer.index),
+                str(h.head),
+                str(h.kv_head),
+                *cells,
+                Text(h.role or "–", style=ROLE_STYLE.get(h.role, "dim")),
+                end_section=h.head == len(layer.heads) - 1,
+            )
+    return captioned(
+        table,
+        "scores in [0, 1]; a role is named when its score passes the threshold "
+        "(induction 0.4, prev 0.5, sink 0.6, local 0.8, broad 0.9)",
+    )
 
 
 def number_text(value, fmt: str) -> str:
@@ -124,8 +153,16 @@ def layer_table(report: Report) -> Group:
     """One row per layer: its mask, head statistics over the heads (NaN when a head's is), NaN count
     and the checks' largest differences, red where a check found a problem."""
     table = Table(title="layers", title_justify="left", box=None, header_style="bold", pad_edge=False)
-    for name, justify in (("layer", "right"), ("mask", "left"), ("entropy", "right"), ("sink", "right"),
-                          ("max w", "right"), ("NaN", "right"), ("Δ inc", "right"), ("Δ ref", "right")):
+    for name, justify in (
+        ("layer", "right"),
+        ("mask", "left"),
+        ("entropy", "right"),
+        ("sink", "right"),
+        ("max w", "right"),
+        ("NaN", "right"),
+        ("Δ inc", "right"),
+        ("Δ ref", "right"),
+    ):
         table.add_column(name, justify=justify, overflow="fold")
     for layer in report.layers:
         heads = layer.heads
@@ -145,7 +182,8 @@ def layer_table(report: Report) -> Group:
         low, high = over_heads(entropy, min), over_heads(entropy, max)
         nan = sum(h.nonfinite for h in heads)
         table.add_row(
-            str(layer.index), layer.mask,
+            str(layer.index),
+            layer.mask,
             stat(f"{low:.2f}–{high:.2f}" if low == low else "nan"),
             stat(f"{over_heads([h.first_token_mass for h in heads], max):.2f}"),
             stat(f"{over_heads([h.max_weight for h in heads], _mean):.2f}"),
@@ -153,8 +191,11 @@ def layer_table(report: Report) -> Group:
             delta("full_vs_incremental", "full_vs_incremental"),
             delta("backend_vs_reference", "backend_vs_reference"),
         )
-    return captioned(table, "entropy min–max over heads (nats) · sink: largest mean weight on token 0 · "
-                            "Δ inc: full vs incremental · Δ ref: backend vs eager")
+    return captioned(
+        table,
+        "entropy min–max over heads (nats) · sink: largest mean weight on token 0 · "
+        "Δ inc: full vs incremental · Δ ref: backend vs eager",
+    )
 
 
 def run_report(report: Report) -> Group:
@@ -180,8 +221,15 @@ def models_table() -> Group:
     width = max((len(shown) for members in groups.values() for shown, _ in members), default=0)  # aligned
     parts = []
     for group, members in groups.items():
-        table = Table(title=MODEL_GROUPS.get(group, group), title_justify="left", title_style="bold", box=None,
-                      header_style="bold", pad_edge=False, show_header=not parts)
+        table = Table(
+            title=MODEL_GROUPS.get(group, group),
+            title_justify="left",
+            title_style="bold",
+            box=None,
+            header_style="bold",
+            pad_edge=False,
+            show_header=not parts,
+        )
         table.add_column("name", min_width=width, no_wrap=True)
         table.add_column("size", justify="right", no_wrap=True)
         table.add_column("description")

@@ -68,15 +68,36 @@ class AttnScopeApp(App):
         *(Binding(str(i + 1), f"tab('{name}')", name, show=False) for i, name in enumerate(TABS)),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]  # short terminals: a one-line prompt (app.tcss)
-    PANES = {"heatmap": "#heatmap-view", "mask": "#mask-view", "checks": "#checks-list", "diff": "#diff-view",
-             "tokens": "#tokens-table"}  # what each tab focuses
+    PANES = {
+        "heatmap": "#heatmap-view",
+        "mask": "#mask-view",
+        "checks": "#checks-list",
+        "diff": "#diff-view",
+        "tokens": "#tokens-table",
+    }  # what each tab focuses
 
-    def __init__(self, model: str = "tiny-code", prompt: str | list[int] | None = None, backend: str = "sdpa",
-                 dtype: str = "float32", device: str = "cpu", max_new_tokens: int = 8, allow_pickle: bool = False,
-                 engine: str = "auto", compare: str | None = None):
+    def __init__(
+        self,
+        model: str = "tiny-code",
+        prompt: str | list[int] | None = None,
+        backend: str = "sdpa",
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_new_tokens: int = 8,
+        allow_pickle: bool = False,
+        engine: str = "auto",
+        compare: str | None = None,
+    ):
         super().__init__()
-        self.session = Session(model, backend=backend, dtype=dtype, device=device, engine=engine,
-                               allow_pickle=allow_pickle, compare_with=compare)
+        self.session = Session(
+            model,
+            backend=backend,
+            dtype=dtype,
+            device=device,
+            engine=engine,
+            allow_pickle=allow_pickle,
+            compare_with=compare,
+        )
         self.initial_prompt, self.max_new_tokens = prompt, max_new_tokens
         self.result: Result | None = None  # the finished run shown, or None while one runs
         self.run_id = self.checks_done = 0
@@ -90,9 +111,12 @@ class AttnScopeApp(App):
                 yield Navigator(id="nav")
             with Vertical(id="main"):
                 text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
-                yield Input(value=escape(text), id="prompt",
-                            placeholder="type a prompt and press enter (\\n for a newline)",
-                            select_on_focus=False)  # tabbing in must not make typing replace the prompt
+                yield Input(
+                    value=escape(text),
+                    id="prompt",
+                    placeholder="type a prompt and press enter (\\n for a newline)",
+                    select_on_focus=False,
+                )  # tabbing in must not make typing replace the prompt
                 yield Static("", id="error")
                 with TabbedContent(id="tabs", initial="heatmap"):
                     with TabPane("Heatmap", id="heatmap"):
@@ -148,9 +172,13 @@ class AttnScopeApp(App):
             n_layers = self.session.load().layout.n_layers
             post(None)
             result, comparison = self.session.run_and_compare(  # a refused comparison: shown in the Diff tab
-                prompt, max_new_tokens=self.max_new_tokens, checks="all", roles=True,
+                prompt,
+                max_new_tokens=self.max_new_tokens,
+                checks="all",
+                roles=True,
                 on_layer=lambda layer: post(LayerArrived(layer, n_layers, run_id)),
-                on_check=lambda check: post(CheckFinished(check, run_id)))
+                on_check=lambda check: post(CheckFinished(check, run_id)),
+            )
             post(RunFinished(result, run_id, comparison))
         except Cancelled:
             return
@@ -181,8 +209,10 @@ class AttnScopeApp(App):
         self.query_one(DiffPane).comparison = message.comparison
         for pane in (self.query_one(MaskPane), self.query_one(DiffPane), self.query_one(TokensPane)):
             pane.result = result
-        layer, head = result.first_failure() or (min(view.layer_idx, result.n_layers - 1),
-                                                 min(view.head_idx, result.n_heads - 1))
+        layer, head = result.first_failure() or (
+            min(view.layer_idx, result.n_layers - 1),
+            min(view.head_idx, result.n_heads - 1),
+        )
         self.show_head(layer, head)
         view.prewarm_in_background(result)  # every head's overview, so that switching heads only draws
         # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the collector's
@@ -247,8 +277,9 @@ class AttnScopeApp(App):
         """Textual's hook for an exception no handler caught: the app closes as it does (exit code 1,
         the error kept for tests run with Pilot), with one line on stderr instead of a traceback."""
         super()._handle_exception(error)
-        self._exit_renderables[:] = [Text(f"attnscope: error: {one_line(getattr(error, 'error', error))}",
-                                          no_wrap=True, overflow="ignore")]
+        self._exit_renderables[:] = [
+            Text(f"attnscope: error: {one_line(getattr(error, 'error', error))}", no_wrap=True, overflow="ignore")
+        ]
 
     def action_tab(self, name: str) -> None:
         """Open a tab and focus its pane, so that the arrows move in what is shown."""
@@ -270,8 +301,9 @@ class AttnScopeApp(App):
         """The head `heads` on (into the next layer), or the same head `layers` on, from any pane."""
         if self.result is not None:
             view = self.query_one(HeatmapView)
-            self.query_one(Navigator).step((view.layer_idx, view.head_idx), self.result.n_layers, self.result.n_heads,
-                                           heads=heads, layers=layers)
+            self.query_one(Navigator).step(
+                (view.layer_idx, view.head_idx), self.result.n_layers, self.result.n_heads, heads=heads, layers=layers
+            )
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

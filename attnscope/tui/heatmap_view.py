@@ -99,8 +99,10 @@ class HeatmapView(Widget, can_focus=True):
         four lines of key tokens under its axis, and of a pooled overview, with positions only."""
         color = self.color
         per_line = 2 if color else 1
-        exact, pooled = ((per_line * self._map_lines(exact), max(8, self.size.width - Heatmap.label_width(
-            color, tokens=exact) - 1)) for exact in (True, False))
+        exact, pooled = (
+            (per_line * self._map_lines(exact), max(8, self.size.width - Heatmap.label_width(color, tokens=exact) - 1))
+            for exact in (True, False)
+        )
         return exact, pooled
 
     def _map_lines(self, exact: bool) -> int:
@@ -114,15 +116,23 @@ class HeatmapView(Widget, can_focus=True):
         if self._view is None or self._view_capacity != capacity:
             if self._view is not None and self.zoomed:  # resized: the window keeps the cell under the cursor
                 self._keep_in_window(self._view, *capacity[0])
-            self._view = self.compute_view(self.result, self.layer_idx, self.head_idx, self.zoomed, self.origin,
-                                           capacity)
+            self._view = self.compute_view(
+                self.result, self.layer_idx, self.head_idx, self.zoomed, self.origin, capacity
+            )
             self._view_capacity = capacity
             rows, cols = self._view.weights.shape
             self.cursor = (max(0, min(self.cursor[0], rows - 1)), max(0, min(self.cursor[1], cols - 1)))
         return self._view
 
-    def compute_view(self, result, layer: int, head: int, zoomed: bool, origin: tuple[int, int],
-                     capacity: tuple[tuple[int, int], tuple[int, int]]) -> HeadMap:
+    def compute_view(
+        self,
+        result,
+        layer: int,
+        head: int,
+        zoomed: bool,
+        origin: tuple[int, int],
+        capacity: tuple[tuple[int, int], tuple[int, int]],
+    ) -> HeadMap:
         """The cells shown for a head (`attnscope.render.heatmap.head_map`); the overviews are kept
         (and computed ahead by `prewarm`), so switching heads does not recompute them."""
         key = (id(result), layer, head, capacity)
@@ -178,20 +188,37 @@ class HeatmapView(Widget, can_focus=True):
         view = self.current()
         rec = self.result.records[self.layer_idx]
         mode = "zoomed, exact cells" if self.zoomed else ("exact" if view.exact else "overview")
-        title = (f"layer {self.layer_idx} · head {self.head_idx} (kv {self.head_idx // rec.group_size}) · "
-                 f"{rec.mask!r} · {mode}")
-        return map_heatmap(self.result, self.layer_idx, self.head_idx, view, title=title, log=self.log_scale,
-                           cursor=self.cursor, max_lines=self._map_lines(view.exact), color=self.color)
+        title = (
+            f"layer {self.layer_idx} · head {self.head_idx} (kv {self.head_idx // rec.group_size}) · "
+            f"{rec.mask!r} · {mode}"
+        )
+        return map_heatmap(
+            self.result,
+            self.layer_idx,
+            self.head_idx,
+            view,
+            title=title,
+            log=self.log_scale,
+            cursor=self.cursor,
+            max_lines=self._map_lines(view.exact),
+            color=self.color,
+        )
 
     def _render_group(self):
         group_size = self.result.records[self.layer_idx].group_size
         kv = self.head_idx // group_size
-        return small_multiples(self.result, self.layer_idx, range(kv * group_size, (kv + 1) * group_size),
-                               width=self.size.width, cell_width=32, max_lines=max(4, (self.size.height - 6) // 2),
-                               log=self.log_scale, color=self.color,
-                               title=f"layer {self.layer_idx} · kv head {kv}: its {group_size} query heads "
-                                     "(g to leave)",
-                               label=lambda h: f"h{h}" + (" ◀" if h == self.head_idx else ""))
+        return small_multiples(
+            self.result,
+            self.layer_idx,
+            range(kv * group_size, (kv + 1) * group_size),
+            width=self.size.width,
+            cell_width=32,
+            max_lines=max(4, (self.size.height - 6) // 2),
+            log=self.log_scale,
+            color=self.color,
+            title=f"layer {self.layer_idx} · kv head {kv}: its {group_size} query heads (g to leave)",
+            label=lambda h: f"h{h}" + (" ◀" if h == self.head_idx else ""),
+        )
 
     # ---- actions -----------------------------------------------------------------------------
     def action_move(self, di: int, dj: int) -> None:
@@ -260,6 +287,7 @@ class HeatmapView(Widget, can_focus=True):
 
     def prewarm_in_background(self, result) -> None:
         """`prewarm` in a worker thread (the newest call cancels the one before)."""
+
         def work() -> None:
             worker = get_current_worker()
             self.prewarm(result, lambda: worker.is_cancelled)
@@ -284,11 +312,15 @@ class HeatmapView(Widget, can_focus=True):
             score = rec.score(self.head_idx, q0, k0)
             state = "allowed" if view.allowed[i, j] else "masked"
             formula = "q·k·scale" if rec.softcap is None else f"{rec.softcap:g}·tanh(q·k·scale / {rec.softcap:g})"
-            return (f"query {past + q0} {label(tokens[past + q0], 20)!s}  →  key {k0} {label(tokens[k0], 20)!s}\n"
-                    f"weight {weight:.6f}   scaled score {formula} {score:+.4f}   mask: {state}")
-        return (f"queries {past + q0}–{past + q1 - 1} × keys {k0}–{k1 - 1} (pooled cell)\n"
-                f"max weight {weight:.6f}   mask: {'some allowed' if view.allowed[i, j] else 'masked'}   "
-                "(+ to zoom into exact cells)")
+            return (
+                f"query {past + q0} {label(tokens[past + q0], 20)!s}  →  key {k0} {label(tokens[k0], 20)!s}\n"
+                f"weight {weight:.6f}   scaled score {formula} {score:+.4f}   mask: {state}"
+            )
+        return (
+            f"queries {past + q0}–{past + q1 - 1} × keys {k0}–{k1 - 1} (pooled cell)\n"
+            f"max weight {weight:.6f}   mask: {'some allowed' if view.allowed[i, j] else 'masked'}   "
+            "(+ to zoom into exact cells)"
+        )
 
     def _announce(self) -> None:
         self.post_message(CursorMoved(self.cell_info()))

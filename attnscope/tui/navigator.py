@@ -10,8 +10,13 @@ from textual.widgets import Tree
 from attnscope.render.tables import ROLE_SHORT, ROLE_STYLE
 
 SPARK = "▁▂▃▄▅▆▇█"
-GLYPHS = {"ok": ("●", "green"), "nan": ("✖", "bold red"), "tolerance": ("▲", "bold yellow"),
-          "masked": ("◌", "magenta"), "pending": ("○", "grey50")}
+GLYPHS = {
+    "ok": ("●", "green"),
+    "nan": ("✖", "bold red"),
+    "tolerance": ("▲", "bold yellow"),
+    "masked": ("◌", "magenta"),
+    "pending": ("○", "grey50"),
+}
 
 
 def head_status(flags: list[str]) -> str:
@@ -30,8 +35,7 @@ def sparkline(values: list[float]) -> str:
         return ""
     lo, hi = min(finite), max(finite)
     span = (hi - lo) or 1.0
-    return "".join(SPARK[round((v - lo) / span * (len(SPARK) - 1))] if isinstance(v, float) else "?"
-                   for v in values)
+    return "".join(SPARK[round((v - lo) / span * (len(SPARK) - 1))] if isinstance(v, float) else "?" for v in values)
 
 
 class Navigator(Tree):
@@ -73,8 +77,13 @@ class Navigator(Tree):
         for node in self.root.children:
             _, layer, _ = node.data
             heads = report.layers[layer].heads
-            node.set_label(Text.assemble(f"L{layer} ", (sparkline([h.entropy for h in heads]), "cyan"),
-                                         (f" {report.layers[layer].mask}", "dim")))
+            node.set_label(
+                Text.assemble(
+                    f"L{layer} ",
+                    (sparkline([h.entropy for h in heads]), "cyan"),
+                    (f" {report.layers[layer].mask}", "dim"),
+                )
+            )
             for kv_node in node.children:
                 for leaf in kv_node.children:
                     h = leaf.data[2]
@@ -82,8 +91,14 @@ class Navigator(Tree):
                     glyph, style = GLYPHS[head_status(stats.flags)]
                     entropy = f"{stats.entropy:.2f}" if isinstance(stats.entropy, float) else str(stats.entropy)
                     role = ROLE_SHORT.get(stats.role, "")
-                    leaf.set_label(Text.assemble((glyph, style), f" h{h} ", (f"H {entropy} ", "dim"),
-                                                 (role, ROLE_STYLE.get(stats.role, "dim"))))
+                    leaf.set_label(
+                        Text.assemble(
+                            (glyph, style),
+                            f" h{h} ",
+                            (f"H {entropy} ", "dim"),
+                            (role, ROLE_STYLE.get(stats.role, "dim")),
+                        )
+                    )
 
     def select_head(self, layer: int, head: int) -> None:
         for node in self.root.children:

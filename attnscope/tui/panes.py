@@ -129,8 +129,13 @@ class TokensPane(DataTable):
             self.add_row(str(pos), str(tid), repr(text), "", key=f"q{pos}")
         cont = result.continuation_ids
         for i, (tid, text) in enumerate(zip(cont, result.token_texts(cont), strict=True)):
-            self.add_row(str(len(result.ids) + i), str(tid), repr(text),
-                         Text("continuation (n adds it)", style="dim"), key=f"c{i}")
+            self.add_row(
+                str(len(result.ids) + i),
+                str(tid),
+                repr(text),
+                Text("continuation (n adds it)", style="dim"),
+                key=f"c{i}",
+            )
 
 
 class Details(Widget):
@@ -145,8 +150,11 @@ class Details(Widget):
         from attnscope.render.checks import pack_parts
 
         width = max(1, self.content_size.width)
-        return [out for line in self.info.split("\n")
-                for out in pack_parts(line.split(self.SEPARATOR), width, self.SEPARATOR, "")]
+        return [
+            out
+            for line in self.info.split("\n")
+            for out in pack_parts(line.split(self.SEPARATOR), width, self.SEPARATOR, "")
+        ]
 
     def render(self) -> Text:
         return Text("\n".join(self.wrapped()))

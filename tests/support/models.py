@@ -34,10 +34,22 @@ from attnscope.model.native import LoadedModel
 # ---- native models ---------------------------------------------------------------------------------
 
 
-def random_model(*, layers: int, vocab: int, hidden: int, max_positions: int, intermediate: int | None = None,
-                 heads: int = 4, kv_heads: int = 2, std: float = 0.2, norm: float | None = 1.0, seed: int = 0,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 **config_overrides) -> LoadedModel:
+def random_model(
+    *,
+    layers: int,
+    vocab: int,
+    hidden: int,
+    max_positions: int,
+    intermediate: int | None = None,
+    heads: int = 4,
+    kv_heads: int = 2,
+    std: float = 0.2,
+    norm: float | None = 1.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    **config_overrides,
+) -> LoadedModel:
     """A random model (eval mode, no tokenizer) of these sizes.
 
     Args:
@@ -51,9 +63,16 @@ def random_model(*, layers: int, vocab: int, hidden: int, max_positions: int, in
     torch.manual_seed(seed)
     if intermediate is None:
         intermediate = 2 * hidden
-    config = ModelConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
-                         **config_overrides)
+    config = ModelConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        **config_overrides,
+    )
     net = Transformer(config).eval()
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -82,8 +101,13 @@ def save_hf_dir(model: LoadedModel | Transformer, path: Path, tokenizer_from: Pa
 # ---- random Hugging Face models ---------------------------------------------------------------------
 
 
-def random_hf_model(config_cls: str, model_cls: str, config: dict[str, Any], seed: int,
-                    perturb: Callable[[str, torch.nn.Parameter], None]):
+def random_hf_model(
+    config_cls: str,
+    model_cls: str,
+    config: dict[str, Any],
+    seed: int,
+    perturb: Callable[[str, torch.nn.Parameter], None],
+):
     """A random-initialized transformers `model_cls` (float32, eval) of `config_cls(**config)`, drawn
     after `torch.manual_seed(seed)`; then `perturb(name, param)` on every parameter in order, without
     grad."""
@@ -168,6 +192,7 @@ def _quiet_transformers() -> None:
 def build_hf_model(name: str, seed: int = 0, **sizes):
     """A random-initialized HF causal LM of spec `name` (float32, eval, eager attention); `sizes`
     override the config's (hidden_size, vocab_size, ...)."""
+
     def perturb(pname: str, param: torch.nn.Parameter) -> None:
         if pname.endswith("norm.weight"):
             param.normal_(1.0, 0.2)
@@ -233,29 +258,64 @@ class ModelZoo:
 # ---- the architectures of the hf engine ---------------------------------------------------------------
 
 ALTERNATING = ["sliding_attention", "full_attention"]
-ARCHITECTURE_COMMON = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                           initializer_range=0.1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+ARCHITECTURE_COMMON = dict(
+    vocab_size=100,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    initializer_range=0.1,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 # name -> (config class, model class, overrides, what the architecture exercises)
 ARCHITECTURES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {}, "GQA, RoPE"),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 32}, "q/k RMSNorm per head, head_dim ≠ hidden/heads"),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM",
-               {"head_dim": 16, "sliding_window": 8, "layer_types": ALTERNATING, "attn_logit_softcapping": 5.0,
-                "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 16},
-               "attention logit soft-capping, alternating sliding-window and global layers"),
-    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM",
-                    {"head_dim": 16, "sliding_window": 8, "layer_types": ALTERNATING, "query_pre_attn_scalar": 16},
-                    "q/k norms, local and global RoPE bases, sliding-window layers"),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {
+            "head_dim": 16,
+            "sliding_window": 8,
+            "layer_types": ALTERNATING,
+            "attn_logit_softcapping": 5.0,
+            "final_logit_softcapping": 30.0,
+            "query_pre_attn_scalar": 16,
+        },
+        "attention logit soft-capping, alternating sliding-window and global layers",
+    ),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"head_dim": 16, "sliding_window": 8, "layer_types": ALTERNATING, "query_pre_attn_scalar": 16},
+        "q/k norms, local and global RoPE bases, sliding-window layers",
+    ),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": 8}, "fused qkv projection, sliding window"),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}, "q/k RMSNorm over all heads, post-norm blocks"),
-    "granite": ("GraniteConfig", "GraniteForCausalLM",
-                {"attention_multiplier": 0.3, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
-                 "logits_scaling": 4.0}, "a custom attention scale (attention_multiplier)"),
-    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
-                {"head_dim": 16, "sliding_window": 8, "layer_types": ALTERNATING, "num_local_experts": 4,
-                 "num_experts_per_tok": 2, "intermediate_size": 64, "initializer_range": 0.05},
-                "attention sinks, mixture of experts, alternating sliding windows"),
+    "granite": (
+        "GraniteConfig",
+        "GraniteForCausalLM",
+        {"attention_multiplier": 0.3, "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 4.0},
+        "a custom attention scale (attention_multiplier)",
+    ),
+    "gpt_oss": (
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        {
+            "head_dim": 16,
+            "sliding_window": 8,
+            "layer_types": ALTERNATING,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+            "intermediate_size": 64,
+            "initializer_range": 0.05,
+        },
+        "attention sinks, mixture of experts, alternating sliding windows",
+    ),
 }
 
 
@@ -276,5 +336,6 @@ def build_architecture(name: str, seed: int = 0):
         elif pname.endswith("sinks"):
             param.normal_(0.0, 1.0)
 
-    return random_hf_model(config_cls, model_cls, {**ARCHITECTURE_COMMON, **overrides, "attn_implementation": "eager"},
-                           seed, perturb)
+    return random_hf_model(
+        config_cls, model_cls, {**ARCHITECTURE_COMMON, **overrides, "attn_implementation": "eager"}, seed, perturb
+    )

@@ -5,8 +5,18 @@ from __future__ import annotations
 import torch
 
 
-def qkv(B: int, Hq: int, Hkv: int, Sq: int, Sk: int, D: int = 16, dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu", seed: int = 0, v_scale: float = 1.0):
+def qkv(
+    B: int,
+    Hq: int,
+    Hkv: int,
+    Sq: int,
+    Sk: int,
+    D: int = 16,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    v_scale: float = 1.0,
+):
     """Seeded random attention inputs: q ``[B, Hq, Sq, D]``, k and v ``[B, Hkv, Sk, D]``, q and k from
     N(0, 1.5²) and v from N(0, v_scale²), drawn in that order in float32 on the CPU, then moved to
     `device` and `dtype`."""

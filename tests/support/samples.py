@@ -13,8 +13,14 @@ import pytest
 
 from attnscope.samples import sample_models, sample_models_dir
 
-COMMITTED_SAMPLES = ("tiny-code", "tiny-induction", "tiny-code-q4", "deep-random",
-                     "broken/nan-k-proj", "broken/fp16-overflow")
+COMMITTED_SAMPLES = (
+    "tiny-code",
+    "tiny-induction",
+    "tiny-code-q4",
+    "deep-random",
+    "broken/nan-k-proj",
+    "broken/fp16-overflow",
+)
 
 
 def committed_samples() -> dict[str, Path]:
@@ -23,9 +29,12 @@ def committed_samples() -> dict[str, Path]:
     found = sample_models()
     missing = [name for name in COMMITTED_SAMPLES if name not in found]
     if missing:
-        pytest.fail(f"committed sample model(s) missing from {sample_models_dir()}: {', '.join(missing)} "
-                    f"(found: {', '.join(found) or 'none'}); they are tracked under sample_models/ and must ship "
-                    "as attnscope.sample_models: a packaging regression", pytrace=False)
+        pytest.fail(
+            f"committed sample model(s) missing from {sample_models_dir()}: {', '.join(missing)} "
+            f"(found: {', '.join(found) or 'none'}); they are tracked under sample_models/ and must ship "
+            "as attnscope.sample_models: a packaging regression",
+            pytrace=False,
+        )
     return found
 
 
