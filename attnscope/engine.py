@@ -149,6 +149,25 @@ class Engine(Protocol):
         """Greedy continuation ``[B, <= max_new_tokens]`` from a prefill's `logits`, one token per step."""
 
 
+def attention_features(engine: Engine) -> list[str]:
+    """The optional attention features (`attnscope.backends.FEATURES`: soft-capping, sinks) that the
+    model's layers use, found as the model says them: one forward of one token through a function
+    that notes the keywords each attention call passes (and computes with the eager reference)."""
+    from attnscope.backends.eager import attend as eager
+
+    used: dict[str, None] = {}
+
+    def note(q, k, v, mask, scale, *, need_lse=True, softcap=None, sinks=None):
+        for name, value in (("softcap", softcap), ("sinks", sinks)):
+            if value is not None:
+                used[name] = None
+        return eager(q, k, v, mask, scale, need_lse=need_lse, softcap=softcap, sinks=sinks)
+
+    with torch.inference_mode():
+        engine.forward(torch.zeros(1, 1, dtype=torch.long, device=engine.device), note)
+    return list(used)
+
+
 def token_by_token(
     engine: Engine,
     ids: torch.Tensor,

@@ -23,6 +23,11 @@ layer's attention runs on that layer's device, and the weights and the KV cache 
 model put them. What attnscope keeps of a layer (q, k, v, output, lse, the residual's NaN counts)
 is copied to the engine's device, the device of the input embeddings, so that the checks and views
 compare tensors on one device; logits come back there too.
+
+Loading: a model directory (`load`), or a GGUF file (`load_gguf`) of any architecture transformers'
+GGUF loader reads (`gguf_architectures`), dequantized by transformers; the tokenizer is then the one
+transformers builds from the file's metadata. Both check sizes and memory before transformers
+allocates, and refuse a model any of whose tensors transformers initialized at random.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,6 +50,9 @@ from attnscope.engine import Layout
 from attnscope.errors import ConfigError, LoadError, UnsupportedFeature, UserError
 from attnscope.masks import MaskSpec
 from attnscope.model.compute import greedy, in_float32
+
+if TYPE_CHECKING:
+    from attnscope.model.gguf import GGUFFile
 
 IMPLEMENTATION = "attnscope"
 EXTRA = 'pip install "attnscope[hf]"'
@@ -547,7 +556,6 @@ def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: 
     their size in `dtype` must fit in the memory available. After: every tensor of the model must have
     come from the files (attnscope never runs weights that transformers initialized at random)."""
     transformers = _transformers()
-    from attnscope.model import memory
     from attnscope.model.checkpoint import weight_files, weights_summary
     from attnscope.model.tokenizer import Tokenizer
 
@@ -555,24 +563,138 @@ def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: 
     _quiet(transformers)
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
-        layers = getattr(config.get_text_config(), "num_hidden_layers", None)
     except Exception as exc:  # transformers' config classes raise many kinds; all mean a bad config.json
         raise LoadError(f"{path / 'config.json'}: transformers cannot read it: {exc}") from None
-    _validate_sizes(config.get_text_config(), path / "config.json")
     numel, layers_in_files = weights_summary(files)
+    _require_fits(transformers, config, numel, layers_in_files, dtype, device, path / "config.json", path)
+    model = _pretrained(
+        transformers, path, path, dtype, config=config, use_safetensors=files[0].suffix == ".safetensors"
+    )
+    tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
+    return HFEngine(model.to(device).eval(), tokenizer, name=path.name, path=path)
+
+
+# ---- GGUF files ----------------------------------------------------------------------------------------
+
+# general.architecture of GGUF files that transformers lists under another spelling (its GGUF loader,
+# transformers.modeling_gguf_pytorch_utils, renames them)
+_GGUF_SPELLINGS = {"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe", "gpt_oss": "gpt-oss", "minimax_m2": "minimax-m2"}
+# architectures transformers reads from GGUF that are no causal LM with attention to watch
+_NOT_WATCHABLE = ("t5", "t5encoder", "umt5", "mamba")
+
+
+def gguf_architectures() -> tuple[str, ...]:
+    """The GGUF architectures (``general.architecture``, as llama.cpp names them) that the installed
+    transformers loads as a causal LM with attention; () without transformers."""
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:
+        return ()
+    names = set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"}
+    try:  # the newer loader of transformers 5.x (weights kept in GGUF blocks), for the architectures it lists
+        from transformers.integrations.gguf import GGUF_ARCHS
+
+        names |= set(GGUF_ARCHS)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(sorted({_GGUF_SPELLINGS.get(n, n) for n in names} - set(_NOT_WATCHABLE)))
+
+
+def load_gguf(file: GGUFFile, dtype: torch.dtype, device: torch.device) -> HFEngine:
+    """A GGUF file (its metadata read by `attnscope.model.gguf.GGUFFile`) through transformers:
+    ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)``, every tensor dequantized to
+    `dtype`, and its tokenizer from the ``tokenizer.ggml.*`` metadata as transformers builds it.
+
+    Before anything is allocated, as for a directory: the architecture must be one transformers reads,
+    the tensors must cover every layer that the metadata describes, and the model in `dtype` must fit
+    in the memory available. After: every tensor of the model must have come from the file."""
+    import re
+
+    transformers = _transformers()
+    path: Path = file.path
+    arch = file.architecture
+    readable = gguf_architectures()
+    if arch not in readable:
+        from attnscope.model.config import show
+
+        raise ConfigError(
+            f"{path}: transformers {transformers.__version__} does not read GGUF architecture {show(arch)} "
+            f"(it reads: {', '.join(readable)})"
+        )
+    _quiet(transformers)
+    source = {"gguf_file": path.name}
+    try:
+        config = transformers.AutoConfig.from_pretrained(path.parent, trust_remote_code=False, **source)
+    except Exception as exc:  # idem: metadata transformers cannot turn into a config
+        raise LoadError(f"{path}: transformers cannot read its metadata: {exc}") from None
+    numel, top = 0, -1
+    for name, (_, shape, _) in file.tensors.items():
+        numel += math.prod(shape)
+        found = re.match(r"blk\.(\d+)\.", name)
+        if found:
+            top = max(top, int(found.group(1)))
+    _require_fits(transformers, config, numel, top + 1 if top >= 0 else None, dtype, device, path, path)
+    options = {}
+    if hasattr(transformers, "GgufConfig"):  # transformers 5.x may keep weights in GGUF blocks: unpack them all
+        options["quantization_config"] = transformers.GgufConfig(dequantize=True)
+    with _no_gguf_progress():
+        model = _pretrained(transformers, path, path.parent, dtype, config=config, **source, **options)
+    tokenizer = None
+    if file.get("tokenizer.ggml.tokens") is not None:
+        try:
+            tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path.parent, **source))
+        except Exception as exc:  # idem: a vocabulary transformers cannot build a tokenizer from
+            raise LoadError(f"{path}: transformers cannot build its tokenizer: {exc}") from None
+    return HFEngine(model.to(device).eval(), tokenizer, name=path.name.removesuffix(".gguf"), path=path)
+
+
+@contextmanager
+def _no_gguf_progress() -> Iterator[None]:
+    """transformers' GGUF loader without its progress bar (a `tqdm.auto` bar on stderr that
+    ``disable_progress_bar`` does not reach)."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as module
+    except ImportError:
+        yield
+        return
+    bar = getattr(module, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    module.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        module.tqdm = bar
+
+
+# ---- shared by directories and GGUF files ---------------------------------------------------------------
+
+
+def _require_fits(
+    transformers, config, numel: int, layers_in_files: int | None, dtype, device, where: Path, path: Path
+) -> None:
+    """Before transformers allocates anything: the config's sizes are sane (`where` names the file
+    they come from), its layers are all in the weights (`numel` values, `layers_in_files` layers), and
+    the model in `dtype` fits in the memory available."""
+    from attnscope.model import memory
+
+    text = config.get_text_config()
+    _validate_sizes(text, where)
+    layers = getattr(text, "num_hidden_layers", None)
     if layers_in_files is not None and layers is not None and layers > layers_in_files:
-        raise LoadError(f"{path / 'config.json'} describes {layers:,} layers but the weights hold {layers_in_files}")
+        raise LoadError(f"{where} describes {layers:,} layers but the weights hold {layers_in_files}")
     memory.require_weights_fit(max(numel, _parameter_count(transformers, config, path)), dtype, device, path)
+
+
+def _pretrained(transformers, path: Path, source: Path, dtype: torch.dtype, **options):
+    """``AutoModelForCausalLM.from_pretrained(source, ...)`` (never with remote code); a LoadError naming
+    `path` when it fails or when any tensor of the model was not in the files."""
     try:
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            path,
-            config=config,
-            dtype=dtype,
-            trust_remote_code=False,
-            output_loading_info=True,
-            use_safetensors=files[0].suffix == ".safetensors",
+            source, dtype=dtype, trust_remote_code=False, output_loading_info=True, **options
         )
-    except Exception as exc:  # idem: a model transformers cannot build from these files
+    except Exception as exc:  # transformers raises many kinds; all mean a model it cannot build from these files
         raise LoadError(f"{path}: transformers cannot load it: {exc}") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
@@ -580,9 +702,7 @@ def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: 
             f"{path}: the weights lack {len(missing)} of the model's tensors (first: {missing[0]}); "
             "attnscope does not run randomly initialized weights"
         )
-    model = model.to(device).eval()
-    tokenizer = Tokenizer(path) if (path / "tokenizer.json").is_file() else None
-    return HFEngine(model, tokenizer, name=path.name, path=path)
+    return model
 
 
 # the sizes every causal LM's config has, checked before transformers builds anything from them
@@ -611,7 +731,7 @@ def _parameter_count(transformers, config, path: Path) -> int:
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception as exc:  # a config transformers accepts but cannot build a model from
-        raise LoadError(f"{path}: transformers cannot build the model of config.json: {exc}") from None
+        raise LoadError(f"{path}: transformers cannot build the model its config describes: {exc}") from None
     return sum(p.numel() for p in model.parameters())
 
 

@@ -20,8 +20,8 @@ from typing import cast
 
 import torch
 
-from attnscope.backends import get_backend
-from attnscope.engine import Engine
+from attnscope.backends import AUTO, choose_backend, get_backend
+from attnscope.engine import Engine, attention_features
 from attnscope.errors import UserError
 from attnscope.inspector.capture import row_stats
 from attnscope.inspector.checks import parse_checks, run_checks
@@ -32,10 +32,10 @@ from attnscope.inspector.compare import (
     require_same_tokens,
     tolerance_for,
 )
-from attnscope.inspector.heads import REPEAT_LENGTH, HeadRole, head_roles, repeated_sequence
+from attnscope.inspector.heads import HeadRole, head_roles, probe_length, repeated_sequence, scores_on
 from attnscope.inspector.report import Check
 from attnscope.inspector.result import Result
-from attnscope.inspector.run import Inputs, Progress, Run, step_of
+from attnscope.inspector.run import Inputs, Progress, Run, Step, step_of
 from attnscope.prompts import Prompt
 
 __all__ = ["Comparison", "Prompt", "Result", "Scope", "compare"]
@@ -55,7 +55,13 @@ def validate_text(prompt: str) -> None:
 class Scope:
     """A model (an `attnscope.engine.Engine`) plus an attention backend, ready to inspect prompts."""
 
-    def __init__(self, model: Engine, backend: str = "eager"):
+    def __init__(self, model: Engine, backend: str = AUTO):
+        """`backend`: a backend's name (`attnscope.backends`), or ``auto``: the fastest that implements
+        every feature the model's layers use, on its device (`backend_choice` says which and why)."""
+        if backend == AUTO:
+            backend, self.backend_choice = choose_backend(attention_features(model), model.device.type)
+        else:
+            self.backend_choice = "given"
         self.attend = get_backend(backend)  # fails early on an unknown or unavailable backend
         self.model = model
         self.backend = backend
@@ -102,7 +108,9 @@ class Scope:
         """One parallel forward of a prompt (or batch), every layer captured (with each block's output
         when `residuals`); no decoding, no checks."""
         inputs, _ = self.inputs(prompt, padding_side)
-        return Run.forward(self.model, self.backend, self.attend, inputs, residuals=residuals)
+        return Run.forward(
+            self.model, self.backend, self.attend, inputs, residuals=residuals, backend_choice=self.backend_choice
+        )
 
     @torch.inference_mode()
     def run(
@@ -130,8 +138,9 @@ class Scope:
             atol, rtol: override the dtype's default tolerances of the comparing checks.
             on_layer, on_check: called as each layer's record arrives and as each check finishes (for
                 live views); an exception raised there stops the run.
-            roles: also score every head's role (`attnscope.inspector.heads`; one more forward pass
-                of a short repeated random sequence for the induction score).
+            roles: also score every head's role (`attnscope.inspector.heads`): on the probe, a short
+                repeated random sequence (one more forward pass), not on the prompt, so that a head
+                has the same role whatever the prompt.
             progress: called with (done, total, stage) as the work advances: "forward" and
                 "statistics" (layers), "decode" (0 of the new tokens, then all), each check by its
                 name (its loop: layers, tokens, perturbations), "roles" (layers).
@@ -151,7 +160,15 @@ class Scope:
             if on_layer is not None:
                 on_layer(layer)
 
-        run = Run.forward(self.model, self.backend, self.attend, inputs, cache=cache, on_layer=layer_done)
+        run = Run.forward(
+            self.model,
+            self.backend,
+            self.attend,
+            inputs,
+            cache=cache,
+            on_layer=layer_done,
+            backend_choice=self.backend_choice,
+        )
         last_logits = run.logits[torch.arange(B, device=run.logits.device), inputs.last()].unsqueeze(1)  # (B, 1, V)
         decoding = step_of(progress, "decode")
         if decoding is not None and max_new_tokens:
@@ -166,19 +183,34 @@ class Scope:
             row_stats(run.records, step_of(progress, "statistics"))
         result.checks, result.diffs = run_checks(run, names, atol, rtol, on_check=on_check, progress=progress)
         if roles:
-            result.roles = head_roles(run, self.forward(self.role_probe()), step_of(progress, "roles"))
+            result.roles = self._roles(run, step=step_of(progress, "roles"))
         return result
 
     def role_probe(self, seed: int = 0) -> list[int]:
-        """The repeated random sequence whose second copy gives the induction score."""
+        """The probe that head roles are measured on: a random sequence repeated twice (after the
+        BOS), as long as `attnscope.inspector.heads.REPEAT_LENGTH` where the model's positions allow."""
         layout = self.model.layout
-        return repeated_sequence(layout.vocab_size, REPEAT_LENGTH, layout.bos_token_id, seed)
+        length = probe_length(layout.max_positions, layout.bos_token_id)
+        return repeated_sequence(layout.vocab_size, length, layout.bos_token_id, seed)
 
     def head_roles(self, prompt: Prompt | None = None, seed: int = 0) -> list[list[HeadRole]]:
-        """Every head's role scores and role: induction on the repeated random sequence, the other
-        scores on `prompt` (default: that same sequence)."""
-        probe = self.forward(self.role_probe(seed))
-        return head_roles(probe if prompt is None else self.forward(prompt), probe)
+        """Every head's role scores and role, measured on the probe (`role_probe`); with `prompt`,
+        also the previous-token, sink, local and broad scores on it (`HeadRole.prompt_scores`: None
+        where the prompt has too few rows to score, see `attnscope.inspector.heads`)."""
+        return self._roles(None if prompt is None else self.forward(prompt), seed)
+
+    @torch.inference_mode()
+    def _roles(self, prompt: Run | None = None, seed: int = 0, step: Step | None = None) -> list[list[HeadRole]]:
+        """The roles measured on the probe, with the scores on the `prompt`'s run when given."""
+        probe = self.role_probe(seed)
+        bos = self.model.layout.bos_token_id is not None
+        roles = head_roles(self.forward(probe), (len(probe) - bos) // 2, step)
+        if prompt is not None:
+            on_prompt = scores_on(prompt)
+            for layer, layer_scores in zip(roles, on_prompt, strict=True):
+                for role, scores in zip(layer, layer_scores, strict=True):
+                    role.prompt_scores = scores
+        return roles
 
 
 def compare(
@@ -186,7 +218,7 @@ def compare(
     model_b: Engine | str,
     prompt: Prompt,
     *,
-    backend: str = "eager",
+    backend: str = AUTO,
     atol: float | None = None,
     rtol: float | None = None,
 ) -> Comparison:
@@ -196,7 +228,7 @@ def compare(
         model_a, model_b: engines (`attnscope.load_model`) or names / paths to load in float32 on the CPU;
             A is the reference. Both must have the same layout and tokenize the prompt to the same ids.
         prompt: text or token ids.
-        backend: the attention backend both run with.
+        backend: the attention backend both run with (``auto``: the one model A's `Scope` chooses).
         atol, rtol: the tolerance (default: the looser default of the two models' dtypes).
 
     Returns:
@@ -210,7 +242,8 @@ def compare(
         model_b = load_model(model_b) if isinstance(model_b, (str, Path)) else model_b
     names = (model_a.name, model_b.name) if model_a.name != model_b.name else ("A", "B")
     require_same_layout(model_a.layout, model_b.layout, names)
-    scope_a, scope_b = Scope(model_a, backend=backend), Scope(model_b, backend=backend)
+    scope_a = Scope(model_a, backend=backend)
+    scope_b = Scope(model_b, backend=scope_a.backend)
     ids_a, ids_b = scope_a.encode(prompt), scope_b.encode(prompt)
     require_same_tokens(ids_a, ids_b, _texts(model_a, ids_a), _texts(model_b, ids_b), names)
     with torch.inference_mode():

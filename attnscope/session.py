@@ -5,6 +5,8 @@ parse and draw; loading, running and comparing happen here, headless.
     session = Session("tiny-code", backend="sdpa", compare_with="tiny-code-q4")
     result = session.run("def f(x):", checks="all")       # loads tiny-code on first use
     comparison = session.compare("def f(x):")             # loads tiny-code-q4 on first use
+
+    Session("tiny-code", compare_with="tiny-code", compare_dtype="bfloat16")  # B: its bfloat16 self
 """
 
 from __future__ import annotations
@@ -33,42 +35,62 @@ def resolve_device(device: str) -> str:
 @dataclass
 class Session:
     """What to load (a model by name or path, its dtype, device, engine) and how to run it (backend);
-    `compare_with` names model B of comparisons. Models are loaded on first use and kept."""
+    `compare_with` names model B of comparisons, loaded in `compare_dtype` and `compare_engine` (default:
+    the session's). Models are loaded on first use and kept."""
 
     model_name: str
-    backend: str = "eager"
+    backend: str = "auto"
     dtype: str = "float32"
     device: str = "cpu"
     engine: str = "auto"
     allow_pickle: bool = False
     compare_with: str | None = None
-    _models: dict[str, Engine] = field(default_factory=dict, repr=False)
+    compare_dtype: str | None = None
+    compare_engine: str | None = None
+    _models: dict[tuple[str, str, str], Engine] = field(default_factory=dict, repr=False)
 
-    def load(self, name: str | None = None, progress: Progress | None = None) -> Engine:
-        """The model `name` (default: the session's), loaded on first use with the session's settings."""
+    def load(
+        self,
+        name: str | None = None,
+        progress: Progress | None = None,
+        dtype: str | None = None,
+        engine: str | None = None,
+    ) -> Engine:
+        """The model `name` (default: the session's), loaded on first use with the session's settings
+        (or the `dtype` and `engine` given)."""
         from attnscope.model.loader import load_model
 
-        name = self.model_name if name is None else name
-        if name not in self._models:
-            self._models[name] = load_model(
-                name,
-                dtype=self.dtype,
+        key = (self.model_name if name is None else name, dtype or self.dtype, engine or self.engine)
+        if key not in self._models:
+            self._models[key] = load_model(
+                key[0],
+                dtype=key[1],
                 device=resolve_device(self.device),
-                engine=self.engine,
+                engine=key[2],
                 allow_pickle=self.allow_pickle,
                 progress=progress,
             )
-        return self._models[name]
+        return self._models[key]
 
-    def describe(self) -> str:
-        """The session in one line: "tiny-code · sdpa · float32 · cpu · vs tiny-code-q4"."""
-        vs = f" · vs {self.compare_with}" if self.compare_with else ""
-        return f"{self.model_name} · {self.backend} · {self.dtype} · {self.device}{vs}"
+    def load_compared(self, progress: Progress | None = None) -> Engine:
+        """Model B (`compare_with`) in its own dtype and engine."""
+        if self.compare_with is None:
+            raise ValueError("the session compares with no model")
+        return self.load(self.compare_with, progress, self.compare_dtype, self.compare_engine)
+
+    def describe(self, backend: str | None = None) -> str:
+        """The session in one line: "tiny-code · auto · float32 · cpu · vs tiny-code-q4" (B's dtype and
+        engine when they are its own: "vs tiny-code (bfloat16)"; the `backend` a run resolved ``auto``
+        to when given: "sdpa (auto)")."""
+        own = [x for x in (self.compare_dtype, self.compare_engine) if x is not None]
+        vs = f" · vs {self.compare_with}" + (f" ({', '.join(own)})" if own else "") if self.compare_with else ""
+        shown = f"{backend} (auto)" if backend is not None and self.backend == "auto" else self.backend
+        return f"{self.model_name} · {shown} · {self.dtype} · {self.device}{vs}"
 
     @property
     def loaded(self) -> Engine | None:
         """The session's model when it has been loaded, else None."""
-        return self._models.get(self.model_name)
+        return self._models.get((self.model_name, self.dtype, self.engine))
 
     def run(self, prompt: Any, *, on_layer: Callable[[int], None] | None = None, **run_options) -> Result:
         """`attnscope.Scope.run` of the session's model and backend on `prompt` (loading it first)."""
@@ -95,4 +117,4 @@ class Session:
 
         if self.compare_with is None:
             return None
-        return compare(self.load(), self.load(self.compare_with), prompt, backend=self.backend, atol=atol, rtol=rtol)
+        return compare(self.load(), self.load_compared(), prompt, backend=self.backend, atol=atol, rtol=rtol)

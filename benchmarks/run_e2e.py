@@ -78,7 +78,7 @@ with torch.inference_mode():
 IN_PROCESS = r"""
 import json, sys, time, torch, attnscope
 from attnscope.backends import get_backend, sdpa
-from attnscope.inspector.heads import head_roles
+from attnscope.inspector.heads import head_roles, scores_on
 from attnscope.inspector.run import Inputs, Run
 kind, text, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model = attnscope.load_model("tiny-code")
@@ -103,7 +103,8 @@ with torch.inference_mode():
         out["run"] = timed(whole)
         out["stages"] = stages
         result = scope.run(ids, checks="none", roles=True)
-        out["roles"] = timed(lambda: head_roles(result.run, scope.forward(scope.role_probe())))
+        probe = scope.role_probe()  # <bos> + R + R
+        out["roles"] = timed(lambda: (head_roles(scope.forward(probe), (len(probe) - 1) // 2), scores_on(result.run)))
     else:
         inputs = Inputs.pad([ids], "left", "cpu")
         attend = get_backend("sdpa")

@@ -11,8 +11,8 @@ them by path:
     attnscope check -m sample_models/broken/fp16-overflow --prompt "def fibonacci(n):" --checks nan --dtype float16
 
 - ``nan-k-proj``: one element of layer 2's ``k_proj`` weight is NaN. Every key of the key-value
-  head that element feeds is NaN, so the ``nan`` check fails at layer 2, stage ``scores``, in every
-  dtype.
+  head that element feeds is NaN, so the ``nan`` check fails at layer 2, naming ``k`` of that kv
+  head (and the query heads that read it) at position 0, before any score, in every dtype.
 - ``fp16-overflow``: layer 1's ``post_attention_layernorm`` weight is multiplied by a power of two
   chosen here by measurement: the smallest one at which float16 overflows on every probe prompt,
   times `MARGIN`. The MLP of layer 1 then produces values beyond float16's range (65504), so a
@@ -144,8 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     for dtype, check in findings.items():
         print(f"nan-k-proj, {dtype}: {describe(check)}; counts {check.figures['nonfinite_counts']}")
         expect(
-            not check.passed and check.where["layer"] == NAN_LAYER and check.where["stage"] == "scores",
-            f"nan-k-proj in {dtype}: expected a failure at layer {NAN_LAYER}, stage scores; got {check.message}",
+            not check.passed
+            and (check.where["layer"], check.where["stage"], check.where.get("kv_head")) == (NAN_LAYER, "k", kv_head)
+            and check.where["position"] == 0,
+            f"nan-k-proj in {dtype}: expected a failure at layer {NAN_LAYER}, k of kv head {kv_head}, position 0; "
+            f"got {check.message}",
         )
     check = findings["float32"]
     (nan_dir / "README.md").write_text(
@@ -154,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                 "# nan-k-proj",
                 "",
                 f"A copy of tiny-code with one NaN planted in layer {NAN_LAYER}'s `k_proj` weight, so that "
-                f"`attnscope check --checks nan` fails at layer {NAN_LAYER}, stage scores.",
+                f"`attnscope check --checks nan` fails at layer {NAN_LAYER}, naming the NaN keys of kv head "
+                f"{kv_head} where they are made, before any attention score.",
                 "",
                 "## What was changed",
                 "",
@@ -174,16 +178,16 @@ def main(argv: list[str] | None = None) -> None:
                 "```",
                 "",
                 f'exits with status 1; the `nan` check fails with "{check.message}" '
-                f'(the same in float16: "{findings["float16"].message}"). Non-finite counts by stage: '
-                + counts(check)
-                + ".",
+                f'(the same in float16: "{findings["float16"].message}"): `k` is the first stage of layer '
+                f"{NAN_LAYER} with a NaN (the check looks at q, k and v before the scores they give), and the "
+                "query heads are those that read that kv head. Non-finite counts by stage: " + counts(check) + ".",
                 "",
                 "Downstream of the scores the backends differ: with `--backend eager` the NaN spreads to the attention "
                 "output, the residual stream and the logits (" + counts(findings["eager"]) + "), while torch's CPU "
-                "SDPA kernel (`is_causal=True`) returns zeros for query rows whose scores are NaN, so with the default "
-                "sdpa backend on a CPU the model's outputs stay finite and only the recomputed scores and weights show "
-                "the NaN. The `nan` check names the same first place either way, because it recomputes the scores "
-                "from the recorded q and k; `--checks backend_vs_reference` also fails for sdpa (NaN against 0).",
+                "SDPA kernel (`is_causal=True`) returns zeros for query rows whose scores are NaN, so with the sdpa "
+                "backend on a CPU the model's outputs stay finite and only k and the recomputed scores and weights "
+                "show the NaN. The `nan` check names the same first place either way, because it reads the recorded k "
+                "itself; `--checks backend_vs_reference` also fails for sdpa (NaN against 0).",
                 "",
                 "Regenerate with `python sample_models/make_broken.py` (reads `sample_models/tiny-code`).",
             ]

@@ -123,9 +123,19 @@ def test_nan_in_k_projection_is_localized():
     found, result = run(model, "sdpa")
     check = found["nan"]
     assert not check.passed
-    assert check.where == {"layer": 1, "stage": "scores", "head": 2, "position": 0, "batch": 0}
-    assert check.figures["nonfinite_counts"]["scores"] > 0
-    with pytest.raises(AssertionError, match="layer 1, stage scores, head 2"):
+    assert check.where == {
+        "layer": 1,
+        "stage": "k",
+        "head": 2,
+        "kv_head": 1,
+        "query_heads": [2, 3],
+        "position": 0,
+        "batch": 0,
+        "tensors": ["k"],
+    }
+    counts = check.figures["nonfinite_counts"]
+    assert counts["k"] > 0 and counts["scores"] > 0
+    with pytest.raises(AssertionError, match=r"layer 1, k of kv head 1 \(read by query heads 2–3\), position 0"):
         assert_no_nan(result)
     layer1 = result.report().layers[1].heads
     assert layer1[0].nonfinite == 0 and layer1[2].nonfinite > 0  # only kv head 1's query heads
@@ -275,14 +285,14 @@ def test_an_unknown_check_is_refused_before_any_work():
         run(random_model(**MODEL_ARGS), "eager", checks="nan,nope")
 
 
-def test_the_most_structured_head_ignores_heads_with_non_finite_values():
+def test_the_most_focused_head_ignores_heads_with_non_finite_values():
     from attnscope.inspector.report import pick_head
 
     model = random_model(**MODEL_ARGS)
     report = attnscope.Scope(model).run(PROMPT).report()
     layer, head, why = pick_head(report)
-    assert why and report.layers[layer].heads[head].entropy == min(h.entropy for lr in report.layers for h in lr.heads)
-    report.layers[layer].heads[head].nonfinite = 3  # that head now has NaN/Inf: never "most structured"
+    assert why and report.layers[layer].heads[head].focus == max(h.focus for lr in report.layers for h in lr.heads)
+    report.layers[layer].heads[head].nonfinite = 3  # that head now has NaN/Inf: never "most focused"
     assert pick_head(report)[:2] != (layer, head)
     assert pick_head(report, layer, head) == (layer, head, "")  # asked for explicitly, it is drawn
 
@@ -324,7 +334,7 @@ def test_bundled_broken_models_are_localized_by_attnscope_check():
     nan = runner.invoke(
         app, ["check", "-m", "broken/nan-k-proj", "-p", "def fibonacci(n):", "--checks", "nan", "--device", "cpu"]
     )
-    assert nan.exit_code == 1 and "layer 2, stage scores" in nan.output
+    assert nan.exit_code == 1 and "layer 2, k of kv head 1 (read by query heads 4–7), position 0" in nan.output
     fp16 = runner.invoke(
         app,
         [
@@ -341,7 +351,7 @@ def test_bundled_broken_models_are_localized_by_attnscope_check():
             "cpu",
         ],
     )
-    assert fp16.exit_code == 1 and "layer 1, stage residual" in fp16.output
+    assert fp16.exit_code == 1 and "layer 1, residual stream" in fp16.output
     fp32 = runner.invoke(
         app, ["check", "-m", "broken/fp16-overflow", "-p", "def fibonacci(n):", "--checks", "nan", "--device", "cpu"]
     )
@@ -366,7 +376,11 @@ def dense_stats(q, k, lse, allowed, scale):
     lse = lse.double().masked_fill(lse == float("-inf"), 0.0).unsqueeze(-1)
     p = torch.where(allowed, torch.exp(scores - lse), torch.zeros((), dtype=torch.float64))
     plogp = torch.where(p > 0, p * torch.log(p), torch.zeros((), dtype=torch.float64))
+    Sq, Sk = p.shape[-2:]
+    query, key = torch.arange(Sq)[:, None] + Sk - Sq, torch.arange(Sk)  # absolute positions
+    positional = (key == 0) | (key == query) | (key == query - 1)  # the first key, itself, the one before
     return {
+        "focus": p.masked_fill(positional, 0).amax(-1),
         "entropy": -plogp.sum(-1),
         "max_weight": p.amax(-1),
         "argmax": p.argmax(-1),
@@ -389,7 +403,7 @@ def test_row_statistics_match_a_float64_reference(monkeypatch, spec, chunk, lse_
     lse = lse - lse_shift  # a wrong lse: weights sum to exp(shift), the statistics must show it
     stats = capture.LayerRecord(0, q, k, v, out, lse, spec, D**-0.5).stats
     want = dense_stats(q, k, lse, spec.dense(Sq, Sk).expand(B, Hq, Sq, Sk), D**-0.5)
-    for name in ("entropy", "max_weight", "first_token_mass", "weight_sum"):
+    for name in ("entropy", "max_weight", "first_token_mass", "focus", "weight_sum"):
         torch.testing.assert_close(getattr(stats, name).double(), want[name], atol=2e-5, rtol=1e-5, msg=name)
     assert torch.equal(stats.fully_masked, want["fully_masked"])
     assert bool(want["fully_masked"].any()) == ("padding" in repr(spec))

@@ -90,7 +90,7 @@ def test_run_shows_every_section_and_writes_the_report(tmp_path):
         "checks",
         "full_vs_incremental",
         "✓",
-        "lowest mean entropy",
+        "most focused",
         "linear 0 … ",
     ):
         assert part in text, part
@@ -235,7 +235,7 @@ def test_check_fails_with_exit_1_on_a_broken_model(tmp_path, tiny_code):
     junit = tmp_path / "j.xml"
     result = invoke("check", "-m", str(broken), "-p", "x = 1", "--checks", "nan,causality", "--junit", str(junit))
     assert result.exit_code == 1
-    assert "layer 2" in result.output and "scores" in result.output
+    assert "layer 2, k of kv head 0" in result.output
     assert "<failure" in junit.read_text()
 
 

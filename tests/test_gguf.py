@@ -4,7 +4,8 @@ SentencePiece vocabulary, in every supported tensor type, then
 
 (a) attnscope's logits on the file equal Hugging Face transformers' own GGUF loading of the same
     file (``from_pretrained(dir, gguf_file=...)``, which dequantizes with the same `gguf.quants`)
-    within 1e-4, and both tokenize alike;
+    within 1e-4, and both tokenize alike (but for a SentencePiece vocabulary on a leading space,
+    where attnscope follows llama.cpp: tests/test_gguf_tokenizers.py);
 (b) F32 and F16 files reproduce the model they were written from (llama3 and linear rope scaling,
     attention and MLP biases, tied embeddings, a Mistral sliding window);
 
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.gguf_files import finish
 from support.models import build_hf_model
 from test_cli import assert_user_error, invoke
 
@@ -164,6 +166,8 @@ def test_logits_and_tokens_match_transformers_gguf_loading(sources, name, kind, 
     ours = attnscope.load_model(file)
     hf_model, hf_tokenizer = hf_gguf(file)
     for text in TEXTS:
+        if name == "llama-spm" and text.startswith(" "):
+            continue  # llama.cpp puts its ▁ before a leading space too, transformers does not
         assert ours.tokenizer.encode(text) == hf_tokenizer(text)["input_ids"], text
     ids = ours.tokenizer.encode(PROMPT)
     with torch.no_grad():
@@ -295,11 +299,7 @@ def raw_tensor_file(
     block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
     data = np.random.default_rng(0).integers(0, 255, (1, 256 // block * size), dtype=np.uint8)
     writer.add_tensor("token_embd.weight", data, raw_dtype=gguf.GGMLQuantizationType[kind])
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish(writer, path)
 
 
 @pytest.fixture(scope="module")
@@ -317,9 +317,9 @@ def bad_files(sources, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     add("truncated-header", good[:100], "truncated")
     add("not-gguf", b"PK\x03\x04 a zip file" * 10, "not a GGUF file")
     add("empty", b"", "not a GGUF file")
-    files["unknown-arch"] = (
-        raw_tensor_file(root / "falcon.gguf", arch="falcon"),
-        "unsupported GGUF architecture 'falcon' (supported: llama, qwen2, qwen3)",
+    files["unknown-arch"] = (  # neither engine reads rwkv6 (tests/test_gguf_hf.py: what transformers reads)
+        raw_tensor_file(root / "rwkv6.gguf", arch="rwkv6"),
+        "unsupported GGUF architecture 'rwkv6' (the native engine reads llama, qwen2, qwen3; ",
     )
     files["uneven-heads"] = (
         raw_tensor_file(root / "heads.gguf", heads=4, kv_heads=3),

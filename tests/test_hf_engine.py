@@ -110,7 +110,7 @@ def test_nan_weight_is_found_at_its_layer():
         model.model.layers[1].self_attn.k_proj.weight[0, 0] = float("nan")
     result = attnscope.Scope(attnscope.from_transformers(model)).run(ids(), checks="nan")
     check = result.checks[0]
-    assert not check.passed and (check.where["layer"], check.where["stage"]) == (1, "scores")
+    assert not check.passed and (check.where["layer"], check.where["stage"], check.where["kv_head"]) == (1, "k", 0)
 
 
 def test_a_cache_that_loses_a_token_is_found_at_its_layer(models, monkeypatch):
@@ -227,7 +227,7 @@ def test_engine_option_errors(gemma2_dir):
     assert_user_error(
         runner.invoke(app, ["run", "-m", str(gemma2_dir), "-p", "w1 w2", "-b", "sdpa"]),
         "gemma2 layer 0 uses attention logit soft-capping",
-        "--backend eager",
+        "backend 'auto' chooses one that does",
     )
 
 

@@ -71,6 +71,7 @@ CORE_MODULES = [
     "attnscope.model.loader",
     "attnscope.model.tokenizer",
     "attnscope.model.gguf",
+    "attnscope.model.gguf_tokenizer",
     "attnscope.inspector",
     "attnscope.inspector.capture",
     "attnscope.inspector.report",

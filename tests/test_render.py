@@ -13,7 +13,7 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from attnscope import masks
-from attnscope.render.diffmap import DiffMap, PositionDiff
+from attnscope.render.diffmap import DiffMap, PositionDiff, RangeMap
 from attnscope.render.heatmap import Heatmap, TopKeys
 from attnscope.render.maskgrid import TileMap, mask_view
 
@@ -181,6 +181,58 @@ def test_diff_map_colors_are_anchored_at_the_tolerance():
     assert cells[0][1] != cells[0][0] and "█" not in "".join(c for row in cells for c in row)
 
 
+def compare_map_values() -> np.ndarray:
+    """[4, 8] differences of a quantized model: every head over 1e-05, from 1e-04 to 3e-02."""
+    values = np.geomspace(1e-4, 3e-2, 32).reshape(4, 8)
+    return values[:, np.random.default_rng(0).permutation(8)]
+
+
+def test_compare_map_scale_is_the_data_range_with_the_tolerance_snapshot(snapshot):
+    """Every head over tolerance: the scale is the map's own range (log), the tolerance is stated and
+    marked on the colorbar (here under the whole range), ✗ on each head's own shade."""
+    values = compare_map_values()
+    text = render(RangeMap(values, values > 1e-5, 1e-5, title="B vs A · max |Δ| per layer × head"))
+    assert "max |Δ|, log 1e-04 … 0.03 (this map's range)" in text
+    assert "┃ the tolerance 1e-05, under this range" in text
+    assert "✗ max |Δ| over 1e-05: 32 of 32 heads" in text
+    cells = diff_cells(text, 8)
+    assert all(c[1] == "✗" for row in cells for c in row)
+    low, high = np.unravel_index(values.argmin(), values.shape), np.unravel_index(values.argmax(), values.shape)
+    assert cells[low[0]][low[1]] == "░✗░" and cells[high[0]][high[1]] == "█✗█"
+    assert text == snapshot
+    # a tolerance inside the range: marked where it falls on the colorbar
+    values = np.geomspace(1e-7, 1e-3, 32).reshape(4, 8)
+    legend = render(RangeMap(values, values > 1e-5, 1e-5)).splitlines()[-3:]
+    assert (
+        legend[0].index("┃") == 6 + 8
+    )  # half way: 1e-05 is 2 decades of 4 up and legend[1].strip() == "┃ the tolerance 1e-05"
+    assert "✗ max |Δ| over 1e-05: 16 of 32 heads" in legend[2]
+
+
+def test_compare_map_in_color_grades_heads_that_are_all_over_tolerance():
+    values = compare_map_values()
+    text = render(RangeMap(values, values > 1e-5, 1e-5), color=True)
+    backgrounds = set(re.findall(r"48;2;\d+;\d+;\d+", text))
+    assert len(backgrounds) >= 16  # the heads' own colors, not one "over" yellow
+
+
+def test_compare_map_of_a_divergence_states_the_tolerance_of_the_marks():
+    """A map of the mean JS divergence: not in the tolerance's unit, so no mark on the colorbar; the
+    legend says what ✗ means and, when no head is over, says none (no contradictory ✗ caption)."""
+    values = compare_map_values() / 10
+    over = np.zeros(values.shape, bool)
+    text = render(
+        RangeMap(
+            values, over, 1e-5, measure="mean JS", over_means="output or probabilities over atol 1e-05", on_scale=False
+        )
+    )
+    assert "mean JS, log 1e-05 … 3e-03 (this map's range)" in text and "┃" not in text
+    assert "✗ output or probabilities over atol 1e-05: none of the 32 heads" in text
+    assert "✗" not in "".join(c for row in diff_cells(text, 8) for c in row)
+    zero = render(RangeMap(np.zeros((2, 4)), np.zeros((2, 4), bool), 1e-5, measure="mean JS", on_scale=False))
+    assert "mean JS: 0 in every head" in zero
+
+
 def test_position_diff_marks_worst_position():
     values = np.full(50, 1e-8)
     values[37] = 1.0
@@ -197,6 +249,7 @@ def test_nothing_is_wider_than_the_console(width):
         mask_view(masks.sliding_window(512), 4096, 4096),
         TileMap(tiles.states[0, 0].numpy(), 64, 64, tiles.sparsity),
         DiffMap(np.random.default_rng(0).random((32, 32)), np.zeros((32, 32), bool)),
+        RangeMap(np.random.default_rng(0).random((32, 32)), np.ones((32, 32), bool), 0.5, measure="mean JS"),
         PositionDiff(np.random.default_rng(0).random(4096), 0.5),
     ]
     for item in items:

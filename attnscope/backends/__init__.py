@@ -36,11 +36,15 @@ computed its own.
 - ``sdpa``: torch ``scaled_dot_product_attention``; the lse from the fused kernel's own output.
 - ``flex``: torch ``flex_attention``: any mask as a block mask, the lse from the kernel.
 - ``triton``: the kernels of ``attnscope.kernels`` (needs Triton; see that package).
+
+``auto`` (the default of the command line and of `attnscope.Scope`) is not a backend but a choice:
+per model, the fastest built-in backend that implements every feature the model's layers use, on
+the model's device (`choose_backend`, `FASTEST_FIRST`; the triton kernels are chosen only by name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from attnscope.backends.base import (
     FEATURES,
@@ -57,8 +61,11 @@ from attnscope.errors import BackendUnavailable, UnsupportedFeature, UserError
 __all__ = [
     "FEATURES",
     "AttendFn",
+    "AUTO",
+    "FASTEST_FIRST",
     "apply_sinks",
     "available_backends",
+    "choose_backend",
     "backend_name",
     "get_backend",
     "group_mask",
@@ -67,6 +74,7 @@ __all__ = [
     "require_features",
     "supports",
     "take_lse_source",
+    "validate_backend",
     "validate_shapes",
 ]
 
@@ -108,6 +116,33 @@ BACKEND_NAMES = tuple(_BUILT_IN)
 _REGISTERED: dict[str, AttendFn] = {}
 
 
+AUTO = "auto"
+# the built-in backends, fastest first, per device type (benchmarks/backends.py): on a GPU torch's
+# fused SDPA, then FlexAttention compiled, then the eager reference; on a CPU SDPA, then eager
+# (FlexAttention runs uncompiled there, several times slower than eager)
+FASTEST_FIRST = {"cuda": ("sdpa", "flex", "eager"), "cpu": ("sdpa", "eager")}
+
+
+def choose_backend(features: Iterable[str], device_type: str) -> tuple[str, str]:
+    """The fastest built-in backend that runs on `device_type` and implements every one of
+    `features` (names of `FEATURES`), and why, in one line for reports: "auto: the fastest on cpu",
+    or what ruled out the faster ones ("auto: sdpa does not implement attention logit soft-capping")."""
+    used = list(features)
+    passed_over = []
+    for name in FASTEST_FIRST.get(device_type, FASTEST_FIRST["cpu"]):
+        try:
+            attend = get_backend(name)
+        except BackendUnavailable:
+            passed_over.append(f"{name} is not available")
+            continue
+        lacking = [FEATURES[f] for f in used if not supports(attend, f)]
+        if lacking:
+            passed_over.append(f"{name} does not implement {' or '.join(lacking)}")
+            continue
+        return name, "auto: " + ("; ".join(passed_over) if passed_over else f"the fastest on {device_type}")
+    raise UserError(f"no backend implements {', '.join(FEATURES[f] for f in used)} on {device_type}")
+
+
 def register_backend(name: str, attend: AttendFn) -> None:
     """Make your own attention function available as ``backend=name`` everywhere (Scope, checks).
 
@@ -125,11 +160,20 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str) -> AttendFn:
     """The attend function of backend `name`; a clear error when unknown or unavailable."""
+    if name == AUTO:
+        raise UserError("backend 'auto' is a choice made per model: resolve it with choose_backend")
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name in _BUILT_IN:
         return _BUILT_IN[name]()
-    raise UserError(f"unknown backend {name!r} (choose from: {', '.join(available_backends())})")
+    raise UserError(f"unknown backend {name!r} (choose from: auto, {', '.join(available_backends())})")
+
+
+def validate_backend(name: str) -> None:
+    """A clear error, before any work, for a backend that is unknown or cannot run here (``auto``
+    always can: it chooses among the built-ins that do)."""
+    if name != AUTO:
+        get_backend(name)
 
 
 def backend_name(attend: AttendFn) -> str:
@@ -151,6 +195,6 @@ def require_features(attend: AttendFn, features: dict, where: str) -> dict:
         if not supports(attend, name):
             raise UnsupportedFeature(
                 f"{where} uses {FEATURES[name]}, which backend {backend_name(attend)!r} "
-                f"does not implement (use --backend eager)"
+                f"does not implement (backend 'auto' chooses one that does)"
             )
     return used

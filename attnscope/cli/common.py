@@ -23,7 +23,14 @@ ModelOpt = Annotated[
         "local cache.",
     ),
 ]
-BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Attention backend: eager, sdpa, flex or triton.")]
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        "-b",
+        help="Attention backend: auto (the fastest that implements what the model uses), eager, sdpa, flex or triton.",
+    ),
+]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, float16 or bfloat16.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when present).")]
 ChecksOpt = Annotated[

@@ -98,7 +98,7 @@ def tui(
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Prompt to run at start (else the app asks for one).")
     ] = None,
-    backend: BackendOpt = "sdpa",
+    backend: BackendOpt = "auto",
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
     max_new_tokens: Annotated[
@@ -120,11 +120,11 @@ def tui(
             "without one, use attnscope run or attnscope check)"
         )
     with user_errors():
-        from attnscope.backends import get_backend
+        from attnscope.backends import validate_backend
         from attnscope.model.loader import resolve_dtype, validate_engine
         from attnscope.session import resolve_device
 
-        get_backend(backend)
+        validate_backend(backend)
         resolve_dtype(dtype)
         validate_engine(engine)
         from attnscope.tui.app import AttnScopeApp
@@ -152,10 +152,11 @@ def heads(
         typer.Option(
             "--prompt",
             "-p",
-            help="Text for the previous-token, sink, local and broad scores (default: the repeated random sequence).",
+            help="Also score the heads on this text (previous-token, sink, local, broad); "
+            "the roles are measured on the repeated random sequence whatever the text.",
         ),
     ] = None,
-    backend: BackendOpt = "sdpa",
+    backend: BackendOpt = "auto",
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report (with roles) here.")] = None,
@@ -166,7 +167,7 @@ def heads(
     """Score every head (induction, previous-token, sink, local, broad) and name its role."""
     validate_outputs(("--json", json_path))
     with user_errors():
-        from attnscope.inspector.heads import REPEAT_LENGTH
+        from attnscope.inspector.heads import MIN_KEYS, MIN_ROWS
         from attnscope.output import write_outputs
         from attnscope.render.console import console, stage_bars
         from attnscope.render.tables import roles_table
@@ -177,10 +178,17 @@ def heads(
             scope = Scope(loaded, backend=backend)
             report = scope.run(prompt if prompt is not None else scope.role_probe(), roles=True, progress=bars).report()
         write_outputs([("--json", json_path, report.to_json() if json_path else "")])
-    source = "the prompt" if prompt is not None else f"a random sequence of {REPEAT_LENGTH} tokens repeated"
+    n_probe = (len(scope.role_probe()) - (loaded.layout.bos_token_id is not None)) // 2
     out = console()
-    out.print(f"[bold]{loaded.name}[/bold] · scores on {source}; induction on a repeated random sequence")
-    out.print(roles_table(report))
+    out.print(f"[bold]{loaded.name}[/bold] · roles measured on a random sequence of {n_probe} tokens repeated twice")
+    on_prompt = prompt is not None
+    if on_prompt and not any(h.prompt_scores for layer in report.layers for h in layer.heads):
+        out.print(
+            f"the prompt has {len(report.tokens)} tokens: too few to score the heads on it (a score needs "
+            f"{MIN_ROWS} rows with at least {MIN_KEYS} keys: {MIN_KEYS + MIN_ROWS - 1} tokens)",
+            markup=False,
+        )
+    out.print(roles_table(report, on_prompt=on_prompt))
 
 
 @app.command()

@@ -83,6 +83,7 @@ class RowStats:
     max_weight: torch.Tensor
     argmax: torch.Tensor  # key index of the largest weight
     first_token_mass: torch.Tensor  # weight on key 0 (the attention sink)
+    focus: torch.Tensor  # the largest weight on a key other than key 0, the query itself and the key before it
     weight_sum: torch.Tensor  # over the keys: 1 for a correct lse (less the sink's), 0 for a fully-masked row
     sink_weight: torch.Tensor  # the attention sink's share exp(sink - lse); 0 without sinks
     fully_masked: torch.Tensor  # bool: no key allowed
@@ -237,7 +238,8 @@ class LayerRecord:
         shape = (B, Hkv, Hq // Hkv, Sq)
         device = self.q.device
         lse = eager.safe_lse(self.kept_lse).view(shape)
-        entropy, max_weight, first, weight_sum = (torch.zeros(shape, device=device) for _ in range(4))
+        entropy, max_weight, first, focus, weight_sum = (torch.zeros(shape, device=device) for _ in range(5))
+        past = self.shape[1] - Sq  # key index of query row 0
         argmax, bad_scores, bad_weights = (torch.zeros(shape, dtype=torch.long, device=device) for _ in range(3))
         allowed_any = torch.zeros(shape, dtype=torch.bool, device=device)
         count_scores = not scores_are_finite(self.q, self.k, self.scale)
@@ -255,6 +257,10 @@ class LayerRecord:
             weight_sum[..., rows] = sums = p.sum(-1)
             if keys.start == 0:
                 first[..., rows] = p[..., 0]
+            query = torch.arange(rows.start, rows.stop, device=device)[:, None] + past  # (rows, 1) key index
+            key = torch.arange(keys.start, keys.stop, device=device)  # (keys,)
+            positional = (key == 0) | (key == query) | (key == query - 1)  # (rows, keys): sink, itself, previous
+            focus[..., rows] = p.masked_fill(positional, 0).amax(-1)
             allowed_any[..., rows] = allowed.any(-1)
             if not bool(torch.isfinite(sums).all()):
                 bad_weights[..., rows] = ((~torch.isfinite(p)) & allowed).sum(-1)
@@ -271,6 +277,7 @@ class LayerRecord:
             max_weight=max_weight.view(B, Hq, Sq),
             argmax=argmax.view(B, Hq, Sq),
             first_token_mass=first.view(B, Hq, Sq),
+            focus=focus.view(B, Hq, Sq),
             weight_sum=weight_sum.view(B, Hq, Sq),
             sink_weight=sink_weight,
             fully_masked=~allowed_any.view(B, Hq, Sq),
@@ -294,7 +301,11 @@ def row_stats(records: list[LayerRecord], step=None) -> None:
 def nonfinite_counts(x: torch.Tensor) -> torch.Tensor:
     """The count of NaN/Inf values along the last dimension of `x` ``[..., rows, n]`` (int64, shaped
     ``[..., rows]``), tested a band of rows at a time, so the temporaries stay near
-    `NONFINITE_CHUNK_ELEMENTS` elements whatever the size of `x` (logits ``[B, T, vocab]``)."""
+    `NONFINITE_CHUNK_ELEMENTS` elements whatever the size of `x` (logits ``[B, T, vocab]``). One
+    min/max pass over `x` first (no temporaries: a NaN, +Inf or -Inf shows in its minimum or maximum)
+    answers for the usual all-finite tensor."""
+    if not x.numel() or bool(torch.isfinite(torch.stack(torch.aminmax(x))).all()):
+        return torch.zeros(x.shape[:-1], dtype=torch.long, device=x.device)
     counts = torch.empty(x.shape[:-1], dtype=torch.long, device=x.device)
     step = max(1, NONFINITE_CHUNK_ELEMENTS // max(1, x[..., :1, :].numel()))
     for start in range(0, x.shape[-2], step):

@@ -3,8 +3,10 @@
 Each check returns a `Check` (name, passed, figures, where, message) and, where it compares
 tensors, per (layer, head) figures that the report shows next to each head.
 
-- ``nan``: NaN/Inf in scores, weights, outputs, the residual stream or the logits; names the first
-  layer, stage, head and position in model order.
+- ``nan``: NaN/Inf in q, k, v, scores, weights, outputs, the residual stream or the logits; names the
+  first layer, then the first stage in the order the computation makes them (q, k and v before the
+  scores: a NaN k is named at k, its kv head and the query heads that read it, not at the scores of
+  one of them), then position and head; padding positions do not count.
 - ``masked_rows``: query rows of real tokens with no allowed key, and rows whose recomputed weights
   ``exp(q·k·scale - lse)`` do not sum to 1 (±1e-3): a wrong lse or a wrong mask.
 - ``full_vs_incremental``: the prompt once in parallel and once a token at a time through the KV
@@ -38,12 +40,13 @@ import torch
 
 from attnscope.backends import eager, get_backend
 from attnscope.errors import UserError
-from attnscope.inspector.capture import LayerBuffers, nonfinite_counts
+from attnscope.inspector.capture import LayerBuffers, LayerRecord, nonfinite_counts
 from attnscope.inspector.report import Check, json_number
 from attnscope.inspector.run import Progress, Run, Step, step_of
 
 CHECK_NAMES = ("nan", "masked_rows", "full_vs_incremental", "backend_vs_reference", "causality")
-STAGES = ("scores", "weights", "output", "residual")
+QKV = ("q", "k", "v")
+STAGES = (*QKV, "scores", "weights", "output", "residual")  # the nan check's order within a layer
 WEIGHT_SUM_TOLERANCE = 1e-3
 DEFAULT_TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.float16: (5e-3, 5e-3), torch.bfloat16: (1e-2, 1e-2)}
 HALF = (torch.float16, torch.bfloat16)
@@ -298,52 +301,127 @@ def _first_failing(diffs: list[Diff]) -> tuple[int, tuple[int, int, int]] | None
 
 
 def nan_check(run: Run, step: Step | None = None) -> Check:
-    """NaN/Inf anywhere in the forward pass, localized to the first layer, stage, head and position."""
+    """NaN/Inf anywhere in the forward pass, named at its origin: the first layer, then the first stage
+    of that layer in the order the computation makes them (`STAGES`: q, k and v, then the scores, the
+    weights, the attention output, the block's output; the logits last), then the first position,
+    head and batch row. For k or v the kv head is named with the query heads that read it (``head``
+    is the first of them, so every reader of ``where`` has a query head to show). Padding positions
+    are not counted: a NaN there is a finding only where it reaches a real token's computation (a
+    padding key's NaN value times its weight 0 is NaN); when the first finding is in a row's attention
+    (scores, weights or output) and that row's padding k or v is non-finite, ``padding_nonfinite``
+    says which."""
+    real = run.inputs.real  # (B, T) bool
     counts = dict.fromkeys((*STAGES, "logits"), 0)
     first: dict[str, Any] | None = None
     for rec in run.records:
-        stats = rec.stats
-        per_stage = {
-            "scores": stats.nonfinite_scores,
-            "weights": stats.nonfinite_weights,
-            "output": stats.nonfinite_output,
-        }
-        for stage in STAGES:
-            if stage == "residual":
-                bad = rec.residual_nonfinite
-                if bad is None:
-                    continue
-                bad = bad[:, None, :]  # (B, 1, Sq): no head
-            else:
-                bad = per_stage[stage]
-            counts[stage] += int(bad.sum())
-            if first is None and bool((bad > 0).any()):
-                b, h, s = (bad > 0).nonzero().unbind(1)
-                i = int(torch.argmin(s * bad.shape[1] + h))
-                first = {
-                    "layer": rec.layer,
-                    "stage": stage,
-                    "head": None if stage == "residual" else int(h[i]),
-                    "position": int(s[i]),
-                    "batch": int(b[i]),
-                }
+        bad, padding = _nonfinite_by_stage(rec, real)
+        for stage, found in bad.items():
+            counts[stage] += int(found.sum())
+            if first is None and bool(found.any()):
+                first = _first_nonfinite(rec, stage, found, bad)
+                if stage in ("scores", "weights", "output"):
+                    from_padding = [name for name in ("k", "v") if bool(padding[name][first["batch"]])]
+                    if from_padding:
+                        first["padding_nonfinite"] = from_padding
         if step is not None:
             step(rec.layer + 1, len(run.records))
-    logits_bad = nonfinite_counts(run.logits)  # (B, T)
+    logits_bad = nonfinite_counts(run.logits).masked_fill_(~_real_positions(real, run.logits.shape[1]), 0)  # (B, T)
     counts["logits"] = int(logits_bad.sum())
     if first is None and counts["logits"]:
         pos = logits_bad.nonzero()[0]
         first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}
-    message = (
-        "no NaN or Inf"
-        if first is None
-        else (
-            f"first non-finite value at layer {first['layer']}, stage {first['stage']}"
-            + (f", head {first['head']}" if first["head"] is not None else "")
-            + f", position {first['position']}"
-        )
-    )
+    message = "no NaN or Inf" if first is None else _nonfinite_message(first, batched=real.shape[0] > 1)
     return Check("nan", first is None, {"nonfinite_counts": counts}, first, message)
+
+
+def _real_positions(real: torch.Tensor, n: int) -> torch.Tensor:
+    """Bool ``[B, n]``: which of the last `n` positions of the run are real tokens (`real` ``[B, T]``);
+    positions before the inputs (a cache's past) count as real."""
+    B, T = real.shape
+    if n <= T:
+        return real[:, T - n :]
+    return torch.cat([real.new_ones(B, n - T), real], 1)
+
+
+def _nonfinite_by_stage(
+    rec: LayerRecord, real: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each stage's count of NaN/Inf values of one layer ``[B, H|1, S]`` (q and the rows: query heads ×
+    query rows; k and v: kv heads × keys; the residual: no head), 0 at padding positions; and for k and
+    v, bool ``[B]``: whether the row has one at a padding position."""
+    Sq, Sk = rec.shape
+    rows = _real_positions(real, Sq)[:, None, :]  # (B, 1, Sq)
+    keys = _real_positions(real, Sk)[:, None, :]  # (B, 1, Sk)
+    k, v = nonfinite_counts(rec.k), nonfinite_counts(rec.v)  # (B, Hkv, Sk)
+    padding = {name: (x * ~keys).sum((1, 2)) > 0 for name, x in (("k", k), ("v", v))}  # (B,)
+    stats = rec.stats
+    bad = {
+        "q": nonfinite_counts(rec.q).masked_fill_(~rows, 0),  # (B, Hq, Sq)
+        "k": k.masked_fill_(~keys, 0),
+        "v": v.masked_fill_(~keys, 0),
+        "scores": stats.nonfinite_scores.masked_fill(~rows, 0),  # (B, Hq, Sq)
+        "weights": stats.nonfinite_weights.masked_fill(~rows, 0),
+        "output": stats.nonfinite_output.masked_fill(~rows, 0),
+    }
+    if rec.residual_nonfinite is not None:
+        bad["residual"] = rec.residual_nonfinite[:, None, :].masked_fill(~rows, 0)  # (B, 1, Sq)
+    return bad, padding
+
+
+def _first_nonfinite(rec: LayerRecord, stage: str, found: torch.Tensor, bad: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The `where` of the first non-finite value of one stage of a layer, `found` ``[B, H|1, S]``: the
+    first position, then head, then batch row. For k and v the kv head and the query heads that read
+    it (``head`` the first of them); for q, k and v also `tensors`: those of the three that are
+    non-finite at that position of that batch row (all three: what they are all computed from, the
+    layer's input, is)."""
+    b, h, s = (found > 0).nonzero().unbind(1)
+    i = int(torch.argmin(s * found.shape[1] + h))
+    batch, head, position = int(b[i]), int(h[i]), int(s[i])
+    where: dict[str, Any] = {"layer": rec.layer, "stage": stage, "head": None if stage == "residual" else head}
+    if stage in ("k", "v"):
+        G = rec.group_size
+        where.update(head=head * G, kv_head=head, query_heads=list(range(head * G, (head + 1) * G)))
+    where.update(position=position, batch=batch)
+    if stage in QKV:
+        past = rec.shape[1] - rec.shape[0]  # keys before the first query row: query row i is key past + i
+        key = position + past if stage == "q" else position
+        at = {"q": key - past, "k": key, "v": key}
+        where["tensors"] = [
+            name for name in QKV if 0 <= at[name] < bad[name].shape[2] and bool(bad[name][batch, :, at[name]].any())
+        ]
+    return where
+
+
+def _nonfinite_message(where: dict[str, Any], batched: bool = False) -> str:
+    """One line naming the first NaN/Inf of a `nan` check's `where`: e.g. "first NaN/Inf: layer 12, k of
+    kv head 1 (read by query heads 3–5), position 0"."""
+    stage = where["stage"]
+    if stage in ("k", "v"):
+        heads = where["query_heads"]
+        readers = f"query head {heads[0]}" if len(heads) == 1 else f"query heads {heads[0]}–{heads[-1]}"
+        what = f"{stage} of kv head {where['kv_head']} (read by {readers})"
+    elif stage == "residual":
+        what = "residual stream (the block's output)"
+    elif stage == "logits":
+        what = "logits"
+    else:
+        named = {"q": "q", "scores": "scores", "weights": "weights", "output": "attention output"}[stage]
+        what = f"{named} of query head {where['head']}"
+    parts = [f"layer {where['layer']}"] if where.get("layer") is not None else []
+    parts += [what, f"position {where['position']}"]
+    if batched:
+        parts.append(f"batch row {where['batch']}")
+    line = "first NaN/Inf: " + ", ".join(parts)
+    others = [name for name in where.get("tensors", ()) if name != stage]
+    if others:
+        line += f" ({_are(others)} non-finite there too)"
+    if where.get("padding_nonfinite"):
+        line += f" ({_are(where['padding_nonfinite'])} non-finite at this row's padding positions)"
+    return line
+
+
+def _are(names: list[str]) -> str:
+    return " and ".join(names) + (" is" if len(names) == 1 else " are")
 
 
 def masked_rows_check(run: Run) -> Check:

@@ -18,9 +18,15 @@ block's output differs (its output projection, norms or MLP). Layer 0's attentio
 different embedding. Tolerances are the checks' (`Tolerance`), B compared against A; probabilities
 use atol as given (they are at most 1).
 
-`Comparison` is the data plus views: the first divergence, the worst head, the difference map of
-any head (exact or pooled, band by band), the findings as `Check`s (for tables and JUnit), and the
-JSON entry of schema ``attnscope.compare/1`` (`compare_document`).
+The two models are *identical* on a prompt when they ran in the same dtype and every layer's q, k,
+v, attention output, lse and block output, and the logits, are equal bit for bit (NaN where NaN, -0
+where -0): the probabilities, recomputed from q, k and the lse, are then equal bit for bit too. Each
+model keeps its own dtype (a float32 model against its bfloat16 self); every statistic is computed in
+float32.
+
+`Comparison` is the data plus views: whether the runs are identical, the first divergence, the worst
+head, the difference map of any head (exact or pooled, band by band), the findings as `Check`s (for
+tables and JUnit), and the JSON entry of schema ``attnscope.compare/1`` (`compare_document`).
 """
 
 from __future__ import annotations
@@ -81,6 +87,20 @@ def tolerance_for(a: torch.dtype, b: torch.dtype, atol: float | None = None, rto
     """The tolerance of two models' comparison: the looser default of their dtypes (or as given)."""
     dtype = max((a, b), key=lambda d: DEFAULT_TOLERANCES[d][0])
     return Tolerance.for_dtype(dtype, atol, rtol)
+
+
+def bitwise_equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether two tensors (or two Nones) have the same dtype, shape and bits."""
+    if a is None or b is None:
+        return a is b
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+RECORD_TENSORS = ("q", "k", "v", "out", "lse", "residual")  # what `Comparison.identical` compares per layer
 
 
 def _widen(scores: torch.Tensor, span: slice, wider: slice) -> torch.Tensor:
@@ -217,6 +237,16 @@ class Comparison:
         order = np.lexsort((-prob.ravel(), -js.ravel()))
         layer, head = np.unravel_index(order[0], js.shape)
         return int(layer), int(head)
+
+    @functools.cached_property
+    def identical(self) -> bool:
+        """Whether the two runs are equal bit for bit: the same dtype, and every layer's q, k, v,
+        attention output, lse and block output, and the logits, the same bits."""
+        return bitwise_equal(self.run_a.logits, self.run_b.logits) and all(
+            bitwise_equal(getattr(a, name), getattr(b, name))
+            for a, b in zip(self.run_a.records, self.run_b.records, strict=True)
+            for name in RECORD_TENSORS
+        )
 
     @property
     def passed(self) -> bool:
@@ -368,6 +398,7 @@ class Comparison:
         return {
             "prompt": self.prompt if isinstance(self.prompt, str) else [int(i) for i in self.prompt],
             "tokens": [asdict(t) for t in tokens_of(self.run_a, ids)],
+            "identical": self.identical,
             "first_divergence": self.first_divergence(),
             "logits": {key: checks[1].figures[key] for key in ("max_abs_diff", "top1_agreement", "top1_disagreements")},
             "worst_head": {
@@ -429,12 +460,14 @@ def _divergence_message(c: Comparison, first: dict | None) -> str:
             f"output projection, norms or MLP differ), position {first['position']} (max |Δ| "
             f"{float(c.residual[layer].max_abs.max()):.3g})"
         )
-    differs = ", ".join(first["differs"]) or "none of q, k, v"
+    if first["differs"]:
+        inputs = f"{', '.join(first['differs'])} differ{'s' if len(first['differs']) == 1 else ''} beyond the tolerance"
+    else:
+        inputs = "q, k, v within the tolerance"
     out, prob = float(c.output_max[layer].max()), float(c.probability_max[layer].max())
     return (
         f"first divergence at layer {layer}, in attention (head {first['head']}, position {first['position']}; "
-        f"{differs} differ{'s' if len(first['differs']) == 1 else ''}; max |Δ| of the output {out:.3g}, "
-        f"of the probabilities {prob:.3g})"
+        f"{inputs}; max |Δ| of the output {out:.3g}, of the probabilities {prob:.3g})"
     )
 
 
@@ -464,12 +497,18 @@ def compare_document(comparisons: list[Comparison]) -> str:
     a, b = first.run_a.model, first.run_b.model
     doc = {
         "schema": SCHEMA,
-        "model_a": {**model_info(a), "dtype": str(a.dtype).removeprefix("torch.")},
-        "model_b": {**model_info(b), "dtype": str(b.dtype).removeprefix("torch.")},
+        "model_a": {**model_info(a), "dtype": dtype_name(a.dtype)},
+        "model_b": {**model_info(b), "dtype": dtype_name(b.dtype)},
         "backend": first.run_a.backend,
         "device": str(a.device),
         "tolerance": first.tolerance.as_dict(),
+        "identical": all(c.identical for c in comparisons),
         "passed": all(c.passed for c in comparisons),
         "prompts": [c.to_dict() for c in comparisons],
     }
     return json.dumps(doc, indent=2, allow_nan=False)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """ "float32" of torch.float32."""
+    return str(dtype).removeprefix("torch.")

@@ -34,13 +34,16 @@ class HeadStats:
     entropy: float | str  # mean over query rows, in nats
     max_weight: float | str  # mean over query rows of the row's largest weight
     first_token_mass: float | str  # mean over query rows of the weight on position 0 (attention sink)
+    focus: float | str  # mean over query rows of the largest weight on a key but position 0, the query, the previous
     nonfinite: int = 0  # NaN/Inf values in this head's scores, weights and output
     fully_masked_rows: int = 0  # query rows of real tokens with no allowed key
     full_vs_incremental: float | str | None = None  # max |Δ| of the attention output (None: not checked)
     backend_vs_reference: float | str | None = None  # max |Δ| against eager float32 (None: not checked)
     flags: list[str] = field(default_factory=list)  # checks that found a problem in this head
-    role: str | None = None  # induction, previous_token, sink, local, broad (None: no clear role)
-    role_scores: dict[str, float | str] | None = None  # None when roles were not scored
+    role: str | None = None  # induction, previous_token, sink, local, broad, on the probe (None: no clear role)
+    role_scores: dict[str, float | str] | None = None  # on the probe; None when roles were not scored
+    role_reason: str | None = None  # why the probe could not score a role (too few rows); None when it could
+    prompt_scores: dict[str, float | str] | None = None  # prev, sink, local, broad on the prompt; None: too short
     sink_share: float | str | None = None  # mean over rows of the learned sink's share (gpt-oss); None: no sinks
 
 
@@ -80,6 +83,7 @@ class Report:
     checks: list[Check] = field(default_factory=list)
     mask_cache: dict[str, int] = field(default_factory=dict)  # hits / misses of the dense-mask cache
     lse_source: str = ""  # what computed the lse of the records: a kernel's name, or "eager" (recomputed)
+    backend_choice: str = "given"  # "given" (by name), or "auto: ..." with why that backend
     schema: str = SCHEMA
 
     @property
@@ -93,6 +97,7 @@ class Report:
             "schema",
             "model",
             "backend",
+            "backend_choice",
             "reference",
             "lse_source",
             "device",
@@ -130,7 +135,7 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
         def mean(t, real=real):
             return t[batch].masked_fill(~real, 0).sum(-1).div(n).tolist()  # (Hq,)
 
-        entropy, max_w, sink = mean(s.entropy), mean(s.max_weight), mean(s.first_token_mass)
+        entropy, max_w, sink, focus = mean(s.entropy), mean(s.max_weight), mean(s.first_token_mass), mean(s.focus)
         shares = None if rec.sinks is None else mean(s.sink_weight)
         bad = (s.nonfinite_scores + s.nonfinite_weights + s.nonfinite_output)[batch].sum(-1).tolist()
         empty = (s.fully_masked[batch] & real).sum(-1).tolist()
@@ -149,7 +154,12 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
             if roles is None:
                 return {}
             r = roles[layer][h]
-            return {"role": r.role, "role_scores": {k: json_number(round(v, 4)) for k, v in r.scores.items()}}
+            return {
+                "role": r.role,
+                "role_scores": rounded(r.scores),
+                "role_reason": r.reason,
+                "prompt_scores": None if r.prompt_scores is None else rounded(r.prompt_scores),
+            }
 
         out.append(
             [
@@ -159,6 +169,7 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
                     entropy=json_number(entropy[h]),
                     max_weight=json_number(max_w[h]),
                     first_token_mass=json_number(sink[h]),
+                    focus=json_number(focus[h]),
                     nonfinite=int(bad[h]),
                     fully_masked_rows=int(empty[h]),
                     **worst_of(h),
@@ -170,6 +181,10 @@ def head_stats(run: Run, diffs: dict, roles=None, batch: int = 0) -> list[list[H
             ]
         )
     return out
+
+
+def rounded(scores: dict[str, float]) -> dict[str, float | str]:
+    return {k: json_number(round(v, 4)) for k, v in scores.items()}
 
 
 def model_info(model) -> dict[str, Any]:
@@ -221,6 +236,7 @@ def build_report(
         checks=list(checks),
         mask_cache=masks.cache_stats(),
         lse_source=", ".join(dict.fromkeys(rec.lse_source or run.backend for rec in run.records)),
+        backend_choice=run.backend_choice,
     )
 
 
@@ -242,25 +258,34 @@ def report_set(reports: list[Report]) -> str:
 
 
 def pick_head(report: Report, layer: int | None = None, head: int | None = None) -> tuple[int, int, str]:
-    """The (layer, head) to draw and why: as asked, or the most structured head (the lowest mean
-    entropy among heads with finite statistics), within `layer` or `head` when one is given. A
-    UserError when the layer or head is out of range."""
+    """The (layer, head) to draw and why: as asked, or the most focused head, within `layer` or
+    `head` when one is given. A UserError when the layer or head is out of range.
+
+    The most focused head is the one with the highest `HeadStats.focus` (the mean over query rows of
+    the largest weight on one key other than the first token, the query itself and the key before
+    it) among heads with finite statistics: where a head looks that its position alone does not
+    tell. A head that puts its weight on the first token (an attention sink), on itself or on the
+    previous token scores near 0; so does broad attention (1/keys). Ties (a prompt of 3 tokens or
+    fewer, where no row has such a key) go to the lowest mean entropy."""
     validate_head_range(layer, head, len(report.layers), len(report.layers[0].heads) if report.layers else 0)
     if layer is not None and head is not None:
         return layer, head, ""
     candidates = [
-        (h.entropy, lr.index, h.head)
+        (-h.focus, h.entropy, lr.index, h.head)
         for lr in report.layers
         for h in lr.heads
         if (layer is None or lr.index == layer)
         and (head is None or h.head == head)
         and isinstance(h.entropy, float)
+        and isinstance(h.focus, float)
         and not h.nonfinite
     ]
     if not candidates:
         return layer or 0, head or 0, ""
-    _, best_layer, best_head = min(candidates)
-    return best_layer, best_head, " · lowest mean entropy"
+    focus, _, best_layer, best_head = min(candidates)
+    if focus == 0:  # no row has a key besides the first, itself and the previous
+        return best_layer, best_head, " · lowest mean entropy"
+    return best_layer, best_head, f" · most focused off token 0/self/previous ({-focus:.2f})"
 
 
 def validate_head_range(layer: int | None, head: int | None, n_layers: int, n_heads: int) -> None:

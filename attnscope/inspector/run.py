@@ -86,6 +86,7 @@ class Run:
     inputs: Inputs
     records: list[LayerRecord]
     logits: torch.Tensor  # [B, T, vocab] float32
+    backend_choice: str = "given"  # how the backend was chosen: "given", or "auto: ..." (`Scope`)
 
     @classmethod
     def forward(
@@ -98,6 +99,7 @@ class Run:
         cache=None,
         on_layer=None,
         residuals: bool = False,
+        backend_choice: str = "given",
     ) -> Run:
         """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer (and
         its block's output, with `residuals`)."""
@@ -105,7 +107,7 @@ class Run:
         logits = model.forward(
             inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding, positions=inputs.positions
         )  # (B, T, vocab)
-        return cls(model, backend, attend, inputs, capture.layers(), logits.float())
+        return cls(model, backend, attend, inputs, capture.layers(), logits.float(), backend_choice)
 
     def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
         """The records of the same forward on other token ids ``[B, T]`` (same padding and positions),

@@ -15,11 +15,8 @@ The file is read with the `gguf` package's `GGUFReader`, the reader llama.cpp ma
 - tensor types F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, dequantized by
   ``gguf.quants.dequantize`` a band of rows at a time straight into the model's parameters, so that
   loading never holds a second copy of the weights (the peak is the model plus one band).
-- the tokenizer from ``tokenizer.ggml.*``, built with the `tokenizers` library as Hugging Face
-  transformers builds it from a GGUF file: ``gpt2`` (byte-level BPE with merges and the pre-tokenizer
-  that ``tokenizer.ggml.pre`` names) and ``llama`` (a SentencePiece vocabulary with scores, whose
-  merges follow from the scores; byte fallback); the control tokens special; ``add_bos_token`` /
-  ``add_eos_token`` (a ``llama`` vocabulary adds BOS unless the file says otherwise).
+- the tokenizer from ``tokenizer.ggml.*``, as llama.cpp tokenizes with it (`attnscope.model.gguf_tokenizer`):
+  checked from the metadata before any tensor is read.
 
 Everything a user can get wrong is one `LoadError` / `ConfigError` line naming the file.
 """
@@ -36,6 +33,7 @@ import torch
 
 from attnscope.errors import ConfigError, LoadError
 from attnscope.model.config import ModelConfig, show
+from attnscope.model.gguf_tokenizer import read_tokenizer, require_supported
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
@@ -246,164 +244,6 @@ def read_config(file: GGUFFile) -> ModelConfig:
         raise ConfigError(f"{file.path}: {message.replace('config.json', 'the metadata')}") from None
 
 
-# ---- tokenizer -----------------------------------------------------------------------------------
-
-# tokenizer.ggml.pre -> the split regex of a byte-level BPE (None: the GPT-2 one of ByteLevel itself),
-# as llama.cpp and Hugging Face transformers split text for these vocabularies
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_TEKKEN_SPLIT = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-PRE_TOKENIZERS = {
-    "default": None,
-    "gpt-2": None,
-    "gpt2": None,
-    "llama-bpe": _LLAMA3_SPLIT,
-    "llama3": _LLAMA3_SPLIT,
-    "llama-v3": _LLAMA3_SPLIT,
-    "smaug-bpe": _LLAMA3_SPLIT,
-    "qwen2": _QWEN2_SPLIT,
-    "deepseek-r1-qwen": _QWEN2_SPLIT,
-    "tekken": _TEKKEN_SPLIT,
-}
-CONTROL, USER_DEFINED = 3, 4  # gguf.TokenType
-
-
-def _byte_alphabet() -> dict[int, str]:
-    """GPT-2's printable spelling of each byte (``bytes_to_unicode``), the alphabet of byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    spelling, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            spelling[b] = chr(b)
-        else:
-            spelling[b] = chr(256 + extra)
-            extra += 1
-    return spelling
-
-
-def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
-    """The BPE merges a SentencePiece vocabulary implies: every split of a piece into two pieces of
-    the vocabulary, best-scored piece first (as transformers' SentencePiece converter orders them)."""
-    vocab = {token: i for i, token in enumerate(tokens)}
-    merges = []
-    for piece, score in dict(zip(tokens, scores, strict=True)).items():
-        local = [
-            (piece[:i], piece[i:], score) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab
-        ]
-        merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
-    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
-    return [(left, right) for left, right, _ in merges]
-
-
-def read_tokenizer(file: GGUFFile):
-    """The `attnscope.model.tokenizer.Tokenizer` of the ``tokenizer.ggml.*`` metadata, or None when
-    the file has no vocabulary."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
-    from tokenizers import Tokenizer as Backend
-
-    from attnscope.model.tokenizer import Tokenizer
-
-    kind = file.get("tokenizer.ggml.model")
-    tokens = file.get("tokenizer.ggml.tokens")
-    if kind is None and tokens is None:
-        return None
-    if kind not in ("gpt2", "llama"):
-        raise LoadError(f"{file.path}: unsupported tokenizer.ggml.model {show(kind)} (supported: gpt2, llama)")
-    if not isinstance(tokens, list) or not tokens:
-        raise LoadError(f"{file.path}: tokenizer.ggml.tokens must be a list of token strings")
-    types = file.get("tokenizer.ggml.token_type") or []
-    merges = file.get("tokenizer.ggml.merges")
-    pairs = [tuple(m.split(" ")) for m in merges] if isinstance(merges, list) else None
-    if pairs is not None and any(len(p) != 2 for p in pairs):
-        bad = next(m for m, p in zip(merges, pairs, strict=True) if len(p) != 2)
-        raise LoadError(f"{file.path}: tokenizer.ggml.merges holds {bad!r}, not two tokens separated by a space")
-    if kind == "gpt2":
-        spelling = _byte_alphabet()
-        alphabet = set(spelling.values())
-        vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()): i for i, t in enumerate(tokens)}
-        backend = Backend(
-            models.BPE(
-                vocab, pairs or [], dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False
-            )
-        )
-        pre = file.get("tokenizer.ggml.pre", "default")
-        if pre not in PRE_TOKENIZERS:
-            raise LoadError(
-                f"{file.path}: unsupported tokenizer.ggml.pre {show(pre)} (supported: {', '.join(PRE_TOKENIZERS)})"
-            )
-        split = PRE_TOKENIZERS[pre]
-        backend.pre_tokenizer = (
-            pre_tokenizers.ByteLevel(add_prefix_space=False)
-            if split is None
-            else pre_tokenizers.Sequence(
-                [
-                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-                ]
-            )
-        )
-        backend.decoder = decoders.ByteLevel()
-        special = [t for t, k in zip(tokens, types, strict=False) if k == CONTROL and set(t) <= alphabet]
-    else:
-        scores = file.get("tokenizer.ggml.scores")
-        if pairs is None:
-            if not isinstance(scores, list) or len(scores) != len(tokens):
-                raise LoadError(f"{file.path}: a llama vocabulary needs tokenizer.ggml.scores, one per token")
-            pairs = spm_merges(tokens, scores)
-        vocab = {t: i for i, t in enumerate(tokens)}
-        backend = Backend(models.BPE(vocab, pairs, fuse_unk=True, byte_fallback=True, dropout=None))
-        prefix = file.get("tokenizer.ggml.add_space_prefix", True)
-        backend.pre_tokenizer = pre_tokenizers.Metaspace(
-            replacement="▁", prepend_scheme="first" if prefix else "never", split=False
-        )
-        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-        backend.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix else []))
-        special = [t for t, k in zip(tokens, types, strict=False) if k == CONTROL]
-    for end in ("bos", "eos", "unknown", "padding"):  # the named special tokens, as transformers adds them
-        token_id = file.get(f"tokenizer.ggml.{end}_token_id")
-        if isinstance(token_id, int) and 0 <= token_id < len(tokens) and tokens[token_id] not in special:
-            special.append(tokens[token_id])
-    if special:
-        backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in special])
-    user = [t for t, k in zip(tokens, types, strict=False) if k == USER_DEFINED and t in vocab]
-    if user:
-        backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in user])
-
-    # BOS / EOS as the post-processor adds them (llama.cpp adds BOS to a llama vocabulary by default)
-    template, ends = ["$A:0"], []
-    for end in ("bos", "eos"):
-        token_id = file.get(f"tokenizer.ggml.{end}_token_id")
-        valid = isinstance(token_id, int) and not isinstance(token_id, bool) and 0 <= token_id < len(tokens)
-        flag = file.get(f"tokenizer.ggml.add_{end}_token")
-        if flag is None:
-            flag = end == "bos" and kind == "llama" and valid
-        if not flag:
-            continue
-        if not valid:
-            raise LoadError(
-                f"{file.path}: tokenizer.ggml.add_{end}_token is true but tokenizer.ggml.{end}_token_id "
-                f"is {show(token_id)}, not a token of the vocabulary"
-            )
-        piece = f"{tokens[token_id]}:0"
-        template = [piece, *template] if end == "bos" else [*template, piece]
-        ends.append((tokens[token_id], token_id))
-    if ends:
-        backend.post_processor = processors.TemplateProcessing(
-            single=template, special_tokens=list(dict.fromkeys(ends))
-        )
-    return Tokenizer.from_backend(backend, file.path)
-
-
 # ---- tensors -------------------------------------------------------------------------------------
 
 
@@ -498,16 +338,19 @@ class GGUFTensors:
         return factors
 
 
-def load_gguf(path: Path, dtype: torch.dtype, device: torch.device, progress=None):
-    """A `attnscope.model.native.LoadedModel` from GGUF file `path` (see the module docstring)."""
+def load_gguf(path: Path | GGUFFile, dtype: torch.dtype, device: torch.device, progress=None):
+    """A `attnscope.model.native.LoadedModel` from GGUF file `path` (or its `GGUFFile`, already read;
+    see the module docstring)."""
     from attnscope.model.llama import Transformer
     from attnscope.model.memory import require_model_fits
     from attnscope.model.native import LoadedModel, load_state_dict
 
-    file = GGUFFile(path)
+    file = path if isinstance(path, GGUFFile) else GGUFFile(path)
+    path = file.path
+    require_supported(path, file.metadata)  # a refused tokenizer costs no tensor reading
     config = read_config(file)
     require_model_fits(config, dtype, device)  # from the config alone, before anything is allocated
-    tokenizer = read_tokenizer(file)
+    tokenizer = read_tokenizer(path, file.metadata)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise ConfigError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"

@@ -3,7 +3,9 @@
 `load_model` resolves a bundled sample model's name, a directory, a GGUF file or a Hub id in the
 local cache (`resolve_model_path`), the dtype and the device, and hands the path to the loader of
 its kind: `attnscope.model.native.load_native` (a Hugging Face directory into our own model),
-`attnscope.model.gguf.load_gguf`, or `attnscope.hf.load` (transformers' model). Reading the files
+`attnscope.model.gguf.load_gguf`, `attnscope.hf.load` (transformers' model) or `attnscope.hf.load_gguf`
+(a GGUF file through transformers). Which engine ``auto`` means is decided from config.json's
+``model_type``, or from a GGUF file's ``general.architecture`` (`gguf_engine`). Reading the files
 themselves is `attnscope.model.checkpoint`'s.
 
 Every problem a user can cause is a `LoadError` / `ConfigError` / `UserError` with one clear sentence.
@@ -12,15 +14,19 @@ Every problem a user can cause is a `LoadError` / `ConfigError` / `UserError` wi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from attnscope.engine import Engine, Progress
-from attnscope.errors import LoadError, UserError
+from attnscope.errors import ConfigError, LoadError, UserError
 from attnscope.model.checkpoint import read_config_json
-from attnscope.model.config import SUPPORTED_MODEL_TYPES
+from attnscope.model.config import SUPPORTED_MODEL_TYPES, show
 from attnscope.model.native import load_native
 from attnscope.samples import DEFAULT_MODEL, sample_models
+
+if TYPE_CHECKING:
+    from attnscope.model.gguf import GGUFFile
 
 DTYPES = {
     "float32": torch.float32,
@@ -142,6 +148,30 @@ def _hub_snapshot(repo_id: str) -> Path:
 ENGINES = ("auto", "native", "hf")
 
 
+def gguf_engine(file: GGUFFile) -> str:
+    """The engine ``auto`` picks for a GGUF file (its metadata read by `GGUFFile`) by its
+    ``general.architecture``: native for the architectures the native engine reads, hf for those
+    transformers reads; a `ConfigError` naming what each engine reads for any other."""
+    from attnscope import hf
+    from attnscope.model import gguf
+
+    arch = file.architecture
+    if arch in gguf.ARCHITECTURES:
+        return "native"
+    readable = hf.gguf_architectures()
+    if arch in readable:
+        return "hf"
+    where = (
+        f"the hf engine reads {', '.join(readable)}"
+        if readable
+        else 'the hf engine reads more with transformers: pip install "attnscope[hf]"'
+    )
+    raise ConfigError(
+        f"{file.path}: unsupported GGUF architecture {show(arch)} (the native engine reads "
+        f"{', '.join(gguf.ARCHITECTURES)}; {where})"
+    )
+
+
 def validate_engine(engine: str) -> None:
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r} (choose from: {', '.join(ENGINES)})")
@@ -161,13 +191,14 @@ def load_model(
 
     Args:
         name_or_path: a bundled sample model (``attnscope models``), a directory, a ``.gguf`` file
-            (read with the ``gguf`` package: ``pip install "attnscope[gguf]"``; native engine), or
-            ``org/name`` of a snapshot in the Hugging Face cache (never downloaded here).
+            (read with the ``gguf`` package: ``pip install "attnscope[gguf]"``), or ``org/name`` of a
+            snapshot in the Hugging Face cache (never downloaded here).
         dtype: torch dtype or its name: float32, float16, bfloat16.
         device: cpu, cuda, cuda:N.
         engine: ``native`` (attnscope's own Llama-family model: llama, mistral, qwen2, qwen3), ``hf``
-            (transformers' model, watched through its AttentionInterface; any causal LM), or ``auto``:
-            native for the native model types, else hf.
+            (transformers' model, watched through its AttentionInterface; any causal LM; a GGUF file
+            as transformers loads it, dequantized), or ``auto``: native for the native model types
+            (GGUF: the architectures llama, qwen2, qwen3), else hf.
         allow_pickle: accept ``pytorch_model.bin`` checkpoints (read with weights_only=True).
         progress: called as progress(done, total, description) while weights load (native engine).
 
@@ -180,11 +211,16 @@ def load_model(
     dev = resolve_device(device)
     path = resolve_model_path(name_or_path)
     if path.is_file():
-        if engine == "hf":
-            raise UserError(f"{path}: GGUF files run on the native engine (--engine native or auto)")
-        from attnscope.model.gguf import load_gguf
+        from attnscope.model.gguf import GGUFFile, load_gguf
 
-        return load_gguf(path, torch_dtype, dev, progress)
+        file = GGUFFile(path)  # the metadata and the tensor table; no tensor is read
+        if engine == "auto":
+            engine = gguf_engine(file)
+        if engine == "hf":
+            from attnscope import hf
+
+            return hf.load_gguf(file, torch_dtype, dev)
+        return load_gguf(file, torch_dtype, dev, progress)
     if engine == "auto":
         model_type = read_config_json(path).get("model_type")
         # a model_type that is not a string is a broken config: the native loader's error says so

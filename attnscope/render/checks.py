@@ -35,9 +35,13 @@ def worst_figure(check: Check) -> str:
 
 
 def where_parts(check: Check) -> list[str]:
-    """Where the check is worst, one part per coordinate: ["layer 2", "head 4", "position 0", "stage scores"]."""
+    """Where the check is worst, one part per coordinate: ["layer 2", "head 4", "position 0", "stage scores"];
+    a kv head after the head where one is named (the nan check's k or v: ["layer 2", "head 4", "kv head 1",
+    "position 0", "stage k"])."""
     w = check.where or {}
-    return [f"{k} {w[k]}" for k in ("layer", "head", "position", "stage") if w.get(k) is not None]
+    names = {"kv_head": "kv head"}
+    keys = ("layer", "head", "kv_head", "position", "stage")
+    return [f"{names.get(k, k)} {w[k]}" for k in keys if w.get(k) is not None]
 
 
 def where_text(check: Check) -> str:

@@ -85,8 +85,9 @@ class Scale:
 
     def label(self) -> str:
         kind = "log" if self.log else "linear"
-        return f"{kind} {_fmt(self.low)} … {_fmt(self.top)}"
+        return f"{kind} {format_number(self.low)} … {format_number(self.top)}"
 
 
-def _fmt(x: float) -> str:
+def format_number(x: float) -> str:
+    """A scale's end as a legend shows it: 1e-05, 0.142, 3e+03."""
     return f"{x:.0e}" if x and (abs(x) < 1e-2 or abs(x) >= 1e3) else f"{x:.3g}"

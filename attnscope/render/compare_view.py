@@ -1,5 +1,6 @@
 """What `attnscope compare` prints for one prompt: the first divergence, the logits, the layer × head
-map of the mean Jensen–Shannon divergence, and the difference heatmap of the worst head."""
+map of the mean Jensen–Shannon divergence (colored by its own range, ✗ over tolerance), and the
+difference heatmap of the worst head; or one line when the two runs are identical."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 from rich.console import RenderableType
 from rich.text import Text
 
-from attnscope.render.diffmap import DiffMap
+from attnscope.render.diffmap import IDENTICAL, RangeMap
 from attnscope.render.heatmap import head_heatmap
 
 TOP_HEADS = 5  # heads listed by their divergence
@@ -18,11 +19,35 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def model_label(model) -> str:
+    """A model as the header names it: "tiny-code (float32, native)"."""
+    return f"{model.name} ({str(model.dtype).removeprefix('torch.')}, {model.engine})"
+
+
+def models_line(comparison) -> str:
+    """Both models with their dtype and engine: "A tiny-code (float32, native) · B … (bfloat16, native)"."""
+    return f"A {model_label(comparison.run_a.model)} · B {model_label(comparison.run_b.model)}"
+
+
+def identical_line(comparisons: list) -> Text:
+    """The one line of comparisons that are all identical, with the models compared (print it with
+    ``soft_wrap=True``: one line however narrow the terminal)."""
+    n = len(comparisons)
+    tokens = sum(len(c.ids) for c in comparisons)
+    where = f"1 prompt, {tokens} tokens" if n == 1 else f"{n} prompts, {tokens} tokens"
+    line = f"{IDENTICAL} ({where}) · {models_line(comparisons[0])} · {comparisons[0].backend}"
+    return Text(line, style="green")
+
+
 def compare_view(comparison, *, width: int, log: bool = False) -> list:
     """The renderables of one `attnscope.inspector.compare.Comparison`."""
     a, b = comparison.run_a.model.name, comparison.run_b.model.name
+    if a == b:  # one model in two dtypes or engines: the header names which is which
+        a, b = "A", "B"
     prompt = comparison.prompt
     shown = repr(_short(prompt)) if isinstance(prompt, str) else f"{len(comparison.ids)} token ids"
+    if comparison.identical:
+        return [Text(f"prompt {shown} · {len(comparison.ids)} tokens · {IDENTICAL}", style="green")]
     divergence, logits = comparison.checks()
     parts: list[RenderableType] = [
         Text(f"prompt {shown} · {len(comparison.ids)} tokens", style="bold"),
@@ -31,25 +56,29 @@ def compare_view(comparison, *, width: int, log: bool = False) -> list:
         Text(),
     ]
     tol = comparison.tolerance
+    js_all = comparison.js_mean
     parts += [
-        DiffMap(
-            comparison.js_mean,
+        RangeMap(
+            js_all,
             comparison.heads_over,
-            title=f"{b} vs {a} · mean Jensen–Shannon divergence of the attention rows per layer × head "
-            f"(nats) · ✗ output or probabilities over atol {tol.atol:.0e}",
+            tol.atol,
+            title=f"{b} vs {a} · mean Jensen–Shannon divergence of the attention rows per layer × head (nats)",
             measure="mean JS",
+            over_means=f"output or probabilities over atol {tol.atol:.0e}",
+            on_scale=False,  # a divergence, not in the tolerance's unit
         ),
         Text(),
     ]
-    js_all = comparison.js_mean
     order = np.argsort(-np.nan_to_num(js_all, nan=np.inf), axis=None)[:TOP_HEADS]
-    ranked = [np.unravel_index(i, js_all.shape) for i in order]
-    parts += [
-        Text("heads most changed (mean JS): " + ", ".join(f"L{lr} h{h} {js_all[lr, h]:.2e}" for lr, h in ranked)),
-        Text(),
-    ]
+    ranked = [np.unravel_index(i, js_all.shape) for i in order if not js_all.flat[i] == 0]
+    if ranked:
+        listed = ", ".join(f"L{lr} h{h} {js_all[lr, h]:.2e}" for lr, h in ranked)
+        parts += [Text(f"heads most changed (mean JS): {listed}"), Text()]
     layer, head = comparison.worst_head()
     js, prob = comparison.js_mean[layer, head], comparison.probability_max[layer, head]
+    if not ranked and prob == 0:
+        parts.append(Text("no head's attention probabilities differ (mean JS and max |Δp| 0 in every head)"))
+        return parts
     rec = comparison.records[layer]
     title = (
         f"|P({b}) − P({a})| · layer {layer} · head {head} (kv {head // rec.group_size}) · the largest mean JS "

@@ -1,10 +1,17 @@
 """Diff maps: |full − incremental| or |backend − reference| per (layer, head) as a small grid, and
-per query position for one head.
+per query position for one head; and the map of two models' differences (`RangeMap`).
 
-The color scale is anchored at the tolerance, not at the largest difference seen: differences under
-it run on the dark part of viridis (purple → green) up to the tolerance, on a log scale over six
-decades below it, so that they read as fine however they compare with each other; cells over
-tolerance are yellow and marked ✗, NaN/Inf red. Without color, the shade ramp's lighter half and ✗.
+A check's map (`DiffMap`) anchors its color scale at the tolerance, not at the largest difference
+seen: differences under it run on the dark part of viridis (purple → green) up to the tolerance, on a
+log scale over six decades below it, so that they read as fine however they compare with each other;
+cells over tolerance are yellow and marked ✗, NaN/Inf red. Without color, the shade ramp's lighter
+half and ✗.
+
+Two different models (a quantized B) can put every head over a tolerance made for rounding: a scale
+that stops there is all yellow. `RangeMap` colors by the map's own range instead (log, from the
+smallest nonzero value to the largest, zero darkest), marks the heads over tolerance ✗ on their own
+color, and states the range and the tolerance in its legend (marked on the colorbar when the values
+are in the tolerance's unit).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from rich.text import Text
 
 from attnscope.pooling import pool2d
 from attnscope.render.axes import axis
-from attnscope.render.colors import NONFINITE_COLOR, Scale, in_color, shade, viridis
+from attnscope.render.colors import NONFINITE_COLOR, Scale, format_number, in_color, shade, viridis
 
 DECADES = 6  # the scale spans tolerance / 10**6 .. tolerance
 FINE = 0.6  # differences under tolerance use viridis (and the shade ramp) up to here
@@ -56,27 +63,30 @@ class DiffMap:
         self.title = title
         self.measure = measure
 
+    def cell(self, x: float, over: bool, color: bool) -> Text:
+        """The three characters of one head."""
+        glyph, background = _cell(x, over, tolerance_scale(self.tolerance), color)
+        if color:
+            return Text(f" {glyph} ", Style(color="black" if glyph == "✗" else "white", bold=True, bgcolor=background))
+        return Text(f" {glyph} ")
+
+    def legend(self, color: bool) -> list[Text]:
+        return [legend(tolerance_scale(self.tolerance), color, self.measure)]
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         L, H = self.values.shape
         color = in_color(console)
-        scale = tolerance_scale(self.tolerance)
         yield Text(self.title, style="bold")
         yield Text("layer " + "".join(f"{h:>3}" for h in range(H)), style="dim")
         for layer in range(L):
             line = Text(f"{layer:>5} ", style="dim")
             for h in range(H):
-                glyph, background = _cell(float(self.values[layer, h]), bool(self.over[layer, h]), scale, color)
-                if color:
-                    line.append(
-                        f" {glyph} ", Style(color="black" if glyph == "✗" else "white", bold=True, bgcolor=background)
-                    )
-                else:
-                    line.append(f" {glyph} ")
+                line.append_text(self.cell(float(self.values[layer, h]), bool(self.over[layer, h]), color))
             bad = np.nonzero(self.over[layer])[0]
             if len(bad):
                 line.append(f"  ✗ over tolerance: heads {', '.join(map(str, bad))}", style="red")
             yield line
-        yield legend(scale, color, self.measure)
+        yield from self.legend(color)
 
 
 def legend(scale: Scale, color: bool, measure: str = "max |Δ|") -> Text:
@@ -89,6 +99,96 @@ def legend(scale: Scale, color: bool, measure: str = "max |Δ|") -> Text:
     text.append("✗", Style(color="black", bgcolor=OVER_COLOR) if color else "").append(" over  ", style="dim")
     text.append("!", Style(color="white", bgcolor=NONFINITE_COLOR) if color else "").append(" NaN/Inf", style="dim")
     return text
+
+
+IDENTICAL = "identical: every layer, head and logit equal bit for bit"
+ZERO_GAP = 0.15  # in a RangeMap, the smallest nonzero value sits this far above zero on the ramp
+BAR = 16  # cells of a RangeMap's colorbar
+
+
+def range_scale(values: np.ndarray) -> Scale | None:
+    """The log scale of a map's own range: its smallest to its largest finite nonzero value (a decade
+    under a single value); None when every value is zero or non-finite."""
+    seen = values[np.isfinite(values) & (values > 0)]
+    if not seen.size:
+        return None
+    low, top = float(seen.min()), float(seen.max())
+    return Scale(top, log=True, low=low if low < top else top / 10)
+
+
+class RangeMap(DiffMap):
+    """Rich renderable of a difference per (layer, head) colored by its own range (log): the heads
+    that moved most stand out however far over (or under) the tolerance they all are; ✗ marks the
+    heads over tolerance on their own color.
+
+    Args:
+        values: [L, H] the difference of each head (≥ 0).
+        over: [L, H] bool, True where the head is over tolerance.
+        tolerance: the tolerance, stated in the legend.
+        title: shown above.
+        measure: what the values are, for the legend.
+        over_means: what ✗ means, for the legend (default: the measure over the tolerance).
+        on_scale: the values are in the tolerance's unit: mark the tolerance on the colorbar.
+    """
+
+    def __init__(
+        self,
+        values,
+        over,
+        tolerance: float,
+        title: str = "",
+        measure: str = "max |Δ|",
+        over_means: str | None = None,
+        on_scale: bool = True,
+    ):
+        super().__init__(values, over, tolerance, title, measure)
+        self.scale = range_scale(self.values)
+        self.over_means = over_means or f"{measure} over {format_number(tolerance)}"
+        self.on_scale = on_scale
+
+    def level(self, x: float) -> float:
+        """Where a value sits on the ramp: 0 for zero, ZERO_GAP … 1 over the map's range."""
+        if self.scale is None or x <= 0:
+            return 0.0
+        return ZERO_GAP + (1 - ZERO_GAP) * self.scale(min(x, self.scale.top))
+
+    def cell(self, x: float, over: bool, color: bool) -> Text:
+        if not np.isfinite(x):
+            return Text(" ! ", Style(color="white", bold=True, bgcolor=NONFINITE_COLOR)) if color else Text(" ! ")
+        level = self.level(x)
+        if not color:
+            return Text(shade(level) + ("✗" if over else shade(level)) + shade(level))
+        ink = "black" if level > FINE else "white"
+        return Text(f" {'✗' if over else ' '} ", Style(color=ink, bold=True, bgcolor=viridis(level)))
+
+    def legend(self, color: bool) -> list[Text]:
+        """The colorbar over the map's range (the tolerance marked ┃ when on its scale), then ✗ and !."""
+        n_over, n, scale, x = int(self.over.sum()), self.over.size, self.scale, self.tolerance
+        mark, where = None, ""
+        if scale is not None and self.on_scale:
+            mark = 0 if x < scale.low else BAR if x > scale.top else round(scale(x) * BAR)
+            where = ", under this range" if x < scale.low else ", over this range" if x > scale.top else ""
+        bar = Text("      ")
+        for k in range(BAR + 1):
+            if k == mark:
+                bar.append("┃", style="bold")
+            if k < BAR:
+                level = ZERO_GAP + (1 - ZERO_GAP) * (k + 0.5) / BAR
+                bar.append("█" if color else shade(level), Style(color=viridis(level)) if color else "")
+        if scale is None:
+            bar.append(f" {self.measure}: 0 in every head", style="dim")
+        else:
+            span = f"{format_number(scale.low)} … {format_number(scale.top)}"
+            bar.append(f" {self.measure}, log {span} (this map's range)", style="dim")
+        lines = [bar]
+        if mark is not None:
+            lines.append(Text(f"      ┃ the tolerance {format_number(x)}{where}", style="dim"))
+        over = Text("      ")
+        over.append("✗", Style(color="black", bgcolor=OVER_COLOR) if color else "")
+        count = f"{n_over} of {n} heads" if n_over else f"none of the {n} heads"
+        over.append(f" {self.over_means}: {count}  ", style="dim")
+        over.append("!", Style(color="white", bgcolor=NONFINITE_COLOR) if color else "").append(" NaN/Inf", style="dim")
+        return [*lines, over]
 
 
 class PositionDiff:
@@ -177,12 +277,16 @@ def versus_panel(comparison, layer: int, head: int) -> list:
         return [Text(f"vs B: {comparison}", style="red"), Text()]
     name = comparison.run_b.model.name
     tol = comparison.tolerance
+    if comparison.identical:
+        return [Text(f"vs {name}: {IDENTICAL}", style="green"), Text()]
     parts = [
-        DiffMap(
+        RangeMap(
             comparison.output_max,
             comparison.heads_over,
+            tol.atol,
             title=f"vs {name} · max |Δ| of the attention output per layer × head · tolerance atol "
             f"{tol.atol:.0e} rtol {tol.rtol:.0e}",
+            over_means=f"output or probabilities over atol {tol.atol:.0e}",
         ),
         Text(comparison.checks()[0].message, style="green" if comparison.checks()[0].passed else "red"),
         Text(),

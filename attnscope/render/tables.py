@@ -30,11 +30,15 @@ def header(report: Report) -> Text:
         f"  {m['model_type']} · {m['layers']} layers · {m['heads']} q / {m['kv_heads']} kv heads · "
         f"head_dim {m['head_dim']}\n"
     )
+    auto = report.backend_choice.removeprefix("auto: ")
+    chosen = "" if report.backend_choice == "given" else " (auto)"
     text.append(
-        f"engine {m.get('engine', 'native')} · backend {report.backend} · reference {report.reference} · "
+        f"engine {m.get('engine', 'native')} · backend {report.backend}{chosen} · reference {report.reference} · "
         f"{report.device} · {report.dtype}",
         style="dim",
     )
+    if chosen and not auto.startswith("the fastest"):  # a faster backend was ruled out: say why
+        text.append(f"\nauto chose {report.backend}: {auto}", style="dim")
     return text
 
 
@@ -90,14 +94,23 @@ def head_table(report: Report) -> Group:
             table.add_row(
                 "",
                 "role",
-                *[Text(ROLE_SHORT.get(h.role, "·"), style=ROLE_STYLE.get(h.role, "dim")) for h in layer.heads],
+                *[Text(role_short(h), style=ROLE_STYLE.get(h.role, "dim")) for h in layer.heads],
                 end_section=True,
             )
     caption = "entropy: nats (uniform over T keys = ln T) · max w: row max · sink: weight on token 0"
-    return captioned(table, caption + " · s_aux: the learned sink's share of the softmax" * with_sinks)
+    caption += " · s_aux: the learned sink's share of the softmax" * with_sinks
+    caption += " · role: measured on a repeated random sequence, whatever the prompt (attnscope heads)" * with_roles
+    return captioned(table, caption)
 
 
 ROLE_SHORT = {"induction": "induct", "previous_token": "prev", "sink": "sink", "local": "local", "broad": "broad"}
+
+
+def role_short(head) -> str:
+    """A head's role in a few letters: "·" for none, "n/a" where the probe could not score one."""
+    return ROLE_SHORT.get(head.role, "n/a" if head.role_reason else "·")
+
+
 ROLE_STYLE = {
     "induction": "bold magenta",
     "previous_token": "bold cyan",
@@ -107,30 +120,41 @@ ROLE_STYLE = {
 }
 
 
-def roles_table(report: Report) -> Group:
-    """One row per head: its role scores and the role (attnscope heads)."""
+def roles_table(report: Report, on_prompt: bool = False) -> Group:
+    """One row per head: its role scores on the probe and its role (attnscope heads); with
+    `on_prompt`, the scores on the report's prompt too (where it has enough rows to score)."""
     table = Table(title="head roles", title_justify="left", box=None, header_style="bold", pad_edge=False)
-    for name in ("layer", "head", "kv", "induct", "prev", "sink", "local", "broad", "role"):
+    prompt_keys = ("previous_token", "sink", "local", "broad")
+    with_prompt = on_prompt and any(h.prompt_scores for layer in report.layers for h in layer.heads)
+    names = ["layer", "head", "kv", "induct", "prev", "sink", "local", "broad", "role"]
+    for name in names + ["prompt: prev", "sink", "local", "broad"] * with_prompt:
         table.add_column(name, justify="left" if name == "role" else "right")
+    reasons = []
     for layer in report.layers:
         for h in layer.heads:
-            s = h.role_scores or {}
-            cells = [
-                number_text(s.get(k, "nan"), ".2f") for k in ("induction", "previous_token", "sink", "local", "broad")
-            ]
+            if h.role_reason and h.role_reason not in reasons:
+                reasons.append(h.role_reason)
+            s, p = h.role_scores or {}, h.prompt_scores or {}
             table.add_row(
                 str(layer.index),
                 str(h.head),
                 str(h.kv_head),
-                *cells,
-                Text(h.role or "–", style=ROLE_STYLE.get(h.role, "dim")),
+                *[score_text(s.get(k)) for k in ("induction", *prompt_keys)],
+                Text(h.role or ("n/a" if h.role_reason else "–"), style=ROLE_STYLE.get(h.role, "dim")),
+                *[score_text(p.get(k)) for k in prompt_keys] * with_prompt,
                 end_section=h.head == len(layer.heads) - 1,
             )
-    return captioned(
-        table,
-        "scores in [0, 1]; a role is named when its score passes the threshold "
-        "(induction 0.4, prev 0.5, sink 0.6, local 0.8, broad 0.9)",
+    caption = (
+        "scores in [0, 1], means over the rows with at least 16 keys; a role is named when its score passes "
+        "the threshold (induction 0.4, prev 0.5, sink 0.6, local 0.8, broad 0.9)"
     )
+    caption += "".join(f"\nn/a: no role, {reason}" for reason in reasons)
+    return captioned(table, caption)
+
+
+def score_text(value) -> Text:
+    """A role score as text; a dim dash where it could not be measured (too few rows)."""
+    return Text("–", style="dim") if value is None else Text(number_text(value, ".2f"))
 
 
 def number_text(value, fmt: str) -> str:

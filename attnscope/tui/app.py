@@ -19,14 +19,14 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Header, Input, Static, TabbedContent
 from textual.worker import get_current_worker
 
 from attnscope.errors import UserError, one_line
@@ -38,6 +38,7 @@ from attnscope.tui.help import HelpScreen
 from attnscope.tui.messages import CheckFinished, CursorMoved, JumpTo, LayerArrived, RunFailed, RunFinished
 from attnscope.tui.navigator import Navigator
 from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, StatusLine, TokensPane
+from attnscope.tui.workspace import Workspace
 
 if TYPE_CHECKING:
     from attnscope.inspector.result import Result
@@ -68,36 +69,17 @@ class AttnScopeApp(App):
         *(Binding(str(i + 1), f"tab('{name}')", name, show=False) for i, name in enumerate(TABS)),
     ]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]  # short terminals: a one-line prompt (app.tcss)
-    PANES = {
-        "heatmap": "#heatmap-view",
-        "mask": "#mask-view",
-        "checks": "#checks-list",
-        "diff": "#diff-view",
-        "tokens": "#tokens-table",
-    }  # what each tab focuses
+    # what each tab focuses
+    PANES = dict(
+        heatmap="#heatmap-view", mask="#mask-view", checks="#checks-list", diff="#diff-view", tokens="#tokens-table"
+    )
 
-    def __init__(
-        self,
-        model: str = "tiny-code",
-        prompt: str | list[int] | None = None,
-        backend: str = "sdpa",
-        dtype: str = "float32",
-        device: str = "cpu",
-        max_new_tokens: int = 8,
-        allow_pickle: bool = False,
-        engine: str = "auto",
-        compare: str | None = None,
-    ):
+    def __init__(self, model: str = "tiny-code", prompt: str | list[int] | None = None, **options: Any) -> None:
+        """`options`: max_new_tokens (8), compare (model B of the Diff tab), and how the session loads
+        and runs the models: backend, dtype, device, engine, allow_pickle (`attnscope.session.Session`)."""
         super().__init__()
-        self.session = Session(
-            model,
-            backend=backend,
-            dtype=dtype,
-            device=device,
-            engine=engine,
-            allow_pickle=allow_pickle,
-            compare_with=compare,
-        )
+        max_new_tokens = options.pop("max_new_tokens", 8)
+        self.session = Session(model, compare_with=options.pop("compare", None), **options)
         self.initial_prompt, self.max_new_tokens = prompt, max_new_tokens
         self.result: Result | None = None  # the finished run shown, or None while one runs
         self.run_id = self.checks_done = 0
@@ -109,28 +91,8 @@ class AttnScopeApp(App):
         with Horizontal(id="body"):
             with Vertical(id="left"):
                 yield Navigator(id="nav")
-            with Vertical(id="main"):
-                text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
-                yield Input(
-                    value=escape(text),
-                    id="prompt",
-                    placeholder="type a prompt and press enter (\\n for a newline)",
-                    select_on_focus=False,
-                )  # tabbing in must not make typing replace the prompt
-                yield Static("", id="error")
-                with TabbedContent(id="tabs", initial="heatmap"):
-                    with TabPane("Heatmap", id="heatmap"):
-                        yield HeatmapView(id="heatmap-view")
-                        yield Details(id="details")
-                    with TabPane("Mask", id="mask"):
-                        yield MaskPane(id="mask-view", classes="pane-scroll")
-                    with TabPane("Checks", id="checks"):
-                        yield ChecksPane(id="checks-list")
-                    with TabPane("Diff", id="diff"):
-                        yield DiffPane(id="diff-view", classes="pane-scroll")
-                    with TabPane("Tokens", id="tokens"):
-                        yield TokensPane(id="tokens-table", cursor_type="row", zebra_stripes=True)
-                yield StatusLine(id="status-row")
+            text = self.initial_prompt if isinstance(self.initial_prompt, str) else ""
+            yield Workspace(escape(text), id="main")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -204,6 +166,7 @@ class AttnScopeApp(App):
         if message.run_id != self.run_id:
             return
         result = self.result = message.result
+        self.sub_title = self.session.describe(result.backend)
         view = self.query_one(HeatmapView)
         self.query_one(Navigator).update_report(result.report())
         self.query_one(DiffPane).comparison = message.comparison
