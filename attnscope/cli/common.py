@@ -195,3 +195,27 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     if not found:
         raise fail("give at least one --prompt TEXT or --prompts FILE (one prompt per line)")
     return found
+
+
+def findings(runs, title: str) -> tuple[list, bool]:
+    """What `check` and `compare` print of their runs, given as (prompt index, prompt, backend,
+    checks): the checks grouped by run, then the count of passed and failed ones; and whether all
+    passed."""
+    from rich.text import Text
+
+    from attnscope.render.checks import ChecksView
+
+    n_checks = sum(len(checks) for *_, checks in runs)
+    n_failed = sum(not c.passed for *_, checks in runs for c in checks)
+    n_skipped = sum(c.skipped is not None for *_, checks in runs for c in checks)
+    summary = Text(
+        f"{n_checks - n_failed - n_skipped} passed, {n_failed} failed"
+        + (f", {n_skipped} skipped" if n_skipped else ""),
+        style="bold red" if n_failed else "green",
+    )
+    return [ChecksView([(n, b, p, checks) for n, p, b, checks in runs], title=title), summary], not n_failed
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 prompt", "3 prompts"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

@@ -7,7 +7,8 @@ import sys
 
 import typer
 
-import attnscope.cli.inspect  # noqa: F401  (registers run, check, compare)
+import attnscope.cli.compare  # noqa: F401  (registers compare, after run and check)
+import attnscope.cli.inspect  # noqa: F401  (registers run, check)
 import attnscope.cli.tools  # noqa: F401  (registers mask, tui, heads, models)
 from attnscope.cli.app import app
 from attnscope.cli.common import (
