@@ -252,6 +252,21 @@ class SlidingWindow(MaskSpec):
 
 
 @dataclass(frozen=True)
+class HiddenKeys(MaskSpec):
+    """Every key but ``lo <= key < hi``: combined with a model's mask (``&``), it hides a range of keys
+    from every query (an intervention: what does a head read there?)."""
+
+    lo: int
+    hi: int
+
+    def predicate(self, b, h, q_idx, kv_idx):
+        return (kv_idx < self.lo) | (kv_idx >= self.hi)
+
+    def __repr__(self) -> str:
+        return f"hide_keys({self.lo}:{self.hi})"
+
+
+@dataclass(frozen=True)
 class Padding(MaskSpec):
     lengths: tuple[int, ...]  # real tokens of each batch row
     side: str  # "right" or "left"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -327,6 +328,13 @@ class Comparison:
                 cells.append(torch.segment_reduce(band.sum(dim=0), "sum", lengths=lengths) / (lengths * (stop - start)))
         return torch.stack(cells).cpu().numpy()
 
+    def _repr_html_(self) -> str:
+        """The interactive HTML report of |P_B − P_A| (`attnscope.htmlview`, as ``compare --html``
+        writes it) in an iframe, as notebooks show a cell's value."""
+        from attnscope.htmlview import comparisons_page, notebook_frame
+
+        return notebook_frame(comparisons_page([(f"{self.run_b.model.name} vs {self.run_a.model.name}", self)]))
+
     # ---- findings --------------------------------------------------------------------------------
     def checks(self) -> list[Check]:
         """The findings as checks: ``divergence`` (no layer crosses the tolerance) and ``logits``."""
@@ -490,9 +498,11 @@ def compare_runs(run_a: Run, run_b: Run, prompt: Prompt, tolerance: Tolerance) -
     return Comparison(run_a, run_b, prompt, tolerance, output, residual, qkv, prob_rows, js_rows, logits, top1)
 
 
-def compare_document(comparisons: list[Comparison]) -> str:
+def compare_document(comparisons: list[Comparison], bisections: dict[int, Any] | None = None) -> str:
     """The JSON document (schema ``attnscope.compare/1``) of one or more prompts' comparisons of the
-    same two models."""
+    same two models; with `bisections` (prompt index -> `attnscope.inspector.interventions.Bisection`),
+    each of those prompts' entry holds its ``bisect``."""
+    bisections = bisections or {}
     first = comparisons[0]
     a, b = first.run_a.model, first.run_b.model
     doc = {
@@ -504,7 +514,10 @@ def compare_document(comparisons: list[Comparison]) -> str:
         "tolerance": first.tolerance.as_dict(),
         "identical": all(c.identical for c in comparisons),
         "passed": all(c.passed for c in comparisons),
-        "prompts": [c.to_dict() for c in comparisons],
+        "prompts": [
+            {**c.to_dict(), **({"bisect": bisections[n].to_dict()} if n in bisections else {})}
+            for n, c in enumerate(comparisons)
+        ],
     }
     return json.dumps(doc, indent=2, allow_nan=False)
 

@@ -29,6 +29,20 @@ def models_line(comparison) -> str:
     return f"A {model_label(comparison.run_a.model)} · B {model_label(comparison.run_b.model)}"
 
 
+def bisection_view(bisections: dict, prompts: list[str]) -> list[Text]:
+    """What `attnscope bisect` found per prompt (`attnscope.inspector.interventions.Bisection`): the
+    culprit layers, then B's output as each joins, or what patching attention leaves unexplained."""
+    parts = []
+    for n, found in bisections.items():
+        parts.append(Text(f"bisect · prompt {n + 1} {_short(prompts[n])!r}: {found.summary()}", style="bold"))
+        top1, diff = found.unpatched
+        parts.append(Text(f"  none patched: greedy agreement {top1:.0%}, logits max |Δ| {diff:.3g}"))
+        for layers, top1, diff in found.steps:
+            parts.append(Text(f"  + layer {layers[-1]}: greedy agreement {top1:.0%}, logits max |Δ| {diff:.3g}"))
+        parts.append(Text())
+    return parts
+
+
 def identical_line(comparisons: list) -> Text:
     """The one line of comparisons that are all identical, with the models compared (print it with
     ``soft_wrap=True``: one line however narrow the terminal)."""
