@@ -12,10 +12,11 @@ that runs over any engine:
 - `Engine.forward`: logits for token ids, every attention call made through `attend` and shown to a
   recorder, appending to a cache when one is given;
 - `Engine.new_cache` / `Engine.decode`: incremental decoding, one token per step, through the cache;
-  `token_by_token`: a prompt's tokens one at a time through the cache (the `full_vs_incremental`
-  check), through an engine's optional ``forward_token_by_token`` when it has a faster order;
+  `in_pieces`: a prompt through the cache in pieces of given sizes, chunks or single tokens (the
+  `full_vs_incremental` check; `attnscope.inspector.incremental`), through an engine's optional
+  ``forward_in_pieces`` when it has a faster order; `token_by_token`: pieces of one token;
 - optional, for the calibrated checks: ``forward_isolated`` (every layer on the parallel forward's
-  own input to it, in parallel, a token at a time through a cache, and in float32) and
+  own input to it, in parallel, in pieces through a cache, and in float32) and
   ``forward_float32`` (the logits computed in float32); see `attnscope.inspector.run.Run`;
 - `Engine.layer_masks`: the `MaskSpec` of every layer;
 - `Engine.tokenizer`: text to ids and back (or None: prompts are ids);
@@ -24,8 +25,7 @@ that runs over any engine:
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -168,6 +168,36 @@ def attention_features(engine: Engine) -> list[str]:
     return list(used)
 
 
+def in_pieces(
+    engine: Engine,
+    ids: torch.Tensor,
+    attend: AttendFn,
+    *,
+    pieces: Sequence[int],
+    cache: Any,
+    recorder: Recorder | None = None,
+    mask: MaskSpec | None = None,
+    positions: torch.Tensor | None = None,
+    step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """What one forward per piece through `cache` gives, the i-th of ``pieces[i]`` tokens (the sizes add
+    up to T): the logits ``[B, T, vocab]`` and, layer by layer, the same calls shown to `recorder` in
+    piece order; `step(done, total)` as it goes, counting tokens × layers. Through the engine's own
+    ``forward_in_pieces`` (same arguments) when it has one, which may interleave the layers in the
+    order it computes fastest (the native engine: a layer at a time); else its
+    ``forward_token_by_token`` when every piece is one token; else one `Engine.forward` a piece."""
+    if sum(pieces) != ids.shape[1]:
+        raise ValueError(f"pieces of {sum(pieces)} tokens for {ids.shape[1]} tokens")
+    kwargs = dict(cache=cache, recorder=recorder, mask=mask, positions=positions, step=step)
+    own = getattr(engine, "forward_in_pieces", None)
+    if own is not None:
+        return own(ids, attend, pieces=pieces, **kwargs)
+    by_token = getattr(engine, "forward_token_by_token", None)
+    if by_token is not None and all(size == 1 for size in pieces):
+        return by_token(ids, attend, **kwargs)
+    return one_piece_at_a_time(engine, ids, attend, pieces=pieces, **kwargs)
+
+
 def token_by_token(
     engine: Engine,
     ids: torch.Tensor,
@@ -179,40 +209,42 @@ def token_by_token(
     positions: torch.Tensor | None = None,
     step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """What T forwards of one token each through `cache` give: the logits ``[B, T, vocab]`` and, layer
-    by layer, the same calls shown to `recorder` in token order; `step(done, total)` as it goes,
-    counting tokens × layers. Through the engine's own ``forward_token_by_token`` (same arguments)
-    when it has one, which may interleave the layers in the order it computes fastest (the native
-    engine: a layer at a time); else T one-token `Engine.forward` calls."""
-    run = getattr(engine, "forward_token_by_token", None) or functools.partial(one_token_at_a_time, engine)
-    return run(ids, attend, cache=cache, recorder=recorder, mask=mask, positions=positions, step=step)
+    """What T forwards of one token each through `cache` give: `in_pieces` with pieces of one token."""
+    pieces = [1] * ids.shape[1]
+    return in_pieces(
+        engine, ids, attend, pieces=pieces, cache=cache, recorder=recorder, mask=mask, positions=positions, step=step
+    )
 
 
-def one_token_at_a_time(
+def one_piece_at_a_time(
     engine: Engine,
     ids: torch.Tensor,
     attend: AttendFn,
     *,
+    pieces: Sequence[int],
     cache: Any,
     recorder: Recorder | None = None,
     mask: MaskSpec | None = None,
     positions: torch.Tensor | None = None,
     step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """`token_by_token` as T one-token `Engine.forward` calls, in token order."""
+    """`in_pieces` as one `Engine.forward` a piece, in order: the engine's own cache takes each piece
+    after the positions it holds (bottom-right causal alignment, the piece's rotary offsets)."""
     T, n = ids.shape[1], engine.layout.n_layers
-    logits = []
-    for t in range(T):
+    logits, start = [], 0
+    for size in pieces:
+        end = start + size
         logits.append(
             engine.forward(
-                ids[:, t : t + 1],
+                ids[:, start:end],
                 attend,
                 cache=cache,
                 recorder=recorder,
                 mask=mask,
-                positions=None if positions is None else positions[:, t : t + 1],
+                positions=None if positions is None else positions[:, start:end],
             )
         )
+        start = end
         if step is not None:
-            step((t + 1) * n, T * n)
+            step(end * n, T * n)
     return torch.cat(logits, dim=1)

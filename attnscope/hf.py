@@ -36,7 +36,8 @@ import contextvars
 import functools
 import inspect
 import math
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,11 @@ class HFEngine:
         self._layout = _layout(model)
         self._layers = _decoder_layers(model, self._layout.n_layers)
         self._masks = _config_masks(model.config.get_text_config(), self._layout.n_layers)
+        # a tensor-parallel model: which global heads this rank holds (`attnscope.distributed`)
+        from attnscope.distributed import head_shards
+
+        lay = self._layout
+        self.shards = head_shards(model, lay.n_layers, lay.n_heads, lay.n_kv_heads, lay.head_dim)
         # the cache's keyword: `cache` in newer transformers, `past_key_values` before
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -305,13 +311,15 @@ class HFEngine:
         mask: MaskSpec | None = None,
         positions: torch.Tensor | None = None,
         step=None,
+        pieces: Sequence[int] | None = None,
     ) -> bool:
         """Each decoder layer's attention on the parallel forward's own input to that layer (see
         `attnscope.model.llama.Transformer.forward_isolated`): one parallel forward keeps every decoder
         layer's input (forward pre-hooks) and shows its attention to `parallel`; each layer then runs
-        in float32 on its input (`in_float32`, eager attention) for `reference`; then T one-token
-        forwards through `cache` in which a pre-hook replaces every decoder layer's input by the
-        parallel one at that token, for `incremental`. Returns False (having run nothing) when the
+        in float32 on its input (`in_float32`, eager attention) for `reference`; then one forward a piece
+        (`pieces`: chunks or single tokens; default: one token a piece) through `cache`, the model's own,
+        in which a pre-hook replaces every decoder layer's input by the parallel one at that piece's
+        positions, for `incremental`. Returns False (having run nothing) when the
         model's decoder layers cannot be found."""
         if self._layers is None:
             return False
@@ -332,32 +340,34 @@ class HFEngine:
                 args, kwargs = inputs[i]
                 with self._watching(_Call(self, eager_attend, reference, mask)), torch.no_grad():
                     in_float32(layer, *_upcast(args), **_upcast(kwargs))
-        token = [0]
+        piece = [0, 0]  # the positions of the piece being run: start, end
 
         def replace(i):
             def hook(module, args, kwargs):
                 given_args, given_kwargs = inputs[i]
-                t = token[0]
+                s, e = piece
                 if args:
-                    return (given_args[0][:, t : t + 1], *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": given_kwargs["hidden_states"][:, t : t + 1]}
+                    return (given_args[0][:, s:e], *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": given_kwargs["hidden_states"][:, s:e]}
 
             return hook
 
         T, n = ids.shape[1], self.layout.n_layers
         with _hooks(self._layers, replace):
-            for t in range(T):
-                token[0] = t
+            start = 0
+            for size in [1] * T if pieces is None else pieces:
+                piece[:] = [start, start + size]
                 self.forward(
-                    ids[:, t : t + 1],
+                    ids[:, start : start + size],
                     attend,
                     cache=cache,
                     recorder=incremental,
                     mask=mask,
-                    positions=None if positions is None else positions[:, t : t + 1],
+                    positions=None if positions is None else positions[:, start : start + size],
                 )
+                start += size
                 if step is not None:
-                    step((t + 1) * n, T * n)
+                    step(start * n, T * n)
         return True
 
     def _forward(
@@ -410,6 +420,8 @@ class HFEngine:
     def _watching(self, call: _Call) -> Iterator[None]:
         """The model's attention switched to attnscope's function, and hooks on its decoder layers, for
         the duration of one forward; everything restored after."""
+        if self.shards is not None and call.recorder is not None:  # tensor parallel: record every head
+            call.recorder = self.shards.gathering(call.recorder)
         before = self.net.config._attn_implementation
         self.net.set_attn_implementation(IMPLEMENTATION)
         token = _active.set(call)
@@ -564,7 +576,7 @@ def load(path: Path, dtype: torch.dtype, device: torch.device, *, allow_pickle: 
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # transformers' config classes raise many kinds; all mean a bad config.json
-        raise LoadError(f"{path / 'config.json'}: transformers cannot read it: {exc}") from None
+        raise LoadError(f"{path / 'config.json'}: transformers cannot read it: {_reason(exc)}") from None
     numel, layers_in_files = weights_summary(files)
     _require_fits(transformers, config, numel, layers_in_files, dtype, device, path / "config.json", path)
     model = _pretrained(
@@ -626,7 +638,7 @@ def load_gguf(file: GGUFFile, dtype: torch.dtype, device: torch.device) -> HFEng
     try:
         config = transformers.AutoConfig.from_pretrained(path.parent, trust_remote_code=False, **source)
     except Exception as exc:  # idem: metadata transformers cannot turn into a config
-        raise LoadError(f"{path}: transformers cannot read its metadata: {exc}") from None
+        raise LoadError(f"{path}: transformers cannot read its metadata: {_reason(exc)}") from None
     numel, top = 0, -1
     for name, (_, shape, _) in file.tensors.items():
         numel += math.prod(shape)
@@ -641,10 +653,13 @@ def load_gguf(file: GGUFFile, dtype: torch.dtype, device: torch.device) -> HFEng
         model = _pretrained(transformers, path, path.parent, dtype, config=config, **source, **options)
     tokenizer = None
     if file.get("tokenizer.ggml.tokens") is not None:
+        from attnscope.model.gguf_tokenizer import validate_vocabulary
+
+        validate_vocabulary(path, file.metadata)  # what transformers would trip over, as one line
         try:
             tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path.parent, **source))
         except Exception as exc:  # idem: a vocabulary transformers cannot build a tokenizer from
-            raise LoadError(f"{path}: transformers cannot build its tokenizer: {exc}") from None
+            raise LoadError(f"{path}: transformers cannot build its tokenizer: {_reason(exc)}") from None
     return HFEngine(model.to(device).eval(), tokenizer, name=path.name.removesuffix(".gguf"), path=path)
 
 
@@ -682,7 +697,8 @@ def _require_fits(
     text = config.get_text_config()
     _validate_sizes(text, where)
     layers = getattr(text, "num_hidden_layers", None)
-    if layers_in_files is not None and layers is not None and layers > layers_in_files:
+    if layers_in_files is not None and layers is not None and layers != layers_in_files:
+        # more layers in the weights than the config describes: transformers would drop the rest unseen
         raise LoadError(f"{where} describes {layers:,} layers but the weights hold {layers_in_files}")
     memory.require_weights_fit(max(numel, _parameter_count(transformers, config, path)), dtype, device, path)
 
@@ -695,7 +711,7 @@ def _pretrained(transformers, path: Path, source: Path, dtype: torch.dtype, **op
             source, dtype=dtype, trust_remote_code=False, output_loading_info=True, **options
         )
     except Exception as exc:  # transformers raises many kinds; all mean a model it cannot build from these files
-        raise LoadError(f"{path}: transformers cannot load it: {exc}") from None
+        raise LoadError(f"{path}: transformers cannot load it: {_reason(exc)}") from None
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise LoadError(
@@ -731,8 +747,21 @@ def _parameter_count(transformers, config, path: Path) -> int:
         with torch.device("meta"):
             model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception as exc:  # a config transformers accepts but cannot build a model from
-        raise LoadError(f"{path}: transformers cannot build the model its config describes: {exc}") from None
+        raise LoadError(f"{path}: transformers cannot build the model its config describes: {_reason(exc)}") from None
     return sum(p.numel() for p in model.parameters())
+
+
+# what transformers and torch advise that attnscope must not pass on: running a repository's code, unpickling
+_ADVICE = re.compile(r"[^.]*(?:trust_remote_code|weights_only=False|inspect the repository content)[^.]*\.?\s*")
+
+
+def _reason(exc: Exception) -> str:
+    """transformers' error `exc` as one line, without advice attnscope refuses to follow; a model that
+    needs its own code is said so."""
+    text = " ".join(str(exc).split())
+    if "custom code" in text or "trust_remote_code" in text:
+        return "the model needs code of its own (auto_map), which attnscope never runs"
+    return _ADVICE.sub("", text).strip() or type(exc).__name__
 
 
 def _quiet(transformers) -> None:

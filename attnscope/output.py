@@ -1,9 +1,11 @@
 """Writing a command's output files: checked before any work, written after it, all or none.
 
 A path that is a regular file, or that does not exist yet, is written atomically: into a temporary
-file in its directory, renamed over the path once every output of the command is written. Anything
-else (a device such as /dev/null or /dev/stdout, a FIFO, a symlink) is written through: opened and
-written like `cat > PATH` would, so the node itself is never replaced. A write that fails (a
+file in its directory, renamed over the path once every output of the command is written. A symlink
+is followed: a link to a regular file (or to nothing yet) has its target written so, the temporary
+beside the target and renamed over it, the link left as it is. Anything else (a device such as
+/dev/null or /dev/stdout, a FIFO) is written through: opened and written like `cat > PATH` would, so
+the node itself is never replaced. A write that fails (a
 read-only directory, a full disk) is a `UserError` naming the flag and the path, and leaves no
 temporary file and no other output of the command behind.
 """
@@ -21,11 +23,17 @@ from attnscope.errors import UserError
 
 
 def replaced(path: Path) -> bool:
-    """Whether `path` is written by rename (a regular file, or nothing yet), not written through."""
+    """Whether `path` is written by rename (a regular file, or nothing yet, itself or as the target
+    of its links), not written through."""
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        return stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:
         return True
+
+
+def link_target(path: Path) -> Path:
+    """The file a write to `path` lands in: `path`, or the end of its chain of symlinks."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def validate_output_paths(*flags: tuple[str, Path | None]) -> None:
@@ -38,10 +46,11 @@ def validate_output_paths(*flags: tuple[str, Path | None]) -> None:
         if path.is_dir():
             raise UserError(f"{flag} {path}: is a directory")
         if replaced(path):
-            if not path.parent.is_dir():
-                raise UserError(f"{flag} {path}: directory {path.parent} does not exist")
-            if not os.access(path.parent, os.W_OK | os.X_OK):
-                raise UserError(f"{flag} {path}: directory {path.parent} is not writable")
+            parent = link_target(path).parent
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: directory {parent} does not exist")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"{flag} {path}: directory {parent} is not writable")
             if path.exists() and not os.access(path, os.W_OK):
                 raise UserError(f"{flag} {path}: the file is not writable")
         target = os.path.realpath(path)
@@ -60,8 +69,9 @@ def write_outputs(given: Iterable[tuple[str, Path | None, str]]) -> None:
         for flag, path, text in outputs:
             where = f"{flag} {path}"
             if replaced(path):
-                fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-                staged.append((Path(name), path))
+                file = link_target(path)  # a link's target, written beside itself: the link stays a link
+                fd, name = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+                staged.append((Path(name), file))
                 with open(fd, "w", encoding="utf-8") as f:
                     os.fchmod(f.fileno(), _mode(path))
                     f.write(text)

@@ -33,10 +33,11 @@ from attnscope.inspector.compare import (
     tolerance_for,
 )
 from attnscope.inspector.heads import HeadRole, head_roles, probe_length, repeated_sequence, scores_on
+from attnscope.inspector.incremental import parse_mode
 from attnscope.inspector.report import Check
 from attnscope.inspector.result import Result
 from attnscope.inspector.run import Inputs, Progress, Run, Step, step_of
-from attnscope.prompts import Prompt
+from attnscope.prompts import Prompt, validate_prompt_size
 
 __all__ = ["Comparison", "Prompt", "Result", "Scope", "compare"]
 
@@ -57,12 +58,23 @@ class Scope:
 
     def __init__(self, model: Engine, backend: str = AUTO):
         """`backend`: a backend's name (`attnscope.backends`), or ``auto``: the fastest that implements
-        every feature the model's layers use, on its device (`backend_choice` says which and why)."""
-        if backend == AUTO:
+        every feature the model's layers use, on its device (`backend_choice` says which and why).
+        An engine that computes attention in its own kernel (``own_attention``: the llama.cpp engine)
+        takes ``auto`` or its own name only; attnscope's backends are then its reference."""
+        own = getattr(model, "own_attention", None)
+        if own is not None:
+            if backend not in (AUTO, model.engine):
+                raise UserError(
+                    f"the {model.engine} engine computes attention with its own kernel: --backend {backend} "
+                    "cannot replace it (attnscope's eager reference checks it: backend_vs_reference); use auto"
+                )
+            backend, self.backend_choice = model.engine, f"{model.engine}'s own attention"
+        elif backend == AUTO:
             backend, self.backend_choice = choose_backend(attention_features(model), model.device.type)
         else:
             self.backend_choice = "given"
-        self.attend = get_backend(backend)  # fails early on an unknown or unavailable backend
+        # an unknown or unavailable backend fails here, early
+        self.attend = own if own is not None else get_backend(backend)
         self.model = model
         self.backend = backend
 
@@ -73,6 +85,7 @@ class Scope:
             if not prompt:
                 raise UserError("the prompt is empty")
             validate_text(prompt)
+            validate_prompt_size(prompt)  # before the tokenizer: a 50 MB prompt aborts inside it
             if self.model.tokenizer is None:
                 raise UserError(f"{self.model.path} has no tokenizer.json: pass token ids, not text")
             ids = self.model.tokenizer.encode(prompt)
@@ -123,8 +136,10 @@ class Scope:
         rtol: float | None = None,
         on_layer: Callable[[int], None] | None = None,
         on_check: Callable[[Check], None] | None = None,
+        on_ready: Callable[[Result], None] | None = None,
         roles: bool = False,
         progress: Progress | None = None,
+        incremental: str | None = None,
     ) -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
         `max_new_tokens` greedily with the KV cache, then run the named checks.
@@ -138,17 +153,24 @@ class Scope:
             atol, rtol: override the dtype's default tolerances of the comparing checks.
             on_layer, on_check: called as each layer's record arrives and as each check finishes (for
                 live views); an exception raised there stops the run.
+            on_ready: called with the `Result` as soon as its records and continuation exist, before
+                the checks and roles fill it in (views draw it while they run).
             roles: also score every head's role (`attnscope.inspector.heads`): on the probe, a short
                 repeated random sequence (one more forward pass), not on the prompt, so that a head
                 has the same role whatever the prompt.
             progress: called with (done, total, stage) as the work advances: "forward" and
                 "statistics" (layers), "decode" (0 of the new tokens, then all), each check by its
                 name (its loop: layers, tokens, perturbations), "roles" (layers).
+            incremental: how `full_vs_incremental` takes the prompt through the KV cache
+                (`attnscope.inspector.incremental`): "default" (None: prefill chunks of sizes that do
+                not divide each other, then the last 32 tokens one at a time), "tokens" (every token
+                one at a time) or "chunks:16" / "chunks:16,64" (chunks of those sizes in turn).
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
         """
         names = parse_checks(checks)  # bad names fail before any work
+        mode = parse_mode(incremental)
         inputs, batched = self.inputs(prompt, padding_side, max_new_tokens)
         B, T = inputs.shape
         cache = self.model.new_cache(B, T + max_new_tokens)
@@ -179,9 +201,13 @@ class Scope:
         if decoding is not None and max_new_tokens:
             decoding(max_new_tokens, max_new_tokens)
         result = Result(run, prompt, batched, new_ids.tolist())
+        if on_ready is not None:
+            on_ready(result)
         if roles or {"nan", "masked_rows"} & set(names):  # the row statistics they read, as a stage of its own
             row_stats(run.records, step_of(progress, "statistics"))
-        result.checks, result.diffs = run_checks(run, names, atol, rtol, on_check=on_check, progress=progress)
+        result.checks, result.diffs = run_checks(
+            run, names, atol, rtol, on_check=on_check, progress=progress, incremental=mode
+        )
         if roles:
             result.roles = self._roles(run, step=step_of(progress, "roles"))
         return result
@@ -243,7 +269,8 @@ def compare(
     names = (model_a.name, model_b.name) if model_a.name != model_b.name else ("A", "B")
     require_same_layout(model_a.layout, model_b.layout, names)
     scope_a = Scope(model_a, backend=backend)
-    scope_b = Scope(model_b, backend=scope_a.backend)
+    own = getattr(model_a, "own_attention", None) or getattr(model_b, "own_attention", None)
+    scope_b = Scope(model_b, backend=AUTO if own is not None else scope_a.backend)
     ids_a, ids_b = scope_a.encode(prompt), scope_b.encode(prompt)
     require_same_tokens(ids_a, ids_b, _texts(model_a, ids_a), _texts(model_b, ids_b), names)
     with torch.inference_mode():

@@ -78,6 +78,22 @@ class Session:
             raise ValueError("the session compares with no model")
         return self.load(self.compare_with, progress, self.compare_dtype, self.compare_engine)
 
+    def prepare(self, progress: Progress | None = None) -> Engine:
+        """The session's model, loaded, and model B when the session compares: loaded too and checked
+        to have the same layout, so that a B that cannot be compared fails before the first run (a
+        `UserError`), not in the first comparison. Prompt by prompt, only the tokenization is left to
+        differ (`run_and_compare`)."""
+        model = self.load(progress=progress)
+        if self.compare_with is not None:
+            from attnscope.inspector.compare import require_same_layout
+
+            try:
+                other = self.load_compared()
+            except UserError as exc:  # which of the two models it is
+                raise UserError(f"model B (--compare {self.compare_with}): {exc}") from None
+            require_same_layout(model.layout, other.layout, (self.model_name, self.compare_with))
+        return model
+
     def describe(self, backend: str | None = None) -> str:
         """The session in one line: "tiny-code · auto · float32 · cpu · vs tiny-code-q4" (B's dtype and
         engine when they are its own: "vs tiny-code (bfloat16)"; the `backend` a run resolved ``auto``

@@ -54,7 +54,7 @@ def unavailable_reason() -> str | None:
     has ``TRITON_INTERPRET=1`` (Triton's interpreter, on CPU tensors).
     """
     if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (it is a dependency on Linux x86_64 only)"
+        return "triton is not installed: pip install 'attnscope[triton]' (Linux x86_64)"
     if interpreter_requested() or torch.cuda.is_available():
         return None
     return "no CUDA GPU: set TRITON_INTERPRET=1 to run the Triton kernels in the (slow) interpreter on CPU"

@@ -35,6 +35,7 @@ SUB, BEFORE, NOT_ROOT = "subprocess", "before the run", "not as root"
 SLOW_ROWS = {"atol-nan", "mask-huge-q-len"}
 RUN = ["run", "-p", "x = 1", "-n", "0", "--checks", "none"]  # the cheapest run of the default model
 CHECK = ["check", "-p", "x = 1", "--checks", "nan"]
+YES = b"y\n" * ((16 << 20) // 2 + 1)  # what `yes |` gives, just past the 16 MiB a prompts file may hold
 RECURRING = ",".join(str(i % 2) for i in range(12000))  # document ids whose keys are not one interval
 
 ROWS = [
@@ -106,6 +107,24 @@ ROWS = [
         {SUB, b"a\xc3(\n"},
     ),
     ("prompts-missing-value", ["check", "--prompts"], 2, "Option '--prompts' requires an argument", {SUB}),
+    # --- prompts: bounded (attnscope.prompts: 1 MiB a prompt, 16 MiB a prompts file), read in chunks
+    ("prompts-dev-zero", ["check", "--prompts", "/dev/zero"], 2, "line 1 is longer than 1 MiB", {BEFORE}),
+    ("prompts-dev-urandom", ["check", "--prompts", "/dev/urandom"], 2, "--prompts /dev/urandom: ", {BEFORE}),
+    ("prompts-stdin-yes", ["check", "--prompts", "-"], 2, "-: longer than 16 MiB", {BEFORE, YES}),
+    (
+        "prompts-one-line-of-51-mb",
+        ["check", "--prompts", "{in}/one-line.txt"],
+        2,
+        "line 2 is longer than 1 MiB (the limit of a prompt)",
+        {BEFORE},
+    ),
+    ("prompt-longer-than-1-mib", [*RUN[:2], "é" * (1 << 19) + "x", *RUN[3:]], 2, "longer than 1 MiB", {BEFORE}),
+    # --- models that are no file: refused from their stat, never opened (a FIFO would block)
+    ("model-fifo", [*RUN, "-m", "{in}/fifo"], 2, "{in}/fifo: not a regular file (a FIFO)", {SUB}),
+    ("model-fifo-gguf", [*RUN, "-m", "{in}/fifo.gguf"], 2, "not a regular file (a FIFO)", set()),
+    ("model-dev-stdin", [*RUN, "-m", "/dev/stdin"], 2, "/dev/stdin: not a regular file (a FIFO)", {SUB, b""}),
+    ("model-link-to-dev-zero", [*RUN, "-m", "{in}/zero"], 2, "not a regular file (a character device)", set()),
+    ("model-empty-name", [*RUN, "-m", ""], 2, "the model name is empty", set()),
     # --- outputs: checked before the work; a write that fails leaves nothing
     ("svg-missing-directory", [*RUN, "--svg", "{out}/no/run.svg"], 2, "directory {out}/no does not exist", {BEFORE}),
     ("html-is-a-directory", [*RUN, "--html", "{out}"], 2, "--html {out}: is a directory", {BEFORE}),
@@ -225,6 +244,12 @@ def inputs(tmp_path_factory) -> Path:
     (root / "read-only").chmod(0o555)
     (root / "read-only.json").write_text("{}")
     (root / "read-only.json").chmod(0o444)
+    os.mkfifo(root / "fifo")
+    os.mkfifo(root / "fifo.gguf")
+    (root / "zero").symlink_to("/dev/zero")
+    with (root / "one-line.txt").open("wb") as f:  # a short line, then 51 MB of one line (sparse)
+        f.write(b"x = 1\n")
+        f.truncate(51_000_000)
     return root
 
 
@@ -513,3 +538,27 @@ async def test_tui_unhandled_exception_is_one_line_not_a_traceback(monkeypatch, 
             await pilot.pause()
     assert app_.return_code == 1
     assert capsys.readouterr().err == "attnscope: error: ValueError: no run today\n"
+
+
+def test_a_symlinked_output_writes_its_target_atomically(tmp_path, monkeypatch):
+    """--json link.json, the link to a regular file: the target is replaced by rename (a temporary beside
+    it), the link stays; a write that fails (a full disk) leaves the target's old content whole."""
+    from attnscope import output
+
+    target, link = tmp_path / "real" / "report.json", tmp_path / "link.json"
+    target.parent.mkdir()
+    target.write_text('{"old": true}')
+    link.symlink_to(target)
+    inode = target.stat().st_ino
+    assert invoke(*RUN, "--json", str(link)).exit_code == 0
+    assert link.is_symlink() and json.loads(target.read_text())["schema"] == "attnscope.report/1"
+    assert target.stat().st_ino != inode  # renamed over, not written in place
+    target.write_text('{"old": true}')
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(output.os, "replace", full)
+    with pytest.raises(output.UserError, match="No space left on device"):
+        output.write_outputs([("--json", link, "{}" * 100_000)])
+    assert target.read_text() == '{"old": true}' and sorted(p.name for p in target.parent.iterdir()) == ["report.json"]

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -660,3 +661,100 @@ def test_a_kv_cache_that_cannot_fit_is_refused_before_it_is_allocated():
     model = random_model(layers=2, vocab=96, hidden=64, max_positions=10**12)
     with pytest.raises(UserError, match=r"KV cache of 1 × 10,000,000,004 positions needs .*TiB"):
         attnscope.Scope(model).run([1, 2, 3, 4], max_new_tokens=10**10)
+
+
+# ---- limits the memory check reads ---------------------------------------------------------------------
+
+
+def test_an_address_space_limit_is_memory_not_available():
+    """``ulimit -v``: what RLIMIT_AS leaves beside what the process maps is all that is available, and a
+    model larger than that is refused with one line, not a failed allocation."""
+    code = """
+import resource
+from attnscope.model.memory import available_memory, _address_space_left
+mapped = _address_space_left()
+assert mapped is None
+import os
+statm = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+resource.setrlimit(resource.RLIMIT_AS, (statm + (256 << 20), resource.RLIM_INFINITY))
+free = available_memory("cpu")
+assert free is not None and free <= 256 << 20, free
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_an_address_space_limit_refuses_a_large_model_through_the_cli(model_copy):
+    import resource
+
+    path = model_copy()
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(
+        json.dumps({**config, "hidden_size": 4096, "intermediate_size": 16384, "num_hidden_layers": 8})
+    )
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnscope", "run", "-m", str(path), "-p", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert proc.returncode == 2 and "memory available" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+# ---- the hf engine keeps the native engine's rules ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool])
+def test_integer_and_bool_tensors_are_refused_by_the_hf_engine(model_copy, dtype):
+    pytest.importorskip("transformers")
+    path = model_copy()
+    edit_tensors(path, lambda t: t.__setitem__("model.norm.weight", torch.ones(64, dtype=dtype)))
+    raises(path, LoadError, "'model.norm.weight'", "floating-point", engine="hf")
+
+
+def test_a_config_with_fewer_layers_than_the_weights_is_refused_by_the_hf_engine(model_copy):
+    pytest.importorskip("transformers")
+    path = model_copy()
+    edit_config(path, num_hidden_layers=1)
+    raises(path, LoadError, "describes 1 layers but the weights hold 2", engine="hf")
+
+
+def test_a_model_that_needs_remote_code_is_refused_without_advice(model_copy):
+    pytest.importorskip("transformers")
+    path = model_copy()
+    edit_config(path, model_type="acme", auto_map={"AutoConfig": "acme.Config", "AutoModelForCausalLM": "acme.Model"})
+    message = raises(path, LoadError, "code of its own", "never runs", engine="hf")
+    assert "trust_remote_code" not in message
+
+
+@pytest.mark.parametrize("where", ["refs-main-dotdot", "snapshot-link-outside"])
+def test_a_hub_cache_snapshot_must_lie_inside_the_cache(zoo, tmp_path, monkeypatch, where):
+    pytest.importorskip("huggingface_hub")
+    import huggingface_hub.constants as hub_constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--tiny"
+    snapshot = repo / "snapshots" / "0123abcd"
+    shutil.copytree(zoo["llama-gqa"].path, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(zoo["llama-gqa"].path, outside)
+    if where == "refs-main-dotdot":  # snapshots/../../.. is the cache's parent: a model directory there
+        shutil.copytree(zoo["llama-gqa"].path, tmp_path, dirs_exist_ok=True)
+        (repo / "refs" / "main").write_text("../../..")
+    else:
+        (snapshot / "model.safetensors").unlink()
+        (snapshot / "model.safetensors").symlink_to(outside / "model.safetensors")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(LoadError) as info:
+        attnscope.load_model("acme/tiny")
+    assert ("not a snapshot in" if where == "refs-main-dotdot" else "outside the cache") in str(info.value)

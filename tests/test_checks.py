@@ -555,3 +555,45 @@ def test_diff_follows_its_definition(atol, band, monkeypatch):
         torch.testing.assert_close(value, want, rtol=0, atol=0, equal_nan=True, msg=name)
     assert bool(got.bad_rows[0, 1, 2]) and bool(got.bad_rows[0, 2, 0]) and not bool(got.bad_rows[1, 1, 3])
     assert got.first_bad() == (0, 2, 0)
+
+
+# ---- causality on long prompts: a window of the last positions, through a cache ---------------------
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_causality_on_a_long_prompt_reruns_only_its_last_positions(monkeypatch, backend):
+    """Past `CAUSALITY_LONG` tokens (made 16 here) the cuts fall in the last `CAUSALITY_WINDOW` (8)
+    positions, which alone are rerun through a cache of the rest: a correct model passes (bit for bit
+    with eager float32), a leak inside the window is found at its layer and position."""
+    from attnscope.inspector import checks
+
+    monkeypatch.setattr(checks, "CAUSALITY_LONG", 16)
+    monkeypatch.setattr(checks, "CAUSALITY_WINDOW", 8)
+    model = random_model(**MODEL_ARGS)
+    found, _ = run(model, backend, checks=("causality",))
+    check = found["causality"]
+    assert check.passed, check.message
+    assert check.figures["cut_points"] == [14, 16, 18] and check.figures["positions_compared_from"] == 12
+    assert "from position 12 on" in check.message
+    leak = torch.ones(20, 20, dtype=torch.bool).tril()
+    leak[16, 17] = True  # position 16 sees position 17
+    model.net.layers[1].self_attn.mask = masks.custom(leak, "causal+leak(16→17)")
+    check = run(model, backend, checks=("causality",))[0]["causality"]
+    assert not check.passed
+    assert (check.where["layer"], check.where["position"], check.where["cut"]) == (1, 16, 16)
+
+
+def test_incremental_mode_reaches_the_check_and_bad_specs_exit_2():
+    from typer.testing import CliRunner
+
+    from attnscope.cli import app
+
+    model = random_model(**MODEL_ARGS)
+    found, _ = run(model, checks=("full_vs_incremental",), incremental="chunks:6")
+    assert found["full_vs_incremental"].figures["incremental"]["chunks"] == [[0, 5], [6, 11], [12, 17], [18, 19]]
+    assert "chunks:6: positions 0–19 in 4 chunks" in found["full_vs_incremental"].message
+    runner = CliRunner()
+    for spec in ("chunks:0", "sometimes"):
+        bad = runner.invoke(app, ["check", "-p", "x", "--incremental", spec, "--device", "cpu"])
+        assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1, bad.output
+        assert "--incremental" in bad.output

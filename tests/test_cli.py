@@ -431,4 +431,35 @@ def test_help_shows_no_type_after_flags_and_whole_command_descriptions():
     for name, texts in descriptions.items():
         for line, following in zip(texts, texts[1:], strict=False):
             assert len(line) + 1 + len(following.split()[0]) > room - 1, (name, texts)
-    assert len(descriptions) == 7
+    assert len(descriptions) == 8  # run, check, compare, bisect, mask, tui, heads, models
+
+
+@needs_tiny
+def test_svg_width_is_the_width_option_else_columns_else_a_page(tmp_path, monkeypatch):
+    """Piped (CliRunner's stdout is no terminal), --svg takes --width, else COLUMNS, else 120 columns
+    (rich alone would give 80); what is printed has that width too."""
+    import re
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+    def svg_width(*extra: str) -> float:
+        svg = tmp_path / "out.svg"
+        result = invoke("run", "-p", "x = 1", "-n", "0", "--checks", "none", "--svg", str(svg), *extra)
+        assert result.exit_code == 0, result.output
+        return float(re.search(r'viewBox="0 0 ([\d.]+) ', svg.read_text()).group(1))
+
+    page = svg_width()
+    assert page == svg_width("--width", "120") > svg_width("--width", "90")
+    monkeypatch.setenv("COLUMNS", "100")
+    assert svg_width() == svg_width("--width", "100") < page
+    assert_user_error(invoke("run", "-p", "x", "--width", "20"), "--width must be at least 40")
+
+
+@needs_tiny
+def test_backend_triton_without_triton_names_the_extra(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    result = invoke("run", "-p", "x = 1", "-n", "0", "--backend", "triton")
+    assert_user_error(result, "backend 'triton' is not available", "pip install 'attnscope[triton]'")

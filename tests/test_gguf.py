@@ -16,7 +16,9 @@ line and exit code 2. Everything is generated into tmp_path.
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import gguf_files
 from support.gguf_files import finish
 from support.models import build_hf_model
 from test_cli import assert_user_error, invoke
@@ -412,3 +415,144 @@ main()
         proc.stderr.strip() == "attnscope: error: reading GGUF files needs the gguf package: pip install "
         '"attnscope[gguf]"'
     )
+
+
+# ---- bad metadata: refused from the header, before the tokenizers library or any allocation --------------
+
+S, A = gguf_files.STRING, gguf_files.ARRAY
+I32, U64, F32 = gguf_files.INT32, gguf_files.UINT64, gguf_files.FLOAT32
+
+
+def _tokens(tokens, kind=S):
+    return {"tokenizer.ggml.tokens": (A, tokens, kind), "tokenizer.ggml.token_type": (A, [1] * len(tokens), I32)}
+
+
+def _spm(**extra):
+    """A llama (SentencePiece) vocabulary of four tokens, scores as given."""
+    return {
+        "tokenizer.ggml.model": (S, "llama"),
+        "tokenizer.ggml.merges": None,
+        "tokenizer.ggml.pre": None,
+        **_tokens(["<unk>", "<s>", "a", "b"]),
+        **extra,
+    }
+
+
+# name -> (metadata edits: key -> (type, value, ...) or None to drop it, what the one line says)
+BAD_METADATA = {
+    "integer-tokens": (_tokens([1, 2, 3, 4, 5, 6], I32), "tokenizer.ggml.tokens[0] is 1, not a string"),
+    "merge-of-a-missing-token": (
+        {"tokenizer.ggml.merges": (A, ["a b", "ab z"], S)},
+        "tokenizer.ggml.merges[1] 'ab z' names 'z', which is not a token",
+    ),
+    "merge-into-a-missing-token": (
+        {"tokenizer.ggml.merges": (A, ["b c"], S)},
+        "tokenizer.ggml.merges[0] 'b c' names 'bc', which is not a token",
+    ),
+    "integer-merges": ({"tokenizer.ggml.merges": (A, [7, 8], I32)}, "tokenizer.ggml.merges[0] is 7, not a string"),
+    "pre-as-an-array": ({"tokenizer.ggml.pre": (A, ["gpt-2"], S)}, "unsupported tokenizer.ggml.pre ['gpt-2']"),
+    "duplicate-tokens": (_tokens(["a", "b", "ab", "<s>", "a", "abc"]), "holds 'a' twice (ids 0 and 4)"),
+    "string-scores": (
+        _spm(**{"tokenizer.ggml.scores": (A, ["0", "0", "-1", "-2"], S)}),
+        "tokenizer.ggml.scores[0] is '0', not a number",
+    ),
+    "scores-not-one-per-token": (
+        _spm(**{"tokenizer.ggml.scores": (A, [0.0, 0.0], F32)}),
+        "tokenizer.ggml.scores has 2 entries for 4 tokens",
+    ),
+    "token-types-as-strings": (
+        {"tokenizer.ggml.token_type": (A, ["1"] * 6, S)},
+        "tokenizer.ggml.token_type[0] is '1', not an integer",
+    ),
+    "add-bos-as-a-string": ({"tokenizer.ggml.add_bos_token": (S, "yes")}, "add_bos_token must be a boolean"),
+    # sizes: a count the file cannot hold is refused before anything is allocated
+    "array-of-2^40-integers": (
+        {"general.huge": (A, [1, 2, 3], I32, 1 << 40)},
+        "truncated (its",
+    ),
+    "array-of-2^40-strings": ({"tokenizer.ggml.tokens": (A, gguf_files.TOKENS, S, 1 << 40)}, "truncated (its"),
+    "string-of-2^60-bytes": ({"general.name": (S, b"x")}, "truncated (its"),
+    "more-tokens-than-the-vocabulary": (
+        {"llama.vocab_size": (gguf_files.UINT32, 4)},
+        "tokenizer.ggml.tokens holds 6 tokens but the model's vocab_size is 4",
+    ),
+    "nested-array": ({"general.nested": (A, [], A)}, "arrays of value type 9 are not supported"),
+    "unknown-value-type": ({"general.odd": (13, 0)}, "unknown value type 13"),
+    "key-length-naming-the-metadata": (
+        {"llama.attention.key_length": (gguf_files.UINT32, 0)},
+        "llama.attention.key_length",
+    ),
+}
+
+
+def bad_metadata_file(path: Path, name: str) -> Path:
+    metadata = gguf_files.tiny_metadata()
+    for key, value in BAD_METADATA[name][0].items():
+        if value is None:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    data = gguf_files.gguf_bytes(metadata)
+    if name == "string-of-2^60-bytes":  # the length of general.name's value, claimed 2^60
+        at = data.index(b"general.name") + len("general.name") + 4
+        data = data[:at] + struct.pack("<Q", 1 << 60) + data[at + 8 :]
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name", list(BAD_METADATA))
+def test_bad_metadata_is_one_line_and_exit_2(name, tmp_path):
+    file = bad_metadata_file(tmp_path / f"{name}.gguf", name)
+    assert_user_error(invoke("run", "-m", str(file), "-p", "ab", "-n", "0", "--checks", "none"), BAD_METADATA[name][1])
+    assert "config.json" not in invoke("run", "-m", str(file), "-p", "ab").stderr
+
+
+def test_the_tiny_file_of_the_bad_metadata_table_runs(tmp_path):
+    file = tmp_path / "tiny.gguf"
+    file.write_bytes(gguf_files.gguf_bytes())
+    result = invoke("run", "-m", str(file), "-p", "abc ab", "-n", "0", "--checks", "none")
+    assert result.exit_code == 0, result.output
+
+
+def test_metadata_nobody_reads_is_stepped_over_not_read(tmp_path):
+    """200k strings (~2 MB) under a key nobody reads, and a long chat template: the file loads, and none
+    of it becomes a Python object."""
+    metadata = gguf_files.tiny_metadata()
+    metadata["general.unread"] = (A, [f"s{i}" for i in range(200_000)], S)
+    metadata["tokenizer.chat_template"] = (S, "{{ x }}" * 100_000)
+    file = tmp_path / "big-metadata.gguf"
+    file.write_bytes(gguf_files.gguf_bytes(metadata))
+    read = gguf_loader.GGUFFile(file)
+    assert read.metadata.count("general.unread") == 200_000
+    attnscope.load_model(file)
+    assert "general.unread" not in read.metadata._read and "tokenizer.chat_template" not in read.metadata._read
+
+
+def test_a_huge_claimed_array_is_refused_in_bounded_time_and_memory(tmp_path):
+    """2^40 entries claimed in a small file: refused from the header in a subprocess, quickly."""
+    file = bad_metadata_file(tmp_path / "huge.gguf", "array-of-2^40-strings")
+    code = (
+        f"import attnscope, resource\ntry: attnscope.load_model({str(file)!r})\n"
+        "except Exception as e: print(type(e).__name__)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    kind, peak_kib = proc.stdout.split()
+    assert kind == "LoadError" and int(peak_kib) < 1 << 20, proc.stdout  # under 1 GiB
+
+
+@pytest.mark.parametrize("kind", ["fifo", "fifo.gguf", "link-to-dev-zero"])
+def test_nodes_that_are_no_file_are_refused_without_opening_them(kind, tmp_path):
+    node = tmp_path / kind
+    if kind.startswith("fifo"):
+        os.mkfifo(node)
+    else:
+        node.symlink_to("/dev/zero")
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnscope", "run", "-m", str(node), "-p", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,  # opening a FIFO would wait for a writer: a regression fails here, it does not hang
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "not a regular file" in proc.stderr and "config.json" not in proc.stderr

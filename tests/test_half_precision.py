@@ -2,11 +2,17 @@
 every check in float16 and bfloat16, and each fault injected into the incremental path only (a cache
 write that drops a token, keys cached with RoPE one position off, a decode step whose mask hides one
 cached key), in one layer, is found at that layer and at no other (`full_vs_incremental` in
-isolation), while the free-running figures show the accumulation it causes downstream."""
+isolation), while the free-running figures show the accumulation it causes downstream. The checks
+run in the default incremental mode (prefill chunks, then the last 32 tokens one at a time): the
+decode-step faults sit in that tail; two faults that only chunked prefill exposes (a chunk whose
+causal mask is top-left aligned, a chunk whose RoPE positions restart at 0) are found by the default
+and not by the token-by-token mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import sys
 
 import pytest
 import torch
@@ -22,7 +28,8 @@ from attnscope.samples import sample_models_dir
 
 HALF = ["bfloat16", "float16"]
 FAULT_LAYER = 13  # deep enough that the free-running pass has accumulated twelve layers of rounding
-DROPPED = 5  # the position whose cache write is lost / whose key a decode step hides
+DROPPED = 20  # the position whose cache write is lost / whose key a decode step hides: in the default
+# mode's one-token tail of the 48-token prompt (positions 16-47) and of any shorter one
 
 
 @functools.cache
@@ -131,9 +138,11 @@ def hide_a_cached_key_in_decode_steps(net):
     return attention, faulty
 
 
-# fault -> the first position it changes: the lost write's own row; every row with a cached key
-# (row 0 attends to itself alone, whatever its rotation); the first row after the hidden key
-FAULTS = {"dropped cache write": DROPPED, "rope off by one": 1, "decode mask hides a key": DROPPED + 1}
+# fault -> the first position it changes in the default mode on 48 tokens (prefill chunks over positions
+# 0-15, one token at a time over 16-47): the lost write's own row; the first row decoded one token at a
+# time (every decoded row has cached keys; token by token it is row 1: row 0 attends to itself alone,
+# whatever its rotation); the first row after the hidden key
+FAULTS = {"dropped cache write": DROPPED, "rope off by one": 16, "decode mask hides a key": DROPPED + 1}
 
 
 def inject(monkeypatch, model, fault: str) -> None:
@@ -172,6 +181,78 @@ def test_a_fault_in_one_layer_is_found_at_that_layer_only(monkeypatch, dtype, ba
     assert free[FAULT_LAYER] > 2 * max(free[:FAULT_LAYER])
     # the fault is in the KV-cache path only: the parallel forward's checks pass
     assert found["causality"].passed and found["backend_vs_reference"].passed and found["nan"].passed
+
+
+@dataclasses.dataclass(frozen=True)
+class TopLeft(masks.MaskSpec):
+    """Causal alignment from the top left: query row i of a chunk after `past` cached keys sees keys
+    0 .. i (as if the chunk started the sequence) instead of 0 .. past + i."""
+
+    past: int
+
+    def predicate(self, b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx - self.past
+
+    def __repr__(self):
+        return f"top_left({self.past})"
+
+
+def chunk_fault(net, fault: str):
+    """Layer `FAULT_LAYER`'s attention on a chunk of several tokens after a cache (what chunked prefill
+    runs, and neither the parallel forward nor a decode step): its causal mask top-left aligned, or
+    its RoPE positions restarting at 0."""
+    attention = net.layers[FAULT_LAYER].self_attn
+    forward = attention.forward
+
+    def faulty(x, rope, attend, cache, recorder, mask):
+        if cache is not None and x.shape[1] > 1 and cache.length > 0:
+            if fault == "chunk mask top-left aligned":
+                mask = mask & TopLeft(cache.length)
+            else:
+                rope = net.rotary_emb(0, x.shape[1], None, x.dtype, x.device)
+        return forward(x, rope, attend, cache, recorder, mask)
+
+    return attention, faulty
+
+
+CHUNK_FAULTS = ["chunk mask top-left aligned", "chunk rope restarts at 0"]
+
+
+@pytest.mark.parametrize("fault", CHUNK_FAULTS)
+def test_a_chunked_prefill_fault_is_found_by_the_default_mode_only(monkeypatch, fault):
+    """The default mode finds it at its layer, at the first row of the first chunk that meets a cache
+    (position 7, after the 7-token first chunk); every token one at a time never runs such a chunk."""
+    model = attnscope.load_model("deep-random", dtype="bfloat16")
+    attention, faulty = chunk_fault(model.net, fault)
+    monkeypatch.setattr(attention, "forward", faulty)
+    scope = attnscope.Scope(model, backend="sdpa")
+    check = scope.run(prompt_ids(48, 3), checks="full_vs_incremental").checks[0]
+    assert not check.passed
+    assert (check.where["layer"], check.where["position"], check.where["path"]) == (FAULT_LAYER, 7, "isolated")
+    assert "in prefill chunk 7–15" in check.message and "[default]" in check.message
+    ratios = check.figures["per_layer_error_ratio"]
+    assert max(r for i, r in enumerate(ratios) if i != FAULT_LAYER) <= 1.0 < ratios[FAULT_LAYER]
+    assert check.figures["incremental"]["chunks"] == [[0, 6], [7, 15]]
+    tokens = scope.run(prompt_ids(48, 3), checks="full_vs_incremental", incremental="tokens").checks[0]
+    assert tokens.passed, tokens.message
+    assert tokens.figures["incremental"] == {
+        "mode": "tokens",
+        "chunks": [],
+        "one_token_at_a_time": [0, 47],
+        "forward_calls": 48,
+    }
+
+
+def test_decode_step_faults_are_found_token_by_token_from_their_own_row(monkeypatch):
+    """The exhaustive mode finds the decode-step faults where they start: RoPE one off from row 1."""
+    model = attnscope.load_model("deep-random", dtype="bfloat16")
+    inject(monkeypatch, model, "rope off by one")
+    check = (
+        attnscope.Scope(model, backend="sdpa")
+        .run(prompt_ids(48, 3), checks="full_vs_incremental", incremental="tokens")
+        .checks[0]
+    )
+    assert (check.where["layer"], check.where["position"]) == (FAULT_LAYER, 1)
 
 
 @pytest.mark.slow
@@ -259,6 +340,27 @@ def test_hf_engine_finds_a_lost_cache_write_at_its_layer(hf_deep, monkeypatch):
     assert max(r for i, r in enumerate(ratios) if i != FAULT_LAYER) <= 1.0 < ratios[FAULT_LAYER]
 
 
+def test_hf_engine_feeds_its_own_cache_chunks(hf_deep, monkeypatch):
+    """The hf engine's default mode feeds the model's own cache chunks: a cache that loses the first key
+    of a chunk written after others is found at its layer, at that chunk's first row; token by token
+    it is not."""
+    from transformers import DynamicCache
+
+    class ChunkForgetful(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            if layer_idx == FAULT_LAYER and key_states.shape[2] > 1 and self.get_seq_length(layer_idx) > 0:
+                key_states, value_states = key_states.clone(), value_states.clone()
+                key_states[:, :, 0], value_states[:, :, 0] = 0, 0
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    monkeypatch.setattr(hf_deep, "new_cache", lambda batch, max_len: ChunkForgetful())
+    scope = attnscope.Scope(hf_deep, backend="sdpa")
+    check = scope.run(prompt_ids(48, 1), checks="full_vs_incremental").checks[0]
+    assert not check.passed
+    assert (check.where["layer"], check.where["position"], check.where["path"]) == (FAULT_LAYER, 7, "isolated")
+    assert scope.run(prompt_ids(48, 1), checks="full_vs_incremental", incremental="tokens").checks[0].passed
+
+
 def test_a_padded_batch_is_isolated_row_by_row():
     """Left padding in bfloat16: every row's real tokens pass, isolated, and the padding rows (no key
     to attend to) are left out of the comparison rather than compared as -inf against -inf."""
@@ -323,6 +425,9 @@ def test_an_engine_that_cannot_isolate_is_judged_by_its_logits(monkeypatch, dtyp
         check = attnscope.Scope(model, backend="sdpa").run(prompt_ids(32, seed), checks="full_vs_incremental").checks[0]
         assert check.passed, check.message
         assert not check.figures["isolated"] and check.figures["gates"] == ["logits"]
+    # a write lost early (position 5: every later logit reads it; the default mode decodes all 32 tokens
+    # one at a time) shows in the logits of either half precision
+    monkeypatch.setattr(sys.modules[__name__], "DROPPED", 5)
     inject(monkeypatch, model, "dropped cache write")
     check = attnscope.Scope(model, backend="sdpa").run(prompt_ids(32), checks="full_vs_incremental").checks[0]
     assert not check.passed and check.where["stage"] == "logits"

@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # Layers, lowest first: a module imports only from its own layer or below (at module level and in
 # functions alike); the package faces (`attnscope/__init__.py`, `attnscope.kernels`' lazy entry)
@@ -26,8 +28,8 @@ LAYERS = [
         "attnscope.prompts",
     ),
     ("attnscope.backends", "attnscope.kernels"),
-    ("attnscope.engine", "attnscope.model", "attnscope.hf"),
-    ("attnscope.inspector",),
+    ("attnscope.engine", "attnscope.model", "attnscope.hf", "attnscope.llamacpp", "attnscope.distributed"),
+    ("attnscope.inspector", "attnscope.htmlview"),  # the HTML report: strings, no rich (a Result's _repr_html_)
     ("attnscope.scope", "attnscope.session", "attnscope.testing", "attnscope.junit", "attnscope.output"),
     ("attnscope.render",),
     ("attnscope.tui", "attnscope.cli", "attnscope.__main__"),
@@ -78,6 +80,7 @@ CORE_MODULES = [
     "attnscope.inspector.run",
     "attnscope.inspector.result",
     "attnscope.inspector.compare",
+    "attnscope.htmlview",
     "attnscope.engine",
     "attnscope.scope",
 ]
@@ -229,3 +232,23 @@ def test_import_graph_has_no_cycle_and_no_upward_import():
     for m in edges:
         if m not in state:
             walk(m, [])
+
+
+def test_running_from_the_parent_of_a_clone_named_attnscope_says_so_in_one_line(tmp_path):
+    """From the parent of a clone named ``attnscope`` Python imports the clone as an empty namespace
+    package; ``python -m attnscope`` there says so in one line (the checkout's ``__main__.py``)."""
+    (tmp_path / "attnscope").symlink_to(ROOT, target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import attnscope; print(getattr(attnscope, '__file__', None))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if probe.stdout.strip() != "None":  # installed without an editable finder: the package wins
+        pytest.skip("the installed package is imported from there, not the checkout")
+    run = subprocess.run([sys.executable, "-m", "attnscope"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "namespace package" in lines[0] and "another directory" in lines[0], run.stderr

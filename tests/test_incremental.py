@@ -288,7 +288,7 @@ def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side, pa
     logits, the cache and every call its recorder sees are those of T one-token forwards, bit for
     bit (a model with sliding-window layers; padded rows with their mask and rotary positions; an
     empty cache and one that holds a prefill)."""
-    from attnscope.engine import one_token_at_a_time
+    from attnscope.engine import one_piece_at_a_time
     from attnscope.inspector.run import Inputs
 
     engine = zoo.loaded("mistral-sliding")
@@ -301,7 +301,11 @@ def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side, pa
     results = {}
     for how in ("layer by layer", "one token at a time"):
         cache, log, steps = engine.new_cache(B, total), CallLog(), []
-        run = engine.forward_token_by_token if how == "layer by layer" else partial(one_token_at_a_time, engine)
+        run = (
+            engine.forward_token_by_token
+            if how == "layer by layer"
+            else partial(one_piece_at_a_time, engine, pieces=[1] * T)
+        )
         with torch.inference_mode():
             if past:
                 engine.forward(
@@ -376,3 +380,96 @@ def test_an_engine_without_an_order_of_its_own_runs_one_token_forwards(zoo):
     assert widths == [1] * 20 and plain_order.layers == list(range(n)) * 20
     assert native_order.layers == [i for i in range(n) for _ in range(20)]  # the native engine's own order
     assert torch.equal(plain, ours)
+
+
+# ---- incremental modes: chunked prefill, then one token at a time ----------------------------------
+
+
+@pytest.mark.parametrize("T", [1, 5, 32, 33, 39, 48, 103, 317, 4096, 100_000])
+def test_the_default_mode_covers_every_position_once_in_a_bounded_number_of_calls(T):
+    from attnscope.inspector.incremental import parse_mode
+
+    plan = parse_mode("default").plan(T)
+    assert sum(plan.pieces) == T and plan.tail == min(32, T)
+    assert len(plan.pieces) <= 8 + 32  # whatever T
+    assert list(plan.chunks[:2]) == [7, 64][: len(plan.chunks)] or plan.prefilled < 71
+    rest = plan.chunks[2:-1]  # the equal chunks after 7 and 64 (the last may be shorter)
+    assert all(size == rest[0] and size % 2 == 1 and size % 7 for size in rest)
+    figures = plan.as_dict()
+    covered = [p for first, last in figures["chunks"] for p in range(first, last + 1)]
+    if figures["one_token_at_a_time"]:
+        first, last = figures["one_token_at_a_time"]
+        covered += range(first, last + 1)
+    assert covered == list(range(T))
+
+
+def test_modes_parse_and_refuse_bad_specs():
+    from attnscope.errors import UserError
+    from attnscope.inspector.incremental import parse_mode
+
+    assert parse_mode("chunks:16,64").plan(200).chunks == (16, 64, 16, 64, 16, 24)
+    assert parse_mode("chunks:1").name == "tokens" and parse_mode(None).name == "default"
+    assert parse_mode("tokens").plan(3).pieces == [1, 1, 1]
+    for bad in ("chunk:4", "chunks:", "chunks:0", "chunks:4,x", "fast"):
+        with pytest.raises(UserError):
+            parse_mode(bad)
+
+
+@pytest.mark.parametrize("side", [None, "left", "right"])
+def test_pieces_a_layer_at_a_time_are_piece_forwards_bit_for_bit(zoo, side):
+    """The native engine's chunked pass (a layer at a time) gives the logits, cache and records of one
+    forward a piece, bit for bit, padded rows included."""
+    from attnscope.engine import in_pieces, one_piece_at_a_time
+    from attnscope.inspector.run import Inputs
+
+    engine = zoo.loaded("mistral-sliding")
+    rows = [zoo["mistral-sliding"].ids(40, seed=s)[0].tolist() for s in (1, 2)]
+    inputs = Inputs.pad([rows[0]] if side is None else [rows[0], rows[1][:23]], side or "right", "cpu")
+    B, T = inputs.shape
+    pieces = [7, 11, 3, 1, 1, 17]
+    attend = get_backend("sdpa")
+    results = []
+    for run in (in_pieces, one_piece_at_a_time):
+        cache, log = engine.new_cache(B, T), CallLog()
+        with torch.inference_mode():
+            logits = run(
+                engine,
+                inputs.ids,
+                attend,
+                pieces=pieces,
+                cache=cache,
+                recorder=log,
+                mask=inputs.padding,
+                positions=inputs.positions,
+            )
+        results.append((logits, cache, log))
+    (logits, cache, log), (logits_1, cache_1, log_1) = results
+    assert torch.equal(logits, logits_1) and cache.length == cache_1.length == T
+    assert all(torch.equal(a, b) for a, b in zip(cache.k + cache.v, cache_1.k + cache_1.v, strict=True))
+    for key, calls in log.calls.items():
+        assert [
+            c["hidden" if key[0] == "residual" else "out"].shape[-2 if key[0] == "attention" else 1] for c in calls
+        ] == pieces
+        assert all(same(c[k], c1[k]) for c, c1 in zip(calls, log_1.calls[key], strict=True) for k in c)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            logits,
+            engine.forward(inputs.ids, attend, mask=inputs.padding, positions=inputs.positions),
+            atol=1e-5,
+            rtol=0,
+        )
+
+
+@pytest.mark.parametrize("engine", ["native", "hf"])
+@pytest.mark.parametrize("mode", ["default", "chunks:5,3", "tokens"])
+def test_every_mode_passes_a_correct_padded_batch_on_both_engines(tiny, zoo, engine, mode):
+    """A correct model passes full_vs_incremental in every mode, on a left-padded batch whose longer row
+    runs past the default's one-token tail (chunks meet the cache), through each engine's own cache."""
+    model = zoo.loaded(tiny.name) if engine == "native" else attnscope.load_model(tiny.path, engine="hf")
+    rows = [tiny.ids(48, seed=1)[0].tolist(), tiny.ids(30, seed=2)[0].tolist()]
+    check = attnscope.Scope(model, backend="sdpa").run(rows, checks="full_vs_incremental", incremental=mode).checks[0]
+    assert check.passed, check.message
+    assert check.figures["incremental"]["mode"] == mode
+    if mode == "default":
+        assert check.figures["incremental"]["chunks"] == [[0, 6], [7, 15]]
+        assert check.figures["incremental"]["one_token_at_a_time"] == [16, 47]

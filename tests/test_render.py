@@ -240,6 +240,17 @@ def test_position_diff_marks_worst_position():
     assert "worst at position 37" in text and "✗" in text
 
 
+def test_position_diff_draws_the_incremental_paths():
+    """Under the strip: ┊ in the column where a chunk meets the cache, ─ inside chunks, · from the
+    first position decoded one token at a time (one column a position when they fit)."""
+    from attnscope.inspector.incremental import parse_mode
+
+    plan = parse_mode("default").plan(48).as_dict()  # chunks 0-6 and 7-15, then 16-47 one at a time
+    text = render(PositionDiff(np.zeros(48), 1e-5, plan=plan), 120)
+    line = next(row for row in text.splitlines() if row.lstrip().startswith("inc"))
+    assert line.split("inc ", 1)[1].rstrip() == "─" * 7 + "┊" + "─" * 8 + "·" * 32
+
+
 @pytest.mark.parametrize("width", [80, 200])
 def test_nothing_is_wider_than_the_console(width):
     w, a = causal_weights(64)
@@ -387,3 +398,25 @@ def test_a_check_reads_at_any_width(width):
     passed = render(CheckRow(checks[1], columns), width=width).splitlines()
     assert passed[0].startswith("✓ nan") and "no NaN or Inf" in " ".join(passed)
     assert len(passed) == (1 if width >= 120 else 2)
+
+
+def test_the_head_table_splits_its_heads_into_blocks_that_fit_the_width():
+    """16 heads at 80 columns: blocks of whole columns ("heads 0–6 of 16", ...), no header cut; at
+    200 columns one table."""
+    from support.models import random_model
+
+    from attnscope.render.tables import head_table
+    from attnscope.scope import Scope
+
+    model = random_model(layers=2, vocab=256, hidden=128, max_positions=64, heads=16, kv_heads=4)
+    report = Scope(model, backend="eager").run(list(range(1, 10)), roles=True).report()
+    narrow = render(head_table(report), width=80)
+    lines = narrow.splitlines()
+    assert all(cell_len(line) <= 80 for line in lines) and "…" not in narrow
+    headers = [line.split() for line in lines if line.startswith("layer")]
+    assert len(headers) > 1 and [h for header in headers for h in header if h not in ("layer", "stat")] == [
+        f"h{h}·kv{h // 4}" for h in range(16)
+    ]
+    assert "heads 0–" in narrow and "of 16" in narrow
+    wide = render(head_table(report), width=200)
+    assert sum(line.startswith("layer") for line in wide.splitlines()) == 1 and "of 16" not in wide

@@ -351,6 +351,118 @@ async def test_without_color_the_heatmap_uses_the_shade_ramp(tmp_path, monkeypat
         assert any(" ░▒▓█" in line for line in lines)
 
 
+async def test_without_a_prompt_nothing_runs_and_the_screen_says_what_to_do(model_dir, monkeypatch):
+    """No --prompt: no worker, no bar, a map placeholder that says what to do; at 80 columns the
+    status line and the prompt's placeholder are whole; `q` typed into the prompt says how to quit."""
+    app = AttnScopeApp(model=str(model_dir), device="cpu")
+    notes = []
+    monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append(message))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert not app.workers and app.session.loaded is None  # nothing loads, nothing runs
+        assert not app.query_one("#progress").display
+        assert "no prompt yet" in " ".join(rendered(app.query_one(HeatmapView)))
+        status, prompt = app.query_one("#status", Static), app.query_one("#prompt", Input)
+        assert "ctrl+c quits" in str(status.render()) and status.size.width >= len(str(status.render()))
+        assert len(prompt.placeholder) <= prompt.content_size.width
+        assert app.focused is prompt
+        await pilot.press("q")
+        assert prompt.value == "q" and app.is_running
+        assert any("ctrl+c quits" in note for note in notes)
+
+
+async def test_help_at_80x24_fits_says_how_to_close_and_aligns(model_dir):
+    from attnscope.tui.help import KEYS, keys_text
+
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, finished(app))
+        app.query_one(HeatmapView).focus()
+        await pilot.press("question_mark")
+        await pilot.pause()
+        box = app.screen.query_one("VerticalScroll")
+        assert "escape" in box.border_subtitle and box.max_scroll_y == 0  # all of it on screen
+        columns = {
+            line.index(what) for line, (keys, what) in zip(keys_text().plain.splitlines(), KEYS, strict=True) if keys
+        }
+        assert len(columns) == 1  # every description starts in the same column
+        await pilot.press("escape")
+        assert app.screen.__class__.__name__ != "HelpScreen"
+
+
+async def test_stepping_layers_keeps_one_layer_open_and_the_head_in_view(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, finished(app))
+        nav = app.query_one(Navigator)
+        app.query_one(HeatmapView).focus()
+        for step, (layer, head) in (("}", (1, 0)), ("}", (2, 0)), ("]", (2, 1)), ("[", (2, 0)), ("{", (1, 0))):
+            await pilot.press(step)
+            assert nav.selected == (layer, head)
+            assert [n.data[1] for n in nav.root.children if n.is_expanded] == [layer]
+            top = nav.scroll_offset.y
+            assert top <= nav.cursor_line < top + nav.scrollable_content_region.height, step
+
+
+async def test_a_small_map_uses_the_room_at_80x24_and_its_colorbar_sits_under_it(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt=list(range(1, 13)), device="cpu")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, finished(app))
+        await pilot.pause()
+        lines = rendered(app.query_one(HeatmapView))
+        cells = [line for line in lines if "▀" in line]
+        start, width = cells[0].index("▀"), cells[0].count("▀")
+        assert width >= 2 * 12  # 12 keys, two columns or more each
+        bar = next(line for line in lines if "linear" in line)
+        ramp = bar[: bar.index(" linear")]
+        ramp_start = len(ramp.rstrip("█"))
+        assert ramp_start >= start and len(ramp) <= start + width  # under the map, not wider than it
+        assert "masked" in bar and "NaN/Inf" in bar
+
+
+async def test_tokens_tab_fits_80_columns(model_dir):
+    app = AttnScopeApp(model=str(model_dir), prompt=list(range(1, 6)), device="cpu")  # the continuation in view
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, finished(app))
+        await pilot.press("5")
+        table = app.query_one("#tokens-table")
+        await wait_for(pilot, lambda: table.size.width > 0)
+        await pilot.pause()
+        assert table.max_scroll_x == 0  # no sideways scroll, so no scrollbar over the last row
+        assert any(line.rstrip().endswith("n adds it") for line in rendered(table))
+
+
+async def test_the_map_and_navigator_come_before_the_checks(model_dir, monkeypatch):
+    """The heatmap, the navigator's heads and the Tokens tab are there while the checks run (held
+    here until the views are checked), and the status line says what still runs."""
+    import threading
+
+    from attnscope import scope
+
+    release, real = threading.Event(), scope.run_checks
+
+    def held(*args, **kwargs):
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scope, "run_checks", held)
+    app = AttnScopeApp(model=str(model_dir), prompt=PROMPT, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        try:
+            view = app.query_one(HeatmapView)
+            await wait_for(pilot, lambda: view.result is not None)
+            await wait_for(pilot, lambda: "row statistics" in str(app.query_one("#status", Static).render()))
+            assert app.workers and not app.result.checks  # the checks have not run
+            assert "layer 0 · head 0" in rendered(view)[0]
+            assert len(app.query_one(Navigator).root.children) == 3
+            assert app.query_one("#tokens-table").row_count == len(app.result.ids) + 8
+        finally:
+            release.set()
+        await wait_for(pilot, finished(app))
+        await wait_for(pilot, lambda: "all passed" in str(app.query_one("#status", Static).render()))
+        assert len(app.result.checks) == 5
+
+
 # ---- appearance -------------------------------------------------------------------------------
 
 needs_tiny = pytest.mark.usefixtures("tiny_code")  # the committed sample: missing, the test fails

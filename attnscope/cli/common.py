@@ -49,6 +49,15 @@ AtolOpt = Annotated[
         "(default by dtype: float32 1e-5, float16 5e-3, bfloat16 1e-2).",
     ),
 ]
+IncrementalOpt = Annotated[
+    str,
+    typer.Option(
+        "--incremental",
+        help="How full_vs_incremental takes the prompt through the KV cache: default (prefill chunks of 7, "
+        "64 and up to 6 more, then the last 32 tokens one at a time), tokens (every token one at a time), "
+        "or chunks:C[,C...] (chunks of those sizes in turn, e.g. chunks:16,64).",
+    ),
+]
 RtolOpt = Annotated[
     float | None,
     typer.Option("--rtol", help="Relative tolerance (default by dtype: float32 1e-4, float16 5e-3, bfloat16 1e-2)."),
@@ -65,7 +74,7 @@ EngineOpt = Annotated[
         "--engine",
         help="native (attnscope's Llama-family model), hf (the "
         "transformers model, any causal LM) or auto (native for llama, mistral, "
-        "qwen2 and qwen3, else hf).",
+        "qwen2 and qwen3, else hf); llama.cpp runs a GGUF file in llama.cpp itself (attnscope[llamacpp]).",
     ),
 ]
 QuietOpt = Annotated[
@@ -120,7 +129,26 @@ ColorOpt = Annotated[
     str, typer.Option("--color", help="auto (when stdout is a terminal and NO_COLOR is unset), always or never.")
 ]
 SvgOpt = Annotated[Path | None, typer.Option("--svg", help="Also save what is printed as SVG here.")]
-HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also save what is printed as HTML here.")]
+WidthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--width",
+        help="Columns of what is printed and of --svg (default: the terminal's; when stdout is not a terminal, "
+        "COLUMNS, else 120 for --svg).",
+        show_default=False,
+    ),
+]
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        help="Write the interactive report here: one self-contained HTML file (checks, every head's map, "
+        "diff maps) to open in a browser.",
+    ),
+]
+HtmlTerminalOpt = Annotated[
+    Path | None, typer.Option("--html-terminal", help="Also save what is printed as HTML here (the terminal's look).")
+]
 
 
 def validate_outputs(*flags: tuple[str, Path | None]) -> None:
@@ -147,6 +175,17 @@ def validate_place(scope, prompt: str, layer: int | None, head: int | None, quer
     n = len(scope.encode(prompt))
     if query is not None and not 0 <= query < n:
         raise fail(f"--query {query} is out of range (the prompt has {n} tokens: 0..{n - 1})")
+
+
+def parse_incremental(text: str):
+    """The `attnscope.inspector.incremental.Mode` of --incremental (bad input: one line, exit 2)."""
+    from attnscope.errors import UserError
+    from attnscope.inspector.incremental import parse_mode
+
+    try:
+        return parse_mode(text)
+    except UserError as exc:
+        raise fail(f"--incremental: {exc}") from None
 
 
 def parse_check_names(text: str) -> tuple[str, ...]:
@@ -180,9 +219,18 @@ def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
             raise fail(f"--prompts {prompts_file}: no such file")
         if not stdin and prompts_file.is_dir():
             raise fail(f"--prompts {prompts_file}: is a directory")
-        try:
-            data = sys.stdin.buffer.read() if stdin else prompts_file.read_bytes()
+        from attnscope.errors import UserError
+        from attnscope.prompts import read_prompt_bytes
+
+        try:  # in bounded chunks (attnscope.prompts): /dev/zero or `yes |` end with one line
+            if stdin:
+                data = read_prompt_bytes(sys.stdin.buffer, "--prompts -")
+            else:
+                with prompts_file.open("rb") as f:
+                    data = read_prompt_bytes(f, f"--prompts {prompts_file}")
             text = data.decode("utf-8")
+        except UserError as exc:
+            raise fail(str(exc)) from None
         except OSError as exc:
             raise fail(f"--prompts {prompts_file}: cannot be read ({exc.strerror or exc})") from None
         except UnicodeDecodeError as exc:

@@ -16,6 +16,8 @@ from attnscope.cli.common import (
     BackendOpt,
     ColorOpt,
     DeviceOpt,
+    HtmlOpt,
+    HtmlTerminalOpt,
     JunitOpt,
     PickleOpt,
     PromptListOpt,
@@ -23,6 +25,7 @@ from attnscope.cli.common import (
     QuietOpt,
     RtolOpt,
     SvgOpt,
+    WidthOpt,
     counted,
     fail,
     findings,
@@ -36,6 +39,7 @@ from attnscope.cli.common import (
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     models: Annotated[
         list[str] | None,
         typer.Argument(
@@ -70,6 +74,9 @@ def compare(
     ] = None,
     junit_path: JunitOpt = None,
     svg: SvgOpt = None,
+    width: WidthOpt = None,
+    html: HtmlOpt = None,
+    html_terminal: HtmlTerminalOpt = None,
     color: ColorOpt = "auto",
     allow_pickle: PickleOpt = False,
     engine: Annotated[
@@ -87,13 +94,34 @@ def compare(
         str | None, typer.Option("--engine-b", help="Model B's engine (default: --engine).", show_default=False)
     ] = None,
     quiet: QuietOpt = False,
+    bisect: Annotated[
+        bool,
+        typer.Option(
+            "--bisect",
+            help="Also find the layers whose attention, taken from A, brings B's greedy tokens back to A's "
+            "(`attnscope bisect` is compare with --bisect).",
+        ),
+    ] = False,
+    top1: Annotated[
+        float,
+        typer.Option("--top1", help="With --bisect: the fraction of positions whose greedy token must agree (1.0)."),
+    ] = 1.0,
 ) -> None:
     """Where model B's attention parts ways with model A's, per layer and head, on the same tokens. \
 Each model runs in its own dtype and engine (--dtype-b, --engine-b; --dtype and --engine set both). \
 Two runs equal bit for bit print one line, "identical: ...". \
 Exit 0 if nothing crosses the tolerance (identical included), 1 if something does, 2 on bad input."""
-    validate_outputs(("--json", json_path), ("--junit", junit_path), ("--svg", svg))
+    validate_outputs(
+        ("--json", json_path),
+        ("--junit", junit_path),
+        ("--svg", svg),
+        ("--html", html),
+        ("--html-terminal", html_terminal),
+    )
     validate_tolerances(atol, rtol)
+    bisect = bisect or ctx.info_name == "bisect"
+    if not 0 < top1 <= 1:
+        raise fail(f"--top1 must be in (0, 1], got {top1}")
     names = [*(models or []), *model]
     if len(names) != 2:
         raise fail(f"give two models, A (the reference) then B: `compare A B` or --model A --model B; got {len(names)}")
@@ -107,15 +135,17 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
         from rich.text import Text
 
         from attnscope.backends import validate_backend
+        from attnscope.htmlview import comparisons_page
         from attnscope.inspector.compare import compare_document, require_same_layout
+        from attnscope.inspector.interventions import bisect_pairs
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
-        from attnscope.render.compare_view import compare_view, identical_line, models_line
+        from attnscope.render.compare_view import bisection_view, compare_view, identical_line, models_line
         from attnscope.render.console import emit, exports, output_console, stage_bars
         from attnscope.scope import compare as compare_models
 
         validate_backend(backend)  # an unknown or unavailable backend fails before any work
-        out = output_console(color)
+        out = output_console(color, width, exporting=svg is not None or html_terminal is not None)
         a, b = (load(name, dt, device, allow_pickle, eng) for name, (dt, eng) in zip(names, settings, strict=True))
         require_same_layout(a.layout, b.layout, (a.name, b.name) if a.name != b.name else ("A", "B"))
         comparisons = []
@@ -126,6 +156,8 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
                     bars.describe("compare", f"comparing {text[:40]!r}")
                 comparisons.append(compare_models(a, b, text, backend=backend, atol=atol, rtol=rtol))
         checked = [(n, p, c.backend, c.checks()) for n, (p, c) in enumerate(zip(prompt_list, comparisons, strict=True))]
+        bisections = bisect_pairs(a, b, comparisons, top1) if bisect else {}
+        named = [(f"prompt {n} · {p[:40]!r}", c) for n, (p, c) in enumerate(zip(prompt_list, comparisons, strict=True))]
         identical = all(c.identical for c in comparisons)
         if identical:
             parts: list = [identical_line(comparisons)]
@@ -137,12 +169,13 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
                 parts += [*compare_view(c, width=out.width), Text()]
             title = f"attnscope compare · {header} · {counted(len(prompt_list), 'prompt')}"
             found, passed = findings(checked, title)
-            parts += found
+            parts += [*bisection_view(bisections, prompt_list), *found]
         write_outputs(
             [
-                ("--json", json_path, compare_document(comparisons) if json_path else ""),
+                ("--json", json_path, compare_document(comparisons, bisections) if json_path else ""),
                 ("--junit", junit_path, junit_xml(checked, "attnscope.compare") if junit_path else ""),
-                *exports(out, parts, svg, None, title=f"attnscope compare · {b.name} vs {a.name}"),
+                ("--html", html, comparisons_page(named, f"attnscope compare · {b.name} vs {a.name}") if html else ""),
+                *exports(out, parts, svg, html_terminal, title=f"attnscope compare · {b.name} vs {a.name}"),
             ]
         )
     if identical:
@@ -168,3 +201,10 @@ def validate_model_settings(
     for flag, value in (("--engine", engine), ("--engine-a", engine_a), ("--engine-b", engine_b)):
         if value is not None and value not in ENGINES:
             raise fail(f"{flag}: unknown engine {value!r} (choose from: {', '.join(ENGINES)})")
+
+
+app.command(
+    "bisect",
+    help="The layers whose attention makes model B's output differ from model A's: compare with --bisect "
+    "(the same options). Patching a layer's attention output from A into B's forward, halves at a time.",
+)(compare)

@@ -19,6 +19,8 @@ from attnscope.cli.common import (
     DtypeOpt,
     EngineOpt,
     HtmlOpt,
+    HtmlTerminalOpt,
+    IncrementalOpt,
     JunitOpt,
     ModelOpt,
     PickleOpt,
@@ -27,17 +29,20 @@ from attnscope.cli.common import (
     QuietOpt,
     RtolOpt,
     SvgOpt,
+    WidthOpt,
     counted,
     fail,
     findings,
     load,
     parse_check_names,
+    parse_incremental,
     read_prompts,
     user_errors,
     validate_outputs,
     validate_place,
     validate_tolerances,
 )
+from attnscope.cli.ranks import RanksOpt, run_ranks
 
 
 @app.command()
@@ -68,18 +73,29 @@ def run(
     ] = None,
     scale: Annotated[str, typer.Option("--scale", help="Heatmap color scale: linear or log.")] = "linear",
     checks: ChecksOpt = "all",
+    incremental: IncrementalOpt = "default",
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
     svg: SvgOpt = None,
+    width: WidthOpt = None,
     html: HtmlOpt = None,
+    html_terminal: HtmlTerminalOpt = None,
     color: ColorOpt = "auto",
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
     quiet: QuietOpt = False,
+    intervene: Annotated[
+        list[str],
+        typer.Option(
+            "--intervene",
+            help="KIND@LAYER[:HEADS] (repeatable): also run the prompt with these heads' attention output "
+            "replaced (zero, mean, reference; hide[LO:HI] masks keys LO..HI-1) and show what changed.",
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Run a prompt: its tokens, continuation, attention statistics per layer and head, checks, a heatmap."""
-    validate_outputs(("--json", json_path), ("--svg", svg), ("--html", html))
+    validate_outputs(("--json", json_path), ("--svg", svg), ("--html", html), ("--html-terminal", html_terminal))
     if max_new_tokens < 0:
         raise fail(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     if scale not in ("linear", "log"):
@@ -87,15 +103,19 @@ def run(
     if heads not in (None, "all"):
         raise fail(f"--heads takes 'all', got {heads!r}")
     check_names = parse_check_names(checks)
+    mode = parse_incremental(incremental)
     validate_tolerances(atol, rtol)
     with user_errors():
+        from rich.text import Text
+
+        from attnscope.htmlview import result_page
         from attnscope.inspector.report import pick_head
         from attnscope.output import write_outputs
         from attnscope.render.console import emit, exports, output_console, stage_bars
         from attnscope.render.run_view import run_view
         from attnscope.scope import Scope
 
-        console = output_console(color)
+        console = output_console(color, width, exporting=svg is not None or html_terminal is not None)
         with stage_bars(quiet) as bars:
             loaded = load(model, dtype, device, allow_pickle, engine, bars)
             scope = Scope(loaded, backend=backend)
@@ -108,8 +128,10 @@ def run(
                 rtol=rtol,
                 roles=True,
                 progress=bars,
+                incremental=mode.spec,
             )
             report = result.report()
+            effects = intervention_effects(scope, result, intervene)
         layer, head, why = pick_head(report, layer, head)
         parts = run_view(
             result,
@@ -122,10 +144,12 @@ def run(
             log=scale == "log",
             query=query,
         )
+        parts += [Text(effect.summary()) for effect in effects]
         write_outputs(
             [
-                ("--json", json_path, report.to_json() if json_path else ""),
-                *exports(console, parts, svg, html, title=f"attnscope run · {loaded.name}"),
+                ("--json", json_path, with_effects(report, effects) if json_path else ""),
+                ("--html", html, result_page(result, f"attnscope run · {loaded.name}", layer, head) if html else ""),
+                *exports(console, parts, svg, html_terminal, title=f"attnscope run · {loaded.name}"),
             ]
         )
     emit(console, parts)
@@ -147,28 +171,43 @@ def check(
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
     checks: ChecksOpt = "all",
+    incremental: IncrementalOpt = "default",
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report(s) as JSON here.")] = None,
     junit_path: JunitOpt = None,
+    html: HtmlOpt = None,
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
     quiet: QuietOpt = False,
+    ranks: RanksOpt = 1,
 ) -> None:
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
-    validate_outputs(("--json", json_path), ("--junit", junit_path))
+    validate_outputs(("--json", json_path), ("--junit", junit_path), ("--html", html))
     check_names = parse_check_names(checks)
+    mode = parse_incremental(incremental)
     validate_tolerances(atol, rtol)
     prompt_list = read_prompts(prompt, prompts_file)
+    if ranks < 1:
+        raise fail(f"--ranks must be >= 1, got {ranks}")
+    if ranks > 1:
+        raise typer.Exit(run_ranks(ranks, check, prompt_list, locals()))
     runs = []  # (prompt index, prompt, backend, report)
+    results = []  # (name, Result) for --html
     with user_errors():
         from attnscope.backends import validate_backend
+        from attnscope.distributed import share_from_env
+        from attnscope.htmlview import runs_page
         from attnscope.inspector.report import report_set
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
         from attnscope.render.console import console, stage_bars
         from attnscope.scope import Scope
 
+        share = share_from_env()  # under torchrun or --ranks: this rank's share of the work
+        if share.world > 1 and html:
+            raise fail("--html needs every run's tensors in one process: it is not available over ranks")
+        quiet, device = quiet or not share.root, share.device(device)
         for name in backend:
             validate_backend(name)  # an unknown or unavailable backend is bad input: fail before any work
         with stage_bars(quiet) as bars:
@@ -178,20 +217,31 @@ def check(
                 scopes[0].encode(prompt_text)
             total = len(prompt_list) * len(scopes)
             for n, prompt_text in enumerate(prompt_list):
-                for scope in scopes:
+                for i, scope in enumerate(scopes):
+                    if not share.mine(n * len(scopes) + i):
+                        continue
                     if bars is not None:
                         bars.clear(keep=("loading", "runs"))
                         if total > 1:
                             bars(len(runs), total, "runs")
                             bars.describe("runs", f"{scope.backend}: {prompt_text[:40]!r}")
-                    result = scope.run(prompt_text, checks=check_names, atol=atol, rtol=rtol, progress=bars)
+                    result = scope.run(
+                        prompt_text, checks=check_names, atol=atol, rtol=rtol, progress=bars, incremental=mode.spec
+                    )
                     runs.append((n, prompt_text, scope.backend, result.report()))
+                    if html:
+                        results.append((f"prompt {n} · {scope.backend} · {prompt_text[:40]!r}", result))
+        runs = share.gather(runs)  # rank 0: every rank's runs, in the single-process order
+        share.close()
+        if not share.root:
+            raise typer.Exit(EXIT_OK)
         checked = [(n, p, b, r.checks) for n, p, b, r in runs]
         junit = junit_xml(checked) if junit_path else ""
         write_outputs(
             [
                 ("--json", json_path, report_set([r for *_, r in runs]) if json_path else ""),
                 ("--junit", junit_path, junit),
+                ("--html", html, runs_page(results, f"attnscope check · {loaded.name} · {dtype}") if html else ""),
             ]
         )
     out = console()
@@ -203,3 +253,28 @@ def check(
     for part in parts:
         out.print(part)
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
+
+
+def intervention_effects(scope, result, texts: list[str]) -> list:
+    """The `attnscope.inspector.interventions.Effect` of each ``--intervene`` on the run's first row."""
+    if not texts:
+        return []
+    from attnscope.errors import ArgumentError
+    from attnscope.inspector.interventions import Intervention, effect
+
+    try:
+        interventions = [Intervention.parse(text) for text in texts]
+        return [effect(scope.model, scope.attend, result.run.inputs.ids[:1], interventions)]
+    except ArgumentError as exc:
+        raise fail(exc.message_for({"intervention": "--intervene"})) from None
+
+
+def with_effects(report, effects: list) -> str:
+    """The report's JSON, with the interventions' effects under ``interventions`` when there are any."""
+    if not effects:
+        return report.to_json()
+    import json
+
+    from attnscope.inspector.report import finite
+
+    return json.dumps(finite({**report.to_dict(), "interventions": [e.to_dict() for e in effects]}), indent=2)

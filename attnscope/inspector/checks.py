@@ -41,6 +41,7 @@ import torch
 from attnscope.backends import eager, get_backend
 from attnscope.errors import UserError
 from attnscope.inspector.capture import LayerBuffers, LayerRecord, nonfinite_counts
+from attnscope.inspector.incremental import Mode, parse_mode
 from attnscope.inspector.report import Check, json_number
 from attnscope.inspector.run import Progress, Run, Step, step_of
 
@@ -330,6 +331,9 @@ def nan_check(run: Run, step: Step | None = None) -> Check:
     if first is None and counts["logits"]:
         pos = logits_bad.nonzero()[0]
         first = {"layer": None, "stage": "logits", "head": None, "position": int(pos[1]), "batch": int(pos[0])}
+    shards = getattr(run.model, "shards", None)  # tensor parallel: name the rank that holds the head
+    if first is not None and shards is not None and shards.held_by(first) is not None:
+        first["rank"] = shards.held_by(first)
     message = "no NaN or Inf" if first is None else _nonfinite_message(first, batched=real.shape[0] > 1)
     return Check("nan", first is None, {"nonfinite_counts": counts}, first, message)
 
@@ -409,6 +413,8 @@ def _nonfinite_message(where: dict[str, Any], batched: bool = False) -> str:
         what = f"{named} of query head {where['head']}"
     parts = [f"layer {where['layer']}"] if where.get("layer") is not None else []
     parts += [what, f"position {where['position']}"]
+    if where.get("rank") is not None:
+        parts.append(f"on rank {where['rank']}")
     if batched:
         parts.append(f"batch row {where['batch']}")
     line = "first NaN/Inf: " + ", ".join(parts)
@@ -464,8 +470,12 @@ def masked_rows_check(run: Run) -> Check:
     return Check("masked_rows", passed, figures, where and {**where, "stage": "weights"}, message)
 
 
-def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None) -> tuple[Check, list[Diff]]:
-    """The prompt a token at a time through the KV cache against the parallel forward: in isolation
+def full_vs_incremental_check(
+    run: Run, tol: Tolerance, step: Step | None = None, mode: str | Mode | None = None
+) -> tuple[Check, list[Diff]]:
+    """The prompt through the KV cache in the pieces of an incremental `mode` (`attnscope.inspector.
+    incremental`: the default's prefill chunks then single tokens, every token, or chunks of given
+    sizes) against the parallel forward: in isolation
     per layer (`Run.isolated`: the finding's layer), and free-running end to end (`Run.incremental`:
     every layer on its own hidden states, and the logits), each with its own calibration.
 
@@ -475,11 +485,12 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
     without isolation, or in half precision with neither isolation nor a float32 forward (then
     against the dtype's constant tolerance, and the report says so)."""
     n, T = run.model.layout.n_layers, run.inputs.shape[1]
+    plan = parse_mode(mode).plan(T)
     real = run.inputs.real
     half = run.model.dtype in HALF
     total = (2 if half else 1) * T * n
     with torch.inference_mode():
-        free, logits_inc = run.incremental(_part(step, 0, total))
+        free, logits_inc = run.incremental(_part(step, 0, total), plan.pieces)
         end_to_end = run.float32_forward() if tol.calibrated else None
     reference32 = None if isinstance(end_to_end, str) else end_to_end
     kept = LayerBuffers(n)
@@ -506,7 +517,7 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
     isolated = None
     if half or _first_failing(free_diffs) is not None or logits_diff.first_bad() is not None:
         with torch.inference_mode():
-            isolated = run.isolated(_part(step, T * n, 2 * T * n), reference=tol.calibrated)
+            isolated = run.isolated(_part(step, T * n, 2 * T * n), reference=tol.calibrated, pieces=plan.pieces)
     if step is not None:  # done (the isolated pass, when it ran, took the second half)
         done = 2 * T * n if isolated is not None else total
         step(done, done)
@@ -524,6 +535,7 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
     layer_diffs, lse_diffs = _isolated_diffs(isolated, tol, real) if isolated is not None else (free_diffs, [])
 
     figures = _figures(_merge(layer_diffs), tol)
+    figures["incremental"] = plan.as_dict()
     figures["per_layer_max_abs_diff"] = _per_layer(layer_diffs)
     figures["per_layer_lse_max_abs_diff"] = _per_layer(lse_diffs) if lse_diffs else None
     figures["isolated"] = isolated is not None
@@ -565,7 +577,7 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
         stage, diffs_at = "output", layer_diffs
     where, message = (
         None,
-        "incremental decoding matches the full forward, "
+        f"incremental decoding ({plan.describe()}) matches the full forward, "
         + ("layer by layer (isolated) and end to end" if isolated is not None else "layer by layer and end to end"),
     )
     if failing is not None:
@@ -573,22 +585,23 @@ def full_vs_incremental_check(run: Run, tol: Tolerance, step: Step | None = None
         where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": stage, "path": "isolated"}
         message = (
             f"layer {layer}'s incremental attention {stage} differs from its parallel one on the same "
-            f"input (head {h}, position {s}; max |Δ| {float(diffs_at[layer].max_abs.max()):.3g}"
-            f"{_over(diffs_at[layer], h)})"
+            f"input (head {h}, position {s} {plan.piece_of(s)}; max |Δ| "
+            f"{float(diffs_at[layer].max_abs.max()):.3g}{_over(diffs_at[layer], h)}) [{plan.mode}]"
         )
     elif layers_gate and free_fail is not None:
         layer, (b, h, s) = free_fail
         where = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output", "path": "free_running"}
         message = (
             f"incremental attention output differs from the full forward from layer {layer} on "
-            f"(head {h}, position {s}; max |Δ| {float(free_diffs[layer].max_abs.max()):.3g}"
-            f"{_over(free_diffs[layer], h)})"
+            f"(head {h}, position {s} {plan.piece_of(s)}; max |Δ| {float(free_diffs[layer].max_abs.max()):.3g}"
+            f"{_over(free_diffs[layer], h)}) [{plan.mode}]"
         )
     elif logits_gate and logits_fail is not None:
         b, _, s = logits_fail
         where = {"layer": None, "head": None, "position": s, "batch": b, "stage": "logits", "path": "free_running"}
         message = (
-            f"logits differ at position {s} (max |Δ| {float(logits_diff.max_abs.max()):.3g}{_over(logits_diff, 0)})"
+            f"logits differ at position {s} {plan.piece_of(s)} (max |Δ| {float(logits_diff.max_abs.max()):.3g}"
+            f"{_over(logits_diff, 0)}) [{plan.mode}]"
         )
         if isolated is not None:
             message += (
@@ -734,17 +747,34 @@ def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = Non
     ), diffs
 
 
+# on prompts longer than `CAUSALITY_LONG` tokens, the cuts fall in the last `CAUSALITY_WINDOW` positions
+# and each rerun computes only those, through a cache of the positions before them (prefilled once)
+CAUSALITY_LONG = 1024
+CAUSALITY_WINDOW = 256
+
+
 def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = None, step: Step | None = None) -> Check:
     """Change the tokens after position p; outputs at positions <= p must not change beyond what a
-    rerun of the same tokens changes (`causality_tolerance`)."""
+    rerun of the same tokens changes (`causality_tolerance`). Cuts at 1/4, 1/2 and 3/4 of the prompt,
+    or, past `CAUSALITY_LONG` tokens, of its last `CAUSALITY_WINDOW` positions: those positions alone
+    are rerun (a parallel chunk through a cache of the ones before) and compared, against a rerun of
+    the same window with the same tokens (same shapes, so bit for bit where the run is exact)."""
     ids = run.inputs.ids
     T = ids.shape[1]
     vocab = run.model.layout.vocab_size
+    start = T - CAUSALITY_WINDOW if T > CAUSALITY_LONG else 0
     if cut_points is None:
-        cut_points = sorted({p for p in (T // 4, T // 2, (3 * T) // 4) if 0 <= p < T - 1})
+        W = T - start
+        cut_points = sorted({start + p for p in (W // 4, W // 2, (3 * W) // 4) if 0 <= p < W - 1})
     tol, calibration = causality_tolerance(run, tol)
     with torch.inference_mode():
-        rerun = run.rerun(ids) if tol.calibrated and cut_points else None
+        prefix = run.prefix_cache(start) if start else None
+        if start:  # the window's own rerun is the baseline; the parallel forward, the noise's reference
+            original = [rec.out for rec in run.rerun(ids, start, prefix)]
+            reference = [rec.out[:, :, start:] for rec in run.records] if tol.calibrated else None
+        else:
+            original = [rec.out for rec in run.records]
+            reference = [rec.out for rec in run.rerun(ids)] if tol.calibrated and cut_points else None
     worst = 0.0
     first: dict[str, Any] | None = None
     for n, p in enumerate(cut_points):
@@ -753,34 +783,41 @@ def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = Non
         changed = ids.clone()
         changed[:, p + 1 :] = (ids[:, p + 1 :] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
         with torch.inference_mode():
-            records = run.rerun(changed)
+            records = run.rerun(changed, start, prefix)
+        rows = slice(0, p + 1 - start)  # positions start .. p
         diffs = [
             compare(
-                rec.out[:, :, : p + 1],
-                orig.out[:, :, : p + 1],
-                None if rerun is None else rerun[i].out[:, :, : p + 1],
+                rec.out[:, :, rows],
+                orig[:, :, rows],
+                None if reference is None else reference[i][:, :, rows],
                 tol,
-                run.inputs.real[:, : p + 1],
+                run.inputs.real[:, start : p + 1],
             )
-            for i, (rec, orig) in enumerate(zip(records, run.records, strict=True))
+            for i, (rec, orig) in enumerate(zip(records, original, strict=True))
         ]
         worst = max(worst, max(float(d.max_abs.max()) for d in diffs))
         failing = _first_failing(diffs)
         if failing is not None and (first is None or failing[0] < first["layer"]):
             layer, (b, h, s) = failing
-            first = {"layer": layer, "head": h, "position": s, "batch": b, "stage": "output", "cut": p}
+            first = {"layer": layer, "head": h, "position": start + s, "batch": b, "stage": "output", "cut": p}
     if step is not None:
         step(len(cut_points), len(cut_points))
     figures = {
         "cut_points": cut_points,
+        "positions_compared_from": start,
         "max_abs_diff": json_number(worst),
         "tolerance": tol.as_dict(),
         "bit_exact": run.exact,
         "calibration": calibration,
     }
+    within = f" from position {start} on" if start else ""
     if first is None:
         return Check(
-            "causality", True, figures, None, f"no position <= p changes when later tokens change (p in {cut_points})"
+            "causality",
+            True,
+            figures,
+            None,
+            f"no position <= p{within} changes when later tokens change (p in {cut_points})",
         )
     return Check(
         "causality",
@@ -847,11 +884,14 @@ def run_checks(
     rtol: float | None = None,
     on_check=None,
     progress: Progress | None = None,
+    incremental: str | Mode | None = None,
 ) -> tuple[list[Check], dict[str, list[Diff]]]:
     """Run the named checks on a run. Returns (checks, per-layer diffs by check name).
     `on_check(check)` is called as each one finishes; `progress(done, total, name)` as each loops
-    (layers, tokens × layers of full_vs_incremental, perturbations of causality)."""
+    (layers, tokens × layers of full_vs_incremental, perturbations of causality); `incremental` the
+    mode of full_vs_incremental (`attnscope.inspector.incremental.parse_mode`; None: the default)."""
     names = parse_checks(names)
+    mode = parse_mode(incremental)
     tol = Tolerance.for_dtype(run.model.dtype, atol, rtol)
     checks, diffs = [], {}
     for name in names:
@@ -861,8 +901,10 @@ def run_checks(
         elif name == "masked_rows":
             checks.append(masked_rows_check(run))
         elif name in ("full_vs_incremental", "backend_vs_reference"):
-            check_fn = full_vs_incremental_check if name == "full_vs_incremental" else backend_vs_reference_check
-            check, layer_diffs = check_fn(run, tol, step)
+            if name == "full_vs_incremental":
+                check, layer_diffs = full_vs_incremental_check(run, tol, step, mode)
+            else:
+                check, layer_diffs = backend_vs_reference_check(run, tol, step)
             checks.append(check)
             if layer_diffs:  # none from a check that was skipped
                 diffs[name] = layer_diffs

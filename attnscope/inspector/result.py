@@ -174,6 +174,13 @@ class Result:
         """Per layer, per query head statistics (see `attnscope.inspector.report.head_stats`)."""
         return head_stats(self.run, self.diffs, self.roles, batch)
 
+    def _repr_html_(self) -> str:
+        """The interactive HTML report (`attnscope.htmlview`, as ``--html`` writes it) in an iframe, as
+        Jupyter, JupyterLab and VS Code notebooks show a cell's value (row 0 of a batch)."""
+        from attnscope.htmlview import notebook_frame, result_page
+
+        return notebook_frame(result_page(self))
+
     def report(self, batch: int = 0) -> Report:
         """The JSON-serializable `Report` of one row (row 0 by default)."""
         prompt = self.prompt[batch] if self.batched else self.prompt

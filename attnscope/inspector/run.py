@@ -10,6 +10,8 @@ no code swaps a backend on a model.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ import torch
 
 from attnscope import masks
 from attnscope.backends import AttendFn
-from attnscope.engine import Engine, Progress, token_by_token
+from attnscope.engine import Engine, Progress, in_pieces
 from attnscope.inspector.capture import Capture, LayerOutput, LayerRecord, OutputCapture
 
 # a run's `Progress` reports its stages by name ("forward": layers, "statistics": layers, each check
@@ -67,8 +69,8 @@ class Inputs:
 @dataclass(frozen=True)
 class Isolated:
     """Per layer, its attention on one input (the parallel forward's own input to that layer) three
-    ways: `parallel` (all positions at once), `incremental` (a position at a time through the KV
-    cache, the rows joined), and `reference`, the same computation in float32 (None for a float32
+    ways: `parallel` (all positions at once), `incremental` (in pieces through the KV cache, chunks or
+    single positions, the rows joined), and `reference`, the same computation in float32 (None for a float32
     model, whose parallel path is its own reference)."""
 
     parallel: list[LayerOutput]
@@ -109,32 +111,52 @@ class Run:
         )  # (B, T, vocab)
         return cls(model, backend, attend, inputs, capture.layers(), logits.float(), backend_choice)
 
-    def rerun(self, ids: torch.Tensor) -> list[LayerRecord]:
+    def rerun(self, ids: torch.Tensor, start: int = 0, prefix=None) -> list[LayerRecord]:
         """The records of the same forward on other token ids ``[B, T]`` (same padding and positions),
-        without lse."""
+        without lse; with a `prefix` cache (`prefix_cache`) only positions `start` .. T-1 are computed,
+        through a copy of it (the records' rows are those positions)."""
         # only the outputs are compared: no lse, no residual counts
         capture = Capture(count_nonfinite=False, n_layers=self.model.layout.n_layers, lse=False)
         B, T = ids.shape
+        positions = self.inputs.positions
         self.model.forward(
-            ids,
+            ids[:, start:],
             self.attend,
-            cache=self.model.new_cache(B, T),
+            cache=self.model.new_cache(B, T) if prefix is None else copy.deepcopy(prefix),
             recorder=capture,
             mask=self.inputs.padding,
-            positions=self.inputs.positions,
+            positions=None if positions is None else positions[:, start:],
         )
         return capture.layers()
 
-    def incremental(self, step: Step | None = None) -> tuple[list[LayerRecord], torch.Tensor]:
-        """The same tokens one at a time through the model's KV cache (`attnscope.engine.token_by_token`):
-        the records joined over the steps (without lse), and the logits ``[B, T, vocab]`` float32;
-        `step(done, total)` as it goes, counting tokens × layers."""
+    def prefix_cache(self, start: int):
+        """A KV cache holding the run's positions 0 .. start-1, for `rerun` of the positions after them."""
+        B, T = self.inputs.shape
+        cache = self.model.new_cache(B, T)
+        positions = self.inputs.positions
+        self.model.forward(
+            self.inputs.ids[:, :start],
+            self.attend,
+            cache=cache,
+            mask=self.inputs.padding,
+            positions=None if positions is None else positions[:, :start],
+        )
+        return cache
+
+    def incremental(
+        self, step: Step | None = None, pieces: Sequence[int] | None = None
+    ) -> tuple[list[LayerRecord], torch.Tensor]:
+        """The same tokens through the model's KV cache in `pieces` (chunks or single tokens, default: one
+        token a piece; `attnscope.engine.in_pieces`): the records joined over the pieces (without lse),
+        and the logits ``[B, T, vocab]`` float32; `step(done, total)` as it goes, counting tokens ×
+        layers."""
         B, T = self.inputs.shape
         capture = Capture(append=True, count_nonfinite=False, lse=False)  # only the attention outputs are compared
-        logits = token_by_token(
+        logits = in_pieces(
             self.model,
             self.inputs.ids,
             self.attend,
+            pieces=[1] * T if pieces is None else pieces,
             cache=self.model.new_cache(B, T),
             recorder=capture,
             mask=self.inputs.padding,
@@ -143,15 +165,21 @@ class Run:
         )
         return capture.layers(), logits.float()
 
-    def isolated(self, step: Step | None = None, reference: bool = True) -> Isolated | None:
+    def isolated(
+        self, step: Step | None = None, reference: bool = True, pieces: Sequence[int] | None = None
+    ) -> Isolated | None:
         """Every layer's attention on the same input, the parallel forward's own input to that layer,
-        computed in parallel, a token at a time through a KV cache, and (float16/bfloat16 models, with
-        `reference`) in float32 (`Engine.forward_isolated`; see `Isolated`); `step(done, total)` as it
-        goes, counting tokens × layers. None when the engine cannot run it."""
+        computed in parallel, in `pieces` through a KV cache (default: a token at a time), and
+        (float16/bfloat16 models, with `reference`) in float32 (`Engine.forward_isolated`; see
+        `Isolated`); `step(done, total)` as it goes, counting tokens × layers. None when the engine
+        cannot run it (or cannot run it in pieces of several tokens)."""
         forward = getattr(self.model, "forward_isolated", None)
         if forward is None:
             return None
         B, T = self.inputs.shape
+        chunked = pieces is not None and any(size != 1 for size in pieces)
+        if chunked and "pieces" not in inspect.signature(forward).parameters:
+            return None  # an engine that isolates a token at a time only
         parallel, incremental = OutputCapture(), OutputCapture()  # outputs and lse: all that is compared
         float32 = OutputCapture() if reference and self.model.dtype != torch.float32 else None
         ran = forward(
@@ -164,6 +192,7 @@ class Run:
             mask=self.inputs.padding,
             positions=self.inputs.positions,
             step=step,
+            **({"pieces": pieces} if chunked else {}),
         )
         if ran is False:  # the engine cannot isolate this model's layers
             return None

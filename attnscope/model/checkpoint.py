@@ -212,7 +212,9 @@ class _Tensors:
 def weights_summary(files: list[Path]) -> tuple[int, int | None]:
     """(number of elements, number of decoder layers) of the weights in `files`, from the safetensors
     headers (no tensor is read); pickled files count their size in float32 elements. The layers are
-    counted from names like ``model.layers.11.…`` (None when the names have no such index)."""
+    counted from names like ``model.layers.11.…`` (None when the names have no such index). A tensor
+    that is not floating point is a `LoadError`, as for the native engine (`_Tensors.shape`), but for
+    the integer buffers some checkpoints keep (``position_ids``)."""
     import re
 
     numel, top = 0, -1
@@ -220,8 +222,11 @@ def weights_summary(files: list[Path]) -> tuple[int, int | None]:
         if file.suffix in PICKLE_SUFFIXES:
             numel += file.stat().st_size // 4
             continue
-        header = _Tensors(file)._open  # a valid safetensors file (opened, not read), or a LoadError
+        tensors = _Tensors(file)  # a valid safetensors file (opened, not read), or a LoadError
+        header = tensors._open
         for key in header.keys():
+            if not key.endswith("position_ids"):
+                tensors.shape(key)  # its dtype: floating point
             shape = header.get_slice(key).get_shape()
             count = 1
             for n in shape:

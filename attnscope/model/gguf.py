@@ -1,7 +1,10 @@
 """GGUF files (llama.cpp's format, as Ollama and LM Studio keep models) loaded into the native model.
 
-The file is read with the `gguf` package's `GGUFReader`, the reader llama.cpp maintains (the
-``gguf`` extra: ``pip install "attnscope[gguf]"``):
+The header is read here (`Header`), as llama.cpp's ``gguf_init_from_file`` reads it: every count and
+length bounded by the file's size before anything is allocated, a value nobody reads stepped over, not
+built (`Metadata` reads a string or an array when it is first asked for). The `gguf` package (the
+``gguf`` extra: ``pip install "attnscope[gguf]"``) gives the tensor types, the name table and the
+dequantization:
 
 - architectures ``llama`` (Mistral-family files too, which llama.cpp writes as llama), ``qwen2`` and
   ``qwen3``. The metadata (``{arch}.block_count``, ``.attention.head_count``, ``.rope.freq_base``, ...)
@@ -24,7 +27,12 @@ Everything a user can get wrong is one `LoadError` / `ConfigError` line naming t
 from __future__ import annotations
 
 import math
+import mmap
 import re
+import stat
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,42 +57,234 @@ def _gguf():
     return gguf
 
 
+# ---- the header --------------------------------------------------------------------------------------
+# GGUF's value types (gguf.GGUFValueType): struct format of each fixed-size one, and the string / array
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
+MAX_DIMS = 4  # GGML_MAX_DIMS
+DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
+
+
+class Truncated(Exception):
+    """The header claims more bytes than the file has (a count or a length that does not fit)."""
+
+
+@dataclass(frozen=True)
+class Value:
+    """Where one metadata value lies in the file: its type (and element type and count for an array)
+    and its bytes ``start:stop``; read only when asked for (`Metadata`)."""
+
+    kind: int
+    start: int
+    stop: int
+    item: int | None = None  # an array's element type
+    count: int = 1  # an array's length
+
+
+class Header:
+    """A bounded walk through the bytes of a GGUF header, as llama.cpp's ``gguf_init_from_file`` does it:
+    every count and length is checked against the bytes left before anything is read or allocated, and
+    a value nobody asks for is stepped over (an array of strings by its lengths alone)."""
+
+    def __init__(self, data: mmap.mmap | bytes, size: int):
+        self.data, self.size, self.pos = data, size, 0
+
+    def take(self, n: int) -> int:
+        """The position of the next `n` bytes, which must be in the file."""
+        if n < 0 or self.pos + n > self.size:
+            raise Truncated
+        start, self.pos = self.pos, self.pos + n
+        return start
+
+    def scalar(self, fmt: str) -> Any:
+        return struct.unpack_from(fmt, self.data, self.take(struct.calcsize(fmt)))[0]
+
+    def string_span(self) -> tuple[int, int]:
+        n = self.scalar("<Q")
+        start = self.take(n)
+        return start, start + n
+
+    def value(self, kind: int) -> Value:
+        start = self.pos
+        if kind in _SCALARS:
+            self.take(struct.calcsize(_SCALARS[kind]))
+            return Value(kind, start, self.pos)
+        if kind == _STRING:
+            self.string_span()
+            return Value(kind, start, self.pos)
+        if kind != _ARRAY:
+            raise ValueError(f"unknown value type {kind}")
+        item, count = self.scalar("<I"), self.scalar("<Q")
+        if item in _SCALARS:
+            self.take(count * struct.calcsize(_SCALARS[item]))  # checked against the bytes left
+        elif item == _STRING:
+            if count * 8 > self.size - self.pos:  # each string has at least its 8-byte length
+                raise Truncated
+            for _ in range(count):
+                self.string_span()
+        else:
+            raise ValueError(f"arrays of value type {item} are not supported")
+        return Value(kind, start, self.pos, item, count)
+
+
+def _decode(data, value: Value) -> Any:
+    """The Python value (a list for an array) of `value`, read from `data`."""
+    if value.kind in _SCALARS:
+        return struct.unpack_from(_SCALARS[value.kind], data, value.start)[0]
+    if value.kind == _STRING:
+        n = struct.unpack_from("<Q", data, value.start)[0]
+        return bytes(data[value.start + 8 : value.start + 8 + n]).decode("utf-8")
+    start = value.start + 12  # element type and count
+    if value.item in _NUMPY:
+        return np.frombuffer(data, _NUMPY[value.item], value.count, start).tolist()
+    out, pos = [], start
+    for _ in range(value.count):
+        n = struct.unpack_from("<Q", data, pos)[0]
+        out.append(bytes(data[pos + 8 : pos + 8 + n]).decode("utf-8"))
+        pos += 8 + n
+    return out
+
+
+class Metadata(Mapping):
+    """The metadata of a GGUF file by key: numbers and flags read with the header, strings and arrays
+    read from the file when first asked for (most files carry megabytes nobody here reads: chat
+    templates, and the vocabulary of a file that is refused anyway)."""
+
+    def __init__(self, path: Path, values: dict[str, Value]):
+        self.path, self.spans = path, values
+        self._read: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._read:
+            value = self.spans[key]
+            with self.path.open("rb") as f:
+                f.seek(value.start)
+                data = f.read(value.stop - value.start)
+            if len(data) != value.stop - value.start:
+                raise LoadError(f"{self.path}: truncated (the file changed while it was read)")
+            try:
+                self._read[key] = _decode(data, Value(value.kind, 0, len(data), value.item, value.count))
+            except UnicodeDecodeError:
+                raise LoadError(f"{self.path}: metadata {key} is not UTF-8 text") from None
+        return self._read[key]
+
+    def __iter__(self):
+        return iter(self.spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def count(self, key: str) -> int | None:
+        """The length of array `key` without reading it (None when `key` is no array)."""
+        value = self.spans.get(key)
+        return value.count if value is not None and value.kind == _ARRAY else None
+
+
+def require_regular_file(path: Path) -> int:
+    """The size of `path`, which must be a regular file: a FIFO, a device or a socket is refused from
+    its stat, before anything opens it (opening a FIFO waits for a writer)."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise LoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise LoadError(
+            f"{path}: not a regular file ({_node_kind(info.st_mode)}); give a model directory or a GGUF file"
+        )
+    return info.st_size
+
+
+def _node_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    kinds.append((stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "a directory" if stat.S_ISDIR(mode) else "no file")
+
+
 class GGUFFile:
-    """The metadata and the tensor table of a GGUF file (read by `gguf.GGUFReader`, which maps the
-    file and reads no tensor data); `read_rows` reads one band of a tensor's rows from the file."""
+    """The metadata and the tensor table of a GGUF file, read by `Header` (every size bounded by the
+    file's, no tensor data read); `read_rows` reads one band of a tensor's rows from the file."""
 
     def __init__(self, path: Path):
         gguf = _gguf()
         self.path = path
+        size = require_regular_file(path)
         try:
             with path.open("rb") as f:
                 magic = f.read(4)
+                data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size >= 4 else b""
         except OSError as exc:
             raise LoadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
         if magic != b"GGUF":
             raise LoadError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+        header = Header(data, min(size, len(data)))
         try:
-            reader = gguf.GGUFReader(path)
-        except (IndexError, ValueError, KeyError, OverflowError, TypeError, OSError) as exc:
-            size = path.stat().st_size
-            if isinstance(exc, IndexError) or "cannot reshape" in str(exc):
-                raise LoadError(
-                    f"{path}: truncated (its {size:,} bytes end inside the "
-                    f"{'tensor data' if 'reshape' in str(exc) else 'header'})"
-                ) from None
+            self.metadata, self.tensors = self._read_header(header, gguf)
+        except Truncated:
+            where = "tensor data" if header.pos >= size else "header"
+            raise LoadError(f"{path}: truncated (its {size:,} bytes end inside the {where})") from None
+        except ValueError as exc:
             raise LoadError(f"{path}: not a valid GGUF file ({exc})") from None
-        # the values as Python objects; the reader (a numpy view per string of the vocabulary) is let go
-        self.metadata: dict[str, Any] = {}
-        for key, field in reader.fields.items():
-            try:
-                self.metadata[key] = field.contents()
-            except UnicodeDecodeError:
-                raise LoadError(f"{path}: metadata {key} is not UTF-8 text") from None
-        self.tensors = {
-            t.name: (t.tensor_type, tuple(int(d) for d in reversed(t.shape.tolist())), int(t.data_offset))
-            for t in reader.tensors
-        }  # name -> (ggml type, shape in torch order, offset)
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
         self.architecture = self.get("general.architecture")
+
+    def _read_header(self, header: Header, gguf) -> tuple[Metadata, dict[str, tuple[Any, tuple[int, ...], int]]]:
+        header.take(4)  # the magic
+        version = header.scalar("<I")
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version}: attnscope reads versions 2 and 3, little-endian")
+        n_tensors, n_values = header.scalar("<Q"), header.scalar("<Q")
+        if n_values * 13 + n_tensors * 24 > header.size - header.pos:  # the smallest entries of each
+            raise Truncated
+        values: dict[str, Value] = {}
+        for _ in range(n_values):
+            key = self._text(header, "a metadata key")
+            kind = header.scalar("<I")
+            if key in values:
+                raise ValueError(f"metadata {key} appears twice")
+            values[key] = header.value(kind)
+        metadata = Metadata(self.path, values)
+        for key, value in values.items():  # numbers and flags now: they are small and the mmap is open
+            if value.kind in _SCALARS:
+                metadata._read[key] = _decode(header.data, value)
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"general.alignment {show(alignment)} is not a power of two")
+        infos = []
+        for _ in range(n_tensors):
+            name = self._text(header, "a tensor name")
+            n_dims = header.scalar("<I")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise ValueError(f"tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to {MAX_DIMS})")
+            dims = [header.scalar("<Q") for _ in range(n_dims)]
+            raw_kind, offset = header.scalar("<I"), header.scalar("<Q")
+            try:
+                kind = gguf.GGMLQuantizationType(raw_kind)
+            except ValueError:
+                raise ValueError(f"tensor {name!r} has an unknown type {raw_kind}") from None
+            infos.append((name, kind, dims, offset))
+        start = -(-header.pos // alignment) * alignment  # the tensor data, aligned
+        tensors = {}
+        for name, kind, dims, offset in infos:
+            if name in tensors:
+                raise ValueError(f"tensor {name!r} appears twice")
+            block, type_size = gguf.GGML_QUANT_SIZES.get(kind, (1, 0))
+            nbytes = -(-math.prod(dims) // block) * type_size
+            if start + offset + nbytes > header.size:
+                header.pos = header.size  # the header was whole: the error says the tensor data
+                raise Truncated
+            tensors[name] = (kind, tuple(reversed(dims)), start + offset)  # name -> (type, torch shape, offset)
+        return metadata, tensors
+
+    @staticmethod
+    def _text(header: Header, what: str) -> str:
+        start, stop = header.string_span()
+        try:
+            return bytes(header.data[start:stop]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{what} is not UTF-8 text") from None
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of metadata `key` (a list for arrays), or `default`."""
@@ -192,10 +392,9 @@ def hf_config(file: GGUFFile) -> dict[str, Any]:
     model_type = arch
     if arch == "llama" and (sliding is not None or "mistral" in str(name).lower()):
         model_type = "mistral"  # llama.cpp writes Mistral models as llama; "mistral" reads a sliding window
-    tokens = file.get("tokenizer.ggml.tokens")
     vocab = file.get(meta["vocab_size"])
-    if vocab is None and isinstance(tokens, list):
-        vocab = len(tokens)
+    if vocab is None:
+        vocab = file.metadata.count("tokenizer.ggml.tokens")  # the array's length: no token is read
     if vocab is None and "token_embd.weight" in file.tensors:
         vocab = file.tensors["token_embd.weight"][1][0]
     config = {
@@ -349,12 +548,14 @@ def load_gguf(path: Path | GGUFFile, dtype: torch.dtype, device: torch.device, p
     path = file.path
     require_supported(path, file.metadata)  # a refused tokenizer costs no tensor reading
     config = read_config(file)
-    require_model_fits(config, dtype, device)  # from the config alone, before anything is allocated
-    tokenizer = read_tokenizer(path, file.metadata)
-    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+    require_model_fits(config, dtype, device, source=f"{path}: the metadata")  # before anything is allocated
+    n_tokens = file.metadata.count("tokenizer.ggml.tokens")  # checked before the vocabulary is read
+    if n_tokens is not None and n_tokens > config.vocab_size:
         raise ConfigError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
+            f"{path}: tokenizer.ggml.tokens holds {n_tokens:,} tokens but the model's vocab_size is "
+            f"{config.vocab_size:,}"
         )
+    tokenizer = read_tokenizer(path, file.metadata)
     with torch.device("meta"):
         net = Transformer(config).to(dtype)
     tensors = GGUFTensors(file, config, list(net.state_dict()))

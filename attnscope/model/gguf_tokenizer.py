@@ -25,6 +25,7 @@ tests/test_gguf_tokenizers.py compares the ids with llama.cpp's own on every pre
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,7 @@ def onig_regex(expr: str) -> str:
     return expr.replace(r"\d", "[0-9]")
 
 
-def require_supported(path: Path, metadata: dict[str, Any]) -> None:
+def require_supported(path: Path, metadata: Mapping[str, Any]) -> None:
     """A `LoadError` when the tokenizer of the metadata is one attnscope does not read (from the
     metadata alone: a loader calls this before it reads any tensor)."""
     kind = metadata.get("tokenizer.ggml.model")
@@ -302,7 +303,7 @@ def require_supported(path: Path, metadata: dict[str, Any]) -> None:
     if kind == "llama":
         return
     pre = metadata.get("tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
+    if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
         raise LoadError(
             f"{path}: unsupported tokenizer.ggml.pre {show(pre)}: not in llama.cpp's table of "
             f"pre-tokenizers (src/llama-vocab.cpp), which attnscope follows (see docs/models.md)"
@@ -310,6 +311,73 @@ def require_supported(path: Path, metadata: dict[str, Any]) -> None:
     refused = PRE_TYPES[PRE_TOKENIZERS[pre]].refused
     if refused:
         raise LoadError(f"{path}: unsupported tokenizer.ggml.pre {show(pre)}: {refused}")
+
+
+# tokenizer.ggml.* arrays: the Python types of their elements, and how a message names them
+_LISTS = {
+    "tokens": ((str,), "a string"),
+    "merges": ((str,), "a string"),
+    "token_type": ((int,), "an integer"),
+    "scores": ((int, float), "a number"),
+}
+_FLAGS = ("add_bos_token", "add_eos_token", "add_space_prefix")
+_IDS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id")
+
+
+def validate_vocabulary(path: Path, metadata: Mapping[str, Any]) -> None:
+    """A `LoadError` naming the key when the ``tokenizer.ggml.*`` metadata is not what llama.cpp reads:
+    arrays of the right element type (token_type and scores one per token), no token twice, flags that
+    are booleans, token ids that are integers. The `tokenizers` library sees only metadata that passed."""
+    for name, (kinds, noun) in _LISTS.items():
+        values = metadata.get(f"tokenizer.ggml.{name}")
+        if values is None:
+            continue
+        if not isinstance(values, list):
+            raise LoadError(f"{path}: tokenizer.ggml.{name} must be an array, got {show(values)}")
+        bad = next((i for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, kinds)), None)
+        if bad is not None:
+            raise LoadError(f"{path}: tokenizer.ggml.{name}[{bad}] is {show(values[bad])}, not {noun}")
+    tokens = metadata.get("tokenizer.ggml.tokens") or []
+    for name in ("token_type", "scores"):
+        values = metadata.get(f"tokenizer.ggml.{name}")
+        if values is not None and len(values) != len(tokens):
+            raise LoadError(f"{path}: tokenizer.ggml.{name} has {len(values):,} entries for {len(tokens):,} tokens")
+    for name in _FLAGS:
+        value = metadata.get(f"tokenizer.ggml.{name}")
+        if value is not None and not isinstance(value, bool):
+            raise LoadError(f"{path}: tokenizer.ggml.{name} must be a boolean, got {show(value)}")
+    for name in _IDS:
+        value = metadata.get(f"tokenizer.ggml.{name}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise LoadError(f"{path}: tokenizer.ggml.{name} must be an integer, got {show(value)}")
+
+
+def _require_distinct(path: Path, tokens: list[str], spelled: list[str]) -> dict[str, int]:
+    """The vocabulary (spelling -> id) of `tokens` as `spelled` for the tokenizer; a `LoadError` naming
+    a token that is there twice."""
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(spelled):
+        first = vocab.setdefault(token, i)
+        if first != i:
+            raise LoadError(f"{path}: tokenizer.ggml.tokens holds {show(tokens[i])} twice (ids {first} and {i})")
+    return vocab
+
+
+def _require_merges(path: Path, merges: list[str], vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """The pairs of ``tokenizer.ggml.merges``; a `LoadError` naming a merge that is not two tokens of
+    the vocabulary whose concatenation is one too."""
+    pairs = []
+    for i, merge in enumerate(merges):
+        pair = merge.split(" ")
+        if len(pair) != 2:
+            raise LoadError(f"{path}: tokenizer.ggml.merges holds {merge!r}, not two tokens separated by a space")
+        missing = next((t for t in (*pair, "".join(pair)) if t not in vocab), None)
+        if missing is not None:
+            raise LoadError(
+                f"{path}: tokenizer.ggml.merges[{i}] {show(merge)} names {show(missing)}, which is not a token"
+            )
+        pairs.append((pair[0], pair[1]))
+    return pairs
 
 
 def _byte_alphabet() -> dict[int, str]:
@@ -339,7 +407,7 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
     return [(left, right) for left, right, _ in merges]
 
 
-def read_tokenizer(path: Path, metadata: dict[str, Any]):
+def read_tokenizer(path: Path, metadata: Mapping[str, Any]):
     """The `attnscope.model.tokenizer.Tokenizer` of the ``tokenizer.ggml.*`` `metadata` of GGUF file
     `path`, or None when the file has no vocabulary."""
     from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
@@ -354,18 +422,17 @@ def read_tokenizer(path: Path, metadata: dict[str, Any]):
         return None
     if not isinstance(tokens, list) or not tokens:
         raise LoadError(f"{path}: tokenizer.ggml.tokens must be a list of token strings")
+    validate_vocabulary(path, metadata)
     types = metadata.get("tokenizer.ggml.token_type") or []
-    merges: Any = metadata.get("tokenizer.ggml.merges")
-    pairs = [tuple(m.split(" ")) for m in merges] if isinstance(merges, list) else None
-    if pairs is not None and any(len(p) != 2 for p in pairs):
-        bad = next(m for m, p in zip(merges, pairs, strict=True) if len(p) != 2)
-        raise LoadError(f"{path}: tokenizer.ggml.merges holds {bad!r}, not two tokens separated by a space")
+    merges: list[str] | None = metadata.get("tokenizer.ggml.merges")
     if kind == "gpt2":
         pre = PRE_TYPES[PRE_TOKENIZERS[metadata.get("tokenizer.ggml.pre", "default")]]
         add_bos_default = pre.add_bos
         spelling = _byte_alphabet()
         alphabet = set(spelling.values())
-        vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()): i for i, t in enumerate(tokens)}
+        spelled = [t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode()) for t in tokens]
+        vocab = _require_distinct(path, tokens, spelled)
+        pairs = None if merges is None else _require_merges(path, merges, vocab)
         backend = Backend(
             models.BPE(
                 vocab,
@@ -388,11 +455,13 @@ def read_tokenizer(path: Path, metadata: dict[str, Any]):
     else:
         add_bos_default = True
         scores = metadata.get("tokenizer.ggml.scores")
-        if pairs is None:
+        vocab = _require_distinct(path, tokens, tokens)
+        if merges is not None:
+            pairs = _require_merges(path, merges, vocab)
+        else:
             if not isinstance(scores, list) or len(scores) != len(tokens):
                 raise LoadError(f"{path}: a llama vocabulary needs tokenizer.ggml.scores, one per token")
             pairs = spm_merges(tokens, scores)
-        vocab = {t: i for i, t in enumerate(tokens)}
         backend = Backend(models.BPE(vocab, pairs, fuse_unk=True, byte_fallback=True, dropout=None))
         prefix = metadata.get("tokenizer.ggml.add_space_prefix", True)
         # llama.cpp puts the space before the text and after each special token, even before a space

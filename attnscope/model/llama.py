@@ -10,8 +10,9 @@ References: meta-llama ``llama/model.py``, gpt-fast ``model.py``, HF ``modeling_
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -286,30 +287,47 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
-        """What T forwards of one token each through `cache` give (``forward(ids[:, t:t+1], cache, ...)``
-        for t = 0 .. T-1): the logits ``[B, T, vocab]``, the same cache and, layer by layer, the same
-        calls shown to `recorder` in token order, bit for bit, since every token goes through every
-        layer with the same ops on the same tensors. Run a layer at a time: layer i takes every token
-        through its cache before layer i+1 starts, so one layer's weights and cache stay in the CPU's
-        caches, where one-token forwards stream every layer's weights and cache from memory once per
-        token (1.4-1.6x faster on a CPU; a mask that the layers of one token share is looked up once
-        per layer, which measured no slower). `step(done, total)` after each token of each layer."""
+        """`forward_in_pieces` of one token each: what T one-token forwards through `cache` give."""
+        pieces = [1] * ids.shape[1]
+        return self.forward_in_pieces(ids, cache, pieces, recorder, attend, mask, positions, step)
+
+    def forward_in_pieces(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache,
+        pieces: Sequence[int],
+        recorder: Recorder | None = None,
+        attend: AttendFn | None = None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+        step: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """What one forward per piece through `cache` gives, the i-th of ``pieces[i]`` tokens
+        (``forward(ids[:, s:e], cache, ...)`` for each piece s..e-1, a chunk or a single token): the
+        logits ``[B, T, vocab]``, the same cache and, layer by layer, the same calls shown to `recorder`
+        in piece order, bit for bit, since every piece goes through every layer with the same ops on
+        the same tensors. Run a layer at a time: layer i takes every piece through its cache before
+        layer i+1 starts, so one layer's weights and cache stay in the CPU's caches, where one-token
+        forwards stream every layer's weights and cache from memory once per token (1.4-1.6x faster on
+        a CPU; a mask that the layers of one piece share is looked up once per layer, which measured no
+        slower). `step(done, total)` after each piece of each layer, counting tokens × layers."""
         T = ids.shape[1]
         past = cache.length
-        tokens = [
-            self._embed(ids[:, t : t + 1], past + t, None if positions is None else positions[:, t : t + 1])
-            for t in range(T)
-        ]  # T x ((B, 1, hidden), rope)
-        xs = [x for x, _ in tokens]
+        starts = [0, *itertools.accumulate(pieces)][:-1]
+        chunks = [
+            self._embed(ids[:, s : s + n], past + s, None if positions is None else positions[:, s : s + n])
+            for s, n in zip(starts, pieces, strict=True)
+        ]  # one ((B, n, hidden), rope) a piece: its rotary angles after the past + s positions cached
+        xs = [x for x, _ in chunks]
         attend = attend or eager_attend
-        n = len(self.layers)
-        layer_masks = [self._layer_mask(i, mask) for i in range(n)]
-        for i in range(n):
-            for t in range(T):
-                cache.length = past + t  # the tokens this layer has cached before token t
-                xs[t] = self._layer(i, xs[t], tokens[t][1], attend, cache, recorder, layer_masks[i])
+        n_layers = len(self.layers)
+        layer_masks = [self._layer_mask(i, mask) for i in range(n_layers)]
+        for i in range(n_layers):
+            for p, (s, n) in enumerate(zip(starts, pieces, strict=True)):
+                cache.length = past + s  # the tokens this layer has cached before this piece
+                xs[p] = self._layer(i, xs[p], chunks[p][1], attend, cache, recorder, layer_masks[i])
                 if step is not None:
-                    step(i * T + t + 1, n * T)
+                    step(i * T + s + n, n_layers * T)
         cache.length = past + T
         return torch.cat([self._logits(x) for x in xs], dim=1)  # (B, T, vocab)
 
@@ -325,36 +343,40 @@ class Transformer(nn.Module):
         mask: MaskSpec | None = None,
         positions: torch.Tensor | None = None,
         step: Callable[[int, int], None] | None = None,
+        pieces: Sequence[int] | None = None,
     ) -> None:
         """Each layer's attention on the same input, the parallel forward's own input to that layer
         (teacher forcing at every layer), so that a difference seen at layer i is layer i's alone:
 
         - `parallel`: the layer on all T positions at once, as `forward` runs it;
-        - `incremental`: the layer on one position at a time through `cache` (empty: positions 0 .. T-1
-          are written to it one by one): its norm, projections, RoPE at the token's position, the cache
-          write and the attention over the cache all run, as a decode step runs them;
+        - `incremental`: the layer on `pieces` of positions in turn through `cache` (empty: positions
+          0 .. T-1 are written to it piece by piece; default: one position a piece): its norm,
+          projections, RoPE at the piece's positions, the cache write and the attention over the cache
+          all run, as a prefill chunk or a decode step runs them;
         - `reference` (optional): the layer's attention computed in float32 on the same input
           (`Block.attention_in_float32`), the exact answer that both of the others round.
 
         Layers run one after the other; the input of layer i + 1 is layer i's parallel output.
-        `step(done, total)` after each token of each layer."""
+        `step(done, total)` after each piece of each layer, counting tokens × layers."""
         T = ids.shape[1]
+        pieces = [1] * T if pieces is None else list(pieces)
+        starts = [0, *itertools.accumulate(pieces)][:-1]
         x, rope = self._embed(ids, 0, positions)  # (B, T, hidden)
-        # each token's rotary angles as a decode step gets them: `_embed` after the t tokens cached
+        # each piece's rotary angles as a chunk or a decode step gets them: `_embed` after the s tokens cached
         ropes = [
-            self._embed(ids[:, t : t + 1], t, None if positions is None else positions[:, t : t + 1])[1]
-            for t in range(T)
+            self._embed(ids[:, s : s + m], s, None if positions is None else positions[:, s : s + m])[1]
+            for s, m in zip(starts, pieces, strict=True)
         ]
         rope32 = self.rotary_emb(0, T, positions, torch.float32, ids.device) if reference is not None else None
         attend = attend or eager_attend
         n = len(self.layers)
         for i, block in enumerate(self.blocks):
             layer_mask = self._layer_mask(i, mask)
-            for t in range(T):
-                cache.length = t  # the tokens this layer has cached before token t
-                block.attention(x[:, t : t + 1], ropes[t], attend, cache, incremental, layer_mask)
+            for p, (s, m) in enumerate(zip(starts, pieces, strict=True)):
+                cache.length = s  # the tokens this layer has cached before this piece
+                block.attention(x[:, s : s + m], ropes[p], attend, cache, incremental, layer_mask)
                 if step is not None:
-                    step(i * T + t + 1, n * T)
+                    step(i * T + s + m, n * T)
             if reference is not None:
                 block.attention_in_float32(x, rope32, reference, layer_mask)
             x = block(x, rope, attend, None, parallel, layer_mask)  # (B, T, hidden): the next layer's input

@@ -83,6 +83,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def resolve_model_path(name_or_path: str | Path) -> Path:
     """The model directory or GGUF file of a sample model name or a path; a clear error when it is
     neither. A directory with no config.json that holds one GGUF file stands for that file."""
+    if not str(name_or_path).strip():  # Path("") is the current directory
+        raise LoadError("the model name is empty (give a sample model, a directory, a GGUF file or a Hub id)")
     path = Path(name_or_path).expanduser()
     samples = sample_models()
     if not path.exists() and str(name_or_path) in samples:  # e.g. "tiny-code", "broken/nan-k-proj"
@@ -95,6 +97,9 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
             f"(sample models: {', '.join(samples) or 'none'})"
         )
     if not path.is_dir():
+        from attnscope.model.gguf import require_regular_file
+
+        require_regular_file(path)  # from its stat: a FIFO or a device is never opened
         if is_gguf(path):
             return path
         raise LoadError(
@@ -140,12 +145,38 @@ def _hub_snapshot(repo_id: str) -> Path:
             f"model {repo_id!r} is not in the local Hugging Face cache: download it first with "
             f"`hf download {repo_id}` (attnscope never downloads)"
         ) from None
+    _require_inside_cache(path, repo_id)
     if not (path / "config.json").is_file():
         raise LoadError(f"{path} (the cached snapshot of {repo_id}) has no config.json")
     return path
 
 
-ENGINES = ("auto", "native", "hf")
+def _require_inside_cache(path: Path, repo_id: str) -> None:
+    """A `LoadError` when the snapshot `path` of `repo_id`, or a file in it, resolves outside the
+    repository's folder of the Hugging Face cache (a ``refs/main`` holding ``../..``, a link to
+    elsewhere): what the cache gives is read only from the cache."""
+    import os
+
+    from huggingface_hub import constants
+
+    folder = Path(os.path.realpath(Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"))
+    snapshots = folder / "snapshots"
+    real = Path(os.path.realpath(path))
+    if real.parent != snapshots:
+        raise LoadError(
+            f"the cached snapshot of {repo_id} is {real}, not a snapshot in {snapshots} (check refs/main there)"
+        )
+    for root, dirs, files in os.walk(real):
+        for name in dirs + files:
+            entry = Path(os.path.realpath(Path(root) / name))
+            if not entry.is_relative_to(folder):
+                raise LoadError(
+                    f"{Path(root) / name} (in the cached snapshot of {repo_id}) leads to {entry}, outside "
+                    f"the cache's folder {folder}"
+                )
+
+
+ENGINES = ("auto", "native", "hf", "llama.cpp")
 
 
 def gguf_engine(file: GGUFFile) -> str:
@@ -198,7 +229,9 @@ def load_model(
         engine: ``native`` (attnscope's own Llama-family model: llama, mistral, qwen2, qwen3), ``hf``
             (transformers' model, watched through its AttentionInterface; any causal LM; a GGUF file
             as transformers loads it, dequantized), or ``auto``: native for the native model types
-            (GGUF: the architectures llama, qwen2, qwen3), else hf.
+            (GGUF: the architectures llama, qwen2, qwen3), else hf; or ``llama.cpp``: a GGUF file run by
+            llama.cpp itself (llama-cpp-python: ``pip install "attnscope[llamacpp]"``), its KV cache
+            of type `dtype`, watched through its eval callback (`attnscope.llamacpp`).
         allow_pickle: accept ``pytorch_model.bin`` checkpoints (read with weights_only=True).
         progress: called as progress(done, total, description) while weights load (native engine).
 
@@ -210,6 +243,12 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     path = resolve_model_path(name_or_path)
+    if engine == "llama.cpp":
+        if not path.is_file():
+            raise UserError(f"{path} is a model directory: the llama.cpp engine runs GGUF files")
+        from attnscope import llamacpp
+
+        return llamacpp.load(path, torch_dtype, dev)
     if path.is_file():
         from attnscope.model.gguf import GGUFFile, load_gguf
 

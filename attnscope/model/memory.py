@@ -7,7 +7,9 @@ instead of running for minutes and then running out of memory.
 Available memory is read without extra dependencies: on Linux ``MemAvailable`` of ``/proc/meminfo``
 (lowered to what a cgroup v2 memory limit leaves), elsewhere the free (or, failing that, total)
 physical memory from ``os.sysconf`` or the Windows API, and on a CUDA device the free memory torch
-reports. Where none of these can be read the check is skipped.
+reports. An address-space limit (``ulimit -v``, ``RLIMIT_AS`` read with `resource`) lowers what
+is available on the host to the limit less the address space the process already maps
+(``/proc/self/statm``). Where none of these can be read the check is skipped.
 """
 
 from __future__ import annotations
@@ -102,6 +104,22 @@ def _cgroup_available() -> int | None:
     return max(0, limit - used + inactive)
 
 
+def _address_space_left() -> int | None:
+    """What an address-space limit (``ulimit -v``) leaves this process, or None without one."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY or limit < 0:
+        return None
+    try:
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        mapped = 0
+    return max(0, limit - mapped)
+
+
 def _sysconf_memory() -> int | None:
     """Free physical memory where the OS reports it, else the total (an upper bound still worth checking)."""
     for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
@@ -145,8 +163,9 @@ def available_memory(device: torch.device | str = "cpu") -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])
         except (RuntimeError, AssertionError, ValueError):
             return None
+    address_space = _address_space_left()
     if sys.platform.startswith("linux"):
-        known = [n for n in (_meminfo_available(), _cgroup_available()) if n is not None]
+        known = [n for n in (_meminfo_available(), _cgroup_available(), address_space) if n is not None]
         if known:
             return min(known)
     if sys.platform == "win32":
@@ -154,7 +173,8 @@ def available_memory(device: torch.device | str = "cpu") -> int | None:
             return _windows_available()
         except (OSError, AttributeError):
             return None
-    return _sysconf_memory()
+    known = [n for n in (_sysconf_memory(), address_space) if n is not None]
+    return min(known) if known else None
 
 
 def _where(device: torch.device) -> str:
@@ -171,15 +191,18 @@ def _short_of(need: int, device: torch.device | str) -> tuple[int, torch.device]
     return None
 
 
-def require_model_fits(config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+def require_model_fits(
+    config: ModelConfig, dtype: torch.dtype, device: torch.device | str = "cpu", source: str = "config.json"
+) -> None:
     """A `ConfigError` naming the sizes when the model of `config` in `dtype` cannot fit in the memory
-    available (host memory, where weights are read, and the device's when it is a GPU)."""
+    available (host memory, where weights are read, and the device's when it is a GPU); `source` names
+    where the config came from."""
     need = model_bytes(config, dtype)
     short = _short_of(need, device)
     if short is not None:
         free, where = short
         raise ConfigError(
-            f"config.json describes {config.num_hidden_layers:,} layers and {format_count(parameter_count(config))} "
+            f"{source} describes {config.num_hidden_layers:,} layers and {format_count(parameter_count(config))} "
             f"parameters: about {format_bytes(need)} in {str(dtype).removeprefix('torch.')}, more than the "
             f"{format_bytes(free)} of memory available {_where(where)}"
         )

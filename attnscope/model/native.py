@@ -3,7 +3,7 @@ and the loading of a Hugging Face model directory into it (`load_native`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -111,6 +111,21 @@ class LoadedModel:
             ids, cache, recorder=recorder, attend=attend, mask=mask, positions=positions, step=step
         )
 
+    def forward_in_pieces(
+        self,
+        ids: torch.Tensor,
+        attend: AttendFn,
+        *,
+        pieces: Sequence[int],
+        cache: KVCache,
+        recorder=None,
+        mask: MaskSpec | None = None,
+        positions: torch.Tensor | None = None,
+        step: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """`attnscope.engine.in_pieces`, a layer at a time (`Transformer.forward_in_pieces`)."""
+        return self.net.forward_in_pieces(ids, cache, pieces, recorder, attend, mask, positions, step)
+
     def forward_isolated(
         self,
         ids: torch.Tensor,
@@ -123,9 +138,10 @@ class LoadedModel:
         mask: MaskSpec | None = None,
         positions: torch.Tensor | None = None,
         step: Callable[[int, int], None] | None = None,
+        pieces: Sequence[int] | None = None,
     ) -> None:
-        """Every layer's attention on the parallel forward's own input to it, in parallel, a token at a
-        time through `cache` and in float32 (`Transformer.forward_isolated`)."""
+        """Every layer's attention on the parallel forward's own input to it, in parallel, in `pieces`
+        (default: a token at a time) through `cache` and in float32 (`Transformer.forward_isolated`)."""
         self.net.forward_isolated(
             ids,
             cache,
@@ -136,6 +152,7 @@ class LoadedModel:
             mask=mask,
             positions=positions,
             step=step,
+            pieces=pieces,
         )
 
     def forward_float32(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -54,15 +55,36 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, file=_stream(stderr))
 
 
-def output_console(color: str) -> Console:
-    """The stdout console for --color auto|always|never (auto: rich's detection, NO_COLOR honoured)."""
+PAGE_WIDTH = 120  # columns of --svg / --html when nothing says the width: about a page's
+MIN_WIDTH = 40
+
+
+def output_console(color: str, width: int | None = None, exporting: bool = False) -> Console:
+    """The stdout console for --color auto|always|never (auto: rich's detection, NO_COLOR honoured),
+    `width` columns wide (--width); without it, the terminal's width, COLUMNS when stdout is not a
+    terminal, else (rich's 80) `PAGE_WIDTH` when `exporting` to --svg / --html."""
     if color not in ("auto", "always", "never"):
         raise UserError(f"--color must be auto, always or never, got {color!r}")
+    if width is not None and width < MIN_WIDTH:
+        raise UserError(f"--width must be at least {MIN_WIDTH} columns, got {width}")
     if color == "always":
-        return Console(highlight=False, force_terminal=True, color_system="truecolor", file=_stream(False))
-    if color == "never":
-        return Console(highlight=False, no_color=True, color_system=None, file=_stream(False))
-    return Console(highlight=False, file=_stream(False))
+        out = Console(highlight=False, force_terminal=True, color_system="truecolor", file=_stream(False))
+    elif color == "never":
+        out = Console(highlight=False, no_color=True, color_system=None, file=_stream(False))
+    else:
+        out = Console(highlight=False, file=_stream(False))
+    if width is None and exporting and not _isatty(sys.stdout) and not os.environ.get("COLUMNS", "").isdigit():
+        width = PAGE_WIDTH
+    if width is not None:
+        out.width = width
+    return out
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 def emit(out: Console, renderables) -> None:
@@ -74,7 +96,7 @@ def emit(out: Console, renderables) -> None:
 def exports(
     out: Console, renderables, svg: Path | None = None, html: Path | None = None, title: str = "attnscope"
 ) -> list[tuple[str, Path | None, str]]:
-    """The --svg / --html outputs of the renderables, in color at the console's width, as
+    """The --svg / --html-terminal outputs of the renderables, in color at the console's width, as
     (flag, path, text) for `attnscope.output.write_outputs`."""
     if svg is None and html is None:
         return []
@@ -85,7 +107,7 @@ def exports(
         recorder.print(r)
     return [
         ("--svg", svg, recorder.export_svg(title=title, clear=False) if svg is not None else ""),
-        ("--html", html, recorder.export_html(clear=False) if html is not None else ""),
+        ("--html-terminal", html, recorder.export_html(clear=False) if html is not None else ""),
     ]
 
 

@@ -198,13 +198,16 @@ class PositionDiff:
         values: [S] largest |Δ| of each position.
         tolerance: where the color scale ends (the check's atol).
         over: [S] bool, True where the position is over tolerance (default: values > tolerance).
+        plan: the positions' incremental paths (`attnscope.inspector.incremental.Plan.as_dict`), drawn
+            under the strip: ┊ where a prefill chunk meets the cache, · where tokens went one at a time.
     """
 
-    def __init__(self, values, tolerance: float, title: str = "", over=None):
+    def __init__(self, values, tolerance: float, title: str = "", over=None, plan: dict | None = None):
         self.values = np.asarray(values, dtype=np.float64)
         self.tolerance = tolerance
         self.over = self.values > tolerance if over is None else np.asarray(over, dtype=bool)
         self.title = title
+        self.plan = plan
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         width = max(8, options.max_width - 8)
@@ -225,7 +228,23 @@ class PositionDiff:
             else:
                 line.append(glyph)
         yield line
+        if self.plan is not None:
+            yield Text("  inc " + _paths(self.plan, edges), style="dim")
         yield Text("      " + axis(edges, pooled.shape[1]), style="dim")
+
+
+def _paths(plan: dict, edges) -> str:
+    """One character per pooled column of positions ``edges[j]:edges[j+1]``: ┊ where a prefill chunk
+    after the first starts in it, · where its positions went one token at a time, ─ in a chunk."""
+    starts = np.array([first for first, _ in plan["chunks"][1:]], dtype=np.int64)
+    tail = plan["one_token_at_a_time"][0] if plan["one_token_at_a_time"] else None
+    line = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        if ((starts >= lo) & (starts < hi)).any():
+            line.append("┊")
+        else:
+            line.append("·" if tail is not None and lo >= tail else "─")
+    return "".join(line)
 
 
 def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
@@ -244,7 +263,8 @@ def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
             continue
         values = np.stack([d.max_abs.cpu().numpy() for d in diffs])
         over = np.stack([d.bad_rows[0].any(-1).cpu().numpy() for d in diffs])
-        tol = next(c for c in result.checks if c.name == name).figures["tolerance"]
+        figures = next(c for c in result.checks if c.name == name).figures
+        tol = figures["tolerance"]
         scaled = " (atol × max(1, max |reference|))" if tol.get("atol_scaled_by_magnitude") else ""
         parts += [
             DiffMap(
@@ -264,6 +284,7 @@ def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
                     tol["atol"],
                     title=f"{title} · L{layer} h{head} per position",
                     over=diffs[layer].bad_rows[0, head].cpu().numpy(),
+                    plan=figures.get("incremental"),
                 ),
                 Text(),
             ]

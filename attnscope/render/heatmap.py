@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 LABEL_WIDTH = 7  # characters of token text per label
 CURSOR_COLOR = "#ff3cf0"  # the TUI's cell cursor: magenta, outside viridis
 MAX_MAGNIFY = 4  # largest cell size (columns) for short prompts
+MAX_WIDEN = 3  # columns a cell may take when the lines allow it only one half-line
 DIM = Style(dim=True)
 # color codes: 0..1023 the viridis ramp, then masked, NaN/Inf, cursor, and "no lower half"
 PALETTE = [*viridis_table(), MASKED_COLOR, NONFINITE_COLOR, CURSOR_COLOR]
@@ -159,19 +160,21 @@ class Heatmap:
         w, a, re, ce, pooled, note = self._grid(width, color)
         finite = w[np.isfinite(w) & a]
         scale = Scale(float(finite.max()) if finite.size else 1.0, self.log)
-        # short prompts: each cell m columns × m half-lines (still square), when there is room
-        m = 1
+        # short prompts: each cell m columns × m half-lines (square) when the lines allow, and wider
+        # (mx columns) where only the width does: a small map uses the room a large one gets
+        m = mx = 1
         if color and w.size:
             m = max(1, min(MAX_MAGNIFY, width // w.shape[1], 2 * self.max_lines // w.shape[0]))
+            mx = max(m, min(MAX_WIDEN, width // w.shape[1]))
         yield Text(self.title if self.compact else f"{self.title}  ({note})", style="bold")
         if not self.compact:
-            yield from self._key_axis(w.shape[1], ce, pooled, label_w, m)
+            yield from self._key_axis(w.shape[1], ce, pooled, label_w, mx)
         if color:
-            yield from self._half_block_rows(w, a, re, pooled, scale, label_w, m, base)
+            yield from self._half_block_rows(w, a, re, pooled, scale, label_w, m, base, mx)
         else:
             yield from self._shade_rows(w, a, re, pooled, scale, label_w)
         if not self.compact:
-            yield self._colorbar(scale, color, label_w, m, max_width)
+            yield self._colorbar(scale, color, label_w, m, max_width, w.shape[1] * mx)
 
     def _key_axis(self, n: int, ce, pooled: bool, label_w: int, m: int = 1):
         yield Text(" " * label_w + axis(ce, n, 10 if n * m > 20 else 5, cell=m), style="dim")
@@ -199,9 +202,13 @@ class Heatmap:
             codes[self.cursor] = CURSOR_CODE
         return codes
 
-    def _half_block_rows(self, w, a, re, pooled, scale, label_w, m: int = 1, base: Style | None = None):
-        """Lines of half blocks, each a list of segments (no Text spans: a long map has thousands of cells).
-        Cells carry both their colors; `base` goes under the labels and under a last half line."""
+    def _half_block_rows(
+        self, w, a, re, pooled, scale, label_w, m: int = 1, base: Style | None = None, mx: int | None = None
+    ):
+        """Lines of half blocks, each a list of segments (no Text spans: a long map has thousands of cells):
+        cells of `m` half-lines and `mx` (default `m`) columns. Cells carry both their colors; `base` goes
+        under the labels and under a last half line."""
+        mx = m if mx is None else mx
         colors = self._colors(w, a, scale)
         label_style = base + DIM if base else DIM
         n_rows = w.shape[0] * m  # half-lines
@@ -230,7 +237,7 @@ class Heatmap:
             starts = np.concatenate(([0], np.flatnonzero(pair[1:] != pair[:-1]) + 1))
             ends = np.append(starts[1:], len(pair))
             cells = [
-                Segment("▀" * ((end - start) * m), _half_block_style(int(upper[start]), int(under[start])))
+                Segment("▀" * ((end - start) * mx), _half_block_style(int(upper[start]), int(under[start])))
                 for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
             ]
             if base and not lower:
@@ -248,32 +255,52 @@ class Heatmap:
                 line.append("!" if not np.isfinite(x) else "·" if not a[i, j] else shade(scale(x)))
             yield line
 
-    def _colorbar(self, scale: Scale, color: bool, label_w: int, m: int, width: int) -> Text:
-        """The scale and the legend on one line, under the cells when it fits beside the labels, else
-        from the left edge, with a shorter ramp when even that is too wide."""
-
-        def parts(ramp: int) -> list[list[tuple[str, Style | str]]]:
-            if not color:
-                return [[(SHADES, ""), (f"  {scale.label()}", "")], [("· masked", "")], [("! NaN/Inf", "")]]
-            found: list[list[tuple[str, Style | str]]] = [
-                [*(("█", Style(color=viridis(k / (ramp - 1)))) for k in range(ramp)), (f" {scale.label()}", "")],
+    def _colorbar(self, scale: Scale, color: bool, label_w: int, m: int, width: int, map_w: int | None = None) -> Text:
+        """The scale and the legend on one line under the cells (`map_w` columns wide, at `label_w`): the
+        ramp as wide as the map allows (16, 8 or 4 steps), the legend left of it in the labels' room when
+        it does not fit after it; from the left edge only when even that is too wide for `width`."""
+        map_w = max(0, width - label_w) if map_w is None else map_w
+        legend: list[list[tuple[str, Style | str]]] = (
+            [[("· masked", "")], [("! NaN/Inf", "")]]
+            if not color
+            else [
                 [("█", Style(color=MASKED_COLOR)), (" masked", "")],
                 [("█", Style(color=NONFINITE_COLOR)), (" NaN/Inf", "")],
             ]
-            if self.query_labels and m == 1:  # two query rows per line: the upper one is the left label
-                found.append([("▀=left label", "dim")])
-            return found
-
+        )
+        if color and self.query_labels and m == 1:  # two query rows per line: the upper one is the left label
+            legend.append([("▀=left label", "dim")])
         sep = "  " if color else "   "
-        for ramp in (16, 8):
-            chosen = parts(ramp)
-            length = sum(len(text) for part in chosen for text, _ in part) + len(sep) * (len(chosen) - 1)
-            if length <= width or ramp == 8:
+
+        def length(parts) -> int:
+            return sum(len(text) for part in parts for text, _ in part) + len(sep) * (len(parts) - 1)
+
+        def ramp(steps: int) -> list[tuple[str, Style | str]]:
+            if not color:
+                return [(SHADES, ""), (f"  {scale.label()}", "")]
+            return [*(("█", Style(color=viridis(k / (steps - 1)))) for k in range(steps)), (f" {scale.label()}", "")]
+
+        room = max(map_w, min(width - label_w, 24))  # a narrow map: its scale may reach a little past it
+        for steps in (16, 8, 4):
+            after = [ramp(steps), *legend]
+            if length(after) <= room:
+                return self._bar(" " * label_w, after, sep)
+        for steps in (16, 8, 4):  # the legend in the labels' room, the scale under the map
+            if length([ramp(steps)]) <= room or steps == 4:
                 break
-        if color and length > width and self.query_labels and m == 1:
-            chosen, length = chosen[:-1], length - len("▀=left label") - len(sep)
-        bar = Text(" " * (label_w if label_w + length <= width else max(0, min(label_w, width - length))))
-        for n, part in enumerate(chosen):
+        before = legend[:2]
+        if label_w and length(before) + 1 <= label_w:
+            bar = self._bar(" " * (label_w - length(before) - 1), before, sep)
+            bar.append(" ")
+            bar.append_text(self._bar("", [ramp(steps)], sep))
+            return bar
+        parts = [ramp(steps), *before]  # too narrow for both: from the left edge, as much as fits
+        return self._bar(" " * max(0, min(label_w, width - length(parts))), parts, sep)
+
+    @staticmethod
+    def _bar(indent: str, parts: list[list[tuple[str, Style | str]]], sep: str) -> Text:
+        bar = Text(indent)
+        for n, part in enumerate(parts):
             bar.append(sep if n else "")
             for text, style in part:
                 bar.append(text, style)

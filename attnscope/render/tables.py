@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -67,40 +67,70 @@ def captioned(table: Table, caption: str) -> Group:
 
 
 def head_table(report: Report) -> Group:
-    """One row per (layer, statistic), one column per query head."""
-    n_heads = len(report.layers[0].heads) if report.layers else 0
-    kv = [h.kv_head for h in report.layers[0].heads] if report.layers else []
-    table = Table(
-        title="attention per head (mean over query rows)",
-        title_justify="left",
-        pad_edge=False,
-        box=None,
-        header_style="bold",
-    )
-    table.add_column("layer", justify="right")
-    table.add_column("stat")
-    for h in range(n_heads):
-        table.add_column(f"h{h}·kv{kv[h]}", justify="right")
+    """One row per (layer, statistic), one column per query head; the heads in blocks as wide as the
+    console (`HeadTable`), never a cut header."""
     with_roles = any(h.role_scores is not None for layer in report.layers for h in layer.heads)
     with_sinks = any(h.sink_share is not None for layer in report.layers for h in layer.heads)
-    stats = STATS + (SINK_SHARE,) * with_sinks
-    for layer in report.layers:
-        for n, (key, short, _) in enumerate(stats):
-            values = [getattr(h, key) for h in layer.heads]
-            cells = [number_text(v, ".2f") if v is not None else Text("–", style="dim") for v in values]
-            last = n == len(stats) - 1 and not with_roles
-            table.add_row(str(layer.index) if n == 0 else "", short, *cells, end_section=last)
-        if with_roles:
-            table.add_row(
-                "",
-                "role",
-                *[Text(role_short(h), style=ROLE_STYLE.get(h.role, "dim")) for h in layer.heads],
-                end_section=True,
-            )
     caption = "entropy: nats (uniform over T keys = ln T) · max w: row max · sink: weight on token 0"
     caption += " · s_aux: the learned sink's share of the softmax" * with_sinks
     caption += " · role: measured on a repeated random sequence, whatever the prompt (attnscope heads)" * with_roles
-    return captioned(table, caption)
+    return Group(HeadTable(report, with_roles, with_sinks), Text(caption, style="dim"))
+
+
+class HeadTable:
+    """The per-head statistics as tables of as many heads as the width holds: every head's column
+    at its full width, the next heads in the next block ("heads 8–15")."""
+
+    TITLE = "attention per head (mean over query rows)"
+    GAP = 2  # between columns (a table's padding of one on each side)
+
+    def __init__(self, report: Report, with_roles: bool, with_sinks: bool):
+        self.report, self.with_roles = report, with_roles
+        self.stats = STATS + (SINK_SHARE,) * with_sinks
+
+    @property
+    def cell_width(self) -> int:
+        """The width of every head's column (the same in every block, so that blocks align)."""
+        heads = self.report.layers[0].heads if self.report.layers else []
+        return max([len(f"h{n}·kv{h.kv_head}") for n, h in enumerate(heads)] + [len("induct"), len("0.00")])
+
+    def heads_per_block(self, width: int) -> int:
+        """How many head columns fit `width` beside the layer and stat columns."""
+        stat = max(len(short) for _, short, _ in (*self.stats, ("", "role", "")))
+        return max(1, (width - len("layer") - self.GAP - stat) // (self.cell_width + self.GAP))
+
+    def block(self, heads: range) -> Table:
+        layers = self.report.layers
+        table = Table(pad_edge=False, box=None, header_style="bold")
+        table.add_column("layer", justify="right", no_wrap=True)
+        table.add_column("stat", no_wrap=True)
+        for h in heads:
+            name = f"h{h}·kv{layers[0].heads[h].kv_head}"
+            table.add_column(name, justify="right", no_wrap=True, min_width=self.cell_width)
+        for layer in layers:
+            shown = [layer.heads[h] for h in heads]
+            for n, (key, short, _) in enumerate(self.stats):
+                values = [getattr(h, key) for h in shown]
+                cells = [number_text(v, ".2f") if v is not None else Text("–", style="dim") for v in values]
+                last = n == len(self.stats) - 1 and not self.with_roles
+                table.add_row(str(layer.index) if n == 0 else "", short, *cells, end_section=last)
+            if self.with_roles:
+                roles = [Text(role_short(h), style=ROLE_STYLE.get(h.role, "dim")) for h in shown]
+                table.add_row("", "role", *roles, end_section=True)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        n_heads = len(self.report.layers[0].heads) if self.report.layers else 0
+        per_block = self.heads_per_block(options.max_width)
+        for start in range(0, n_heads, per_block):
+            heads = range(start, min(n_heads, start + per_block))
+            if per_block >= n_heads:
+                yield Text(self.TITLE, style="table.title")
+            else:
+                yield Text(f"{self.TITLE} · heads {heads[0]}–{heads[-1]} of {n_heads}", style="table.title")
+            yield self.block(heads)
+            if start + per_block < n_heads:
+                yield Text()
 
 
 ROLE_SHORT = {"induction": "induct", "previous_token": "prev", "sink": "sink", "local": "local", "broad": "broad"}

@@ -33,11 +33,12 @@ from attnscope.errors import UserError, one_line
 from attnscope.output import unused_path, write_outputs
 from attnscope.prompts import escape, unescape
 from attnscope.session import Session
+from attnscope.tui import messages
 from attnscope.tui.heatmap_view import FAILED, WAITING, HeatmapView
 from attnscope.tui.help import HelpScreen
-from attnscope.tui.messages import CheckFinished, CursorMoved, JumpTo, LayerArrived, RunFailed, RunFinished
 from attnscope.tui.navigator import Navigator
 from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, StatusLine, TokensPane
+from attnscope.tui.runner import run_and_post
 from attnscope.tui.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -46,17 +47,14 @@ if TYPE_CHECKING:
 TABS = ("heatmap", "mask", "checks", "diff", "tokens")
 
 
-class Cancelled(Exception):
-    """Raised inside the worker's callbacks when its run was superseded."""
-
-
 class AttnScopeApp(App):
     TITLE = "attnscope"
+    SCREENS = {"help": HelpScreen}
     CSS_PATH = "app.tcss"
     BINDINGS = [
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", show=False, priority=True),
-        Binding("question_mark", "help", "keys"),
+        Binding("question_mark", "push_screen('help')", "keys"),
         Binding("s", "screenshot", "SVG"),
         Binding("n", "next_token", "next token"),
         Binding("ctrl+r", "rerun", "rerun"),
@@ -102,7 +100,7 @@ class AttnScopeApp(App):
             self.start_run(self.initial_prompt)
         else:
             self.query_one("#prompt", Input).focus()
-            self.query_one(StatusLine).say("type a prompt and press enter")
+            self.query_one(StatusLine).idle()  # nothing runs until a prompt is entered: no bar
 
     def on_unmount(self) -> None:
         gc.unfreeze()  # the interpreter's shutdown collects the last run as usual
@@ -123,68 +121,55 @@ class AttnScopeApp(App):
     @work(thread=True, exclusive=True, group="run")
     def run_model(self, prompt, run_id: int) -> None:
         worker = get_current_worker()
+        run_and_post(self.session, prompt, run_id, self.max_new_tokens, self.post_message, lambda: worker.is_cancelled)
 
-        def post(message) -> None:  # the callbacks of a superseded run stop it
-            if worker.is_cancelled:
-                raise Cancelled
-            if message is not None:
-                self.post_message(message)
-
-        try:
-            n_layers = self.session.load().layout.n_layers
-            post(None)
-            result, comparison = self.session.run_and_compare(  # a refused comparison: shown in the Diff tab
-                prompt,
-                max_new_tokens=self.max_new_tokens,
-                checks="all",
-                roles=True,
-                on_layer=lambda layer: post(LayerArrived(layer, n_layers, run_id)),
-                on_check=lambda check: post(CheckFinished(check, run_id)),
-            )
-            post(RunFinished(result, run_id, comparison))
-        except Cancelled:
-            return
-        except UserError as exc:
-            self.post_message(RunFailed(str(exc), run_id, exit_code=2))
-        except Exception as exc:  # a bug, not bad input: one line in the app too, and exit code 1
-            self.post_message(RunFailed(one_line(exc), run_id, exit_code=1))
-
-    def on_layer_arrived(self, message: LayerArrived) -> None:
+    def on_layer_arrived(self, message: messages.LayerArrived) -> None:
         if message.run_id == self.run_id:
             model = self.session.load()
             layout, mask = model.layout, model.layer_masks()[message.layer]
             self.query_one(Navigator).add_layer(message.layer, layout.n_heads, layout.n_kv_heads, repr(mask))
             self.query_one(StatusLine).captured(message.layer, message.n_layers, 5)
 
-    def on_check_finished(self, message: CheckFinished) -> None:
+    def on_check_finished(self, message: messages.CheckFinished) -> None:
         if message.run_id == self.run_id:
             self.checks_done += 1
             self.query_one(StatusLine).check(message.check, self.checks_done, 5)
             self.query_one(ChecksPane).add_check(message.check)
 
-    def on_run_finished(self, message: RunFinished) -> None:
+    def on_stage_started(self, message: messages.StageStarted) -> None:
+        if message.run_id == self.run_id:
+            self.query_one(StatusLine).stage(message.stage)
+
+    def on_result_ready(self, message: messages.ResultReady) -> None:
+        """The map, the navigator's heads, the Mask and Tokens tabs now; the checks' findings later."""
         if message.run_id != self.run_id:
             return
         result = self.result = message.result
         self.sub_title = self.session.describe(result.backend)
+        for pane in (self.query_one(MaskPane), self.query_one(TokensPane)):
+            pane.result = result
+        view = self.query_one(HeatmapView)
+        self.show_head(min(view.layer_idx, result.n_layers - 1), min(view.head_idx, result.n_heads - 1))
+
+    def on_run_finished(self, message: messages.RunFinished) -> None:
+        if message.run_id != self.run_id:
+            return
+        result = self.result = message.result
         view = self.query_one(HeatmapView)
         self.query_one(Navigator).update_report(result.report())
         self.query_one(DiffPane).comparison = message.comparison
-        for pane in (self.query_one(MaskPane), self.query_one(DiffPane), self.query_one(TokensPane)):
-            pane.result = result
-        layer, head = result.first_failure() or (
-            min(view.layer_idx, result.n_layers - 1),
-            min(view.head_idx, result.n_heads - 1),
-        )
-        self.show_head(layer, head)
+        self.query_one(DiffPane).result = result
+        if (failure := result.first_failure()) is not None:
+            self.show_head(*failure)
         view.prewarm_in_background(result)  # every head's overview, so that switching heads only draws
         # Everything alive now (model, capture, tokenizer, app) lives until the next run: keep the collector's
         # full passes off those ~400k objects, or browsing pauses ~250 ms every twenty-odd head switches.
         gc.freeze()
-        self.failure = 0
-        self.query_one(StatusLine).finished(result)
+        refused = message.comparison if isinstance(message.comparison, str) else None
+        self.failure = 2 if refused else 0  # a comparison B refuses on this prompt is bad input too
+        self.query_one(StatusLine).finished(result, refused)
 
-    def on_run_failed(self, message: RunFailed) -> None:
+    def on_run_failed(self, message: messages.RunFailed) -> None:
         if message.run_id == self.run_id:
             self.failure = message.exit_code
             (error := self.query_one("#error", Static)).update(f"error: {message.error}")
@@ -217,10 +202,10 @@ class AttnScopeApp(App):
             return self.notify("the prompt is empty", severity="warning")
         self.start_run(unescape(event.value))
 
-    def on_cursor_moved(self, message: CursorMoved) -> None:
+    def on_cursor_moved(self, message: messages.CursorMoved) -> None:
         self.query_one(Details).info = message.info
 
-    def on_jump_to(self, message: JumpTo) -> None:
+    def on_jump_to(self, message: messages.JumpTo) -> None:
         """A check's worst place or a prompt token chosen in a pane: show it in the Heatmap tab."""
         if self.result is None:
             return
@@ -267,9 +252,6 @@ class AttnScopeApp(App):
             self.query_one(Navigator).step(
                 (view.layer_idx, view.head_idx), self.result.n_layers, self.result.n_heads, heads=heads, layers=layers
             )
-
-    def action_help(self) -> None:
-        self.push_screen(HelpScreen())
 
     def action_screenshot(self) -> None:
         """Save what is on the screen as SVG in the current directory, and say where."""

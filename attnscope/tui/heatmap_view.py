@@ -19,6 +19,7 @@ from attnscope.render.colors import in_color
 from attnscope.render.heatmap import HeadMap, Heatmap, head_map, label, map_heatmap, small_multiples
 from attnscope.tui.messages import CursorMoved
 
+NO_PROMPT = "no prompt yet: type one in the field above and press enter (nothing runs until then)"
 WAITING = "waiting for the model …"
 FAILED = "no map: the run failed (its error is shown above)"
 
@@ -41,7 +42,7 @@ class HeatmapView(Widget, can_focus=True):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.result = None
-        self.placeholder = WAITING  # what the view says while it has no result
+        self.placeholder = NO_PROMPT  # what the view says while it has no result
         self.layer_idx = 0
         self.head_idx = 0
         self.log_scale = False

@@ -31,6 +31,23 @@ class CheckFinished(Message):
 
 
 @dataclass
+class ResultReady(Message):
+    """The forward and the continuation are done: `result` can be drawn; its checks, diffs and head
+    roles are still running (they come with `RunFinished`)."""
+
+    result: Result
+    run_id: int
+
+
+@dataclass
+class StageStarted(Message):
+    """The run moved on to `stage` (a check's name, "statistics", "roles", ...: `Scope.run`'s progress)."""
+
+    stage: str
+    run_id: int
+
+
+@dataclass
 class RunFinished(Message):
     """The run and its checks are done; `comparison` is the one against the ``--compare`` model (or
     the reason it could not be made; None without one)."""

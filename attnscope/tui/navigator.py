@@ -101,17 +101,20 @@ class Navigator(Tree):
                     )
 
     def select_head(self, layer: int, head: int) -> None:
+        """Put the cursor on a head, in view: its layer open, every other layer closed (stepping through
+        thirty layers leaves one open, not a list that pushes the cursor off the screen)."""
+        leaf = None
         for node in self.root.children:
-            if node.data[1] != layer:
-                continue
-            if not node.is_expanded:
-                node.expand()
-                _ = self._tree_lines  # Tree numbers the lines lazily: number them now, or the cursor misses
-            for kv_node in node.children:
-                for leaf in kv_node.children:
-                    if leaf.data[2] == head:
-                        self.move_cursor(leaf)
-                        return
+            if node.data[1] == layer:
+                if not node.is_expanded:
+                    node.expand()
+                leaf = next((lf for kv in node.children for lf in kv.children if lf.data[2] == head), None)
+            elif node.is_expanded:
+                node.collapse()
+        if leaf is not None:
+            _ = self._tree_lines  # Tree numbers the lines lazily: number them now, or the cursor misses
+            self.move_cursor(leaf)
+            self.scroll_to_node(leaf, animate=False)
 
     def step(self, at: tuple[int, int], n_layers: int, n_heads: int, heads: int = 0, layers: int = 0) -> None:
         """Select the head `heads` on from `at` (on into the next layer) or the same head `layers` on."""

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -37,7 +39,7 @@ class Lazy:
 class _SelectionPane(VerticalScroll):
     """A scrolling pane that shows `content(result, layer, head)` of the current selection."""
 
-    result = reactive(None, always_update=True, init=False)
+    result: reactive[Any] = reactive(None, always_update=True, init=False)
     selection: reactive[tuple[int, int]] = reactive((0, 0), init=False)
 
     def compose(self) -> ComposeResult:
@@ -67,7 +69,7 @@ class MaskPane(_SelectionPane):
 
 
 class DiffPane(_SelectionPane):
-    comparison = None  # against the --compare model, set with the result
+    comparison: Any = None  # against the --compare model (or why there is none), set with the result
 
     def content(self, result, layer: int, head: int):
         from attnscope.render.diffmap import diff_panel
@@ -109,7 +111,8 @@ class ChecksPane(OptionList):
 class TokensPane(DataTable):
     """pos, id, token text; the continuation below the prompt. Row keys: q<pos> / c<i>."""
 
-    result = reactive(None, always_update=True, init=False)
+    TOKEN_WIDTH = 15
+    result: reactive[Any] = reactive(None, always_update=True, init=False)
 
     def on_mount(self) -> None:
         self.add_columns("pos", "id", "token", "")
@@ -126,16 +129,17 @@ class TokensPane(DataTable):
         if result is None:
             return
         for pos, (tid, text) in enumerate(zip(result.ids, result.tokens, strict=True)):
-            self.add_row(str(pos), str(tid), repr(text), "", key=f"q{pos}")
+            self.add_row(str(pos), str(tid), self.shown(text), "", key=f"q{pos}")
         cont = result.continuation_ids
         for i, (tid, text) in enumerate(zip(cont, result.token_texts(cont), strict=True)):
-            self.add_row(
-                str(len(result.ids) + i),
-                str(tid),
-                repr(text),
-                Text("continuation (n adds it)", style="dim"),
-                key=f"c{i}",
-            )
+            note = Text("continuation" if i else "n adds it", style="dim")
+            self.add_row(str(len(result.ids) + i), str(tid), self.shown(text), note, key=f"c{i}")
+
+    @staticmethod
+    def shown(text: str) -> str:
+        """A token as Python writes it, cut to `TOKEN_WIDTH` (the table fits 80 columns: no sideways scroll)."""
+        text = repr(text)
+        return text if len(text) <= TokensPane.TOKEN_WIDTH else text[: TokensPane.TOKEN_WIDTH - 1] + "…"
 
 
 class Details(Widget):
@@ -180,7 +184,14 @@ class StatusLine(Horizontal):
         yield ProgressBar(id="progress", show_eta=False)
 
     def say(self, markup: str) -> None:
-        self.query_one("#status", Static).update(Text.from_markup(markup))
+        text = Text.from_markup(markup)
+        text.no_wrap, text.overflow = True, "ellipsis"
+        self.query_one("#status", Static).update(text)
+
+    def idle(self) -> None:
+        """No prompt yet: nothing runs, so no bar; what to do, and how to quit from the prompt."""
+        self.query_one(ProgressBar).display = False
+        self.say("type a prompt, enter runs it · ctrl+c quits")
 
     def start(self, loading: bool) -> None:
         self.query_one(ProgressBar).update(total=None, progress=0)
@@ -191,17 +202,25 @@ class StatusLine(Horizontal):
         self.query_one(ProgressBar).update(total=n_layers + n_checks, progress=layer + 1)
         self.say(f"forward: layer {layer + 1}/{n_layers} captured")
 
+    def stage(self, stage: str) -> None:
+        """The map is drawn (`ResultReady`): say what still runs."""
+        what = {"statistics": "computing row statistics", "roles": "measuring head roles"}
+        self.say(f"{what.get(stage, f'checking {stage}')} …")
+
     def check(self, check, done: int, total: int) -> None:
         self.query_one(ProgressBar).advance(1)
         self.say(f"checks {done}/{total}: {check.name} {'✓' if check.passed else '✗'}")
 
-    def finished(self, result) -> None:
+    def finished(self, result, refused: str | None = None) -> None:
+        """The run is done: its size and its checks, or first the comparison that was `refused`."""
         bar = self.query_one(ProgressBar)
         bar.update(total=bar.total or 1, progress=bar.total or 1)
         bar.display = False
         failed = [c.name for c in result.checks if not c.passed]
         text = Text(f"{len(result.ids)} tokens · {result.n_layers} layers · ", no_wrap=True, overflow="ellipsis")
-        if failed:  # the count first: the names may not fit
+        if refused:
+            text.append(f"no comparison: {refused}", style="red")
+        elif failed:  # the count first: the names may not fit
             text.append(f"{len(failed)} of {len(result.checks)} checks failed: {', '.join(failed)}", style="red")
         else:
             text.append("checks: all passed", style="green")

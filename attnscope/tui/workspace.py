@@ -15,12 +15,20 @@ class Workspace(Vertical):
     def __init__(self, prompt: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.prompt = prompt  # the prompt field's first value, as one line
+        self.hinted = bool(prompt)  # whether a `q` typed into the empty prompt was explained
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """The first key a new user tries is `q`: typed into the empty prompt it is text, so say how to
+        quit from there (once)."""
+        if not self.hinted and event.value in ("q", "Q"):
+            self.hinted = True
+            self.notify("q went into the prompt: ctrl+c quits from anywhere (escape leaves the prompt)", timeout=8)
 
     def compose(self) -> ComposeResult:
         yield Input(
             value=self.prompt,
             id="prompt",
-            placeholder="type a prompt and press enter (\\n for a newline)",
+            placeholder="type a prompt, enter runs it (\\n: newline)",  # whole at 80 columns
             select_on_focus=False,  # tabbing in must not make typing replace the prompt
         )
         yield Static("", id="error")
