@@ -718,6 +718,13 @@ def _pretrained(transformers, path: Path, source: Path, dtype: torch.dtype, **op
             f"{path}: the weights lack {len(missing)} of the model's tensors (first: {missing[0]}); "
             "attnscope does not run randomly initialized weights"
         )
+    # tensors no module reads (rotary caches that older checkpoints store are recomputed, not weights)
+    unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.endswith("rotary_emb.inv_freq"))
+    if unexpected:
+        raise LoadError(
+            f"{path}: the weights hold {len(unexpected)} tensors the model its config describes does not have "
+            f"(first: {unexpected[0]}): they would be ignored, so these are not that model's weights"
+        )
     return model
 
 

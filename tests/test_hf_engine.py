@@ -244,6 +244,13 @@ def test_missing_weights_are_refused(gemma2_dir, tmp_path):
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(UserError, match="the weights lack 1 of the model's tensors"):
         attnscope.load_model(path)
+    extra = tmp_path / "extra"
+    shutil.copytree(gemma2_dir, extra)
+    tensors = load_file(extra / "model.safetensors")
+    tensors["model.adapter.weight"] = torch.zeros(4, 4)  # a tensor no module of gemma2 reads
+    save_file(tensors, str(extra / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match="the weights hold 1 tensors .* \\(first: model.adapter.weight\\)"):
+        attnscope.load_model(extra)
     config = json.loads((gemma2_dir / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1000000, "layer_types": None}))
     with pytest.raises(UserError, match="describes 1,000,000 layers but the weights hold 2"):
