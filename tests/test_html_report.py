@@ -189,12 +189,17 @@ def test_in_chromium_compare_shows_the_probability_difference_of_a_head(tmp_path
         assert browser.errors() == []
 
 
-def test_the_pooled_maps_are_those_of_attention_pooled(single_thread):
-    from attnscope.htmlview import max_pooled
-    from attnscope.pooling import pool_edges
+def test_the_pooled_maps_are_the_dense_maps_pooled_band_by_band(single_thread, monkeypatch):
+    """The page's overviews are `attention_pooled`'s: the dense matrix max- (or mean-) pooled, computed
+    a band of several bins at a time (bands made small here, so that there are many)."""
+    from attnscope.inspector import capture
+    from attnscope.pooling import pool2d
 
+    monkeypatch.setattr(capture, "STATS_CHUNK_ELEMENTS", 4096)  # 300 keys: a few bins a band
     model = random_model(layers=1, vocab=64, hidden=32, max_positions=512, heads=4, kv_heads=2)
     ids = torch.randint(4, 64, (300,), generator=torch.Generator().manual_seed(1)).tolist()
     result = attnscope.Scope(model, backend="eager").run(ids, max_new_tokens=0, checks="none")
-    rows, cols = pool_edges(300, 128), pool_edges(300, 128)
-    np.testing.assert_allclose(max_pooled(result, 0, 3, rows, cols), result.attention_pooled(0, 3, 128, 128), rtol=1e-5)
+    dense = result.attention(0, 3).numpy()
+    for reduce in ("max", "mean"):
+        want, _, _ = pool2d(dense, 128, 128, reduce)
+        np.testing.assert_allclose(result.attention_pooled(0, 3, 128, 128, reduce), want, rtol=1e-5, atol=1e-7)

@@ -301,10 +301,11 @@ def test_layer_by_layer_is_one_token_forwards_bit_for_bit(zoo, backend, side, pa
     results = {}
     for how in ("layer by layer", "one token at a time"):
         cache, log, steps = engine.new_cache(B, total), CallLog(), []
+        pieces = [1] * T
         run = (
-            engine.forward_token_by_token
+            partial(engine.forward_in_pieces, pieces=pieces)
             if how == "layer by layer"
-            else partial(one_piece_at_a_time, engine, pieces=[1] * T)
+            else partial(one_piece_at_a_time, engine, pieces=pieces)
         )
         with torch.inference_mode():
             if past:

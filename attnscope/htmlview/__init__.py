@@ -7,7 +7,7 @@ What the page holds, per run (a "view"; `attnscope check` writes one per prompt 
 - a layer × head overview (kv groups side by side) colored by a chosen statistic: entropy, focus,
   role, status, and the largest |Δ| of each comparing check (✗ over its tolerance);
 - every head's map, pooled to at most `OVERVIEW` × `OVERVIEW` cells (the max over each cell's region,
-  computed band by band from q, k and lse by `max_pooled`: the full matrix is never built), or
+  computed band by band from q, k and lse by ``attention_pooled``: the full matrix is never built), or
   the whole matrix when it fits; stored as one byte a cell on a log scale (`LOG_FLOOR` … 1, 251
   steps, 5.7 % apart), masked and NaN/Inf cells as their own codes;
 - exact float32 cells of the regions the budget allows (`EXACT_CELLS` per view): first the heads
@@ -40,7 +40,6 @@ from attnscope.pooling import pool2d, pool_edges
 OVERVIEW = 128  # largest side of a head's stored map (cells)
 WINDOW = 256  # largest side of one exact region
 EXACT_CELLS = 1 << 18  # exact float32 cells per view (1 MiB before compression)
-BAND_CELLS = 1 << 22  # cells of attention computed at once for a pooled map
 STRIP = 256  # positions of a per-position |Δ| strip
 LOG_FLOOR = 1e-6  # smallest weight told apart from zero in the byte encoding
 CODE_ZERO, CODE_NONFINITE, CODE_MASKED = 0, 253, 255
@@ -169,28 +168,6 @@ def _tile_states(mask, Sq: int, Sk: int) -> np.ndarray:
         return np.zeros((0, 0), dtype=np.uint8)
 
 
-def max_pooled(maps, layer: int, head: int, rows: np.ndarray, cols: np.ndarray, batch: int = 0) -> np.ndarray:
-    """The max-pooled map of one head over the bins `rows` × `cols` (NaN as +inf), from
-    ``maps.attention`` a band of `BAND_CELLS` cells at a time: the full matrix is never built.
-    (``attention_pooled`` computes the same map; on a CPU its bands of a few rows each cost more in
-    calls than in arithmetic: 1.3 s a head of 512 tokens against 0.05 s here.)"""
-    import torch
-
-    Sk = maps.record_at(layer).shape[1]
-    col_lengths = torch.as_tensor(np.diff(cols))
-    bins_per_band = max(1, BAND_CELLS // (Sk * max(1, int(np.diff(rows).max()))))
-    found = []
-    for i in range(0, len(rows) - 1, bins_per_band):
-        j = min(len(rows) - 1, i + bins_per_band)
-        band = maps.attention(layer, head, slice(int(rows[i]), int(rows[j])), slice(None), batch)  # (r, Sk)
-        band = torch.nan_to_num(band, nan=float("inf"), posinf=float("inf"))
-        lengths = torch.as_tensor(np.diff(rows[i : j + 1]), device=band.device)
-        by_row = torch.segment_reduce(band, "max", lengths=lengths, axis=0)  # (bins, Sk)
-        cells = torch.segment_reduce(by_row.T.contiguous(), "max", lengths=col_lengths.to(band.device), axis=0).T
-        found.append(cells.cpu().numpy())
-    return np.concatenate(found)
-
-
 def build_view(maps, name: str, parts: ViewParts, blobs: Blobs, key: str, batch: int = 0) -> dict[str, Any]:
     """One view's data: `maps` is what the heatmaps read (`attnscope.render.heatmap.HeadMaps`: a
     `Result` or a `Comparison`); the blobs of its maps are added to `blobs` under `key`."""
@@ -219,7 +196,7 @@ def build_view(maps, name: str, parts: ViewParts, blobs: Blobs, key: str, batch:
                 w = maps.attention(layer, head, batch=batch).cpu().numpy()
                 a = allowed
             else:
-                w = max_pooled(maps, layer, head, rows, cols, batch)
+                w = maps.attention_pooled(layer, head, OVERVIEW, OVERVIEW, "max", batch=batch)
                 a, _, _ = pool2d(allowed, OVERVIEW, OVERVIEW, "any")
             codes.append(encode_log(w, a).tobytes())
         layers.append(

@@ -198,26 +198,31 @@ class LayerRecord:
             return np.zeros((len(re) - 1, len(ce) - 1), dtype=np.float32)
         lengths = torch.as_tensor(np.diff(ce), device=self.q.device)
         allowed = self.allowed(head, batch)[q0:q1, k0:k1]  # (Sq', Sk')
+        # several bins of rows a band, up to STATS_CHUNK_ELEMENTS cells: on a CPU, bands of a bin's few
+        # rows each cost more in calls than in arithmetic
+        bins = len(re) - 1
+        per_band = max(1, STATS_CHUNK_ELEMENTS // ((k1 - k0) * max(1, int(np.diff(re).max()))))
+        groups = [(i, min(bins, i + per_band)) for i in range(0, bins, per_band)]
         # only the keys that some row of a band may see are computed (causal: half the matrix)
-        spans = key_spans(allowed, [slice(re[i], re[i + 1]) for i in range(len(re) - 1)])
+        spans = key_spans(allowed, [slice(re[i], re[j]) for i, j in groups])
         n_keys = allowed.shape[1]
+        fill = float("-inf") if reduce == "max" else 0.0
         cells = []
-        for i, span in enumerate(spans):
-            # (Sk',) per key over the band: the largest log weight (exp is monotonic, so only the
-            # cells are exponentiated), or the sum of the weights
-            column = torch.full((n_keys,), float("-inf") if reduce == "max" else 0.0, device=self.q.device)
+        for (i, j), span in zip(groups, spans, strict=True):
+            # (bins, Sk') per key over each bin's rows: the largest log weight (exp is monotonic, so
+            # only the cells are exponentiated), or the sum of the weights
+            columns = torch.full((j - i, n_keys), fill, device=self.q.device)
+            rows = torch.as_tensor(np.diff(re[i : j + 1]), device=self.q.device)
             if span is not None:
-                lo, hi = span.start, span.stop
-                band = slice(q0 + re[i], q0 + re[i + 1]), slice(k0 + lo, k0 + hi)
+                band = slice(q0 + re[i], q0 + re[j]), slice(k0 + span.start, k0 + span.stop)
                 if reduce == "max":
-                    column[lo:hi] = self.log_weights(head, *band, batch).amax(dim=0)
+                    values = self.log_weights(head, *band, batch)
                 else:
-                    column[lo:hi] = self.probabilities(head, *band, batch).sum(dim=0)
-            if reduce == "max":
-                cells.append(torch.segment_reduce(column, "max", lengths=lengths).exp())
-            else:
-                cells.append(torch.segment_reduce(column, "sum", lengths=lengths) / (lengths * (re[i + 1] - re[i])))
-        return torch.stack(cells).cpu().numpy()
+                    values = self.probabilities(head, *band, batch)
+                columns[:, span] = torch.segment_reduce(values, "max" if reduce == "max" else "sum", lengths=rows)
+            found = torch.segment_reduce(columns.T.contiguous(), "max" if reduce == "max" else "sum", lengths=lengths).T
+            cells.append(found.exp() if reduce == "max" else found / (lengths * rows[:, None]))
+        return torch.cat(cells).cpu().numpy()
 
     @property
     def stats(self) -> RowStats:

@@ -95,22 +95,6 @@ class LoadedModel:
     ) -> torch.Tensor:
         return self.net(ids, cache, recorder=recorder, attend=attend, mask=mask, positions=positions)
 
-    def forward_token_by_token(
-        self,
-        ids: torch.Tensor,
-        attend: AttendFn,
-        *,
-        cache: KVCache,
-        recorder=None,
-        mask: MaskSpec | None = None,
-        positions: torch.Tensor | None = None,
-        step: Callable[[int, int], None] | None = None,
-    ) -> torch.Tensor:
-        """`attnscope.engine.token_by_token`, a layer at a time (`Transformer.forward_token_by_token`)."""
-        return self.net.forward_token_by_token(
-            ids, cache, recorder=recorder, attend=attend, mask=mask, positions=positions, step=step
-        )
-
     def forward_in_pieces(
         self,
         ids: torch.Tensor,
