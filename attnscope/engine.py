@@ -18,6 +18,9 @@ that runs over any engine:
 - optional, for the calibrated checks: ``forward_isolated`` (every layer on the parallel forward's
   own input to it, in parallel, in pieces through a cache, and in float32) and
   ``forward_float32`` (the logits computed in float32); see `attnscope.inspector.run.Run`;
+- optional: ``cache_prefix(cache, length, max_len)``, a new cache holding a copy of the first
+  `length` positions of one (the causality check's window reruns; without it, a forward of those
+  positions fills one);
 - `Engine.layer_masks`: the `MaskSpec` of every layer;
 - `Engine.tokenizer`: text to ids and back (or None: prompts are ids);
 - `Progress`: the callback type of work that reports how far it is.
@@ -185,10 +188,15 @@ def in_pieces(
     piece order; `step(done, total)` as it goes, counting tokens × layers. Through the engine's own
     ``forward_in_pieces`` (same arguments) when it has one, which may interleave the layers in the
     order it computes fastest (the native engine: a layer at a time); else its
-    ``forward_token_by_token`` when every piece is one token; else one `Engine.forward` a piece."""
+    ``forward_token_by_token`` when every piece is one token; else one `Engine.forward` a piece. An
+    attend function that knows the layer by counting its calls (``counts_calls``, as
+    `attnscope.inspector.interventions.intervene` makes) gets one `Engine.forward` a piece, layers in
+    order, whatever order the engine prefers."""
     if sum(pieces) != ids.shape[1]:
         raise ValueError(f"pieces of {sum(pieces)} tokens for {ids.shape[1]} tokens")
     kwargs = dict(cache=cache, recorder=recorder, mask=mask, positions=positions, step=step)
+    if getattr(attend, "counts_calls", False):
+        return one_piece_at_a_time(engine, ids, attend, pieces=pieces, **kwargs)
     own = getattr(engine, "forward_in_pieces", None)
     if own is not None:
         return own(ids, attend, pieces=pieces, **kwargs)

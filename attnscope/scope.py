@@ -34,6 +34,7 @@ from attnscope.inspector.compare import (
 )
 from attnscope.inspector.heads import HeadRole, head_roles, probe_length, repeated_sequence, scores_on
 from attnscope.inspector.incremental import parse_mode
+from attnscope.inspector.interventions import Intervention, intervene
 from attnscope.inspector.report import Check
 from attnscope.inspector.result import Result
 from attnscope.inspector.run import Inputs, Progress, Run, Step, step_of
@@ -140,6 +141,8 @@ class Scope:
         roles: bool = False,
         progress: Progress | None = None,
         incremental: str | None = None,
+        interventions: Sequence[Intervention] = (),
+        residuals: bool = False,
     ) -> Result:
         """Run the prompt in one parallel forward, capturing every layer's attention, then decode
         `max_new_tokens` greedily with the KV cache, then run the named checks.
@@ -165,16 +168,26 @@ class Scope:
                 (`attnscope.inspector.incremental`): "default" (None: prefill chunks of sizes that do
                 not divide each other, then the last 32 tokens one at a time), "tokens" (every token
                 one at a time) or "chunks:16" / "chunks:16,64" (chunks of those sizes in turn).
+            interventions: run the forward and the continuation with these heads' attention output
+                replaced (`attnscope.inspector.interventions`; ``zero``: ablated). The checks test
+                the model as it is: with interventions, ask for none. The roles are the model's own.
+            residuals: also keep each block's output in the records (what `compare_runs` reads).
 
         Returns:
             A `Result` with ``.tokens``, ``.logits``, ``.attention(layer, head)``, ``.report()``.
         """
         names = parse_checks(checks)  # bad names fail before any work
         mode = parse_mode(incremental)
+        if interventions and names:
+            raise UserError("checks test the model as it is: run them without interventions")
         inputs, batched = self.inputs(prompt, padding_side, max_new_tokens)
         B, T = inputs.shape
         cache = self.model.new_cache(B, T + max_new_tokens)
-        n_layers = self.model.layout.n_layers
+        layout = self.model.layout
+        n_layers = layout.n_layers
+        for iv in interventions:
+            iv.validate(n_layers, layout.n_heads, T, layout.n_kv_heads)
+        attend = intervene(self.attend, interventions, n_layers) if interventions else self.attend
 
         def layer_done(layer: int) -> None:
             if progress is not None:
@@ -185,10 +198,11 @@ class Scope:
         run = Run.forward(
             self.model,
             self.backend,
-            self.attend,
+            attend,
             inputs,
             cache=cache,
             on_layer=layer_done,
+            residuals=residuals,
             backend_choice=self.backend_choice,
         )
         last_logits = run.logits[torch.arange(B, device=run.logits.device), inputs.last()].unsqueeze(1)  # (B, 1, V)
@@ -196,7 +210,7 @@ class Scope:
         if decoding is not None and max_new_tokens:
             decoding(0, max_new_tokens)
         new_ids = self.model.decode(
-            last_logits, cache, self.attend, max_new_tokens, mask=inputs.padding, positions=inputs.positions
+            last_logits, cache, attend, max_new_tokens, mask=inputs.padding, positions=inputs.positions
         )
         if decoding is not None and max_new_tokens:
             decoding(max_new_tokens, max_new_tokens)
@@ -208,6 +222,7 @@ class Scope:
         result.checks, result.diffs = run_checks(
             run, names, atol, rtol, on_check=on_check, progress=progress, incremental=mode
         )
+        run.cache = None  # the checks are done with the KV cache (causality copies from it): a Result does not hold it
         if roles:
             result.roles = self._roles(run, step=step_of(progress, "roles"))
         return result

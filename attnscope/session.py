@@ -7,6 +7,9 @@ parse and draw; loading, running and comparing happen here, headless.
     comparison = session.compare("def f(x):")             # loads tiny-code-q4 on first use
 
     Session("tiny-code", compare_with="tiny-code", compare_dtype="bfloat16")  # B: its bfloat16 self
+
+    session.interventions = [Intervention("zero", 1, (2,))]  # ablate head 2 of layer 1
+    intervened = session.intervene("def f(x):")           # that run, beside the one without it
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from attnscope.errors import UserError
 
 if TYPE_CHECKING:
     from attnscope.inspector.compare import Comparison
+    from attnscope.inspector.interventions import Effect, Intervention
     from attnscope.inspector.result import Result
 
 
@@ -33,10 +37,20 @@ def resolve_device(device: str) -> str:
 
 
 @dataclass
+class Intervened:
+    """A prompt run with the session's interventions, beside the same run without them."""
+
+    result: Result  # with the interventions: records, logits, continuation (no checks)
+    comparison: Comparison  # A: the run without them, B: the run with them
+    effect: Effect  # what they changed: logits, greedy tokens, next-token KL, each layer's attention output
+
+
+@dataclass
 class Session:
     """What to load (a model by name or path, its dtype, device, engine) and how to run it (backend);
     `compare_with` names model B of comparisons, loaded in `compare_dtype` and `compare_engine` (default:
-    the session's). Models are loaded on first use and kept."""
+    the session's). Models are loaded on first use and kept. `interventions` are what `intervene` runs
+    (`attnscope.inspector.interventions`); `run` and `compare` run the model as it is."""
 
     model_name: str
     backend: str = "auto"
@@ -47,6 +61,7 @@ class Session:
     compare_with: str | None = None
     compare_dtype: str | None = None
     compare_engine: str | None = None
+    interventions: list[Intervention] = field(default_factory=list)
     _models: dict[tuple[str, str, str], Engine] = field(default_factory=dict, repr=False)
 
     def load(
@@ -101,7 +116,8 @@ class Session:
         own = [x for x in (self.compare_dtype, self.compare_engine) if x is not None]
         vs = f" · vs {self.compare_with}" + (f" ({', '.join(own)})" if own else "") if self.compare_with else ""
         shown = f"{backend} (auto)" if backend is not None and self.backend == "auto" else self.backend
-        return f"{self.model_name} · {shown} · {self.dtype} · {self.device}{vs}"
+        changed = f" · {' '.join(map(str, self.interventions))}" if self.interventions else ""
+        return f"{self.model_name} · {shown} · {self.dtype} · {self.device}{vs}{changed}"
 
     @property
     def loaded(self) -> Engine | None:
@@ -123,6 +139,30 @@ class Session:
             return result, self.compare(prompt)
         except UserError as exc:
             return result, str(exc)
+
+    def intervene(
+        self, prompt: Any, max_new_tokens: int = 0, on_layer: Callable[[int], None] | None = None
+    ) -> Intervened:
+        """`prompt` run with the session's `interventions` and without them (forward and continuation,
+        no checks), compared (`compare_runs`: A without, B with) and their `Effect` measured; an
+        intervention outside the model or the prompt is an `ArgumentError`. `on_layer` as in `run`."""
+        from attnscope.inspector.compare import compare_runs, tolerance_for
+        from attnscope.inspector.interventions import effect_between
+        from attnscope.scope import Scope
+
+        if not self.interventions:
+            raise ValueError("the session has no interventions")
+        scope = Scope(self.load(), backend=self.backend)
+        without, with_ = (
+            scope.run(prompt, max_new_tokens, interventions=i, residuals=True, on_layer=on_layer)
+            for i in ((), self.interventions)
+        )
+        dtype = scope.model.dtype
+        comparison = compare_runs(without.run, with_.run, prompt, tolerance_for(dtype, dtype))
+        found = effect_between(self.interventions, *((r.logits, [x.out for x in r.records]) for r in (without, with_)))
+        found.continuation = (without.continuation_ids_by_row[0], with_.continuation_ids_by_row[0])
+        found.continuation_texts = (str(without.continuation), str(with_.continuation))
+        return Intervened(with_, comparison, found)
 
     def compare(
         self, prompt: str | Sequence[int], atol: float | None = None, rtol: float | None = None

@@ -1,6 +1,7 @@
 """What the incremental modes of `full_vs_incremental` cost: the default (prefill chunks, then the last
 32 tokens one at a time) against the exhaustive mode (every token one at a time), and `causality` on
-long prompts (a window of the last positions through a cache) against reruns of the whole prompt.
+long prompts (two windows: the first positions, and the last ones through a cache) against reruns
+of the whole prompt.
 
 For each model and prompt length (tokens of tiny-code's model card), the wall time of the check on
 one run, the two modes (or the two causality variants) alternated, medians of `--repeats`; the

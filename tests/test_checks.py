@@ -561,26 +561,72 @@ def test_diff_follows_its_definition(atol, band, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
-def test_causality_on_a_long_prompt_reruns_only_its_last_positions(monkeypatch, backend):
-    """Past `CAUSALITY_LONG` tokens (made 16 here) the cuts fall in the last `CAUSALITY_WINDOW` (8)
-    positions, which alone are rerun through a cache of the rest: a correct model passes (bit for bit
-    with eager float32), a leak inside the window is found at its layer and position."""
+def test_causality_on_a_long_prompt_reruns_two_windows(monkeypatch, backend):
+    """Past `CAUSALITY_LONG` tokens (made 16 here) the cuts fall in two windows of `CAUSALITY_WINDOW`
+    (8) positions: the last ones, rerun alone through a cache of the rest that is copied from the
+    run's own forward (no forward computes it again), and the first ones, rerun alone. A correct model
+    passes (bit for bit with eager float32); a leak in either window is found at its layer and
+    position."""
     from attnscope.inspector import checks
 
     monkeypatch.setattr(checks, "CAUSALITY_LONG", 16)
     monkeypatch.setattr(checks, "CAUSALITY_WINDOW", 8)
     model = random_model(**MODEL_ARGS)
-    found, _ = run(model, backend, checks=("causality",))
+    forwards = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda ids, *a, **kw: forwards.append(ids.shape[1]) or forward(ids, *a, **kw))
+    found, result = run(model, backend, checks=("causality",))
     check = found["causality"]
     assert check.passed, check.message
-    assert check.figures["cut_points"] == [14, 16, 18] and check.figures["positions_compared_from"] == 12
-    assert "from position 12 on" in check.message
+    assert result.run.cache is None  # copied from during the checks, not kept by the result
+    assert check.figures["cut_points"] == [4, 14, 16, 18] and check.figures["windows"] == [[0, 7], [12, 19]]
+    assert "p in [4, 14, 16, 18]; rerun: positions 0–7 and 12–19" in check.message
+    assert forwards == [20, 8, 8, 8, 8, 8, 8]  # the run; the first window twice, the last one four times
+    for leaky, position in (((16, 17), 16), ((4, 5), 4)):  # a leak in the last window, then in the first
+        leak = torch.ones(20, 20, dtype=torch.bool).tril()
+        leak[leaky] = True  # position p sees position p + 1
+        model.net.layers[1].self_attn.mask = masks.custom(leak, f"causal+leak{leaky}")
+        check = run(model, backend, checks=("causality",))[0]["causality"]
+        assert not check.passed
+        assert (check.where["layer"], check.where["position"], check.where["cut"]) == (1, position, position)
+
+
+def test_causality_windows_do_not_see_a_leak_between_them(monkeypatch):
+    """What the windows give up: a leak into a position between them (here 9 sees 10) is not looked
+    for; the same check with a cut there, on the whole prompt, finds it."""
+    from attnscope.inspector import checks
+
+    monkeypatch.setattr(checks, "CAUSALITY_LONG", 16)
+    monkeypatch.setattr(checks, "CAUSALITY_WINDOW", 8)
+    model = random_model(**MODEL_ARGS)
     leak = torch.ones(20, 20, dtype=torch.bool).tril()
-    leak[16, 17] = True  # position 16 sees position 17
-    model.net.layers[1].self_attn.mask = masks.custom(leak, "causal+leak(16→17)")
-    check = run(model, backend, checks=("causality",))[0]["causality"]
-    assert not check.passed
-    assert (check.where["layer"], check.where["position"], check.where["cut"]) == (1, 16, 16)
+    leak[9, 10] = True
+    model.net.layers[2].self_attn.mask = masks.custom(leak, "causal+leak(9→10)")
+    found, result = run(model, checks=("causality",))
+    assert found["causality"].passed
+    tol = checks.Tolerance.for_dtype(torch.float32)
+    whole = checks.causality_check(result.run, tol, cut_points=[9])
+    assert not whole.passed and whole.figures["windows"] is None
+    assert (whole.where["layer"], whole.where["position"]) == (2, 9)
+
+
+def test_causality_without_a_cache_to_copy_prefills_the_window_prefix(monkeypatch):
+    """An engine that cannot copy a cache's first positions (no ``cache_prefix``) gets them from a
+    forward of those positions, with the same verdicts."""
+    from attnscope.inspector import checks
+    from attnscope.model.native import LoadedModel
+
+    monkeypatch.setattr(checks, "CAUSALITY_LONG", 16)
+    monkeypatch.setattr(checks, "CAUSALITY_WINDOW", 8)
+    monkeypatch.delattr(LoadedModel, "cache_prefix")
+    model = random_model(**MODEL_ARGS)
+    check = run(model, checks=("causality",))[0]["causality"]
+    assert check.passed and check.figures["windows"] == [[0, 7], [12, 19]]
+    leak = torch.ones(20, 20, dtype=torch.bool).tril()
+    leak[14, 15] = True
+    model.net.layers[3].self_attn.mask = masks.custom(leak, "causal+leak(14→15)")
+    check = run(model, checks=("causality",))[0]["causality"]
+    assert not check.passed and (check.where["layer"], check.where["position"]) == (3, 14)
 
 
 def test_incremental_mode_reaches_the_check_and_bad_specs_exit_2():

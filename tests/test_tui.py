@@ -463,6 +463,27 @@ async def test_the_map_and_navigator_come_before_the_checks(model_dir, monkeypat
         assert len(app.result.checks) == 5
 
 
+async def test_a_switch_shows_the_head_drawn_ahead_as_it_would_draw_it(model_dir):
+    """While the app is idle the map pane draws the heads next to the one shown, so that a switch to
+    one only shows it: a switch to a neighbour takes those strips, and they are the strips the pane
+    draws for that head from scratch (a step to another layer draws it then)."""
+    app = AttnScopeApp(model=str(model_dir), prompt="x = 1\n" * 40, device="cpu")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, finished(app))
+        view = app.query_one(HeatmapView)
+        view.focus()
+        await pilot.press("]")  # the overviews were computed after the first map: from here, heads are drawn ahead
+        for key, neighbour in (("]", True), ("]", True), ("[", True), ("}", False), ("[", True)):
+            await wait_for(pilot, lambda: not app.workers)
+            ahead = [strips for strips in view._ahead.values()]
+            await pilot.press(key)
+            view.render_line(0)  # the frame's strips (already drawn unless the frame is still to come)
+            shown = view._strips
+            assert any(shown is strips for strips in ahead) == neighbour, key
+            drawn = view._strips_of(view.renderable(), view._look())
+            assert [list(strip) for strip in shown] == [list(strip) for strip in drawn], key
+
+
 # ---- appearance -------------------------------------------------------------------------------
 
 needs_tiny = pytest.mark.usefixtures("tiny_code")  # the committed sample: missing, the test fails

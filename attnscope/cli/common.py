@@ -111,6 +111,7 @@ FLAGS = {
     "documents": "--documents",
     "layer": "--layer",
     "head": "--head",
+    "intervention": "--intervene",
 }
 
 
@@ -262,6 +263,43 @@ def findings(runs, title: str) -> tuple[list, bool]:
         style="bold red" if n_failed else "green",
     )
     return [ChecksView([(n, b, p, checks) for n, p, b, checks in runs], title=title), summary], not n_failed
+
+
+Top1Opt = Annotated[
+    float,
+    typer.Option("--top1", help="With --bisect: the fraction of positions whose greedy token must agree (1.0)."),
+]
+InterveneOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--intervene",
+        help="KIND@LAYER[:HEADS] (repeatable; heads as query heads, or kvN for the query heads that read kv head N): "
+        "also run each prompt with these heads' attention output replaced (zero, mean, reference; hide[LO:HI] "
+        "masks keys LO..HI-1) and show what changed.",
+    ),
+]
+
+
+def validate_top1(top1: float) -> None:
+    if not 0 < top1 <= 1:
+        raise fail(f"--top1 must be in (0, 1], got {top1}")
+
+
+def parse_interventions(texts: list[str], patch: bool = True) -> list:
+    """The `attnscope.inspector.interventions.Intervention` of each --intervene (bad input: one line, exit 2);
+    layers and heads are checked against the model when they run. Without `patch`, the command has no
+    other run to patch from."""
+    from attnscope.errors import ArgumentError
+    from attnscope.inspector.interventions import Intervention
+
+    try:
+        found = [Intervention.parse(text) for text in texts]
+    except ArgumentError as exc:
+        raise fail(exc.message_for(FLAGS)) from None
+    for iv in found:
+        if iv.kind == "patch" and not patch:
+            raise fail(f"--intervene {iv}: patch takes another model's attention (compare A B --intervene {iv})")
+    return found
 
 
 def counted(n: int, noun: str) -> str:

@@ -25,15 +25,18 @@ from attnscope.cli.common import (
     QuietOpt,
     RtolOpt,
     SvgOpt,
+    Top1Opt,
     WidthOpt,
     counted,
     fail,
     findings,
     load,
+    parse_interventions,
     read_prompts,
     user_errors,
     validate_outputs,
     validate_tolerances,
+    validate_top1,
 )
 
 
@@ -102,10 +105,16 @@ def compare(
             "(`attnscope bisect` is compare with --bisect).",
         ),
     ] = False,
-    top1: Annotated[
-        float,
-        typer.Option("--top1", help="With --bisect: the fraction of positions whose greedy token must agree (1.0)."),
-    ] = 1.0,
+    top1: Top1Opt = 1.0,
+    intervene: Annotated[
+        list[str],
+        typer.Option(
+            "--intervene",
+            help="KIND@LAYER[:HEADS] (repeatable): also run B with these heads' attention output replaced, "
+            "patch@LAYER[:HEADS] by A's on the same tokens (or zero, mean, reference, hide[LO:HI]), and show "
+            "what changed in B's output and how far it is from A's.",
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Where model B's attention parts ways with model A's, per layer and head, on the same tokens. \
 Each model runs in its own dtype and engine (--dtype-b, --engine-b; --dtype and --engine set both). \
@@ -120,8 +129,8 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
     )
     validate_tolerances(atol, rtol)
     bisect = bisect or ctx.info_name == "bisect"
-    if not 0 < top1 <= 1:
-        raise fail(f"--top1 must be in (0, 1], got {top1}")
+    validate_top1(top1)
+    parse_interventions(intervene)
     names = [*(models or []), *model]
     if len(names) != 2:
         raise fail(f"give two models, A (the reference) then B: `compare A B` or --model A --model B; got {len(names)}")
@@ -137,10 +146,16 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
         from attnscope.backends import validate_backend
         from attnscope.htmlview import comparisons_page
         from attnscope.inspector.compare import compare_document, require_same_layout
-        from attnscope.inspector.interventions import bisect_pairs
+        from attnscope.inspector.interventions import bisect_pairs, pair_effects
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
-        from attnscope.render.compare_view import bisection_view, compare_view, identical_line, models_line
+        from attnscope.render.compare_view import (
+            bisection_view,
+            compare_view,
+            identical_line,
+            models_line,
+            prompt_label,
+        )
         from attnscope.render.console import emit, exports, output_console, stage_bars
         from attnscope.scope import compare as compare_models
 
@@ -157,10 +172,14 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
                 comparisons.append(compare_models(a, b, text, backend=backend, atol=atol, rtol=rtol))
         checked = [(n, p, c.backend, c.checks()) for n, (p, c) in enumerate(zip(prompt_list, comparisons, strict=True))]
         bisections = bisect_pairs(a, b, comparisons, top1) if bisect else {}
+        effects = pair_effects(a, b, comparisons, parse_interventions(intervene)) if intervene else {}
+        experiments = [
+            Text(f"intervene · {prompt_label(n, prompt_list[n])}: {found.summary()}") for n, found in effects.items()
+        ]
         named = [(f"prompt {n} · {p[:40]!r}", c) for n, (p, c) in enumerate(zip(prompt_list, comparisons, strict=True))]
         identical = all(c.identical for c in comparisons)
         if identical:
-            parts: list = [identical_line(comparisons)]
+            parts: list = [identical_line(comparisons), *experiments]
             passed = True
         else:
             header = f"{models_line(comparisons[0])} · {comparisons[0].backend} · {a.device}"
@@ -169,10 +188,10 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
                 parts += [*compare_view(c, width=out.width), Text()]
             title = f"attnscope compare · {header} · {counted(len(prompt_list), 'prompt')}"
             found, passed = findings(checked, title)
-            parts += [*bisection_view(bisections, prompt_list), *found]
+            parts += [*bisection_view(bisections, prompt_list), *experiments, *found]
         write_outputs(
             [
-                ("--json", json_path, compare_document(comparisons, bisections) if json_path else ""),
+                ("--json", json_path, compare_document(comparisons, bisections, effects) if json_path else ""),
                 ("--junit", junit_path, junit_xml(checked, "attnscope.compare") if junit_path else ""),
                 ("--html", html, comparisons_page(named, f"attnscope compare · {b.name} vs {a.name}") if html else ""),
                 *exports(out, parts, svg, html_terminal, title=f"attnscope compare · {b.name} vs {a.name}"),
@@ -180,6 +199,7 @@ Exit 0 if nothing crosses the tolerance (identical included), 1 if something doe
         )
     if identical:
         out.print(parts[0], soft_wrap=True)  # one line, for logs and greps
+        emit(out, parts[1:])
     else:
         emit(out, parts)
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)

@@ -21,6 +21,7 @@ from attnscope.cli.common import (
     HtmlOpt,
     HtmlTerminalOpt,
     IncrementalOpt,
+    InterveneOpt,
     JunitOpt,
     ModelOpt,
     PickleOpt,
@@ -29,6 +30,7 @@ from attnscope.cli.common import (
     QuietOpt,
     RtolOpt,
     SvgOpt,
+    Top1Opt,
     WidthOpt,
     counted,
     fail,
@@ -36,11 +38,13 @@ from attnscope.cli.common import (
     load,
     parse_check_names,
     parse_incremental,
+    parse_interventions,
     read_prompts,
     user_errors,
     validate_outputs,
     validate_place,
     validate_tolerances,
+    validate_top1,
 )
 from attnscope.cli.ranks import RanksOpt, run_ranks
 
@@ -85,14 +89,7 @@ def run(
     allow_pickle: PickleOpt = False,
     engine: EngineOpt = "auto",
     quiet: QuietOpt = False,
-    intervene: Annotated[
-        list[str],
-        typer.Option(
-            "--intervene",
-            help="KIND@LAYER[:HEADS] (repeatable): also run the prompt with these heads' attention output "
-            "replaced (zero, mean, reference; hide[LO:HI] masks keys LO..HI-1) and show what changed.",
-        ),
-    ] = [],  # noqa: B006
+    intervene: InterveneOpt = [],  # noqa: B006
 ) -> None:
     """Run a prompt: its tokens, continuation, attention statistics per layer and head, checks, a heatmap."""
     validate_outputs(("--json", json_path), ("--svg", svg), ("--html", html), ("--html-terminal", html_terminal))
@@ -105,6 +102,7 @@ def run(
     check_names = parse_check_names(checks)
     mode = parse_incremental(incremental)
     validate_tolerances(atol, rtol)
+    interventions = parse_interventions(intervene, patch=False)
     with user_errors():
         from rich.text import Text
 
@@ -131,7 +129,7 @@ def run(
                 incremental=mode.spec,
             )
             report = result.report()
-            effects = intervention_effects(scope, result, intervene)
+            effects = intervention_effects(scope, result, interventions, max_new_tokens)
         layer, head, why = pick_head(report, layer, head)
         parts = run_view(
             result,
@@ -181,12 +179,25 @@ def check(
     engine: EngineOpt = "auto",
     quiet: QuietOpt = False,
     ranks: RanksOpt = 1,
+    bisect: Annotated[
+        bool,
+        typer.Option(
+            "--bisect",
+            help="When backend_vs_reference or full_vs_incremental fails: find the layers (then heads) whose "
+            "attention, taken from the reference side (the eager reference; the parallel forward), brings the "
+            "greedy tokens back.",
+        ),
+    ] = False,
+    top1: Top1Opt = 1.0,
+    intervene: InterveneOpt = [],  # noqa: B006
 ) -> None:
     """Run checks for every prompt and backend; exit 0 if all pass, 1 if any fails, 2 on bad input."""
     validate_outputs(("--json", json_path), ("--junit", junit_path), ("--html", html))
     check_names = parse_check_names(checks)
     mode = parse_incremental(incremental)
     validate_tolerances(atol, rtol)
+    validate_top1(top1)
+    interventions = parse_interventions(intervene, patch=False)
     prompt_list = read_prompts(prompt, prompts_file)
     if ranks < 1:
         raise fail(f"--ranks must be >= 1, got {ranks}")
@@ -195,12 +206,16 @@ def check(
     runs = []  # (prompt index, prompt, backend, report)
     results = []  # (name, Result) for --html
     with user_errors():
+        from rich.text import Text
+
         from attnscope.backends import validate_backend
         from attnscope.distributed import share_from_env
         from attnscope.htmlview import runs_page
+        from attnscope.inspector.interventions import bisect_failures
         from attnscope.inspector.report import report_set
         from attnscope.junit import junit_xml
         from attnscope.output import write_outputs
+        from attnscope.render.compare_view import bisection_lines
         from attnscope.render.console import console, stage_bars
         from attnscope.scope import Scope
 
@@ -228,18 +243,22 @@ def check(
                     result = scope.run(
                         prompt_text, checks=check_names, atol=atol, rtol=rtol, progress=bars, incremental=mode.spec
                     )
-                    runs.append((n, prompt_text, scope.backend, result.report()))
+                    report = result.report()
+                    found = bisect_failures(result.run, report.checks, top1=top1, incremental=mode) if bisect else []
+                    effects = intervention_effects(scope, result, interventions)
+                    report.interventions = [e.to_dict() for e in effects]
+                    runs.append((n, prompt_text, scope.backend, report, (found, effects)))
                     if html:
                         results.append((f"prompt {n} · {scope.backend} · {prompt_text[:40]!r}", result))
         runs = share.gather(runs)  # rank 0: every rank's runs, in the single-process order
         share.close()
         if not share.root:
             raise typer.Exit(EXIT_OK)
-        checked = [(n, p, b, r.checks) for n, p, b, r in runs]
+        checked = [(n, p, b, r.checks) for n, p, b, r, _ in runs]
         junit = junit_xml(checked) if junit_path else ""
         write_outputs(
             [
-                ("--json", json_path, report_set([r for *_, r in runs]) if json_path else ""),
+                ("--json", json_path, report_set([r for _, _, _, r, _ in runs]) if json_path else ""),
                 ("--junit", junit_path, junit),
                 ("--html", html, runs_page(results, f"attnscope check · {loaded.name} · {dtype}") if html else ""),
             ]
@@ -250,31 +269,31 @@ def check(
         f"{counted(len(scopes), 'backend')}"
     )
     parts, passed = findings(checked, title)
-    for part in parts:
+    experiments: list = []
+    for n, _, b, _, (found, effects) in runs:
+        for name, bisection in found:
+            experiments += bisection_lines(f"bisect · prompt {n} · {b} · {name}", bisection)
+        experiments += [Text(f"intervene · prompt {n} · {b}: {e.summary()}") for e in effects]
+    for part in [*parts[:-1], *experiments, *parts[-1:]]:  # what the experiments found, before the tally
         out.print(part)
     raise typer.Exit(EXIT_OK if passed else EXIT_FAILED)
 
 
-def intervention_effects(scope, result, texts: list[str]) -> list:
-    """The `attnscope.inspector.interventions.Effect` of each ``--intervene`` on the run's first row."""
-    if not texts:
+def intervention_effects(scope, result, interventions: list, new_tokens: int = 0) -> list:
+    """The `attnscope.inspector.interventions.Effect` of the ``--intervene`` options (`parse_interventions`)
+    on the run's first row (and its greedy continuation of `new_tokens`)."""
+    if not interventions:
         return []
     from attnscope.errors import ArgumentError
-    from attnscope.inspector.interventions import Intervention, effect
+    from attnscope.inspector.interventions import effect
 
     try:
-        interventions = [Intervention.parse(text) for text in texts]
-        return [effect(scope.model, scope.attend, result.run.inputs.ids[:1], interventions)]
+        return [effect(scope.model, scope.attend, result.run.inputs.ids[:1], interventions, new_tokens=new_tokens)]
     except ArgumentError as exc:
         raise fail(exc.message_for({"intervention": "--intervene"})) from None
 
 
 def with_effects(report, effects: list) -> str:
     """The report's JSON, with the interventions' effects under ``interventions`` when there are any."""
-    if not effects:
-        return report.to_json()
-    import json
-
-    from attnscope.inspector.report import finite
-
-    return json.dumps(finite({**report.to_dict(), "interventions": [e.to_dict() for e in effects]}), indent=2)
+    report.interventions = [e.to_dict() for e in effects]
+    return report.to_json()

@@ -21,6 +21,7 @@ from attnscope.cli.common import (
     QuietOpt,
     fail,
     load,
+    parse_interventions,
     user_errors,
     validate_outputs,
 )
@@ -112,8 +113,17 @@ def tui(
             "--compare", help="A second model B: the Diff tab shows where its attention parts ways with this one's."
         ),
     ] = None,
+    intervene: Annotated[
+        list[str],
+        typer.Option(
+            "--intervene",
+            help="KIND@LAYER[:HEADS] (repeatable): start with these heads' attention output replaced (zero, "
+            "mean, reference; hide[LO:HI] masks keys LO..HI-1), as the key a ablates a head.",
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Browse every layer, head and token in a terminal app while the model runs."""
+    interventions = parse_interventions(intervene, patch=False)
     if not all(stream.isatty() for stream in (sys.stdin, sys.stdout, sys.stderr)):  # Textual draws on stderr
         raise fail(
             "attnscope tui needs a terminal: stdin, stdout and stderr must be a tty (for a report "
@@ -139,6 +149,7 @@ def tui(
             allow_pickle=allow_pickle,
             engine=engine,
             compare=compare_with,
+            interventions=interventions,
         )
         tui_app.run()
     raise typer.Exit(tui_app.return_code or EXIT_OK)

@@ -747,77 +747,109 @@ def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = Non
     ), diffs
 
 
-# on prompts longer than `CAUSALITY_LONG` tokens, the cuts fall in the last `CAUSALITY_WINDOW` positions
-# and each rerun computes only those, through a cache of the positions before them (prefilled once)
-CAUSALITY_LONG = 1024
+# on prompts longer than `CAUSALITY_LONG` tokens the cuts fall in two windows of `CAUSALITY_WINDOW`
+# positions: three in the last ones, each rerun computing only those through a cache of the positions
+# before them (copied from the run's own forward where the engine can), and one in the first ones,
+# rerun alone; their six reruns of 256 positions cost what three of the whole prompt do at 512 tokens,
+# so up to that the whole prompt is rerun
+CAUSALITY_LONG = 512
 CAUSALITY_WINDOW = 256
+
+
+@dataclass(frozen=True)
+class CausalitySpan:
+    """Positions `start` .. `end` - 1 rerun together (through a cache of those before `start`), and the
+    cuts that fall in them."""
+
+    start: int
+    end: int
+    cuts: tuple[int, ...]
+
+
+def causality_spans(T: int, cut_points: Sequence[int] | None = None) -> list[CausalitySpan]:
+    """Where causality cuts a prompt of `T` tokens and what each rerun computes: given `cut_points`,
+    or up to `CAUSALITY_LONG` tokens, the whole prompt with cuts at 1/4, 1/2 and 3/4 of it; past
+    that, the first `CAUSALITY_WINDOW` positions cut at their half, and the last ones at 1/4, 1/2 and
+    3/4 of them."""
+    if cut_points is not None:
+        return [CausalitySpan(0, T, tuple(sorted(set(cut_points))))]
+    W = T if T <= CAUSALITY_LONG else CAUSALITY_WINDOW
+    tail = CausalitySpan(T - W, T, tuple(T - W + p for p in (W // 4, W // 2, (3 * W) // 4) if 0 <= p < W - 1))
+    return [tail] if W == T else [CausalitySpan(0, W, (W // 2,)), tail]
 
 
 def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = None, step: Step | None = None) -> Check:
     """Change the tokens after position p; outputs at positions <= p must not change beyond what a
     rerun of the same tokens changes (`causality_tolerance`). Cuts at 1/4, 1/2 and 3/4 of the prompt,
-    or, past `CAUSALITY_LONG` tokens, of its last `CAUSALITY_WINDOW` positions: those positions alone
-    are rerun (a parallel chunk through a cache of the ones before) and compared, against a rerun of
-    the same window with the same tokens (same shapes, so bit for bit where the run is exact)."""
+    or, past `CAUSALITY_LONG` tokens, in two windows (`causality_spans`): the last `CAUSALITY_WINDOW`
+    positions, rerun alone as a parallel chunk through a cache of the positions before them, and the
+    first ones, rerun alone. Each window's changed reruns are compared with a rerun of that window
+    with the same tokens (same shapes, so bit for bit where the run is exact)."""
     ids = run.inputs.ids
     T = ids.shape[1]
     vocab = run.model.layout.vocab_size
-    start = T - CAUSALITY_WINDOW if T > CAUSALITY_LONG else 0
-    if cut_points is None:
-        W = T - start
-        cut_points = sorted({start + p for p in (W // 4, W // 2, (3 * W) // 4) if 0 <= p < W - 1})
+    spans = causality_spans(T, cut_points)
+    cuts = [p for span in spans for p in span.cuts]
     tol, calibration = causality_tolerance(run, tol)
-    with torch.inference_mode():
-        prefix = run.prefix_cache(start) if start else None
-        if start:  # the window's own rerun is the baseline; the parallel forward, the noise's reference
-            original = [rec.out for rec in run.rerun(ids, start, prefix)]
-            reference = [rec.out[:, :, start:] for rec in run.records] if tol.calibrated else None
-        else:
-            original = [rec.out for rec in run.records]
-            reference = [rec.out for rec in run.rerun(ids)] if tol.calibrated and cut_points else None
     worst = 0.0
     first: dict[str, Any] | None = None
-    for n, p in enumerate(cut_points):
-        if step is not None:
-            step(n, len(cut_points))
-        changed = ids.clone()
-        changed[:, p + 1 :] = (ids[:, p + 1 :] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
+    done = 0
+    for span in spans:
+        start, end = span.start, span.end
+        whole = (start, end) == (0, T)
         with torch.inference_mode():
-            records = run.rerun(changed, start, prefix)
-        rows = slice(0, p + 1 - start)  # positions start .. p
-        diffs = [
-            compare(
-                rec.out[:, :, rows],
-                orig[:, :, rows],
-                None if reference is None else reference[i][:, :, rows],
-                tol,
-                run.inputs.real[:, start : p + 1],
-            )
-            for i, (rec, orig) in enumerate(zip(records, original, strict=True))
-        ]
-        worst = max(worst, max(float(d.max_abs.max()) for d in diffs))
-        failing = _first_failing(diffs)
-        if failing is not None and (first is None or failing[0] < first["layer"]):
-            layer, (b, h, s) = failing
-            first = {"layer": layer, "head": h, "position": start + s, "batch": b, "stage": "output", "cut": p}
+            prefix = run.prefix_cache(start) if start else None
+            if whole:  # the parallel forward is the baseline; a rerun of it, the noise's reference
+                original = [rec.out for rec in run.records]
+                reference = [rec.out for rec in run.rerun(ids)] if tol.calibrated and span.cuts else None
+            else:  # the window's own rerun is the baseline; the parallel forward, the noise's reference
+                original = [rec.out for rec in run.rerun(ids, start, prefix, end)]
+                reference = [rec.out[:, :, start:end] for rec in run.records] if tol.calibrated else None
+        for p in span.cuts:
+            if step is not None:
+                step(done, len(cuts))
+            done += 1
+            changed = ids.clone()
+            changed[:, p + 1 :] = (ids[:, p + 1 :] + 1 + torch.arange(T - p - 1, device=ids.device)) % vocab
+            with torch.inference_mode():
+                records = run.rerun(changed, start, prefix, end)
+            rows = slice(0, p + 1 - start)  # positions start .. p
+            diffs = [
+                compare(
+                    rec.out[:, :, rows],
+                    orig[:, :, rows],
+                    None if reference is None else reference[i][:, :, rows],
+                    tol,
+                    run.inputs.real[:, start : p + 1],
+                )
+                for i, (rec, orig) in enumerate(zip(records, original, strict=True))
+            ]
+            worst = max(worst, max(float(d.max_abs.max()) for d in diffs))
+            failing = _first_failing(diffs)
+            if failing is not None and (first is None or failing[0] < first["layer"]):
+                layer, (b, h, s) = failing
+                first = {"layer": layer, "head": h, "position": start + s, "batch": b, "stage": "output", "cut": p}
+        del original, reference, prefix
     if step is not None:
-        step(len(cut_points), len(cut_points))
+        step(len(cuts), len(cuts))
+    # the positions rerun, [first, last] a window; None: the whole prompt
+    windows = None if len(spans) == 1 else [[span.start, span.end - 1] for span in spans]
     figures = {
-        "cut_points": cut_points,
-        "positions_compared_from": start,
+        "cut_points": cuts,
+        "windows": windows,
         "max_abs_diff": json_number(worst),
         "tolerance": tol.as_dict(),
         "bit_exact": run.exact,
         "calibration": calibration,
     }
-    within = f" from position {start} on" if start else ""
+    within = "" if windows is None else "; rerun: positions " + " and ".join(f"{a}–{b}" for a, b in windows)
     if first is None:
         return Check(
             "causality",
             True,
             figures,
             None,
-            f"no position <= p{within} changes when later tokens change (p in {cut_points})",
+            f"no position <= p changes when later tokens change (p in {cuts}{within})",
         )
     return Check(
         "causality",

@@ -498,11 +498,16 @@ def compare_runs(run_a: Run, run_b: Run, prompt: Prompt, tolerance: Tolerance) -
     return Comparison(run_a, run_b, prompt, tolerance, output, residual, qkv, prob_rows, js_rows, logits, top1)
 
 
-def compare_document(comparisons: list[Comparison], bisections: dict[int, Any] | None = None) -> str:
+def compare_document(
+    comparisons: list[Comparison], bisections: dict[int, Any] | None = None, interventions: dict[int, Any] | None = None
+) -> str:
     """The JSON document (schema ``attnscope.compare/1``) of one or more prompts' comparisons of the
     same two models; with `bisections` (prompt index -> `attnscope.inspector.interventions.Bisection`),
-    each of those prompts' entry holds its ``bisect``."""
-    bisections = bisections or {}
+    each of those prompts' entry holds its ``bisect``; with `interventions` (prompt index -> its
+    `attnscope.inspector.interventions.PairEffect`), its ``interventions``."""
+    from attnscope.inspector.report import finite
+
+    bisections, interventions = bisections or {}, interventions or {}
     first = comparisons[0]
     a, b = first.run_a.model, first.run_b.model
     doc = {
@@ -515,7 +520,11 @@ def compare_document(comparisons: list[Comparison], bisections: dict[int, Any] |
         "identical": all(c.identical for c in comparisons),
         "passed": all(c.passed for c in comparisons),
         "prompts": [
-            {**c.to_dict(), **({"bisect": bisections[n].to_dict()} if n in bisections else {})}
+            {
+                **c.to_dict(),
+                **({"bisect": bisections[n].to_dict()} if n in bisections else {}),
+                **({"interventions": [finite(interventions[n].to_dict())]} if n in interventions else {}),
+            }
             for n, c in enumerate(comparisons)
         ],
     }

@@ -84,6 +84,8 @@ class Report:
     mask_cache: dict[str, int] = field(default_factory=dict)  # hits / misses of the dense-mask cache
     lse_source: str = ""  # what computed the lse of the records: a kernel's name, or "eager" (recomputed)
     backend_choice: str = "given"  # "given" (by name), or "auto: ..." with why that backend
+    # --intervene: each `attnscope.inspector.interventions.Effect`'s dict (the key only when there are any)
+    interventions: list[dict[str, Any]] = field(default_factory=list)
     schema: str = SCHEMA
 
     @property
@@ -110,6 +112,7 @@ class Report:
             "checks",
             "passed",
             "mask_cache",
+            *(["interventions"] if self.interventions else []),
         ]
         return {key: d[key] for key in order}
 

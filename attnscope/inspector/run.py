@@ -14,6 +14,7 @@ import copy
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -89,6 +90,9 @@ class Run:
     records: list[LayerRecord]
     logits: torch.Tensor  # [B, T, vocab] float32
     backend_choice: str = "given"  # how the backend was chosen: "given", or "auto: ..." (`Scope`)
+    # the KV cache the forward wrote positions 0 .. T-1 into, when it ran into one (decoding may have
+    # appended to it since): `prefix_cache` copies its first positions instead of computing them again
+    cache: Any = None
 
     @classmethod
     def forward(
@@ -103,35 +107,42 @@ class Run:
         residuals: bool = False,
         backend_choice: str = "given",
     ) -> Run:
-        """Run `inputs` in one parallel forward (into `cache` when given), capturing every layer (and
-        its block's output, with `residuals`)."""
+        """Run `inputs` in one parallel forward (into `cache` when given: an empty one, which the run
+        keeps as its `cache`), capturing every layer (and its block's output, with `residuals`)."""
         capture = Capture(on_layer=on_layer, keep_residuals=residuals, n_layers=model.layout.n_layers)
         logits = model.forward(
             inputs.ids, attend, cache=cache, recorder=capture, mask=inputs.padding, positions=inputs.positions
         )  # (B, T, vocab)
-        return cls(model, backend, attend, inputs, capture.layers(), logits.float(), backend_choice)
+        return cls(model, backend, attend, inputs, capture.layers(), logits.float(), backend_choice, cache)
 
-    def rerun(self, ids: torch.Tensor, start: int = 0, prefix=None) -> list[LayerRecord]:
+    def rerun(self, ids: torch.Tensor, start: int = 0, prefix=None, end: int | None = None) -> list[LayerRecord]:
         """The records of the same forward on other token ids ``[B, T]`` (same padding and positions),
-        without lse; with a `prefix` cache (`prefix_cache`) only positions `start` .. T-1 are computed,
-        through a copy of it (the records' rows are those positions)."""
+        without lse, of positions `start` .. `end` - 1 (default: to the last): with a `prefix` cache
+        (`prefix_cache`) of the positions before `start`, through a copy of it; positions after `end`
+        are not in the forward at all (the records' rows are those positions)."""
         # only the outputs are compared: no lse, no residual counts
         capture = Capture(count_nonfinite=False, n_layers=self.model.layout.n_layers, lse=False)
         B, T = ids.shape
+        end = T if end is None else end
         positions = self.inputs.positions
         self.model.forward(
-            ids[:, start:],
+            ids[:, start:end],
             self.attend,
-            cache=self.model.new_cache(B, T) if prefix is None else copy.deepcopy(prefix),
+            cache=self.model.new_cache(B, end) if prefix is None else copy.deepcopy(prefix),
             recorder=capture,
             mask=self.inputs.padding,
-            positions=None if positions is None else positions[:, start:],
+            positions=None if positions is None else positions[:, start:end],
         )
         return capture.layers()
 
     def prefix_cache(self, start: int):
-        """A KV cache holding the run's positions 0 .. start-1, for `rerun` of the positions after them."""
+        """A KV cache holding the run's positions 0 .. start-1, for `rerun` of the positions after them:
+        those of the cache the run's forward wrote (`cache`), copied, where the engine can copy a
+        cache's first positions (``cache_prefix``), else computed by a forward of those positions."""
         B, T = self.inputs.shape
+        copy_prefix = getattr(self.model, "cache_prefix", None)
+        if self.cache is not None and copy_prefix is not None:
+            return copy_prefix(self.cache, start, T)
         cache = self.model.new_cache(B, T)
         positions = self.inputs.positions
         self.model.forward(

@@ -83,6 +83,15 @@ class LoadedModel:
         require_kv_cache_fits(self.layout, batch, max_len, self.dtype, self.device)  # before allocating it
         return self.net.new_cache(batch, max_len)
 
+    def cache_prefix(self, cache: KVCache, length: int, max_len: int) -> KVCache:
+        """A new cache of `max_len` positions holding the first `length` positions of `cache` (a copy),
+        so that a rerun of the positions after them need not compute these again."""
+        prefix = self.new_cache(cache.k[0].shape[0], max_len)
+        for mine, theirs in zip(prefix.k + prefix.v, cache.k + cache.v, strict=True):
+            mine[:, :, :length] = theirs[:, :, :length]
+        prefix.length = length
+        return prefix
+
     def forward(
         self,
         ids: torch.Tensor,

@@ -34,12 +34,25 @@ def bisection_view(bisections: dict, prompts: list[str]) -> list[Text]:
     culprit layers, then B's output as each joins, or what patching attention leaves unexplained."""
     parts = []
     for n, found in bisections.items():
-        parts.append(Text(f"bisect · prompt {n + 1} {_short(prompts[n])!r}: {found.summary()}", style="bold"))
+        parts += bisection_lines(f"bisect · {prompt_label(n, prompts[n])}", found)
+    return parts
+
+
+def prompt_label(n: int, prompt: str) -> str:
+    """Prompt `n` (from 0) as compare's experiments name it: "prompt 1 'def f(x):'"."""
+    return f"prompt {n + 1} {_short(prompt)!r}"
+
+
+def bisection_lines(heading: str, found) -> list[Text]:
+    """One `attnscope.inspector.interventions.Bisection` under `heading`: its summary, then the output
+    with none patched and as each culprit joins (`compare --bisect`, `check --bisect`)."""
+    parts = [Text(f"{heading}: {found.summary()}", style="bold")]
+    if found.output_differs:
         top1, diff = found.unpatched
         parts.append(Text(f"  none patched: greedy agreement {top1:.0%}, logits max |Δ| {diff:.3g}"))
         for layers, top1, diff in found.steps:
             parts.append(Text(f"  + layer {layers[-1]}: greedy agreement {top1:.0%}, logits max |Δ| {diff:.3g}"))
-        parts.append(Text())
+    parts.append(Text())
     return parts
 
 

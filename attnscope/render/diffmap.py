@@ -247,13 +247,14 @@ def _paths(plan: dict, edges) -> str:
     return "".join(line)
 
 
-def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
+def diff_panel(result, layer: int, head: int, comparison=None, versus: str | None = None) -> Group | Text:
     """What the comparing checks found, for the TUI's Diff tab: per check, the layer × head map of
     the largest differences and the selected head's differences per position; with `comparison` (an
-    `attnscope.inspector.compare.Comparison`, or the error that stopped it) the same against model B."""
+    `attnscope.inspector.compare.Comparison`, or the error that stopped it) the same against its run A,
+    named `versus` (default: model B, by name, that the result is compared with)."""
     parts = []
     if comparison is not None:
-        parts += versus_panel(comparison, layer, head)
+        parts += versus_panel(comparison, layer, head, versus)
     for name, title in (
         ("full_vs_incremental", "full vs incremental (KV cache)"),
         ("backend_vs_reference", f"{result.backend} vs eager float32"),
@@ -291,12 +292,13 @@ def diff_panel(result, layer: int, head: int, comparison=None) -> Group | Text:
     return Group(*parts) if parts else Text("no diffs")
 
 
-def versus_panel(comparison, layer: int, head: int) -> list:
+def versus_panel(comparison, layer: int, head: int, name: str | None = None) -> list:
     """The Diff tab's "vs B": the attention output's max |Δ| per layer × head (✗ where the output or
-    the probabilities cross the tolerance), the first divergence, and the selected head per position."""
+    the probabilities cross the tolerance), the first divergence, and the selected head per position;
+    `name` says what the result is compared with (default: model B's name)."""
     if isinstance(comparison, str):
-        return [Text(f"vs B: {comparison}", style="red"), Text()]
-    name = comparison.run_b.model.name
+        return [Text(f"vs {name or 'B'}: {comparison}", style="red"), Text()]
+    name = name or comparison.run_b.model.name
     tol = comparison.tolerance
     if comparison.identical:
         return [Text(f"vs {name}: {IDENTICAL}", style="green"), Text()]

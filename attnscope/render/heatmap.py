@@ -10,12 +10,12 @@ space are pooled and the title says how ("4096×4096 → 48×120, max-pooled").
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
+from rich.cells import cell_len
 from rich.color import Color
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.segment import Segment
@@ -54,6 +54,16 @@ def label(text: str, width: int) -> str:
     """A token made printable and cut to `width` (newline ⏎, tab ⇥, space ␣)."""
     text = text.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣").replace("\r", "␍")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class Line(NamedTuple):
+    """A rendered line of a `Heatmap`: its segments, how many of them (at the end) are cells of the map,
+    and its length in columns. Cells are half blocks colored in RGB, never dim: what a terminal is sent
+    for them does not depend on its palette."""
+
+    segments: list[Segment]
+    cells: int
+    length: int
 
 
 class Heatmap:
@@ -136,24 +146,27 @@ class Heatmap:
             if isinstance(part, Text):
                 yield part
             else:
-                yield from part
+                yield from part.segments
                 yield Segment.line()
 
-    def lines(self, console: Console, width: int, base: Style | None = None) -> list[list[Segment]]:
+    def lines(self, console: Console, width: int, base: Style | None = None) -> list[Line]:
         """The rendered lines (each at most `width` cells) on a `base` style (the pane's colors). The
         lines of cells come out whole, without rich's splitting and cropping of a segment stream: the
         TUI draws them straight into strips."""
         options = console.options.update_width(width)
-        lines = []
+        lines: list[Line] = []
         for part in self._parts(console, width, base):
             if isinstance(part, Text):
-                lines.extend(console.render_lines(part, options, style=base, pad=False))
+                lines.extend(
+                    Line(segments, 0, Segment.get_line_length(segments))
+                    for segments in console.render_lines(part, options, style=base, pad=False)
+                )
             else:
                 lines.append(part)
         return lines
 
     def _parts(self, console: Console, max_width: int, base: Style | None = None):
-        """Title, key axis, the cells and the colorbar: `Text`, or a line of cells as a list of segments."""
+        """Title, key axis, the cells and the colorbar: `Text`, or a `Line` of cells."""
         color = in_color(console) if self.color is None else self.color
         label_w = self.label_width(color, self.compact, tokens=bool(self.query_labels))
         width = max(8, max_width - label_w)
@@ -170,7 +183,7 @@ class Heatmap:
         if not self.compact:
             yield from self._key_axis(w.shape[1], ce, pooled, label_w, mx)
         if color:
-            yield from self._half_block_rows(w, a, re, pooled, scale, label_w, m, base, mx)
+            yield from self._half_block_rows(w, a, re, pooled, scale, label_w, m, base, mx, console.color_system)
         else:
             yield from self._shade_rows(w, a, re, pooled, scale, label_w)
         if not self.compact:
@@ -203,22 +216,44 @@ class Heatmap:
         return codes
 
     def _half_block_rows(
-        self, w, a, re, pooled, scale, label_w, m: int = 1, base: Style | None = None, mx: int | None = None
+        self,
+        w,
+        a,
+        re,
+        pooled,
+        scale,
+        label_w,
+        m: int = 1,
+        base: Style | None = None,
+        mx: int | None = None,
+        color_system: str | None = None,
     ):
-        """Lines of half blocks, each a list of segments (no Text spans: a long map has thousands of cells):
+        """`Line`s of half blocks, each of segments (no Text spans: a long map has thousands of cells):
         cells of `m` half-lines and `mx` (default `m`) columns. Cells carry both their colors; `base` goes
-        under the labels and under a last half line."""
+        under the labels and under a last half line. The runs of cells are found for the whole map at
+        once (numpy): what is left per cell run is making its segment."""
         mx = m if mx is None else mx
         colors = self._colors(w, a, scale)
         label_style = base + DIM if base else DIM
         n_rows = w.shape[0] * m  # half-lines
-        for r in range(0, n_rows, 2):
+        firsts = np.arange(0, n_rows, 2)  # the upper half-line of each line
+        lower = firsts + 1 < n_rows  # the line has a lower half
+        upper = colors[firsts // m]  # [lines, cols] color codes of the upper halves
+        under = np.where(lower[:, None], colors[np.minimum((firsts + 1) // m, w.shape[0] - 1)], NO_COLOR_CODE)
+        # consecutive cells of the same two colors become one segment
+        pair = upper * 4096 + under
+        starts = np.ones(pair.shape, dtype=bool)
+        starts[:, 1:] = pair[:, 1:] != pair[:, :-1]
+        flat = np.flatnonzero(starts)
+        runs = np.diff(np.append(flat, pair.size)) * mx  # a line's last run ends where the next one starts
+        cells = _half_block_segments(((pair.ravel()[flat].astype(np.int64) << 16) | runs).tolist(), color_system)
+        bounds = np.concatenate(([0], np.cumsum(starts.sum(axis=1)))).tolist()  # each line's runs in `cells`
+        for n, r in enumerate(firsts.tolist()):
             top, below = r // m, (r + 1) // m  # source rows of the upper and lower half
-            lower = r + 1 < n_rows
             if label_w:
                 if m == 1:
                     text = f"{self._row_label(top, re, pooled):<{LABEL_WIDTH}}{' ' if pooled else '│'}"
-                    text += f"{self._row_label(below, re, pooled) if lower else '':<{LABEL_WIDTH}}"
+                    text += f"{self._row_label(below, re, pooled) if lower[n] else '':<{LABEL_WIDTH}}"
                     pos = f"{self.q_offset + int(re[top]):>4}"
                 elif r % m == 0 or (r - 1) // m != top:  # the line where this source row starts
                     text, pos = (
@@ -230,19 +265,12 @@ class Heatmap:
                 line = [Segment(f"{pos:>4} {text} "[:label_w].ljust(label_w), label_style)]
             else:
                 line = []
-            # consecutive cells of the same two colors become one segment
-            upper = colors[top]
-            under = colors[below] if lower else np.full_like(upper, NO_COLOR_CODE)
-            pair = upper * 4096 + under
-            starts = np.concatenate(([0], np.flatnonzero(pair[1:] != pair[:-1]) + 1))
-            ends = np.append(starts[1:], len(pair))
-            cells = [
-                Segment("▀" * ((end - start) * mx), _half_block_style(int(upper[start]), int(under[start])))
-                for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
-            ]
-            if base and not lower:
-                cells = list(Segment.apply_style(cells, base))
-            yield line + cells
+            line_cells = cells[bounds[n] : bounds[n + 1]]
+            length = (cell_len(line[0].text) if line else 0) + w.shape[1] * mx
+            if base and not lower[n]:  # the cells take the pane's style: no longer only RGB colors of ours
+                yield Line(line + list(Segment.apply_style(line_cells, base)), 0, length)
+            else:
+                yield Line(line + line_cells, len(line_cells), length)
 
     def _shade_rows(self, w, a, re, pooled, scale, label_w):
         for i in range(w.shape[0]):
@@ -307,10 +335,34 @@ class Heatmap:
         return bar
 
 
-@functools.lru_cache(maxsize=65536)
-def _half_block_style(upper: int, under: int) -> Style:
-    """The style of a half block from two color codes (upper half: foreground, lower: background)."""
-    return Style(color=_PALETTE_COLORS[upper], bgcolor=_PALETTE_COLORS[under] if under != NO_COLOR_CODE else None)
+# per color system (a console's; rich and Textual keep a style's escape sequence in it, for one):
+# upper code · 4096 + lower code -> style, and (upper · 4096 + lower) · 65536 + columns (< 65536) -> segment
+_HALF_BLOCKS: dict[str | None, tuple[dict[int, Style], dict[int, Segment]]] = {}
+_KEPT = 1 << 16  # segments kept across maps (a 240×70 terminal's map has ~5 500 runs, ~600–1 200 of them distinct)
+
+
+def _half_block_segments(keys: list[int], color_system: str | None) -> list[Segment]:
+    """The segments of runs of half blocks (upper half: foreground, lower: background), by
+    ``(upper · 4096 + lower) · 65536 + columns``. Runs repeat within a map and across maps, and each is
+    kept: the same run is the same `Segment`, its colors the same `Style` object, so the escape sequence
+    rich and Textual keep with a style is found again on the next map. Kept per `color_system`, the
+    console's, since that sequence is kept for one only."""
+    styles, segments = _HALF_BLOCKS.setdefault(color_system, ({}, {}))
+    missing = set(keys).difference(segments)
+    if len(segments) + len(missing) > _KEPT or len(styles) > _KEPT:
+        segments.clear()
+        styles.clear()
+        missing = set(keys)
+    for key in missing:
+        pair, columns = divmod(key, 65536)
+        style = styles.get(pair)
+        if style is None:
+            upper, under = divmod(pair, 4096)
+            style = styles[pair] = Style.from_color(  # Style(color=…, bgcolor=…) without its parsing
+                _PALETTE_COLORS[upper], _PALETTE_COLORS[under] if under != NO_COLOR_CODE else None
+            )
+        segments[key] = Segment("▀" * columns, style)
+    return list(map(segments.__getitem__, keys))
 
 
 class TopKeys:

@@ -3,14 +3,15 @@
 
 The model runs in a thread worker: layers appear in the navigator as their records arrive and the
 checks fill in as they finish. Editing the prompt cancels the running work (the worker's callbacks
-stop it at the next layer or check) and starts a new run.
+stop it at the next layer or check) and starts a new run. `a` ablates the head shown and `A` restores
+every head: see `attnscope.tui.ablation`.
 
 A run that fails shows its error as one line in the app; quitting then exits with 2 (bad input: a
 model path, a prompt) or 1 (anything else). An exception no handler caught closes the app with one
 line on stderr and exit code 1, not a traceback.
 
 Text typed for the prompt is never read as keys: enter runs the prompt and leaves the cursor in it,
-tab or escape leaves it. The keys that write files or change the run (`s`, `n`, `ctrl+r`) only act
+tab or escape leaves it. The keys that write files or change the run (`s`, `n`, `ctrl+r`, `a`) only act
 outside the prompt. The prompt is one line: a newline shows as ``\n`` there (as in a prompts file).
 """
 
@@ -34,6 +35,7 @@ from attnscope.output import unused_path, write_outputs
 from attnscope.prompts import escape, unescape
 from attnscope.session import Session
 from attnscope.tui import messages
+from attnscope.tui.ablation import Ablations
 from attnscope.tui.heatmap_view import FAILED, WAITING, HeatmapView
 from attnscope.tui.help import HelpScreen
 from attnscope.tui.navigator import Navigator
@@ -58,6 +60,8 @@ class AttnScopeApp(App):
         Binding("s", "screenshot", "SVG"),
         Binding("n", "next_token", "next token"),
         Binding("ctrl+r", "rerun", "rerun"),
+        Binding("a", "ablate", "ablate", show=False),
+        Binding("A", "ablate(True)", "restore every head", show=False),
         Binding("right_square_bracket", "step(1, 0)", "next head"),
         Binding("left_square_bracket", "step(-1, 0)", "previous head", show=False),
         Binding("right_curly_bracket", "step(0, 1)", "next layer", show=False),
@@ -116,6 +120,7 @@ class AttnScopeApp(App):
         self.query_one(Navigator).reset(self.session.model_name)
         self.query_one(ChecksPane).clear()
         self.query_one(StatusLine).start(loading=self.session.loaded is None)
+        self.query_one(Ablations).reset()
         self.run_model(prompt, self.run_id)
 
     @work(thread=True, exclusive=True, group="run")
@@ -168,6 +173,7 @@ class AttnScopeApp(App):
         refused = message.comparison if isinstance(message.comparison, str) else None
         self.failure = 2 if refused else 0  # a comparison B refuses on this prompt is bad input too
         self.query_one(StatusLine).finished(result, refused)
+        self.query_one(Ablations).finished(result, message.comparison)  # the baseline of the ablated heads
 
     def on_run_failed(self, message: messages.RunFailed) -> None:
         if message.run_id == self.run_id:
@@ -176,6 +182,17 @@ class AttnScopeApp(App):
             error.add_class("shown")
             self.query_one(StatusLine).failed()
             self.query_one(HeatmapView).no_result(FAILED)
+
+    def show_run(self, result: Result, comparison=None) -> None:
+        """Show `result` (its Diff tab against `comparison`) in the views: the baseline, or with heads ablated."""
+        self.result = result
+        for pane in (self.query_one(MaskPane), self.query_one(TokensPane)):
+            pane.result = result
+        self.query_one(DiffPane).comparison = comparison
+        self.query_one(DiffPane).result = result
+        view = self.query_one(HeatmapView)
+        self.show_head(view.layer_idx, view.head_idx)
+        view.prewarm_in_background(result)
 
     # ---- selection ---------------------------------------------------------------------------
     def show_head(self, layer: int, head: int, position: int | None = None) -> None:
@@ -265,6 +282,11 @@ class AttnScopeApp(App):
     def action_rerun(self) -> None:
         if (prompt := self.query_one("#prompt", Input).value).strip():
             self.start_run(unescape(prompt))
+
+    def action_ablate(self, every: bool = False) -> None:
+        """Ablate the head shown or restore it (`every`: restore every head); the prompt runs again."""
+        view = self.query_one(HeatmapView)
+        self.query_one(Ablations).toggle(view.layer_idx, None if every else view.head_idx)
 
     def action_next_token(self) -> None:
         """Append the greedy next token to the analyzed sequence and run again."""

@@ -8,15 +8,23 @@ The cells shown are those of the pane's current size: a resize recomputes them (
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import numpy as np
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
+from textual.color import Color
+from textual.filter import ANSIToTruecolor, LineFilter
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.worker import get_current_worker
+from textual.worker import Worker, get_current_worker
 
 from attnscope.render.colors import in_color
-from attnscope.render.heatmap import HeadMap, Heatmap, head_map, label, map_heatmap, small_multiples
+from attnscope.render.heatmap import HeadMap, Heatmap, Line, head_map, label, map_heatmap, small_multiples
 from attnscope.tui.messages import CursorMoved
 
 NO_PROMPT = "no prompt yet: type one in the field above and press enter (nothing runs until then)"
@@ -56,6 +64,10 @@ class HeatmapView(Widget, can_focus=True):
         self._strips_key = None
         self._generation = 0
         self._overviews: dict = {}  # (result, layer, head, capacity) -> overview HeadMap
+        self._ahead: dict[tuple, list[Strip]] = {}  # the neighbouring heads drawn ahead (`draw_ahead`)
+        self._ahead_for = None  # the result they are of
+        self._shown_ahead_key = None  # the key of the strips shown, when they would be drawn ahead as they are
+        self._drawing_ahead: Worker[None] | None = None
 
     # ---- state -------------------------------------------------------------------------------
     def show(self, result, layer: int | None = None, head: int | None = None, keep_cursor: bool = False) -> None:
@@ -157,18 +169,137 @@ class HeatmapView(Widget, can_focus=True):
 
     # ---- rendering ---------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
-        """Line API: the map is rendered once per change of state or size and kept as strips."""
-        key = (self.size, self._generation)
+        """Line API: the map is rendered once per change of state or size and kept as strips (or was
+        drawn ahead, `draw_ahead`)."""
+        return self._line(y, self._look())
+
+    def _line(self, y: int, look: tuple) -> Strip:
+        key = (self.size, self._generation, look)
         if key != self._strips_key:
-            console, width, base = self.app.console, self.size.width, self.rich_style
-            renderable = self.renderable()
-            if isinstance(renderable, Heatmap):
-                lines = renderable.lines(console, width, base)  # the cells' lines come whole: no line splitting
-            else:
-                lines = console.render_lines(renderable, console.options.update_width(width), style=base, pad=False)
-            self._strips = [Strip(line).adjust_cell_length(width, base) for line in lines]
-            self._strips_key = key
-        return self._strips[y] if y < len(self._strips) else Strip.blank(self.size.width, self.rich_style)
+            if self._shown_ahead_key is not None and self._ahead_for is self.result:  # the head left is a neighbour
+                self._ahead[self._shown_ahead_key] = self._strips
+            ahead_key = self._ahead_key(self.layer_idx, self.head_idx, look) if self._as_after_a_switch() else None
+            ahead = self._ahead.get(ahead_key) if ahead_key and self._ahead_for is self.result else None
+            self._strips = ahead if ahead is not None else self._strips_of(self.renderable(), look)
+            self._strips_key, self._shown_ahead_key = key, ahead_key
+        return self._strips[y] if y < len(self._strips) else Strip.blank(self.size.width, look[1])
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """The strips themselves when Textual's styles add nothing to them (no border, padding, outline,
+        tint, hatch or opacity, as in this app), so that the escape sequences kept with a strip drawn ahead
+        are those the terminal is sent; otherwise as any widget's."""
+        styles = self.styles
+        if (
+            styles.gutter.totals != (0, 0)
+            or any(edge for edge, _ in styles.outline)
+            or styles.tint.a
+            or styles.text_opacity != 1.0
+            or self.opacity != 1.0
+            or (styles.has_rule("hatch") and styles.hatch != "none")
+        ):
+            return super().render_lines(crop)
+        look = self._look()
+        strips = [self._line(y, look) for y in crop.line_range]
+        if filters := self.get_line_filters():
+            background = self.background_colors[1]
+            for line_filter in filters:
+                strips = [strip.apply_filter(line_filter, background) for strip in strips]
+        if crop.column_span != (0, self.size.width):
+            strips = [strip.crop(*crop.column_span) for strip in strips]
+        return strips
+
+    def _look(self) -> tuple:
+        """What the strips depend on besides the state: the pane's style and background, the color mode,
+        and Textual's ANSI-to-RGB filter (which changes with the theme)."""
+        truecolor = next((f for f in super().get_line_filters() if isinstance(f, ANSIToTruecolor)), None)
+        return (self.size, self.rich_style, self.background_colors[1], self.color, truecolor)
+
+    def _strips_of(self, renderable, look: tuple) -> list[Strip]:
+        """`renderable` drawn as the pane's strips (`look`: `_look()`)."""
+        (width, _), base, background, _, truecolor = look
+        console = self.app.console
+        if isinstance(renderable, Heatmap):
+            lines = renderable.lines(console, width, base)  # the cells' lines come whole: no line splitting
+        else:
+            options = console.options.update_width(width)
+            lines = [
+                Line(line, 0, Segment.get_line_length(line))
+                for line in console.render_lines(renderable, options, style=base, pad=False)
+            ]
+        return [self._strip(line, width, base, truecolor, background) for line in lines]
+
+    @staticmethod
+    def _strip(line: Line, width: int, base: Style, truecolor: ANSIToTruecolor | None, background: Color) -> Strip:
+        """A line as the pane's strip: padded to the width, and through Textual's ANSI-to-RGB filter
+        (`get_line_filters`) on `background` except for the cells of the map, which it would leave as they are."""
+        segments, cells, length = line
+        if length > width:  # a pane narrower than the map's smallest width: cropped, as Textual does
+            segments, cells, length = list(Strip(segments, length).adjust_cell_length(width, base)), 0, width
+        plain = len(segments) - cells
+        head, cells_ = segments[:plain], segments[plain:]
+        tail = [Segment(" " * (width - length), base)] if length < width else []
+        if truecolor is not None:
+            head, tail = truecolor.apply(head, background), truecolor.apply(tail, background)
+        return Strip(head + cells_ + tail, width)
+
+    def get_line_filters(self) -> Sequence[LineFilter]:
+        """Textual's filters but the one from ANSI to RGB colors, which `render_line` applies itself: run by
+        Textual, it looks up every cell's style in a cache of 1024 that a map with thousands of colors
+        overruns, each frame (~10 ms at 240×70), and leaves them as they are."""
+        return [f for f in super().get_line_filters() if not isinstance(f, ANSIToTruecolor)]
+
+    # ---- drawing ahead -----------------------------------------------------------------------
+    def _as_after_a_switch(self) -> bool:
+        """Whether the state is the one a head switch leaves (`show`): the overview, the cursor at its origin."""
+        return self.result is not None and not (self.group or self.zoomed) and self.cursor == (0, 0)
+
+    def _ahead_key(self, layer: int, head: int, look: tuple) -> tuple:
+        return (layer, head, self.log_scale, look)
+
+    def _neighbours(self) -> list[tuple[int, int]]:
+        """The heads a switch goes to next: the next and the previous one in the navigator's order."""
+        n_heads, n_layers = self.result.n_heads, self.result.n_layers
+        at = self.layer_idx * n_heads + self.head_idx
+        return [divmod((at + step) % (n_layers * n_heads), n_heads) for step in (1, -1)]
+
+    def _draw_ahead_soon(self) -> None:
+        """After a frame: draw the neighbouring heads in the background (`draw_ahead`) unless they are."""
+        if not self._as_after_a_switch() or self.size.width == 0 or not self.is_on_screen:
+            return  # a zoom or a moved cursor, or a hidden tab: nothing to draw for a switch
+        look = self._look()
+        wanted = [self._ahead_key(layer, head, look) for layer, head in self._neighbours()]
+        if self._ahead_for is not self.result:
+            self._ahead, self._ahead_for = {}, self.result
+        self._ahead = {key: strips for key, strips in self._ahead.items() if key in wanted}
+        if all(key in self._ahead for key in wanted):
+            return
+        result = self.result
+
+        async def work() -> None:
+            await self.draw_ahead(result, look)
+
+        self._drawing_ahead = self.run_worker(work, exclusive=True, group="draw-ahead")
+
+    async def draw_ahead(self, result, look: tuple) -> None:
+        """Draw the neighbouring heads' overviews (those already pooled, see `prewarm`) as strips, with the
+        escape sequences each strip is sent as, a few lines at a time while the app is idle: a switch to
+        one of them then only shows them. Runs on the event loop (an async worker): a key pressed
+        meanwhile waits for a few lines, not for a map."""
+        capacity = self._capacity()
+        console = self.app.console
+        for layer, head in self._neighbours():
+            key = self._ahead_key(layer, head, look)
+            view = self._overviews.get((id(result), layer, head, capacity))
+            if key in self._ahead or view is None:
+                continue
+            strips = self._strips_of(self._heatmap(layer, head, view, cursor=(0, 0), zoomed=False), look)
+            for n, strip in enumerate(strips):
+                strip.render(console)  # kept with the strip: the compositor sends it as it is (`render_lines`)
+                if n % 8 == 7:
+                    await asyncio.sleep(0)
+            if result is not self.result or look != self._look():
+                return
+            self._ahead[key] = strips
 
     def no_result(self, placeholder: str) -> None:
         """Say `placeholder` while there is no result to draw (a run that is starting, or failed)."""
@@ -176,9 +307,10 @@ class HeatmapView(Widget, can_focus=True):
         self._changed()
 
     def _changed(self) -> None:
-        """The state changed: draw the map again on the next frame."""
+        """The state changed: draw the map again on the next frame, and then the neighbouring heads ahead."""
         self._generation += 1
         self.refresh()
+        self.call_after_refresh(self._draw_ahead_soon)
 
     def renderable(self):
         """The rich renderable of the current state (a heatmap, or the kv group's heatmaps)."""
@@ -186,21 +318,20 @@ class HeatmapView(Widget, can_focus=True):
             return Text(self.placeholder, style="dim")
         if self.group:
             return self._render_group()
-        view = self.current()
-        rec = self.result.records[self.layer_idx]
-        mode = "zoomed, exact cells" if self.zoomed else ("exact" if view.exact else "overview")
-        title = (
-            f"layer {self.layer_idx} · head {self.head_idx} (kv {self.head_idx // rec.group_size}) · "
-            f"{rec.mask!r} · {mode}"
-        )
+        return self._heatmap(self.layer_idx, self.head_idx, self.current(), self.cursor, self.zoomed)
+
+    def _heatmap(self, layer: int, head: int, view: HeadMap, cursor: tuple[int, int], zoomed: bool) -> Heatmap:
+        rec = self.result.records[layer]
+        mode = "zoomed, exact cells" if zoomed else ("exact" if view.exact else "overview")
+        title = f"layer {layer} · head {head} (kv {head // rec.group_size}) · {rec.mask!r} · {mode}"
         return map_heatmap(
             self.result,
-            self.layer_idx,
-            self.head_idx,
+            layer,
+            head,
             view,
             title=title,
             log=self.log_scale,
-            cursor=self.cursor,
+            cursor=cursor,
             max_lines=self._map_lines(view.exact),
             color=self.color,
         )

@@ -30,9 +30,9 @@ KEYS = [
     ("enter on a token", "make it the query row"),
     ("n", "decode the next token (views grow by a row)"),
     ("ctrl+r", "run the prompt again"),
+    ("a / A", "ablate the head (again: undo) / restore all"),
     ("s", "save an SVG screenshot (it says where)"),
-    ("? / escape", "this help (close it)"),
-    ("q / ctrl+c", "quit (ctrl+c from the prompt too)"),
+    ("? · q / ctrl+c", "this help · quit (ctrl+c from the prompt too)"),
 ]
 CLOSE = "escape / ? / q close · ↑ ↓ scroll"
 

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from attnscope.inspector.compare import Comparison
     from attnscope.inspector.report import Check
     from attnscope.inspector.result import Result
+    from attnscope.session import Intervened
 
 
 @dataclass
@@ -61,6 +62,25 @@ class RunFinished(Message):
 class RunFailed(Message):
     """The run stopped on an error: one a user can fix (bad model path, bad prompt, ...; exit code
     2) or any other (exit code 1)."""
+
+    error: str
+    run_id: int
+    exit_code: int = 2
+
+
+@dataclass
+class InterventionsRan(Message):
+    """The prompt ran with the session's interventions (the ablated heads): that run, its comparison
+    with the run without them, their effect."""
+
+    intervened: Intervened
+    run_id: int
+
+
+@dataclass
+class InterventionsFailed(Message):
+    """The run with the interventions stopped on an error (one a user can fix, such as an intervention
+    outside the model: exit code 2; any other: 1)."""
 
     error: str
     run_id: int

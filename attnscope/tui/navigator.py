@@ -1,7 +1,9 @@
 """The navigator: layers, and their heads grouped by kv head, with a status glyph per head and a
-sparkline of each layer's per-head entropy."""
+sparkline of each layer's per-head entropy; ⊘ after an ablated head (and its layer)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from rich.text import Text
 from textual.reactive import reactive
@@ -17,6 +19,7 @@ GLYPHS = {
     "masked": ("◌", "magenta"),
     "pending": ("○", "grey50"),
 }
+MARK = Text(" ⊘", style="bold magenta")  # after the name of an ablated head, and of its layer
 
 
 def head_status(flags: list[str]) -> str:
@@ -46,7 +49,8 @@ class Navigator(Tree):
     arrive after that frame and wait for the next one (17–33 ms later).
     """
 
-    selected: reactive[tuple[int, int] | None] = reactive(None, init=False)
+    # repaint=False: the tree redraws the cursor's lines itself; a repaint would draw every line (~7 ms at 240×70)
+    selected: reactive[tuple[int, int] | None] = reactive(None, init=False, repaint=False)
 
     DEFAULT_CSS = """
     Navigator { width: 30; }
@@ -56,6 +60,25 @@ class Navigator(Tree):
         super().__init__("model", **kwargs)
         self.show_root = False
         self.guide_depth = 2
+        self.marked: set[tuple[int, int]] = set()  # the (layer, head) pairs shown ablated
+        self._plain: dict[Any, Text] = {}  # node data -> its label without the mark
+
+    def label(self, node, text: Text) -> None:
+        """Set a layer's or head's label, marked after its name when it (a head of the layer) is ablated."""
+        self._plain[node.data] = text
+        kind, layer, head = node.data
+        if (layer, head) in self.marked or (kind == "layer" and any(at == layer for at, _ in self.marked)):
+            end = len(f"L{layer}") if kind == "layer" else len(f"● h{head}")
+            text = Text.assemble(text[:end], MARK, text[end:])
+        node.set_label(text)
+
+    def mark(self, marked: set[tuple[int, int]]) -> None:
+        """Show the heads `marked` (layer, head) as ablated, and no other."""
+        self.marked = set(marked)
+        for node in self.root.children:
+            self.label(node, self._plain[node.data])
+            for leaf in (leaf for kv in node.children for leaf in kv.children):
+                self.label(leaf, self._plain[leaf.data])
 
     def reset(self, label: str) -> None:
         self.clear()
@@ -64,25 +87,27 @@ class Navigator(Tree):
 
     def add_layer(self, layer: int, n_heads: int, n_kv: int, mask: str = "") -> None:
         """A layer's node with pending heads (its record arrived; statistics follow)."""
-        node = self.root.add(Text(f"L{layer} {mask}"), data=("layer", layer, None), expand=layer == 0)
+        node = self.root.add("", data=("layer", layer, None), expand=layer == 0)
+        self.label(node, Text(f"L{layer} {mask}"))
         group = n_heads // n_kv
         for kv in range(n_kv):
             kv_node = node.add(Text(f"kv{kv}", style="dim"), data=("kv", layer, kv), expand=True)
             for h in range(kv * group, (kv + 1) * group):
                 glyph, style = GLYPHS["pending"]
-                kv_node.add_leaf(Text.assemble((glyph, style), f" h{h}"), data=("head", layer, h))
+                self.label(kv_node.add_leaf("", data=("head", layer, h)), Text.assemble((glyph, style), f" h{h}"))
 
     def update_report(self, report) -> None:
         """Glyphs, entropies and sparklines from a Report."""
         for node in self.root.children:
             _, layer, _ = node.data
             heads = report.layers[layer].heads
-            node.set_label(
+            self.label(
+                node,
                 Text.assemble(
                     f"L{layer} ",
                     (sparkline([h.entropy for h in heads]), "cyan"),
                     (f" {report.layers[layer].mask}", "dim"),
-                )
+                ),
             )
             for kv_node in node.children:
                 for leaf in kv_node.children:
@@ -91,13 +116,14 @@ class Navigator(Tree):
                     glyph, style = GLYPHS[head_status(stats.flags)]
                     entropy = f"{stats.entropy:.2f}" if isinstance(stats.entropy, float) else str(stats.entropy)
                     role = ROLE_SHORT.get(stats.role, "")
-                    leaf.set_label(
+                    self.label(
+                        leaf,
                         Text.assemble(
                             (glyph, style),
                             f" h{h} ",
                             (f"H {entropy} ", "dim"),
                             (role, ROLE_STYLE.get(stats.role, "dim")),
-                        )
+                        ),
                     )
 
     def select_head(self, layer: int, head: int) -> None:

@@ -70,11 +70,16 @@ class MaskPane(_SelectionPane):
 
 class DiffPane(_SelectionPane):
     comparison: Any = None  # against the --compare model (or why there is none), set with the result
+    versus: str | None = None  # what the comparison's run A is (None: model B, by name)
+    note: str = ""  # above the maps (what the ablated heads changed)
 
     def content(self, result, layer: int, head: int):
+        from rich.console import Group
+
         from attnscope.render.diffmap import diff_panel
 
-        return diff_panel(result, layer, head, self.comparison)
+        panel = diff_panel(result, layer, head, self.comparison, self.versus)
+        return Group(Text(self.note), Text(), panel) if self.note else panel
 
 
 class ChecksPane(OptionList):
@@ -109,10 +114,12 @@ class ChecksPane(OptionList):
 
 
 class TokensPane(DataTable):
-    """pos, id, token text; the continuation below the prompt. Row keys: q<pos> / c<i>."""
+    """pos, id, token text; the continuation below the prompt, and where it differs from `baseline`'s
+    (the continuation without the ablated heads), what that one had. Row keys: q<pos> / c<i>."""
 
     TOKEN_WIDTH = 15
     result: reactive[Any] = reactive(None, always_update=True, init=False)
+    baseline: list[int] | None = None  # the continuation to compare with (set before `result`)
 
     def on_mount(self) -> None:
         self.add_columns("pos", "id", "token", "")
@@ -130,9 +137,11 @@ class TokensPane(DataTable):
             return
         for pos, (tid, text) in enumerate(zip(result.ids, result.tokens, strict=True)):
             self.add_row(str(pos), str(tid), self.shown(text), "", key=f"q{pos}")
-        cont = result.continuation_ids
+        cont, was = result.continuation_ids, self.baseline or []
         for i, (tid, text) in enumerate(zip(cont, result.token_texts(cont), strict=True)):
             note = Text("continuation" if i else "n adds it", style="dim")
+            if i < len(was) and was[i] != tid:
+                note = Text(f"without: {self.shown(result.token_texts([was[i]])[0])}", style="yellow")
             self.add_row(str(len(result.ids) + i), str(tid), self.shown(text), note, key=f"c{i}")
 
     @staticmethod

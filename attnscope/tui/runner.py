@@ -1,6 +1,7 @@
-"""The run worker's body: a session's run of one prompt, told to the app as messages
+"""The run workers' bodies: a session's run of one prompt, told to the app as messages
 (`attnscope.tui.messages`) as its parts exist: each layer's record, the drawable result (before the
-checks), the stage that runs, each check, and the finished run or its failure."""
+checks), the stage that runs, each check, and the finished run or its failure; and the run of the
+same tokens with the session's interventions (`intervene_and_post`)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,25 @@ def run_and_post(
         post_message(messages.RunFailed(str(exc), run_id, exit_code=2))
     except Exception as exc:  # a bug, not bad input: one line in the app too, and exit code 1
         post_message(messages.RunFailed(one_line(exc), run_id, exit_code=1))
+
+
+def intervene_and_post(
+    session, ids: list[int], run_id: int, max_new_tokens: int, post_message: Callable[[Any], Any], cancelled
+) -> None:
+    """Run `ids` with and without the session's interventions (`Session.intervene`) and post the
+    outcome, unless `cancelled()` (checked at every layer: a superseded run stops there)."""
+
+    def check(_layer: int) -> None:
+        if cancelled():
+            raise Cancelled
+
+    try:
+        intervened = session.intervene(ids, max_new_tokens, on_layer=check)
+        if not cancelled():
+            post_message(messages.InterventionsRan(intervened, run_id))
+    except Cancelled:
+        return
+    except UserError as exc:
+        post_message(messages.InterventionsFailed(str(exc), run_id, exit_code=2))
+    except Exception as exc:
+        post_message(messages.InterventionsFailed(one_line(exc), run_id, exit_code=1))

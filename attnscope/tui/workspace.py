@@ -1,5 +1,5 @@
 """The right side of the app: the prompt, an error line, the tabs (Heatmap, Mask, Checks, Diff,
-Tokens) and the status line."""
+Tokens), the ablated heads' line and the status line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Input, Static, TabbedContent, TabPane
 
+from attnscope.tui.ablation import Ablations
 from attnscope.tui.heatmap_view import HeatmapView
 from attnscope.tui.panes import ChecksPane, Details, DiffPane, MaskPane, StatusLine, TokensPane
 
@@ -44,4 +45,5 @@ class Workspace(Vertical):
                 yield DiffPane(id="diff-view", classes="pane-scroll")
             with TabPane("Tokens", id="tokens"):
                 yield TokensPane(id="tokens-table", cursor_type="row", zebra_stripes=True)
+        yield Ablations(id="ablations")
         yield StatusLine(id="status-row")
