@@ -796,13 +796,18 @@ def causality_check(run: Run, tol: Tolerance, cut_points: list[int] | None = Non
     done = 0
     for span in spans:
         start, end = span.start, span.end
-        whole = (start, end) == (0, T)
+        # the parallel forward is the baseline of the whole prompt, and of a window where the tolerance
+        # is float32's default (which allows the rounding of a window computed alone, as it allows
+        # that of full_vs_incremental's chunks); else (bit for bit, calibrated or given tolerances) a
+        # rerun of the window with the same tokens, the same shapes as the changed reruns
+        own_rerun = (start, end) != (0, T) and (run.exact or tol.calibrated or tol.given)
         with torch.inference_mode():
             prefix = run.prefix_cache(start) if start else None
-            if whole:  # the parallel forward is the baseline; a rerun of it, the noise's reference
-                original = [rec.out for rec in run.records]
-                reference = [rec.out for rec in run.rerun(ids)] if tol.calibrated and span.cuts else None
-            else:  # the window's own rerun is the baseline; the parallel forward, the noise's reference
+            if not own_rerun:  # a rerun of the whole prompt: the noise's reference
+                original = [rec.out[:, :, start:end] for rec in run.records]
+                whole = (start, end) == (0, T)
+                reference = [rec.out for rec in run.rerun(ids)] if whole and tol.calibrated and span.cuts else None
+            else:  # the window's own rerun; the parallel forward, the noise's reference
                 original = [rec.out for rec in run.rerun(ids, start, prefix, end)]
                 reference = [rec.out[:, :, start:end] for rec in run.records] if tol.calibrated else None
         for p in span.cuts:
