@@ -7,14 +7,15 @@ load (absolute times on a shared machine mean little):
   1. tiny-code, a 4096-token prompt (the model's every position, so no continuation: -n 0),
      `attnscope run` with the default checks and head roles, as a whole process, against HF
      transformers' eager forward with ``output_attentions=True`` on the same weights and tokens
-     (the forward alone, in its own process, after loading). Goals: <= 20 s, <= 4x.
+     (the forward alone, in its own process, after loading). Goals: <= 20 s, <= 1.5x.
   2. head roles at 4096 tokens (the roles of the run's own prompt and the induction probe's
      forward): their share of that run, in process. Goal: <= 5 %. The run's stages are printed
      under it (the forward, the row statistics, each check, the roles).
   3. a 30-layer model of the 135M class (hidden 576, 9 query / 3 kv heads, head_dim 64, vocab
-     49152; random weights, saved by transformers), a 24-token prompt (--row3-tokens) and 16 new tokens: `attnscope
-     run` with the default checks and roles against transformers loading the same directory and
-     calling ``generate`` for the same tokens, both as whole processes. Goal: <= 1.5x.
+     49152; random weights, saved by transformers), a 24-token prompt (--row3-tokens) and 16 new
+     tokens: `attnscope run` with the default checks and roles against transformers loading the
+     same directory, running one forward over the prompt and calling ``generate`` for the same
+     tokens, both as whole processes. Goals: <= 1.5x; <= 2x with a 1024-token prompt.
   4. tiny-code, a 12-token prompt: `attnscope run` as a whole process, against a process that
      loads the model and runs one plain forward of the same tokens. Goal: <= 4 s.
   5. sdpa capture at 4096 tokens (every layer's record, the lse from the kernel) against the plain
@@ -63,6 +64,7 @@ tok = AutoTokenizer.from_pretrained(sys.argv[1])
 net = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
 ids = tok(sys.argv[2], return_tensors="pt").input_ids
 with torch.inference_mode():
+    net(ids)  # one forward over the prompt (what a look at its attention needs), then the continuation
     net.generate(ids, max_new_tokens=int(sys.argv[3]), do_sample=False, pad_token_id=0)
 """
 
@@ -229,7 +231,7 @@ def main() -> None:
             ours,
             base,
             "HF eager output_attentions forward",
-            "<= 20 s, <= 4x",
+            "<= 20 s, <= 1.5x",
             ratio=ratio,
         )
     if 2 in args.rows:
@@ -258,8 +260,8 @@ def main() -> None:
             f"3. 30 layers, 135M class, {args.row3_tokens} tokens: attnscope run",
             ours,
             hf,
-            "transformers load + generate",
-            "<= 1.5x",
+            "transformers load + one forward + generate",
+            "<= 2x" if args.row3_tokens >= 1024 else "<= 1.5x",
             ratio=ratio,
         )
     if 4 in args.rows:

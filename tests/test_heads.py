@@ -14,6 +14,7 @@ from support.models import random_model
 from typer.testing import CliRunner
 
 import attnscope
+from attnscope import masks
 from attnscope.cli import app
 from attnscope.inspector.heads import MIN_KEYS, MIN_ROWS, REPEAT_LENGTH, THRESHOLDS, pick_role, repeated_sequence
 from attnscope.inspector.report import pick_head
@@ -251,3 +252,30 @@ def test_the_default_head_falls_back_to_entropy_when_no_row_has_a_key_to_focus_o
     layer, head, why = pick_head(report)
     assert why == " · lowest mean entropy"
     assert report.layers[layer].heads[head].entropy == min(h.entropy for lr in report.layers for h in lr.heads)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        masks.causal(),
+        masks.causal() & masks.sliding_window(5),
+        masks.causal() & masks.padding([9, 16], side="left", total=16),
+        masks.causal() & masks.padding([9, 16], side="right", total=16),
+        masks.prefix_lm(6),
+        masks.causal() & masks.document([0] * 5 + [1] * 7 + [2] * 4),
+        masks.causal() & masks.chunked(4),
+        masks.custom(torch.rand(16, 16, generator=torch.Generator().manual_seed(0)).lt(0.5)),
+        masks.causal() | masks.sliding_window(3),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("q_len", [16, 5, 1])
+def test_key_counts_from_intervals_are_those_of_the_dense_mask(spec, q_len):
+    """The keys each row may see, from a mask's row intervals where it has them (no dense mask
+    built), equal the dense mask's count, a cache before the queries included."""
+    from types import SimpleNamespace
+
+    from attnscope.inspector.heads import key_counts
+
+    rec = SimpleNamespace(mask=spec, shape=(q_len, 16), q=torch.zeros(1, 1, q_len, 1))
+    assert torch.equal(key_counts(rec), spec.dense(q_len, 16)[0].sum(-1))

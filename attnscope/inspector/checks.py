@@ -736,7 +736,7 @@ def backend_vs_reference_check(run: Run, tol: Tolerance, step: Step | None = Non
         figures,
         where,
         f"{run.backend} differs from eager at layer {layer}, head {h}, position {s} "
-        f"(max |Δ| {float(diffs[layer].max_abs.max()):.3g}"
+        f"(max |Δ| {float(diffs[layer].max_abs.max()):.3g} in that layer"
         + (
             f"; {RULE_FACTOR:g}x the error of the textbook attention in the same dtype is "
             f"{float(diffs[layer].limit[h]):.3g}"

@@ -79,8 +79,15 @@ def pick_role(scores: dict[str, float]) -> str | None:
 
 def key_counts(rec: LayerRecord) -> torch.Tensor:
     """``[Hq|1, Sq]``: how many keys each query row of row 0 of the batch may see, per query head
-    (one row for all when the mask is the same for every head)."""
-    return rec.mask.dense(*rec.shape, rec.q.device)[0].sum(-1)
+    (one row for all when the mask is the same for every head): from the mask's intervals where each
+    row's keys form one (no ``[Sq, Sk]`` mask built), else from the dense mask."""
+    q_len, k_len = rec.shape
+    positions = torch.arange(k_len - q_len, k_len, device=rec.q.device)
+    intervals = rec.mask.row_intervals(positions, k_len, 0)
+    if intervals is None:
+        return rec.mask.dense(q_len, k_len, rec.q.device)[0].sum(-1)
+    lo, hi = (bound.clamp(0, k_len) for bound in intervals)
+    return (hi - lo).clamp_min(0)[None]
 
 
 def head_keys(counts: torch.Tensor, head: int) -> torch.Tensor:
