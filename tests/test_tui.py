@@ -529,3 +529,22 @@ def test_tab_snapshots(tab, snap_compare, monkeypatch):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(120, 36), run_before=run_before)
+
+
+@needs_tiny
+async def test_the_app_opens_on_the_most_focused_head_as_run_draws():
+    """The first map is the head `attnscope run` draws by default (`pick_head`); a new prompt keeps the
+    head the person chose."""
+    from attnscope.inspector.report import pick_head
+
+    app = AttnScopeApp(model="tiny-code", prompt="def fibonacci(n):", device="cpu", max_new_tokens=0)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await _ready(pilot)
+        view = app.query_one(HeatmapView)
+        best = pick_head(app.result.report())[:2]
+        assert (view.layer_idx, view.head_idx) == best and best != (0, 0)
+        app.show_head(2, 3)
+        first = app.result
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.result is not first and view.result is app.result and finished(app)())
+        assert (view.layer_idx, view.head_idx) == (2, 3)

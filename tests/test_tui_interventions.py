@@ -89,6 +89,7 @@ async def test_a_ablates_the_head_shown_and_a_again_restores_the_baseline(size):
     async with app.run_test(size=size) as pilot:
         await wait_for(pilot, settled(app))
         baseline, checks = app.result, list(app.result.checks)
+        app.show_head(0, 0)  # from L0 h0 (the app opens on the most focused head)
         app.query_one(HeatmapView).focus()
         await pilot.press("right_curly_bracket", "right_square_bracket", "right_square_bracket")  # L1 h2
         assert (app.query_one(HeatmapView).layer_idx, app.query_one(HeatmapView).head_idx) == (1, 2)
@@ -136,6 +137,7 @@ async def test_capital_a_restores_every_head_and_a_new_prompt_keeps_the_ablation
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, settled(app))
         baseline = app.result
+        app.show_head(0, 0)  # from L0 h0 (the app opens on the most focused head)
         app.query_one(HeatmapView).focus()
         await pilot.press("a")  # L0 h0: the continuation's second token changes, the Tokens tab says from what
         await wait_for(pilot, settled(app))
@@ -169,6 +171,7 @@ async def test_tui_intervene_starts_with_them_and_a_bad_one_is_said_and_exits_2(
         await wait_for(pilot, settled(app))
         assert app.query_one(Ablations).effect is not None
         assert all("⊘" in leaf_label(app, 2, h) for h in range(4, 8)) and "⊘" not in leaf_label(app, 2, 3)
+        app.show_head(0, 0)  # from L0 h0 (the app opens on the most focused head)
         app.query_one(HeatmapView).focus()
         await pilot.press("right_curly_bracket", "right_curly_bracket")  # L2 h0: not acted on; `a` adds a zero
         await pilot.press("a")

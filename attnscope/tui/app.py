@@ -31,6 +31,7 @@ from textual.widgets import Footer, Header, Input, Static, TabbedContent
 from textual.worker import get_current_worker
 
 from attnscope.errors import UserError, one_line
+from attnscope.inspector.report import pick_head
 from attnscope.output import unused_path, write_outputs
 from attnscope.prompts import escape, unescape
 from attnscope.session import Session
@@ -153,8 +154,9 @@ class AttnScopeApp(App):
         self.sub_title = self.session.describe(result.backend)
         for pane in (self.query_one(MaskPane), self.query_one(TokensPane)):
             pane.result = result
-        view = self.query_one(HeatmapView)
-        self.show_head(min(view.layer_idx, result.n_layers - 1), min(view.head_idx, result.n_heads - 1))
+        view = self.query_one(HeatmapView)  # the first map: the most focused head, as `attnscope run` draws
+        layer, head = pick_head(result.report())[:2] if view.result is None else (view.layer_idx, view.head_idx)
+        self.show_head(min(layer, result.n_layers - 1), min(head, result.n_heads - 1))
 
     def on_run_finished(self, message: messages.RunFinished) -> None:
         if message.run_id != self.run_id:
