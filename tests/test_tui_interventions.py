@@ -108,6 +108,8 @@ async def test_a_ablates_the_head_shown_and_a_again_restores_the_baseline(size):
         assert f"{direct.logits_max_abs_diff:.3g}" in line and "attention changes from L1" in line
         # the navigator marks the head and its layer, and keeps the baseline's checks
         assert "⊘" in leaf_label(app, 1, 2) and "⊘" not in leaf_label(app, 1, 3)
+        view = app.query_one(HeatmapView)
+        assert view.renderable().title.endswith("· ⊘ output replaced") and (1, 2) in view.acted_on
         assert [str(n.label).startswith("L1 ⊘") for n in app.query_one(Navigator).root.children] == [
             False,
             True,
@@ -128,6 +130,7 @@ async def test_a_ablates_the_head_shown_and_a_again_restores_the_baseline(size):
         await wait_for(pilot, settled(app))
         assert app.session.interventions == [] and app.result is baseline and app.result.checks == checks
         assert not ablations.display and "⊘" not in leaf_label(app, 1, 2)
+        assert "⊘" not in app.query_one(HeatmapView).renderable().title
         assert app.query_one(DiffPane).versus is None and app.query_one(TokensPane).result is baseline
         assert "zero" not in app.sub_title
 

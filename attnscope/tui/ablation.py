@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 
 from attnscope.inspector.interventions import acted_on, toggle_head
 from attnscope.tui import messages
+from attnscope.tui.heatmap_view import HeatmapView
 from attnscope.tui.navigator import MARK, Navigator
 from attnscope.tui.panes import DiffPane, TokensPane
 from attnscope.tui.runner import intervene_and_post
@@ -132,6 +133,9 @@ class Ablations(Static):
         the `effect` of the interventions when it has them (the Tokens tab: the continuation without)."""
         diff = self.host.query_one(DiffPane)
         diff.versus, diff.note = versus, "" if effect is None else effect.summary()
+        layout = result.run.model.layout
+        acted = set() if effect is None else acted_on(effect.interventions, layout.n_heads, layout.n_kv_heads)
+        self.host.query_one(HeatmapView).acted_on = acted
         self.host.query_one(TokensPane).baseline = None if effect is None else effect.continuation[0]
         self.host.show_run(result, comparison)
 

@@ -54,6 +54,7 @@ class HeatmapView(Widget, can_focus=True):
         self.layer_idx = 0
         self.head_idx = 0
         self.log_scale = False
+        self.acted_on: set[tuple[int, int]] = set()  # (layer, head) whose attention output the run replaced
         self.group = False
         self.zoomed = False
         self.origin = (0, 0)  # first query row / key column shown when zoomed
@@ -324,6 +325,8 @@ class HeatmapView(Widget, can_focus=True):
         rec = self.result.records[layer]
         mode = "zoomed, exact cells" if zoomed else ("exact" if view.exact else "overview")
         title = f"layer {layer} · head {head} (kv {head // rec.group_size}) · {rec.mask!r} · {mode}"
+        if (layer, head) in self.acted_on:  # the weights are the head's own; what it passes on is not
+            title += " · ⊘ output replaced"
         return map_heatmap(
             self.result,
             layer,
