@@ -45,11 +45,13 @@ def junit_xml(runs: list[tuple[int, str, str, list[Check]]], suite_name: str = "
             )
             if check.skipped is not None:
                 ET.SubElement(case, "skipped", message=xml_text(check.skipped))
+            bisected = check.figures.get("bisect")  # `check --bisect`: what the bisection found
+            message = check.message + (f" · bisect: {bisected['summary']}" if bisected else "")
             if not check.passed:
-                failure = ET.SubElement(case, "failure", message=xml_text(check.message), type=check.name)
+                failure = ET.SubElement(case, "failure", message=xml_text(message), type=check.name)
                 failure.text = json.dumps(
                     finite({"where": check.where, "figures": check.figures}), indent=2, allow_nan=False
                 )
-            ET.SubElement(case, "system-out").text = xml_text(check.message)
+            ET.SubElement(case, "system-out").text = xml_text(message)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

@@ -170,7 +170,8 @@ def test_check_bisect_on_a_faulty_backend(tmp_path):
     found = checks["backend_vs_reference"]["figures"]["bisect"]
     assert found["culprits"] == [2] and found["output_differs"] and found["b"] == "test-wrong-l2h3"
     assert "bisect" not in checks["nan"]["figures"]  # passed: nothing bisected
-    assert '"culprits": [\n' in junit.read_text()  # the failure's figures
+    assert '"culprits": [\n' in junit.read_text()  # the failure's figures, and its message says it
+    assert "· bisect: culprit layers: 2 (heads 3): their attention taken from the eager reference" in junit.read_text()
     plain = CliRunner().invoke(app, args)
     assert plain.exit_code == 1 and "bisect" not in plain.output
 

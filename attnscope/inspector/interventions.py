@@ -408,6 +408,7 @@ class Bisection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "summary": self.summary(),
             "a": self.a,
             "b": self.b,
             "output_differs": self.output_differs,
