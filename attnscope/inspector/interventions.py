@@ -316,11 +316,10 @@ def effect(
     for iv in interventions:
         iv.validate(layout.n_layers, layout.n_heads, ids.shape[1], layout.n_kv_heads)
     changed_attend = intervene(attend, interventions, layout.n_layers, patches)
-    base, base_out = _forward(model, attend, ids)
-    changed, changed_out = _forward(model, changed_attend, ids)
+    base, base_out, without = _forward(model, attend, ids, new_tokens)
+    changed, changed_out, with_ = _forward(model, changed_attend, ids, new_tokens)
     found = effect_between(interventions, (base[0], base_out), (changed[0], changed_out))
     if new_tokens > 0:
-        without, with_ = _continue(model, attend, ids, new_tokens), _continue(model, changed_attend, ids, new_tokens)
         found.continuation = (without, with_)
         tok = model.tokenizer
         if tok is not None:
@@ -330,22 +329,20 @@ def effect(
     return found
 
 
-def _continue(model: Engine, attend: AttendFn, ids: torch.Tensor, new_tokens: int) -> list[int]:
-    """The greedy continuation of `ids` ``[1, T]``: `new_tokens` ids (fewer at an end of sequence)."""
-    cache = model.new_cache(1, ids.shape[1] + new_tokens)
-    with torch.inference_mode():
-        logits = model.forward(ids, attend, cache=cache)
-        return model.decode(logits, cache, attend, new_tokens)[0].tolist()
-
-
-def _forward(model: Engine, attend: AttendFn, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Logits and every layer's attention output of one forward."""
+def _forward(
+    model: Engine, attend: AttendFn, ids: torch.Tensor, new_tokens: int = 0
+) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
+    """Logits and every layer's attention output of one forward of `ids` ``[1, T]``, and, with
+    `new_tokens`, the greedy continuation that follows it through a KV cache the forward filled (ids;
+    fewer at an end of sequence)."""
     from attnscope.inspector.capture import OutputCapture
 
     capture = OutputCapture()
+    cache = model.new_cache(1, ids.shape[1] + new_tokens) if new_tokens > 0 else None
     with torch.inference_mode():
-        logits = model.forward(ids, attend, recorder=capture)
-    return logits.float(), [o.out for o in capture.layers()]
+        logits = model.forward(ids, attend, cache=cache, recorder=capture)
+        new = model.decode(logits, cache, attend, new_tokens)[0].tolist() if new_tokens > 0 else []
+    return logits.float(), [o.out for o in capture.layers()], new
 
 
 @dataclass
@@ -377,7 +374,7 @@ def pair_effect(
     """`effect` of `interventions` on `model_b`'s forward of `ids` ``[1, T]``, ``patch`` taking
     `model_a`'s attention output on the same ids (activation patching), and B's output against A's
     without and with them; both models with `attend`."""
-    logits_a, outputs_a = _forward(model_a, attend, ids)
+    logits_a, outputs_a, _ = _forward(model_a, attend, ids)
     patches = dict(enumerate(outputs_a))
     found = effect(model_b, attend, ids, interventions, patches)
     plain = _forward(model_b, attend, ids)[0]
@@ -470,7 +467,7 @@ def bisect(
     `pieces_run` runs it through the KV cache in pieces (`bisect_incremental`). `names` name A and B
     in the summary."""
     layout = model_b.layout
-    logits_a, outputs_a = _forward(model_a, attend, ids)
+    logits_a, outputs_a, _ = _forward(model_a, attend, ids)
     patches = dict(enumerate(outputs_a))
     attend_b = attend if attend_b is None else attend_b
     if run_b is None:
